@@ -1,0 +1,36 @@
+//! The program's top level: parse argv, load settings, start logging, dispatch,
+//! and print the one error line. `main.rs` only calls [`run`].
+
+use crate::cli::{self, Request};
+use crate::config::{self, Sources};
+use crate::error::{self, Outcome, Result};
+use std::process::ExitCode;
+
+/// Runs ragspool with the process arguments and environment.
+pub fn run() -> ExitCode {
+    let result = run_inner();
+    if let Err(e) = &result {
+        eprintln!("ragspool: {e}");
+    }
+    error::exit_code(&result)
+}
+
+fn run_inner() -> Result<Outcome> {
+    let inv = match cli::parse_env()? {
+        Request::Print(text) => return crate::cmd::emit(&text).map(|()| Outcome::Clean),
+        Request::Run(inv) => inv,
+    };
+    let env = config::process_env;
+    let config = config::load(&Sources {
+        flags: &inv.globals.settings,
+        env_file: inv.globals.env_file.as_deref(),
+        env: &env,
+    })?;
+    let log_file = if crate::cmd::logs_to_file(inv.command.name) {
+        config.log_file.as_deref()
+    } else {
+        None
+    };
+    crate::log::init(inv.globals.verbosity, log_file)?;
+    crate::cmd::dispatch(&inv, &config)
+}

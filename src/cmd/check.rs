@@ -1,0 +1,72 @@
+//! `ragspool check`: effective settings with origins, spool and failure-log safety.
+
+use crate::cli::Args;
+use crate::config::Config;
+use crate::error::{Outcome, Result};
+use crate::spool::{self, DIRS, Spool};
+use serde_json::json;
+
+/// One check and what it found.
+struct Finding {
+    what: String,
+    problem: Option<String>,
+}
+
+pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
+    let findings = findings(config);
+    let failed = findings.iter().any(|f| f.problem.is_some());
+    if args.has("json") {
+        let settings: Vec<_> = config
+            .shown
+            .iter()
+            .map(|s| json!({"name": s.name, "value": s.value, "origin": s.origin.to_string()}))
+            .collect();
+        let checks: Vec<_> = findings
+            .iter()
+            .map(|f| json!({"check": f.what, "ok": f.problem.is_none(), "problem": f.problem}))
+            .collect();
+        super::emit_json(&json!({"settings": settings, "checks": checks, "ok": !failed}))?;
+        return Ok(Outcome::failed_if(failed));
+    }
+    let mut out = String::from("settings:\n");
+    for s in &config.shown {
+        let value = s.value.as_deref().unwrap_or("(unset)");
+        out.push_str(&format!("  {:<24} {value}  [{}]\n", s.name, s.origin));
+    }
+    out.push_str("checks:\n");
+    for f in &findings {
+        match &f.problem {
+            None => out.push_str(&format!("  ok    {}\n", f.what)),
+            Some(p) => out.push_str(&format!("  FAIL  {}: {p}\n", f.what)),
+        }
+    }
+    super::emit(&out)?;
+    Ok(Outcome::failed_if(failed))
+}
+
+fn findings(config: &Config) -> Vec<Finding> {
+    let spool = Spool::new(&config.spool_dir);
+    let mut found = Vec::new();
+    for name in DIRS {
+        let dir = spool.dir(name);
+        let problem = if !dir.is_dir() {
+            Some("missing; run `ragspool init`".to_string())
+        } else {
+            spool::unsafe_reason(&dir, 0o002, None)
+        };
+        found.push(Finding {
+            what: format!("spool directory {}", dir.display()),
+            problem,
+        });
+    }
+    let log = &config.failure_log;
+    found.push(Finding {
+        what: format!("failure log {}", log.display()),
+        problem: match crate::failure_log::check(log) {
+            Err(e) => Some(e.to_string()),
+            Ok(()) if !log.exists() => Some("missing; run `ragspool init`".into()),
+            Ok(()) => None,
+        },
+    });
+    found
+}

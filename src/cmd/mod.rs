@@ -1,0 +1,42 @@
+//! One thin file per command: settings → domain calls → report → Outcome.
+
+mod check;
+mod generate;
+mod init;
+mod status;
+
+use crate::cli::Invocation;
+use crate::config::Config;
+use crate::error::{Error, Outcome, Result};
+use std::io::Write;
+
+/// Whether a command writes RAG_LOG_FILE (read-only commands log to stderr only).
+pub(crate) fn logs_to_file(command: &str) -> bool {
+    !matches!(command, "status" | "check" | "cache")
+}
+
+/// Runs the command of `inv` with `config`.
+pub(crate) fn dispatch(inv: &Invocation, config: &Config) -> Result<Outcome> {
+    let args = &inv.args;
+    match inv.command.name {
+        "init" => init::run(config, args),
+        "gen" => generate::run(config, args),
+        "status" => status::run(config, args),
+        "check" => check::run(config, args),
+        other => Err(Error::usage(format!("`ragspool {other}` is not built yet in this version"))),
+    }
+}
+
+/// Prints command output on stdout; a closed pipe (`| head`) is not an error.
+pub(crate) fn emit(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::from(e).context("cannot write to stdout")),
+        _ => Ok(()),
+    }
+}
+
+/// Prints a JSON value on one line.
+pub(crate) fn emit_json(value: &serde_json::Value) -> Result<()> {
+    emit(&format!("{value}\n"))
+}

@@ -1,0 +1,287 @@
+//! The one registry of settings (SPEC §2): name, fallback, default, doc, whether it
+//! is secret, and how its value is checked. Docs and `check` read it from here.
+
+/// How a setting's default is known.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Default {
+    /// No default: unset unless given.
+    None,
+    /// This literal value.
+    Value(&'static str),
+    /// Worked out at start; the text says how (for docs).
+    Computed(&'static str),
+}
+
+/// A setting and how to read it.
+#[derive(Debug)]
+pub(crate) struct Setting {
+    /// Variable name.
+    pub(crate) name: &'static str,
+    /// A variable read when `name` is not set in the same source.
+    pub(crate) fallback: Option<&'static str>,
+    /// The default.
+    pub(crate) default: Default,
+    /// One line for docs.
+    pub(crate) doc: &'static str,
+    /// Shown as `***` everywhere.
+    pub(crate) secret: bool,
+    /// Checks a raw value; the message says what was expected.
+    pub(crate) check: fn(&str) -> Result<(), String>,
+}
+
+impl Setting {
+    /// The default as docs print it, or `-` for none.
+    pub(crate) fn default_text(&self) -> &'static str {
+        match self.default {
+            Default::None => "-",
+            Default::Value(v) | Default::Computed(v) => v,
+        }
+    }
+}
+
+/// Any value.
+pub(crate) fn any(_: &str) -> Result<(), String> {
+    Ok(())
+}
+
+fn in_range(raw: &str, min: u64, max: u64) -> Result<(), String> {
+    match raw.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(()),
+        _ if min == 0 && max == u64::MAX => Err(format!("must be a whole number, got `{raw}`")),
+        _ if max == u64::MAX => Err(format!("must be a whole number of at least {min}, got `{raw}`")),
+        _ => Err(format!("must be a whole number from {min} to {max}, got `{raw}`")),
+    }
+}
+
+fn positive(raw: &str) -> Result<(), String> {
+    in_range(raw, 1, u64::MAX)
+}
+
+fn whole(raw: &str) -> Result<(), String> {
+    in_range(raw, 0, u64::MAX)
+}
+
+fn workers(raw: &str) -> Result<(), String> {
+    in_range(raw, 1, 256)
+}
+
+fn port(raw: &str) -> Result<(), String> {
+    in_range(raw, 1, 65535)
+}
+
+fn days(raw: &str) -> Result<(), String> {
+    in_range(raw, 0, 366)
+}
+
+fn dim(raw: &str) -> Result<(), String> {
+    in_range(raw, 1, 65536)
+}
+
+fn redis_db(raw: &str) -> Result<(), String> {
+    in_range(raw, 0, 65535)
+}
+
+/// A boolean as people write them.
+pub(crate) fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn boolean(raw: &str) -> Result<(), String> {
+    parse_bool(raw)
+        .map(|_| ())
+        .ok_or_else(|| format!("must be true or false (also 1/0, yes/no, on/off), got `{raw}`"))
+}
+
+fn http_url(raw: &str) -> Result<(), String> {
+    let rest = raw
+        .strip_prefix("http://")
+        .or_else(|| raw.strip_prefix("https://"))
+        .ok_or_else(|| format!("must be an http:// or https:// URL, got `{}`", crate::redact::url(raw)))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("has no host: `{}`", crate::redact::url(raw)));
+    }
+    Ok(())
+}
+
+fn postgres_url(raw: &str) -> Result<(), String> {
+    let shown = crate::redact::url(raw);
+    if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+        return Err(format!("must be a postgres:// URL, got `{shown}`"));
+    }
+    if let Some((_, query)) = raw.split_once('?') {
+        for pair in query.split('&') {
+            if let Some(("sslmode", mode)) = pair.split_once('=') {
+                if !["disable", "prefer", "require", "verify-ca", "verify-full"].contains(&mode) {
+                    return Err(format!(
+                        "has sslmode `{mode}`; expected disable, prefer, require, verify-ca or verify-full"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A table name: `name` or `schema.name`, lowercase identifiers short enough that
+/// `<name>_pYYYY_MM_DD` still fits PostgreSQL's 63-byte limit.
+pub(crate) fn table(raw: &str) -> Result<(), String> {
+    let parts: Vec<&str> = raw.split('.').collect();
+    let ok_ident = |s: &str| {
+        let mut b = s.bytes();
+        matches!(b.next(), Some(c) if c.is_ascii_lowercase() || c == b'_')
+            && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+    };
+    let valid = match parts.as_slice() {
+        [name] => ok_ident(name) && name.len() <= 51,
+        [schema, name] => ok_ident(schema) && schema.len() <= 63 && ok_ident(name) && name.len() <= 51,
+        _ => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be `name` or `schema.name` of lowercase letters, digits and `_` (name at most 51 bytes), got `{raw}`"
+        ))
+    }
+}
+
+fn not_empty(raw: &str) -> Result<(), String> {
+    if raw.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(())
+    }
+}
+
+const fn s(
+    name: &'static str,
+    default: Default,
+    doc: &'static str,
+    check: fn(&str) -> Result<(), String>,
+) -> Setting {
+    Setting {
+        name,
+        fallback: None,
+        default,
+        doc,
+        secret: false,
+        check,
+    }
+}
+
+const fn secret(name: &'static str, doc: &'static str) -> Setting {
+    Setting {
+        name,
+        fallback: None,
+        default: Default::None,
+        doc,
+        secret: true,
+        check: any,
+    }
+}
+
+use self::Default::{Computed, None as Unset, Value};
+
+/// Every setting, in the order docs list them.
+pub(crate) static SETTINGS: &[Setting] = &[
+    s("SPOOL_DIR", Value("/var/spool/ragspool"), "spool root", not_empty),
+    s(
+        "RAG_LOG_FILE",
+        Value("./logs/rag_ingestion.log"),
+        "log file; `-` = stderr only (packages set /var/log/rag_ingestion.log)",
+        not_empty,
+    ),
+    s(
+        "FAILURE_LOG",
+        Computed("rag_failures.jsonl beside RAG_LOG_FILE"),
+        "secure append-only failure log (JSON Lines, hash-chained)",
+        not_empty,
+    ),
+    Setting {
+        name: "DATABASE_URL",
+        fallback: Some("SUPABASE_DB_URL"),
+        default: Unset,
+        doc: "postgres:// URL (else SUPABASE_DB_URL); sslmode and sslrootcert honoured",
+        secret: true,
+        check: postgres_url,
+    },
+    s("RAGSPOOL_TABLE", Value("rag_chunks"), "target table (schema-qualified allowed)", table),
+    s("EMBED_BASE_URL", Unset, "OpenAI-compatible base URL; POST {base}/embeddings", http_url),
+    s("EMBED_MODEL", Unset, "embedding model name", not_empty),
+    secret("EMBED_API_KEY", "bearer token for the embeddings endpoint"),
+    s("EMBED_DIM", Unset, "expected embedding length; a mismatch is a bad record", dim),
+    s("GATE_URL", Unset, "gate webhook URL", http_url),
+    secret("GATE_TOKEN", "bearer token sent to the gate"),
+    secret("GATE_SECRET", "Standard Webhooks signing secret (whsec_ base64 or raw)"),
+    s(
+        "GATE_TEMPLATE_DIR",
+        Computed("built-in templates"),
+        "directory of <event>.json templates overriding the built-ins",
+        not_empty,
+    ),
+    s("ALERT_URL", Unset, "dev-dashboard alert webhook URL", http_url),
+    secret("ALERT_TOKEN", "bearer token sent to ALERT_URL"),
+    s("BATCH_MAX_FILES", Value("50"), "watcher: run a batch at this many waiting files", positive),
+    s("BATCH_MAX_BYTES", Value("67108864"), "watcher: ... or at this many waiting bytes", positive),
+    s("BATCH_MAX_AGE_SECS", Value("5"), "watcher: ... or when the oldest waiting file is this old", whole),
+    s(
+        "WORKERS",
+        Computed("number of CPUs"),
+        "parallel file ingest within a batch (one DB connection each)",
+        workers,
+    ),
+    s("MAX_FILE_BYTES", Value("268435456"), "larger files fail as bad input", positive),
+    s("PARTITION_PREMAKE_DAYS", Value("4"), "future daily partitions kept by maintenance", days),
+    s(
+        "MAINTENANCE_ALERT_AFTER",
+        Value("3"),
+        "alert after this many consecutive stalled maintenance runs",
+        positive,
+    ),
+    s("METRICS_FILE", Unset, "Prometheus textfile-collector output, replaced atomically", not_empty),
+    s("REDIS_HOST", Unset, "Redis host; unset = no Redis", not_empty),
+    s("REDIS_PORT", Value("6379"), "Redis port", port),
+    s("REDIS_DB", Value("0"), "Redis database index", redis_db),
+    s("REDIS_USERNAME", Unset, "Redis ACL user", not_empty),
+    secret("REDIS_PASSWORD", "Redis password"),
+    s("REDIS_SSL", Value("false"), "connect to Redis with TLS", boolean),
+    s("DEFAULT_TTL_SECONDS", Value("3600"), "cache TTL when none is given; 0 = no expiry", whole),
+    s("REDIS_BUILD_CHANNEL", Value("build_updates"), "build-update channel", not_empty),
+];
+
+/// The setting named `name`.
+pub(crate) fn setting(name: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_defaults_pass_their_own_check() {
+        for s in SETTINGS {
+            if let Default::Value(v) = s.default {
+                assert_eq!((s.check)(v), Ok(()), "{}", s.name);
+            }
+        }
+    }
+
+    #[test]
+    fn checks_say_what_was_expected() {
+        assert!(positive("0").is_err());
+        assert!(port("70000").err().unwrap_or_default().contains("1 to 65535"));
+        assert!(boolean("maybe").is_err());
+        assert!(table("public.rag_chunks").is_ok());
+        assert!(table("Bad-Name").is_err());
+        assert!(table("a.b.c").is_err());
+        assert!(postgres_url("postgres://u:p@h/db?sslmode=verify-full").is_ok());
+        assert!(postgres_url("postgres://h/db?sslmode=bogus").is_err());
+        assert!(postgres_url("mysql://h/db").is_err());
+        assert!(http_url("ftp://x").is_err());
+    }
+}

@@ -1,0 +1,221 @@
+//! Reads an env file the way systemd's EnvironmentFile= does, so the packaged
+//! /etc/ragspool/ragspool.env means the same to systemd and to a manual run:
+//! `#`/`;` comment lines, blank lines, `KEY=VALUE`, single and double quotes,
+//! backslash escapes and continuation lines; no `$VAR` expansion, no `export`.
+
+/// One assignment and the line it starts on (1-based).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// Variable name.
+    pub(crate) key: String,
+    /// Value after unquoting.
+    pub(crate) value: String,
+    /// Line number of the assignment.
+    pub(crate) line: usize,
+}
+
+/// A syntax error at a line.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct SyntaxError {
+    /// Line number (1-based).
+    pub(crate) line: usize,
+    /// What is wrong.
+    pub(crate) message: String,
+}
+
+/// Parses the text of an env file.
+pub(crate) fn parse(text: &str) -> Result<Vec<Entry>, SyntaxError> {
+    let mut entries = Vec::new();
+    let mut chars = text.chars().peekable();
+    let mut line = 1;
+    loop {
+        // Skip blank space and blank lines before a statement.
+        while let Some(&c) = chars.peek() {
+            if c == '\n' {
+                line += 1;
+                chars.next();
+            } else if c.is_whitespace() {
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let Some(&first) = chars.peek() else { break };
+        let start = line;
+        if first == '#' || first == ';' {
+            for c in chars.by_ref() {
+                if c == '\n' {
+                    line += 1;
+                    break;
+                }
+            }
+            continue;
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c == '\n' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        let key = key.trim_end().to_string();
+        if chars.next() != Some('=') {
+            return Err(SyntaxError {
+                line: start,
+                message: format!("expected KEY=VALUE, got `{key}`"),
+            });
+        }
+        if key.starts_with("export ") {
+            return Err(SyntaxError {
+                line: start,
+                message: "`export` is not EnvironmentFile syntax; write KEY=VALUE".into(),
+            });
+        }
+        if !valid_name(&key) {
+            return Err(SyntaxError {
+                line: start,
+                message: format!("`{key}` is not a valid variable name"),
+            });
+        }
+        let value = read_value(&mut chars, &mut line, start)?;
+        entries.push(Entry {
+            key,
+            value,
+            line: start,
+        });
+    }
+    Ok(entries)
+}
+
+fn valid_name(key: &str) -> bool {
+    let mut bytes = key.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Reads one value up to its unescaped, unquoted end of line.
+fn read_value(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    line: &mut usize,
+    start: usize,
+) -> Result<String, SyntaxError> {
+    while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
+        chars.next();
+    }
+    let mut value = String::new();
+    // Unquoted trailing blanks are dropped; quoted ones are kept.
+    let mut keep = 0;
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => {
+                *line += 1;
+                break;
+            }
+            '\\' => match chars.next() {
+                Some('\n') => *line += 1,
+                Some(e) => {
+                    value.push(e);
+                    keep = value.len();
+                }
+                None => break,
+            },
+            '"' | '\'' => {
+                read_quoted(chars, c, &mut value, line, start)?;
+                keep = value.len();
+            }
+            c => {
+                value.push(c);
+                if !c.is_whitespace() {
+                    keep = value.len();
+                }
+            }
+        }
+    }
+    value.truncate(keep);
+    Ok(value)
+}
+
+fn read_quoted(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    quote: char,
+    value: &mut String,
+    line: &mut usize,
+    start: usize,
+) -> Result<(), SyntaxError> {
+    loop {
+        match chars.next() {
+            None => {
+                return Err(SyntaxError {
+                    line: start,
+                    message: format!("unterminated {quote} quote"),
+                });
+            }
+            Some(c) if c == quote => return Ok(()),
+            Some('\\') if quote == '"' => match chars.next() {
+                Some('\n') => *line += 1,
+                Some(e @ ('"' | '\\' | '$' | '`')) => value.push(e),
+                Some('n') => value.push('\n'),
+                Some(e) => {
+                    value.push('\\');
+                    value.push(e);
+                }
+                None => continue,
+            },
+            Some(c) => {
+                if c == '\n' {
+                    *line += 1;
+                }
+                value.push(c);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(text: &str) -> Vec<(String, String)> {
+        parse(text)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect()
+    }
+
+    #[test]
+    fn comments_blank_lines_and_spaces() {
+        let text = "# comment\n; also\n\n  A = one two  \nB=\n";
+        assert_eq!(kv(text), vec![("A".into(), "one two".into()), ("B".into(), String::new())]);
+    }
+
+    #[test]
+    fn quotes_and_escapes() {
+        assert_eq!(kv("A=\"x # y\"\n")[0].1, "x # y");
+        assert_eq!(kv("A='$HOME \\n'\n")[0].1, "$HOME \\n");
+        assert_eq!(kv("A=\"a\\\"b\\\\c\"\n")[0].1, "a\"b\\c");
+        assert_eq!(kv("A=\"  padded  \"\n")[0].1, "  padded  ");
+        assert_eq!(kv("A=\"multi\nline\"\nB=2")[1], ("B".into(), "2".into()));
+    }
+
+    #[test]
+    fn no_expansion_and_continuations() {
+        assert_eq!(kv("A=$B\n")[0].1, "$B");
+        assert_eq!(kv("A=one \\\ntwo\n")[0].1, "one two");
+    }
+
+    #[test]
+    fn line_numbers_are_kept() {
+        let e = parse("\n# c\nA=1\n\nB=2").unwrap_or_default();
+        assert_eq!((e[0].line, e[1].line), (3, 5));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        assert_eq!(parse("A=1\nexport B=2\n").err().map(|e| e.line), Some(2));
+        assert_eq!(parse("A=1\njunk\n").err().map(|e| e.line), Some(2));
+        assert_eq!(parse("1A=1\n").err().map(|e| e.line), Some(1));
+        assert_eq!(parse("A=\"open\n").err().map(|e| e.line), Some(1));
+    }
+}

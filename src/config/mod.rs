@@ -1,0 +1,419 @@
+//! Settings, loaded flag > environment > env file > default (SPEC §2). Stage one
+//! collects raw values with their origin; stage two checks them all and reports
+//! every problem at once, naming the variable and where it came from. Loading
+//! never touches the network.
+
+pub(crate) mod defs;
+pub(crate) mod envfile;
+
+use crate::error::{Error, Result};
+use crate::redact::Secret;
+use defs::{Default, SETTINGS, Setting};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where a setting's effective value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A command-line flag.
+    Flag,
+    /// The process environment (under this name).
+    Env(&'static str),
+    /// An env file, at this line (under this name).
+    File(PathBuf, usize, &'static str),
+    /// The built-in default.
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag => f.write_str("flag"),
+            Origin::Env(name) => write!(f, "environment {name}"),
+            Origin::File(path, line, name) => write!(f, "{}:{line} {name}", path.display()),
+            Origin::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// One effective setting as `check` and `status --json` show it.
+#[derive(Debug, Clone)]
+pub(crate) struct Shown {
+    /// Variable name.
+    pub(crate) name: &'static str,
+    /// Value for display (secrets as `***`), or `None` when unset.
+    pub(crate) value: Option<String>,
+    /// Where it came from.
+    pub(crate) origin: Origin,
+}
+
+/// Redis connection settings; present only when REDIS_HOST is set.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisSettings {
+    /// REDIS_HOST.
+    pub(crate) host: String,
+    /// REDIS_PORT.
+    pub(crate) port: u16,
+    /// REDIS_DB.
+    pub(crate) db: i64,
+    /// REDIS_USERNAME.
+    pub(crate) username: Option<String>,
+    /// REDIS_PASSWORD.
+    pub(crate) password: Option<Secret>,
+    /// REDIS_SSL.
+    pub(crate) ssl: bool,
+}
+
+/// The embeddings endpoint; present only when EMBED_BASE_URL is set.
+#[derive(Debug, Clone)]
+pub(crate) struct EmbedSettings {
+    /// EMBED_BASE_URL without a trailing slash.
+    pub(crate) base_url: String,
+    /// EMBED_MODEL.
+    pub(crate) model: String,
+    /// EMBED_API_KEY.
+    pub(crate) api_key: Option<Secret>,
+}
+
+/// Every setting, checked and typed.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// SPOOL_DIR.
+    pub(crate) spool_dir: PathBuf,
+    /// RAG_LOG_FILE; `None` means stderr only.
+    pub(crate) log_file: Option<PathBuf>,
+    /// FAILURE_LOG.
+    pub(crate) failure_log: PathBuf,
+    /// DATABASE_URL or SUPABASE_DB_URL.
+    pub(crate) database_url: Option<Secret>,
+    /// RAGSPOOL_TABLE.
+    pub(crate) table: String,
+    /// EMBED_BASE_URL, EMBED_MODEL, EMBED_API_KEY.
+    pub(crate) embed: Option<EmbedSettings>,
+    /// EMBED_DIM.
+    pub(crate) embed_dim: Option<usize>,
+    /// GATE_URL.
+    pub(crate) gate_url: Option<String>,
+    /// GATE_TOKEN.
+    pub(crate) gate_token: Option<Secret>,
+    /// GATE_SECRET.
+    pub(crate) gate_secret: Option<Secret>,
+    /// GATE_TEMPLATE_DIR.
+    pub(crate) gate_template_dir: Option<PathBuf>,
+    /// ALERT_URL.
+    pub(crate) alert_url: Option<String>,
+    /// ALERT_TOKEN.
+    pub(crate) alert_token: Option<Secret>,
+    /// BATCH_MAX_FILES.
+    pub(crate) batch_max_files: usize,
+    /// BATCH_MAX_BYTES.
+    pub(crate) batch_max_bytes: u64,
+    /// BATCH_MAX_AGE_SECS.
+    pub(crate) batch_max_age_secs: u64,
+    /// WORKERS.
+    pub(crate) workers: usize,
+    /// MAX_FILE_BYTES.
+    pub(crate) max_file_bytes: u64,
+    /// PARTITION_PREMAKE_DAYS.
+    pub(crate) partition_premake_days: u32,
+    /// MAINTENANCE_ALERT_AFTER.
+    pub(crate) maintenance_alert_after: u32,
+    /// METRICS_FILE.
+    pub(crate) metrics_file: Option<PathBuf>,
+    /// REDIS_*; `None` when REDIS_HOST is unset.
+    pub(crate) redis: Option<RedisSettings>,
+    /// DEFAULT_TTL_SECONDS.
+    pub(crate) default_ttl_seconds: u64,
+    /// REDIS_BUILD_CHANNEL.
+    pub(crate) redis_build_channel: String,
+    /// Every setting with its display value and origin.
+    pub(crate) shown: Vec<Shown>,
+}
+
+/// Raw values with their origins, before checking.
+struct Raw {
+    values: HashMap<&'static str, (String, Origin)>,
+}
+
+impl Raw {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(|(v, _)| v.as_str())
+    }
+}
+
+/// Where settings come from, so tests can supply them without touching the process.
+pub(crate) struct Sources<'a> {
+    /// Settings given as flags.
+    pub(crate) flags: &'a [(&'static str, String)],
+    /// `--env-file`, if given.
+    pub(crate) env_file: Option<&'a Path>,
+    /// Reads a process environment variable.
+    pub(crate) env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// Reads the process environment; a non-UTF-8 value is reported as invalid.
+pub(crate) fn process_env(name: &str) -> Option<String> {
+    std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+}
+
+/// Loads and checks every setting; all problems are reported at once (exit 78).
+pub(crate) fn load(sources: &Sources<'_>) -> Result<Config> {
+    let raw = collect(sources)?;
+    let mut problems = Vec::new();
+    for setting in SETTINGS {
+        if let Some((value, origin)) = raw.values.get(setting.name) {
+            if let Err(why) = (setting.check)(value) {
+                problems.push(format!("`{}` ({origin}) {why}", setting.name));
+            }
+        }
+    }
+    let config = build(&raw, &mut problems);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        let mut msg = String::from("invalid configuration:");
+        for p in &problems {
+            msg.push_str("\n  ");
+            msg.push_str(p);
+        }
+        Err(Error::config(msg).with_note("fix the variables named above (see ragspool(1), ENVIRONMENT)"))
+    }
+}
+
+/// Stage one: every source's raw value, highest source first.
+fn collect(sources: &Sources<'_>) -> Result<Raw> {
+    let file_path = sources
+        .env_file
+        .map(Path::to_path_buf)
+        .or_else(|| (sources.env)("RAGSPOOL_ENV_FILE").filter(|p| !p.is_empty()).map(PathBuf::from));
+    let file_entries = match &file_path {
+        Some(path) => read_env_file(path)?,
+        None => Vec::new(),
+    };
+    let mut values = HashMap::new();
+    for setting in SETTINGS {
+        let names: Vec<&'static str> = std::iter::once(setting.name).chain(setting.fallback).collect();
+        let found = sources
+            .flags
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == setting.name)
+            .map(|(_, v)| (v.clone(), Origin::Flag))
+            .or_else(|| {
+                names.iter().find_map(|n| {
+                    (sources.env)(n)
+                        .filter(|v| !v.is_empty())
+                        .map(|v| (v, Origin::Env(n)))
+                })
+            })
+            .or_else(|| {
+                names.iter().find_map(|n| {
+                    file_entries
+                        .iter()
+                        .rev()
+                        .find(|e| e.key == *n && !e.value.is_empty())
+                        .map(|e| (e.value.clone(), Origin::File(file_path.clone().unwrap_or_default(), e.line, n)))
+                })
+            });
+        if let Some(found) = found {
+            values.insert(setting.name, found);
+        } else if let Default::Value(v) = setting.default {
+            values.insert(setting.name, (v.to_string(), Origin::Default));
+        }
+    }
+    Ok(Raw { values })
+}
+
+fn read_env_file(path: &Path) -> Result<Vec<envfile::Entry>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::config(format!("cannot read env file `{}`: {e}", path.display()))
+            .with_note("check --env-file / RAGSPOOL_ENV_FILE and the file's permissions")
+    })?;
+    envfile::parse(&text).map_err(|e| {
+        Error::config(format!("env file `{}` line {}: {}", path.display(), e.line, e.message))
+    })
+}
+
+/// Stage two: typed values; cross-setting problems are added to `problems`.
+fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
+    let text = |name: &str| raw.get(name).map(str::to_string);
+    let num = |name: &str| raw.get(name).and_then(|v| v.parse::<u64>().ok());
+    let secret = |name: &str| raw.get(name).map(Secret::new);
+    let spool_dir = PathBuf::from(text("SPOOL_DIR").unwrap_or_default());
+    let log_raw = text("RAG_LOG_FILE").unwrap_or_default();
+    let log_file = (log_raw != "-").then(|| PathBuf::from(&log_raw));
+    let failure_log = match text("FAILURE_LOG") {
+        Some(p) => PathBuf::from(p),
+        None => default_failure_log(log_file.as_deref()),
+    };
+    let embed = match (text("EMBED_BASE_URL"), text("EMBED_MODEL")) {
+        (Some(base), Some(model)) => Some(EmbedSettings {
+            base_url: base.trim_end_matches('/').to_string(),
+            model,
+            api_key: secret("EMBED_API_KEY"),
+        }),
+        (Some(_), None) => {
+            problems.push("`EMBED_MODEL` must be set when EMBED_BASE_URL is set".into());
+            None
+        }
+        _ => None,
+    };
+    let redis = text("REDIS_HOST").map(|host| RedisSettings {
+        host,
+        port: num("REDIS_PORT").and_then(|p| u16::try_from(p).ok()).unwrap_or(6379),
+        db: num("REDIS_DB").and_then(|d| i64::try_from(d).ok()).unwrap_or(0),
+        username: text("REDIS_USERNAME"),
+        password: secret("REDIS_PASSWORD"),
+        ssl: raw.get("REDIS_SSL").and_then(defs::parse_bool).unwrap_or(false),
+    });
+    let workers = num("WORKERS")
+        .map(|w| w as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    Config {
+        spool_dir,
+        log_file,
+        failure_log,
+        database_url: secret("DATABASE_URL"),
+        table: text("RAGSPOOL_TABLE").unwrap_or_default(),
+        embed,
+        embed_dim: num("EMBED_DIM").map(to_usize),
+        gate_url: text("GATE_URL"),
+        gate_token: secret("GATE_TOKEN"),
+        gate_secret: secret("GATE_SECRET"),
+        gate_template_dir: text("GATE_TEMPLATE_DIR").map(PathBuf::from),
+        alert_url: text("ALERT_URL"),
+        alert_token: secret("ALERT_TOKEN"),
+        batch_max_files: num("BATCH_MAX_FILES").map_or(50, to_usize),
+        batch_max_bytes: num("BATCH_MAX_BYTES").unwrap_or(67_108_864),
+        batch_max_age_secs: num("BATCH_MAX_AGE_SECS").unwrap_or(5),
+        workers,
+        max_file_bytes: num("MAX_FILE_BYTES").unwrap_or(268_435_456),
+        partition_premake_days: num("PARTITION_PREMAKE_DAYS").map_or(4, |d| d as u32),
+        maintenance_alert_after: num("MAINTENANCE_ALERT_AFTER").map_or(3, |d| d as u32),
+        metrics_file: text("METRICS_FILE").map(PathBuf::from),
+        redis,
+        default_ttl_seconds: num("DEFAULT_TTL_SECONDS").unwrap_or(3600),
+        redis_build_channel: text("REDIS_BUILD_CHANNEL").unwrap_or_default(),
+        shown: shown(raw, workers),
+    }
+}
+
+/// `rag_failures.jsonl` beside the log file (or under ./logs when logging to stderr).
+fn default_failure_log(log_file: Option<&Path>) -> PathBuf {
+    let dir = log_file
+        .and_then(Path::parent)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("./logs"));
+    dir.join("rag_failures.jsonl")
+}
+
+fn shown(raw: &Raw, workers: usize) -> Vec<Shown> {
+    SETTINGS
+        .iter()
+        .map(|s: &Setting| match raw.values.get(s.name) {
+            Some((v, origin)) => Shown {
+                name: s.name,
+                value: Some(display_value(s, v)),
+                origin: origin.clone(),
+            },
+            None => Shown {
+                name: s.name,
+                value: match s.name {
+                    "WORKERS" => Some(workers.to_string()),
+                    _ => None,
+                },
+                origin: Origin::Default,
+            },
+        })
+        .collect()
+}
+
+fn display_value(setting: &Setting, value: &str) -> String {
+    if setting.secret && !value.contains("://") {
+        "***".into()
+    } else {
+        crate::redact::url(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_with(flags: &[(&'static str, String)], env: &[(&str, &str)], file: Option<&Path>) -> Result<Config> {
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let lookup = move |n: &str| env.get(n).cloned();
+        load(&Sources {
+            flags,
+            env_file: file,
+            env: &lookup,
+        })
+    }
+
+    #[test]
+    fn defaults_apply() -> Result<()> {
+        let c = load_with(&[], &[], None)?;
+        assert_eq!(c.spool_dir, PathBuf::from("/var/spool/ragspool"));
+        assert_eq!(c.failure_log, PathBuf::from("./logs/rag_failures.jsonl"));
+        assert_eq!(c.batch_max_files, 50);
+        assert_eq!(c.table, "rag_chunks");
+        assert!(c.redis.is_none() && c.database_url.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn precedence_is_flag_env_file_default() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("env");
+        let mut f = std::fs::File::create(&path)?;
+        writeln!(f, "BATCH_MAX_FILES=7\nWORKERS=3\nSPOOL_DIR=/file")?;
+        let c = load_with(&[("SPOOL_DIR", "/flag".into())], &[("WORKERS", "5")], Some(&path))?;
+        assert_eq!(c.spool_dir, PathBuf::from("/flag"));
+        assert_eq!(c.workers, 5);
+        assert_eq!(c.batch_max_files, 7);
+        let origin = c.shown.iter().find(|s| s.name == "BATCH_MAX_FILES").map(|s| s.origin.to_string());
+        assert_eq!(origin, Some(format!("{}:1 BATCH_MAX_FILES", path.display())));
+        Ok(())
+    }
+
+    #[test]
+    fn database_url_wins_over_supabase() -> Result<()> {
+        let c = load_with(
+            &[],
+            &[("SUPABASE_DB_URL", "postgres://s/db"), ("DATABASE_URL", "postgres://d/db")],
+            None,
+        )?;
+        assert_eq!(c.database_url.as_ref().map(Secret::expose), Some("postgres://d/db"));
+        let c = load_with(&[], &[("SUPABASE_DB_URL", "postgres://s/db")], None)?;
+        assert_eq!(c.database_url.as_ref().map(Secret::expose), Some("postgres://s/db"));
+        Ok(())
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load_with(&[], &[("WORKERS", "many"), ("REDIS_PORT", "0"), ("REDIS_SSL", "perhaps")], None)
+            .err()
+            .map(|e| (e.class(), e.to_string()));
+        let Some((class, text)) = err else { unreachable!("should fail") };
+        assert_eq!(class, crate::error::Class::Config);
+        for name in ["`WORKERS`", "`REDIS_PORT`", "`REDIS_SSL`", "environment"] {
+            assert!(text.contains(name), "{text}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_shown_redacted() -> Result<()> {
+        let c = load_with(
+            &[],
+            &[("DATABASE_URL", "postgres://u:hunter2@h/db"), ("GATE_TOKEN", "tok-123")],
+            None,
+        )?;
+        let text = format!("{:?}", c.shown);
+        assert!(!text.contains("hunter2") && !text.contains("tok-123"), "{text}");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        Ok(())
+    }
+}

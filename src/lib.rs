@@ -1,0 +1,29 @@
+//! ragspool: ingest MessagePack RAG chunks from a spool directory into a
+//! range-partitioned PostgreSQL table, notify a downstream gate, keep partitions
+//! ahead of time, and wrap Redis as the query cache.
+//!
+//! The binary is the product; the library exists so `main.rs` stays a one-liner.
+
+// The foundation lands before the commands that use all of it (issue #3 wires
+// ingest through batch, record and config); until then some items are unused.
+#![allow(dead_code)]
+
+#[doc(hidden)]
+pub mod app;
+
+pub(crate) mod batch;
+pub(crate) mod cli;
+pub(crate) mod cmd;
+pub(crate) mod config;
+pub(crate) mod error;
+pub(crate) mod failure_log;
+pub(crate) mod log;
+pub(crate) mod privdrop;
+pub(crate) mod progress;
+pub(crate) mod record;
+pub(crate) mod redact;
+pub(crate) mod sample;
+pub(crate) mod spool;
+
+#[cfg(test)]
+mod docs_test;

@@ -1,0 +1,82 @@
+//! User and group lookups and (later) the privilege drop: the only module that may
+//! call into libc unsafely, each call with its SAFETY reasoning.
+#![allow(unsafe_code)]
+
+use crate::error::{Error, Result};
+use std::ffi::CString;
+
+/// A resolved `USER[:GROUP]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Owner {
+    /// User id.
+    pub(crate) uid: u32,
+    /// Group id: the named group, else the user's primary group.
+    pub(crate) gid: u32,
+}
+
+/// The effective user id of this process.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The effective group id of this process.
+pub(crate) fn egid() -> u32 {
+    // SAFETY: getegid has no preconditions and cannot fail.
+    unsafe { libc::getegid() }
+}
+
+/// Resolves `USER[:GROUP]` (names or numbers) through the system's user database.
+pub(crate) fn resolve(spec: &str) -> Result<Owner> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let (uid, primary) = match user.parse::<u32>() {
+        Ok(uid) => (uid, uid),
+        Err(_) => user_ids(user).ok_or_else(|| Error::usage(format!("unknown user `{user}` in `--owner {spec}`")))?,
+    };
+    let gid = match group {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group_id(g).ok_or_else(|| Error::usage(format!("unknown group `{g}` in `--owner {spec}`")))?,
+        },
+    };
+    Ok(Owner { uid, gid })
+}
+
+fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let cname = CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: a zeroed passwd is a valid value for getpwnam_r to overwrite.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and buf's length is passed with it;
+    // the strings pwd points to live in buf, which we do not read after it is dropped.
+    let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    (rc == 0 && !result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: a zeroed group is a valid value for getgrnam_r to overwrite.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: as in user_ids.
+    let rc = unsafe { libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result) };
+    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_resolves_by_name_and_number() {
+        assert_eq!(resolve("root").ok(), Some(Owner { uid: 0, gid: 0 }));
+        assert_eq!(resolve("0:0").ok(), Some(Owner { uid: 0, gid: 0 }));
+        assert!(resolve("no-such-user-xyz").is_err());
+    }
+}

@@ -1,0 +1,428 @@
+//! The spool directory protocol (SPEC §3). A file leaves incoming/ only by
+//! rename() into processing/<batch_tag>/, and leaves processing/ only by rename()
+//! into archive/ or failed/; every rename is followed by an fsync of the
+//! directories involved, so a crash at any instant leaves each file in exactly
+//! one place. Files are opened with O_NOFOLLOW and must be regular files.
+
+use crate::batch::BatchTag;
+use crate::error::{Context, Error, Result};
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// The spool's directories, in the order `status` shows them.
+pub(crate) const DIRS: [&str; 6] = ["tmp", "incoming", "processing", "archive", "failed", "outbox"];
+
+/// Mode of every spool directory.
+pub(crate) const DIR_MODE: u32 = 0o750;
+
+/// A file waiting in incoming/.
+#[derive(Debug, Clone)]
+pub(crate) struct Waiting {
+    /// Base name.
+    pub(crate) name: String,
+    /// Size in bytes when listed.
+    pub(crate) bytes: u64,
+    /// Last modification time when listed.
+    pub(crate) modified: SystemTime,
+}
+
+/// A file in processing/<batch_tag>/.
+#[derive(Debug, Clone)]
+pub(crate) struct Claimed {
+    /// Base name.
+    pub(crate) name: String,
+    /// Full path under processing/.
+    pub(crate) path: PathBuf,
+}
+
+/// Why a claimed file cannot be read as input.
+#[derive(Debug)]
+pub(crate) enum Unreadable {
+    /// Bad input: the file fails permanently with this message.
+    Bad(String),
+    /// The filesystem failed: the file stays where it is.
+    Io(Error),
+}
+
+/// Files and bytes in one directory tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Depth {
+    /// Regular files.
+    pub(crate) files: u64,
+    /// Their bytes.
+    pub(crate) bytes: u64,
+}
+
+/// The spool rooted at SPOOL_DIR.
+#[derive(Debug, Clone)]
+pub(crate) struct Spool {
+    root: PathBuf,
+}
+
+/// Whether a directory entry name is ever taken from incoming/: `*.msgpack`, not a dotfile.
+pub(crate) fn is_candidate(name: &OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|n| !n.starts_with('.') && n.len() > ".msgpack".len() && n.ends_with(".msgpack"))
+}
+
+/// fsyncs a directory so renames into or out of it survive a crash.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot fsync directory `{}`", dir.display()))
+}
+
+/// Creates `dir` (and missing parents) with the spool mode; true when it was created.
+pub(crate) fn make_dir(dir: &Path) -> Result<bool> {
+    if fs::symlink_metadata(dir).is_ok() {
+        return Ok(false);
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .with_context(|| format!("cannot create directory `{}`", dir.display()))?;
+    Ok(true)
+}
+
+/// Writes `bytes` to `dir/name` atomically: a hidden temporary file, fsync, rename, fsync dir.
+pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let target = dir.join(name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .with_context(|| format!("cannot create `{}`", tmp.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write `{}`", tmp.display()))?;
+    fs::rename(&tmp, &target).with_context(|| format!("cannot rename into `{}`", target.display()))?;
+    fsync_dir(dir)
+}
+
+impl Spool {
+    /// The spool at `root`.
+    pub(crate) fn new(root: impl Into<PathBuf>) -> Spool {
+        Spool { root: root.into() }
+    }
+
+    /// The spool root.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `root/<name>`.
+    pub(crate) fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Fails with a config error naming SPOOL_DIR when the tree is not there.
+    pub(crate) fn require(&self) -> Result<()> {
+        for name in DIRS {
+            let dir = self.dir(name);
+            if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                return Err(Error::config(format!(
+                    "spool directory `{}` is missing (SPOOL_DIR={})",
+                    dir.display(),
+                    self.root.display()
+                ))
+                .with_note("run `ragspool init` first"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Files ready in incoming/, oldest first. Dotfiles, other suffixes, symlinks and
+    /// non-regular files are not listed and never opened.
+    pub(crate) fn waiting(&self) -> Result<Vec<Waiting>> {
+        let dir = self.dir("incoming");
+        let mut found = Vec::new();
+        let entries = fs::read_dir(&dir).with_context(|| format!("cannot list `{}`", dir.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot list `{}`", dir.display()))?;
+            let name = entry.file_name();
+            if !is_candidate(&name) {
+                continue;
+            }
+            // DirEntry::metadata does not follow symlinks.
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.file_type().is_file() {
+                continue;
+            }
+            let Some(name) = name.to_str() else { continue };
+            found.push(Waiting {
+                name: name.to_string(),
+                bytes: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            });
+        }
+        found.sort_by(|a, b| a.modified.cmp(&b.modified).then_with(|| a.name.cmp(&b.name)));
+        Ok(found)
+    }
+
+    /// Moves `files` from incoming/ into processing/<tag>/. A file another process
+    /// claimed first is skipped. Returns what this call claimed.
+    pub(crate) fn claim(&self, tag: &BatchTag, files: &[Waiting]) -> Result<Vec<Claimed>> {
+        let incoming = self.dir("incoming");
+        let processing = self.dir("processing");
+        let target = processing.join(tag.as_str());
+        make_dir(&target)?;
+        fsync_dir(&processing)?;
+        let mut claimed = Vec::with_capacity(files.len());
+        for file in files {
+            let from = incoming.join(&file.name);
+            let to = target.join(&file.name);
+            match fs::rename(&from, &to) {
+                Ok(()) => claimed.push(Claimed {
+                    name: file.name.clone(),
+                    path: to,
+                }),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::from(e).context(format!("cannot claim `{}`", from.display()))),
+            }
+        }
+        fsync_dir(&target)?;
+        fsync_dir(&incoming)?;
+        if claimed.is_empty() {
+            self.forget(tag);
+        }
+        Ok(claimed)
+    }
+
+    /// Batches a crash left in processing/, with their files.
+    pub(crate) fn in_flight(&self) -> Result<Vec<(BatchTag, Vec<Claimed>)>> {
+        let processing = self.dir("processing");
+        let mut batches = Vec::new();
+        let entries = fs::read_dir(&processing).with_context(|| format!("cannot list `{}`", processing.display()))?;
+        for entry in entries {
+            let entry = entry?;
+            let Some(tag) = entry.file_name().to_str().and_then(BatchTag::parse) else {
+                continue;
+            };
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let dir = entry.path();
+            let mut files = Vec::new();
+            for f in fs::read_dir(&dir).with_context(|| format!("cannot list `{}`", dir.display()))? {
+                let f = f?;
+                if let Some(name) = f.file_name().to_str() {
+                    files.push(Claimed {
+                        name: name.to_string(),
+                        path: f.path(),
+                    });
+                }
+            }
+            files.sort_by(|a, b| a.name.cmp(&b.name));
+            batches.push((tag, files));
+        }
+        batches.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(batches)
+    }
+
+    /// Removes processing/<tag>/ once it is empty; a non-empty one stays.
+    pub(crate) fn forget(&self, tag: &BatchTag) {
+        let dir = self.dir("processing").join(tag.as_str());
+        if fs::remove_dir(&dir).is_ok() {
+            let _ = fsync_dir(&self.dir("processing"));
+        }
+    }
+
+    /// Moves a claimed file to archive/<day>/<tag>/.
+    pub(crate) fn archive(&self, tag: &BatchTag, file: &Claimed, day: &str) -> Result<PathBuf> {
+        let archive = self.dir("archive");
+        let day_dir = archive.join(day);
+        let dir = day_dir.join(tag.as_str());
+        if make_dir(&dir)? {
+            fsync_dir(&archive)?;
+            fsync_dir(&day_dir)?;
+        }
+        self.move_out(file, &dir)
+    }
+
+    /// Moves a claimed file to failed/<tag>/ beside `<file>.reason.json`.
+    pub(crate) fn fail(&self, tag: &BatchTag, file: &Claimed, reason_json: &str) -> Result<PathBuf> {
+        let failed = self.dir("failed");
+        let dir = failed.join(tag.as_str());
+        if make_dir(&dir)? {
+            fsync_dir(&failed)?;
+        }
+        write_atomic(&dir, &format!("{}.reason.json", file.name), reason_json.as_bytes(), 0o640)?;
+        self.move_out(file, &dir)
+    }
+
+    fn move_out(&self, file: &Claimed, dir: &Path) -> Result<PathBuf> {
+        let to = dir.join(&file.name);
+        fs::rename(&file.path, &to)
+            .with_context(|| format!("cannot move `{}` to `{}`", file.path.display(), dir.display()))?;
+        fsync_dir(dir)?;
+        if let Some(from) = file.path.parent() {
+            fsync_dir(from)?;
+        }
+        Ok(to)
+    }
+
+    /// Files and bytes under each directory of [`DIRS`].
+    pub(crate) fn depth(&self) -> Result<Vec<(&'static str, Depth)>> {
+        DIRS.iter()
+            .map(|name| Ok((*name, tree_depth(&self.dir(name))?)))
+            .collect()
+    }
+}
+
+/// What makes an existing path unsafe: a symlink, a mode with any of `forbidden`
+/// bits, or an owner other than `uid` (when given). `None` when it is missing or safe.
+pub(crate) fn unsafe_reason(path: &Path, forbidden: u32, uid: Option<u32>) -> Option<String> {
+    let meta = fs::symlink_metadata(path).ok()?;
+    if meta.file_type().is_symlink() {
+        return Some("is a symbolic link".into());
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & forbidden != 0 {
+        return Some(format!("has mode {mode:04o}; expected no bits of {forbidden:04o}"));
+    }
+    match uid {
+        Some(uid) if meta.uid() != uid => Some(format!("is owned by uid {}, expected {uid}", meta.uid())),
+        _ => None,
+    }
+}
+
+fn tree_depth(dir: &Path) -> Result<Depth> {
+    let mut depth = Depth::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::from(e).context(format!("cannot list `{}`", d.display()))),
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                depth.files += 1;
+                depth.bytes += meta.len();
+            }
+        }
+    }
+    Ok(depth)
+}
+
+/// Reads a claimed file without following a symlink, refusing anything that is not
+/// a regular file of 1 to `max_bytes` bytes.
+pub(crate) fn read_claimed(path: &Path, max_bytes: u64) -> std::result::Result<Vec<u8>, Unreadable> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Unreadable::Bad("is a symbolic link; spool files must be regular files".into()));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(Unreadable::Bad("is not a regular file".into()));
+        }
+        Err(e) => return Err(Unreadable::Io(Error::from(e).context(format!("cannot open `{}`", path.display())))),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Unreadable::Io(Error::from(e).context(format!("cannot stat `{}`", path.display()))))?;
+    if !meta.file_type().is_file() {
+        return Err(Unreadable::Bad("is not a regular file".into()));
+    }
+    if meta.size() == 0 {
+        return Err(Unreadable::Bad("is empty (0 bytes)".into()));
+    }
+    if meta.size() > max_bytes {
+        return Err(Unreadable::Bad(format!(
+            "is {} bytes, over MAX_FILE_BYTES ({max_bytes})",
+            meta.size()
+        )));
+    }
+    let mut buf = Vec::with_capacity(meta.size() as usize);
+    // Read one byte past the limit so a file that grew after fstat is still caught.
+    file.take(max_bytes + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Unreadable::Io(Error::from(e).context(format!("cannot read `{}`", path.display()))))?;
+    if buf.len() as u64 > max_bytes {
+        return Err(Unreadable::Bad(format!("grew past MAX_FILE_BYTES ({max_bytes}) while being read")));
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn spool() -> Result<(tempfile::TempDir, Spool)> {
+        let dir = tempfile::tempdir()?;
+        let spool = Spool::new(dir.path());
+        for d in DIRS {
+            make_dir(&spool.dir(d))?;
+        }
+        Ok((dir, spool))
+    }
+
+    #[test]
+    fn only_regular_msgpack_non_dotfiles_wait() -> Result<()> {
+        let (_t, spool) = spool()?;
+        let inc = spool.dir("incoming");
+        fs::write(inc.join("a.msgpack"), b"x")?;
+        fs::write(inc.join(".hidden.msgpack"), b"x")?;
+        fs::write(inc.join("b.json"), b"x")?;
+        fs::write(inc.join(".msgpack"), b"x")?;
+        symlink("/etc/passwd", inc.join("link.msgpack"))?;
+        fs::create_dir(inc.join("dir.msgpack"))?;
+        let names: Vec<String> = spool.waiting()?.into_iter().map(|w| w.name).collect();
+        assert_eq!(names, vec!["a.msgpack"]);
+        Ok(())
+    }
+
+    #[test]
+    fn claim_archive_fail_move_files_once() -> Result<()> {
+        let (_t, spool) = spool()?;
+        let inc = spool.dir("incoming");
+        fs::write(inc.join("a.msgpack"), b"a")?;
+        fs::write(inc.join("b.msgpack"), b"b")?;
+        let tag = BatchTag::new()?;
+        let waiting = spool.waiting()?;
+        let claimed = spool.claim(&tag, &waiting)?;
+        assert_eq!(claimed.len(), 2);
+        // A second claimer of the same listing gets nothing.
+        assert!(spool.claim(&BatchTag::new()?, &waiting)?.is_empty());
+        assert_eq!(spool.in_flight()?.len(), 1);
+        spool.archive(&tag, &claimed[0], "2026-01-02")?;
+        spool.fail(&tag, &claimed[1], "{}")?;
+        spool.forget(&tag);
+        assert!(spool.in_flight()?.is_empty());
+        assert!(spool.dir("archive").join("2026-01-02").join(tag.as_str()).join("a.msgpack").is_file());
+        assert!(spool.dir("failed").join(tag.as_str()).join("b.msgpack.reason.json").is_file());
+        Ok(())
+    }
+
+    #[test]
+    fn read_claimed_refuses_links_empty_and_big_files() -> Result<()> {
+        let (t, _spool) = spool()?;
+        let p = t.path().join("f.msgpack");
+        fs::write(&p, b"")?;
+        assert!(matches!(read_claimed(&p, 10), Err(Unreadable::Bad(m)) if m.contains("empty")));
+        fs::write(&p, [0u8; 11])?;
+        assert!(matches!(read_claimed(&p, 10), Err(Unreadable::Bad(m)) if m.contains("MAX_FILE_BYTES")));
+        let l = t.path().join("l.msgpack");
+        symlink(&p, &l)?;
+        assert!(matches!(read_claimed(&l, 100), Err(Unreadable::Bad(m)) if m.contains("symbolic link")));
+        assert!(matches!(read_claimed(&p, 100), Ok(b) if b.len() == 11));
+        Ok(())
+    }
+}
