@@ -22,7 +22,9 @@ impl BatchTag {
     /// The tag for `when` with the given random suffix.
     pub(crate) fn at(when: OffsetDateTime, random: [u8; 4]) -> BatchTag {
         let stamp = when
-            .format(format_description!("[year][month][day]T[hour][minute][second]Z"))
+            .format(format_description!(
+                "[year][month][day]T[hour][minute][second]Z"
+            ))
             .unwrap_or_default();
         let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
         BatchTag(format!("{stamp}-{hex}"))
@@ -53,7 +55,9 @@ fn is_valid(raw: &str) -> bool {
         && b[9..15].iter().all(u8::is_ascii_digit)
         && b[15] == b'Z'
         && b[16] == b'-'
-        && b[17..].iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        && b[17..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
 }
 
 /// Why a batch ended as it did: the gate.done reason codes, exactly these (SPEC §6).
@@ -94,10 +98,16 @@ impl Reason {
 
     /// Parses a wire string; a usage error lists the valid ones.
     pub(crate) fn parse(raw: &str) -> Result<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == raw).ok_or_else(|| {
-            let valid: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
-            Error::usage(format!("unknown reason `{raw}`; valid reasons: {}", valid.join(", ")))
-        })
+        Reason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == raw)
+            .ok_or_else(|| {
+                let valid: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+                Error::usage(format!(
+                    "unknown reason `{raw}`; valid reasons: {}",
+                    valid.join(", ")
+                ))
+            })
     }
 
     /// The reason of a batch in which both `self` and `other` apply
@@ -143,7 +153,13 @@ mod tests {
         for r in Reason::ALL {
             assert_eq!(Reason::parse(r.as_str()).ok(), Some(r));
         }
-        let e = Reason::parse("ok").err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("success, healed_partition, failed, partition_missing, other_error"), "{e}");
+        let e = Reason::parse("ok")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("success, healed_partition, failed, partition_missing, other_error"),
+            "{e}"
+        );
     }
 }

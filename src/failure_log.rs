@@ -30,14 +30,24 @@ pub(crate) fn check(path: &Path) -> Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::from(e).context(format!("cannot stat failure log `{}`", path.display()))),
+        Err(e) => {
+            return Err(
+                Error::from(e).context(format!("cannot stat failure log `{}`", path.display()))
+            );
+        }
     };
     if meta.file_type().is_symlink() {
-        return Err(Error::config(format!("failure log `{}` (FAILURE_LOG) is a symbolic link", path.display()))
-            .with_note("point FAILURE_LOG at a regular file; a link could redirect the log"));
+        return Err(Error::config(format!(
+            "failure log `{}` (FAILURE_LOG) is a symbolic link",
+            path.display()
+        ))
+        .with_note("point FAILURE_LOG at a regular file; a link could redirect the log"));
     }
     if !meta.file_type().is_file() {
-        return Err(Error::config(format!("failure log `{}` (FAILURE_LOG) is not a regular file", path.display())));
+        return Err(Error::config(format!(
+            "failure log `{}` (FAILURE_LOG) is not a regular file",
+            path.display()
+        )));
     }
     if meta.mode() & 0o077 != 0 {
         return Err(Error::config(format!(

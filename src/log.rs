@@ -3,7 +3,9 @@
 
 use crate::error::{Context, Result};
 use log::LevelFilter;
-use simplelog::{ColorChoice, CombinedLogger, ConfigBuilder, SharedLogger, TermLogger, TerminalMode, WriteLogger};
+use simplelog::{
+    ColorChoice, CombinedLogger, ConfigBuilder, SharedLogger, TermLogger, TerminalMode, WriteLogger,
+};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -78,14 +80,24 @@ pub(crate) fn init(verbosity: i8, file: Option<&Path>) -> Result<()> {
                 .recursive(true)
                 .mode(0o750)
                 .create(dir)
-                .with_context(|| format!("cannot create log directory `{}` (RAG_LOG_FILE)", dir.display()))?;
+                .with_context(|| {
+                    format!(
+                        "cannot create log directory `{}` (RAG_LOG_FILE)",
+                        dir.display()
+                    )
+                })?;
         }
-        let opened = open_log(path).with_context(|| format!("cannot open log file `{}` (RAG_LOG_FILE)", path.display()))?;
+        let opened = open_log(path)
+            .with_context(|| format!("cannot open log file `{}` (RAG_LOG_FILE)", path.display()))?;
         let writer = ReopeningFile {
             path: path.to_path_buf(),
             file: opened,
         };
-        loggers.push(WriteLogger::new(level(verbosity).max(LevelFilter::Info), config, writer));
+        loggers.push(WriteLogger::new(
+            level(verbosity).max(LevelFilter::Info),
+            config,
+            writer,
+        ));
     }
     // A second init (tests calling the entry twice) keeps the first logger.
     let _ = CombinedLogger::init(loggers);

@@ -34,13 +34,15 @@ pub(crate) fn resolve(spec: &str) -> Result<Owner> {
     };
     let (uid, primary) = match user.parse::<u32>() {
         Ok(uid) => (uid, uid),
-        Err(_) => user_ids(user).ok_or_else(|| Error::usage(format!("unknown user `{user}` in `--owner {spec}`")))?,
+        Err(_) => user_ids(user)
+            .ok_or_else(|| Error::usage(format!("unknown user `{user}` in `--owner {spec}`")))?,
     };
     let gid = match group {
         None => primary,
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => group_id(g).ok_or_else(|| Error::usage(format!("unknown group `{g}` in `--owner {spec}`")))?,
+            Err(_) => group_id(g)
+                .ok_or_else(|| Error::usage(format!("unknown group `{g}` in `--owner {spec}`")))?,
         },
     };
     Ok(Owner { uid, gid })
@@ -54,7 +56,15 @@ fn user_ids(name: &str) -> Option<(u32, u32)> {
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the call and buf's length is passed with it;
     // the strings pwd points to live in buf, which we do not read after it is dropped.
-    let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
     (rc == 0 && !result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
 }
 
@@ -65,7 +75,15 @@ fn group_id(name: &str) -> Option<u32> {
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut result: *mut libc::group = std::ptr::null_mut();
     // SAFETY: as in user_ids.
-    let rc = unsafe { libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result) };
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
     (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
 }
 

@@ -31,10 +31,18 @@ impl Progress {
         if !self.enabled {
             return;
         }
-        let due = self.shown.is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
+        let due = self
+            .shown
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
         if due || self.done == self.total {
             self.shown = Some(Instant::now());
-            let _ = write!(std::io::stderr(), "\r{}: {}/{}", self.label, self.done, self.total);
+            let _ = write!(
+                std::io::stderr(),
+                "\r{}: {}/{}",
+                self.label,
+                self.done,
+                self.total
+            );
         }
     }
 }

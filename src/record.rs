@@ -133,13 +133,19 @@ impl<'a> Decoder<'a> {
             }
             None => fault(
                 start,
-                format!("truncated: needs {n} more byte(s), {} left", self.buf.len() - start),
+                format!(
+                    "truncated: needs {n} more byte(s), {} left",
+                    self.buf.len() - start
+                ),
             ),
         }
     }
 
     fn be(&mut self, n: usize) -> Step<u64> {
-        Ok(self.take(n)?.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
     }
 
     /// A count of elements that each need at least one byte: more than remain is a lie.
@@ -147,7 +153,10 @@ impl<'a> Decoder<'a> {
         let count = self.be(n)?;
         let left = (self.buf.len() - self.pos) as u64;
         if count > left {
-            return fault(at, format!("header claims {count} elements but only {left} bytes remain"));
+            return fault(
+                at,
+                format!("header claims {count} elements but only {left} bytes remain"),
+            );
         }
         Ok(count as u32)
     }
@@ -216,7 +225,12 @@ impl<'a> Decoder<'a> {
         let start = self.pos;
         let fields = match self.head()? {
             Head::Map(n) => n,
-            other => return fault(start, format!("a record must be a map, found {}", other.kind())),
+            other => {
+                return fault(
+                    start,
+                    format!("a record must be a map, found {}", other.kind()),
+                );
+            }
         };
         let mut doc_id = None;
         let mut chunk_index = None;
@@ -234,7 +248,12 @@ impl<'a> Decoder<'a> {
             let key_at = self.pos;
             let key = match self.head()? {
                 Head::Str(k) => k,
-                other => return fault(key_at, format!("record keys must be strings, found {}", other.kind())),
+                other => {
+                    return fault(
+                        key_at,
+                        format!("record keys must be strings, found {}", other.kind()),
+                    );
+                }
             };
             match key {
                 b"doc_id" => doc_id = Some(self.text("doc_id")?),
@@ -249,7 +268,13 @@ impl<'a> Decoder<'a> {
         }
         rec.doc_id = doc_id.ok_or_else(|| missing(start, "doc_id"))?;
         if rec.doc_id.is_empty() || rec.doc_id.len() > MAX_DOC_ID {
-            return fault(start, format!("doc_id must be 1 to {MAX_DOC_ID} bytes, got {}", rec.doc_id.len()));
+            return fault(
+                start,
+                format!(
+                    "doc_id must be 1 to {MAX_DOC_ID} bytes, got {}",
+                    rec.doc_id.len()
+                ),
+            );
         }
         rec.chunk_index = chunk_index.ok_or_else(|| missing(start, "chunk_index"))?;
         rec.content = content.ok_or_else(|| missing(start, "content"))?;
@@ -259,10 +284,16 @@ impl<'a> Decoder<'a> {
     fn utf8(&self, bytes: &'a [u8], at: usize, field: &str) -> Step<&'a str> {
         let text = std::str::from_utf8(bytes).map_err(|e| Fault {
             offset: at,
-            message: format!("{field} is not valid UTF-8 (at byte {} of the string)", e.valid_up_to()),
+            message: format!(
+                "{field} is not valid UTF-8 (at byte {} of the string)",
+                e.valid_up_to()
+            ),
         })?;
         if text.contains('\0') {
-            return fault(at, format!("{field} contains a NUL character, which PostgreSQL text cannot store"));
+            return fault(
+                at,
+                format!("{field} contains a NUL character, which PostgreSQL text cannot store"),
+            );
         }
         Ok(text)
     }
@@ -271,7 +302,10 @@ impl<'a> Decoder<'a> {
         let at = self.pos;
         match self.head()? {
             Head::Str(b) => Ok(self.utf8(b, at, field)?.to_owned()),
-            other => fault(at, format!("{field} must be a string, found {}", other.kind())),
+            other => fault(
+                at,
+                format!("{field} must be a string, found {}", other.kind()),
+            ),
         }
     }
 
@@ -296,7 +330,15 @@ impl<'a> Decoder<'a> {
         let value = match self.head()? {
             Head::UInt(n) => Some(n),
             Head::Int(n) => u64::try_from(n).ok(),
-            other => return fault(at, format!("chunk_index must be an unsigned integer, found {}", other.kind())),
+            other => {
+                return fault(
+                    at,
+                    format!(
+                        "chunk_index must be an unsigned integer, found {}",
+                        other.kind()
+                    ),
+                );
+            }
         };
         match value.and_then(|n| i32::try_from(n).ok()) {
             Some(n) => Ok(n),
@@ -310,7 +352,10 @@ impl<'a> Decoder<'a> {
             Head::Nil => return Ok(None),
             Head::Bin(b) => {
                 if b.len() % 4 != 0 {
-                    return fault(at, format!("embedding bin is {} bytes, not a multiple of 4", b.len()));
+                    return fault(
+                        at,
+                        format!("embedding bin is {} bytes, not a multiple of 4", b.len()),
+                    );
                 }
                 b.chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -324,20 +369,36 @@ impl<'a> Decoder<'a> {
                         Head::Float(f) => f as f32,
                         Head::UInt(u) => u as f32,
                         Head::Int(i) => i as f32,
-                        other => return fault(el_at, format!("embedding[{i}] must be a number, found {}", other.kind())),
+                        other => {
+                            return fault(
+                                el_at,
+                                format!("embedding[{i}] must be a number, found {}", other.kind()),
+                            );
+                        }
                     };
                     v.push(x);
                 }
                 v
             }
-            other => return fault(at, format!("embedding must be an array of numbers or bin of f32, found {}", other.kind())),
+            other => {
+                return fault(
+                    at,
+                    format!(
+                        "embedding must be an array of numbers or bin of f32, found {}",
+                        other.kind()
+                    ),
+                );
+            }
         };
         if let Some(i) = values.iter().position(|x: &f32| !x.is_finite()) {
             return fault(at, format!("embedding[{i}] is not a finite number"));
         }
         if let Some(dim) = self.embed_dim {
             if values.len() != dim {
-                return fault(at, format!("embedding has {} values, EMBED_DIM is {dim}", values.len()));
+                return fault(
+                    at,
+                    format!("embedding has {} values, EMBED_DIM is {dim}", values.len()),
+                );
             }
         }
         Ok(Some(values))
@@ -361,7 +422,10 @@ impl<'a> Decoder<'a> {
     fn json(&mut self, out: &mut String, depth: usize) -> Step<()> {
         let at = self.pos;
         if depth > MAX_DEPTH {
-            return fault(at, format!("metadata nested deeper than {MAX_DEPTH} levels"));
+            return fault(
+                at,
+                format!("metadata nested deeper than {MAX_DEPTH} levels"),
+            );
         }
         match self.head()? {
             Head::Nil => out.push_str("null"),
@@ -374,7 +438,12 @@ impl<'a> Decoder<'a> {
             }
             Head::Float(f) => match serde_json::Number::from_f64(f) {
                 Some(n) => out.push_str(&n.to_string()),
-                None => return fault(at, "metadata holds a NaN or infinite number, which JSON cannot store"),
+                None => {
+                    return fault(
+                        at,
+                        "metadata holds a NaN or infinite number, which JSON cannot store",
+                    );
+                }
             },
             Head::Str(b) => json_string(out, self.utf8(b, at, "metadata string")?),
             Head::Ext(-1, data) => {
@@ -382,7 +451,10 @@ impl<'a> Decoder<'a> {
                 json_string(out, &rfc3339(micros));
             }
             Head::Bin(_) | Head::Ext(..) => {
-                return fault(at, "metadata holds binary or extension data, which JSON cannot store");
+                return fault(
+                    at,
+                    "metadata holds binary or extension data, which JSON cannot store",
+                );
             }
             Head::Array(n) => {
                 out.push('[');
@@ -406,7 +478,13 @@ impl<'a> Decoder<'a> {
                         Head::UInt(k) => json_string(out, &k.to_string()),
                         Head::Int(k) => json_string(out, &k.to_string()),
                         other => {
-                            return fault(key_at, format!("metadata keys must be strings or integers, found {}", other.kind()));
+                            return fault(
+                                key_at,
+                                format!(
+                                    "metadata keys must be strings or integers, found {}",
+                                    other.kind()
+                                ),
+                            );
                         }
                     }
                     out.push(':');
@@ -434,10 +512,20 @@ impl<'a> Decoder<'a> {
                 match OffsetDateTime::parse(text, &Rfc3339) {
                     Ok(t) => i64::try_from(t.unix_timestamp_nanos() / 1000).ok(),
                     // The value itself stays out of the message: record data never reaches a log.
-                    Err(e) => return fault(at, format!("created_at is not an RFC 3339 timestamp: {e}")),
+                    Err(e) => {
+                        return fault(at, format!("created_at is not an RFC 3339 timestamp: {e}"));
+                    }
                 }
             }
-            other => return fault(at, format!("created_at must be a timestamp, number or RFC 3339 string, found {}", other.kind())),
+            other => {
+                return fault(
+                    at,
+                    format!(
+                        "created_at must be a timestamp, number or RFC 3339 string, found {}",
+                        other.kind()
+                    ),
+                );
+            }
         };
         match micros.filter(|m| (MIN_MICROS..=MAX_MICROS).contains(m)) {
             Some(m) => Ok(Some(m)),
@@ -467,7 +555,12 @@ impl Iterator for Decoder<'_> {
                     0x80..=0x8f | 0xde | 0xdf => return self.record().map(Some),
                     _ => {
                         let kind = self.head()?.kind();
-                        return fault(at, format!("expected a record map or an array of record maps, found {kind}"));
+                        return fault(
+                            at,
+                            format!(
+                                "expected a record map or an array of record maps, found {kind}"
+                            ),
+                        );
                     }
                 }
             }
@@ -524,7 +617,8 @@ fn timestamp_ext(data: &[u8]) -> Option<i64> {
     if nanos >= 1_000_000_000 {
         return None;
     }
-    secs.checked_mul(1_000_000)?.checked_add(i64::from(nanos / 1000))
+    secs.checked_mul(1_000_000)?
+        .checked_add(i64::from(nanos / 1000))
 }
 
 /// RFC 3339 UTC text for microseconds since the epoch.

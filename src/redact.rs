@@ -79,9 +79,17 @@ fn redact_query(tail: &str) -> String {
 
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "passwd", "pass", "token", "secret", "key", "sslpassword"]
-        .iter()
-        .any(|s| key == *s || key.ends_with(&format!("_{s}")))
+    [
+        "password",
+        "passwd",
+        "pass",
+        "token",
+        "secret",
+        "key",
+        "sslpassword",
+    ]
+    .iter()
+    .any(|s| key == *s || key.ends_with(&format!("_{s}")))
 }
 
 #[cfg(test)]
@@ -95,7 +103,10 @@ mod tests {
             "postgres://app:***@db.example:5432/rag?sslmode=require"
         );
         assert_eq!(url("postgres://app@db/rag"), "postgres://app@db/rag");
-        assert_eq!(url("postgres://db/rag?password=x&user=u"), "postgres://db/rag?password=***&user=u");
+        assert_eq!(
+            url("postgres://db/rag?password=x&user=u"),
+            "postgres://db/rag?password=***&user=u"
+        );
         assert_eq!(url("redis://:pw@host:6379/0"), "redis://:***@host:6379/0");
         assert_eq!(url("not a url"), "not a url");
     }

@@ -74,10 +74,48 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "retrieval", "augmented", "generation", "chunk", "embedding", "vector", "index", "query", "latency",
-    "partition", "naïve", "Zürich", "café", "façade", "São Paulo", "Kraków", "東京", "데이터", "Ελληνικά",
-    "данные", "über", "résumé", "piñata", "smörgåsbord", "coöperate", "the", "of", "and", "a", "to", "in",
-    "is", "for", "with", "on", "model", "document", "token", "context", "answer", "source", "cache",
+    "retrieval",
+    "augmented",
+    "generation",
+    "chunk",
+    "embedding",
+    "vector",
+    "index",
+    "query",
+    "latency",
+    "partition",
+    "naïve",
+    "Zürich",
+    "café",
+    "façade",
+    "São Paulo",
+    "Kraków",
+    "東京",
+    "데이터",
+    "Ελληνικά",
+    "данные",
+    "über",
+    "résumé",
+    "piñata",
+    "smörgåsbord",
+    "coöperate",
+    "the",
+    "of",
+    "and",
+    "a",
+    "to",
+    "in",
+    "is",
+    "for",
+    "with",
+    "on",
+    "model",
+    "document",
+    "token",
+    "context",
+    "answer",
+    "source",
+    "cache",
 ];
 
 /// Writes the plan's files into incoming/.
@@ -114,8 +152,10 @@ fn deliver(spool: &Spool, name: &str, bytes: &[u8]) -> Result<()> {
     let incoming = spool.dir("incoming");
     let target = incoming.join(name);
     if std::fs::symlink_metadata(&target).is_ok() {
-        return Err(Error::failed(format!("`{}` already exists", target.display()))
-            .with_note("use another --seed, or wait a second"));
+        return Err(
+            Error::failed(format!("`{}` already exists", target.display()))
+                .with_note("use another --seed, or wait a second"),
+        );
     }
     let mut f = OpenOptions::new()
         .write(true)
@@ -127,7 +167,8 @@ fn deliver(spool: &Spool, name: &str, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write `{}`", tmp.display()))?;
-    std::fs::rename(&tmp, &target).with_context(|| format!("cannot rename into `{}`", target.display()))?;
+    std::fs::rename(&tmp, &target)
+        .with_context(|| format!("cannot rename into `{}`", target.display()))?;
     fsync_dir(&incoming)
 }
 
@@ -148,7 +189,11 @@ fn created_at(rng: &mut Rng, days: u64, now: OffsetDateTime) -> i64 {
     let now_s = now.unix_timestamp();
     let today = now_s - now_s.rem_euclid(86_400);
     let day = rng.below(days.max(1)) as i64;
-    let span = if day == 0 { (now_s - today).max(1) as u64 } else { 86_400 };
+    let span = if day == 0 {
+        (now_s - today).max(1) as u64
+    } else {
+        86_400
+    };
     let secs = today - day * 86_400 + rng.below(span) as i64;
     secs * 1_000_000 + rng.below(1_000_000) as i64
 }
@@ -178,11 +223,17 @@ fn good_file(rng: &mut Rng, plan: &Plan, file: u64, now: OffsetDateTime) -> Vec<
         write_created_at(&mut out, created_at(rng, plan.days, now), r);
         if optional != 0 {
             write_str(&mut out, "source");
-            write_str(&mut out, &format!("wiki/{}", WORDS[rng.below(WORDS.len() as u64) as usize]));
+            write_str(
+                &mut out,
+                &format!("wiki/{}", WORDS[rng.below(WORDS.len() as u64) as usize]),
+            );
             write_str(&mut out, "metadata");
             let _ = mp::write_map_len(&mut out, 3);
             write_str(&mut out, "lang");
-            write_str(&mut out, ["en", "de", "ja", "ko", "el"][rng.below(5) as usize]);
+            write_str(
+                &mut out,
+                ["en", "de", "ja", "ko", "el"][rng.below(5) as usize],
+            );
             write_str(&mut out, "section");
             let _ = mp::write_uint(&mut out, rng.below(50));
             write_str(&mut out, "tags");
@@ -307,7 +358,11 @@ mod tests {
             assert_eq!(records.len(), 10);
             let horizon = (now.unix_timestamp() - 3 * 86_400) * 1_000_000;
             let now_us = now.unix_timestamp() * 1_000_000 + 1_000_000;
-            assert!(records.iter().all(|r| r.created_at.is_some_and(|c| c > horizon && c <= now_us)));
+            assert!(
+                records
+                    .iter()
+                    .all(|r| r.created_at.is_some_and(|c| c > horizon && c <= now_us))
+            );
         }
     }
 

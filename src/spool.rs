@@ -14,7 +14,14 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// The spool's directories, in the order `status` shows them.
-pub(crate) const DIRS: [&str; 6] = ["tmp", "incoming", "processing", "archive", "failed", "outbox"];
+pub(crate) const DIRS: [&str; 6] = [
+    "tmp",
+    "incoming",
+    "processing",
+    "archive",
+    "failed",
+    "outbox",
+];
 
 /// Mode of every spool directory.
 pub(crate) const DIR_MODE: u32 = 0o750;
@@ -65,8 +72,9 @@ pub(crate) struct Spool {
 
 /// Whether a directory entry name is ever taken from incoming/: `*.msgpack`, not a dotfile.
 pub(crate) fn is_candidate(name: &OsStr) -> bool {
-    name.to_str()
-        .is_some_and(|n| !n.starts_with('.') && n.len() > ".msgpack".len() && n.ends_with(".msgpack"))
+    name.to_str().is_some_and(|n| {
+        !n.starts_with('.') && n.len() > ".msgpack".len() && n.ends_with(".msgpack")
+    })
 }
 
 /// fsyncs a directory so renames into or out of it survive a crash.
@@ -104,7 +112,8 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> R
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write `{}`", tmp.display()))?;
-    fs::rename(&tmp, &target).with_context(|| format!("cannot rename into `{}`", target.display()))?;
+    fs::rename(&tmp, &target)
+        .with_context(|| format!("cannot rename into `{}`", target.display()))?;
     fsync_dir(dir)
 }
 
@@ -145,7 +154,8 @@ impl Spool {
     pub(crate) fn waiting(&self) -> Result<Vec<Waiting>> {
         let dir = self.dir("incoming");
         let mut found = Vec::new();
-        let entries = fs::read_dir(&dir).with_context(|| format!("cannot list `{}`", dir.display()))?;
+        let entries =
+            fs::read_dir(&dir).with_context(|| format!("cannot list `{}`", dir.display()))?;
         for entry in entries {
             let entry = entry.with_context(|| format!("cannot list `{}`", dir.display()))?;
             let name = entry.file_name();
@@ -164,7 +174,11 @@ impl Spool {
                 modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             });
         }
-        found.sort_by(|a, b| a.modified.cmp(&b.modified).then_with(|| a.name.cmp(&b.name)));
+        found.sort_by(|a, b| {
+            a.modified
+                .cmp(&b.modified)
+                .then_with(|| a.name.cmp(&b.name))
+        });
         Ok(found)
     }
 
@@ -186,7 +200,11 @@ impl Spool {
                     path: to,
                 }),
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::from(e).context(format!("cannot claim `{}`", from.display()))),
+                Err(e) => {
+                    return Err(
+                        Error::from(e).context(format!("cannot claim `{}`", from.display()))
+                    );
+                }
             }
         }
         fsync_dir(&target)?;
@@ -201,7 +219,8 @@ impl Spool {
     pub(crate) fn in_flight(&self) -> Result<Vec<(BatchTag, Vec<Claimed>)>> {
         let processing = self.dir("processing");
         let mut batches = Vec::new();
-        let entries = fs::read_dir(&processing).with_context(|| format!("cannot list `{}`", processing.display()))?;
+        let entries = fs::read_dir(&processing)
+            .with_context(|| format!("cannot list `{}`", processing.display()))?;
         for entry in entries {
             let entry = entry?;
             let Some(tag) = entry.file_name().to_str().and_then(BatchTag::parse) else {
@@ -212,7 +231,9 @@ impl Spool {
             }
             let dir = entry.path();
             let mut files = Vec::new();
-            for f in fs::read_dir(&dir).with_context(|| format!("cannot list `{}`", dir.display()))? {
+            for f in
+                fs::read_dir(&dir).with_context(|| format!("cannot list `{}`", dir.display()))?
+            {
                 let f = f?;
                 if let Some(name) = f.file_name().to_str() {
                     files.push(Claimed {
@@ -249,20 +270,35 @@ impl Spool {
     }
 
     /// Moves a claimed file to failed/<tag>/ beside `<file>.reason.json`.
-    pub(crate) fn fail(&self, tag: &BatchTag, file: &Claimed, reason_json: &str) -> Result<PathBuf> {
+    pub(crate) fn fail(
+        &self,
+        tag: &BatchTag,
+        file: &Claimed,
+        reason_json: &str,
+    ) -> Result<PathBuf> {
         let failed = self.dir("failed");
         let dir = failed.join(tag.as_str());
         if make_dir(&dir)? {
             fsync_dir(&failed)?;
         }
-        write_atomic(&dir, &format!("{}.reason.json", file.name), reason_json.as_bytes(), 0o640)?;
+        write_atomic(
+            &dir,
+            &format!("{}.reason.json", file.name),
+            reason_json.as_bytes(),
+            0o640,
+        )?;
         self.move_out(file, &dir)
     }
 
     fn move_out(&self, file: &Claimed, dir: &Path) -> Result<PathBuf> {
         let to = dir.join(&file.name);
-        fs::rename(&file.path, &to)
-            .with_context(|| format!("cannot move `{}` to `{}`", file.path.display(), dir.display()))?;
+        fs::rename(&file.path, &to).with_context(|| {
+            format!(
+                "cannot move `{}` to `{}`",
+                file.path.display(),
+                dir.display()
+            )
+        })?;
         fsync_dir(dir)?;
         if let Some(from) = file.path.parent() {
             fsync_dir(from)?;
@@ -287,10 +323,14 @@ pub(crate) fn unsafe_reason(path: &Path, forbidden: u32, uid: Option<u32>) -> Op
     }
     let mode = meta.mode() & 0o7777;
     if mode & forbidden != 0 {
-        return Some(format!("has mode {mode:04o}; expected no bits of {forbidden:04o}"));
+        return Some(format!(
+            "has mode {mode:04o}; expected no bits of {forbidden:04o}"
+        ));
     }
     match uid {
-        Some(uid) if meta.uid() != uid => Some(format!("is owned by uid {}, expected {uid}", meta.uid())),
+        Some(uid) if meta.uid() != uid => {
+            Some(format!("is owned by uid {}, expected {uid}", meta.uid()))
+        }
         _ => None,
     }
 }
@@ -319,7 +359,10 @@ fn tree_depth(dir: &Path) -> Result<Depth> {
 
 /// Reads a claimed file without following a symlink, refusing anything that is not
 /// a regular file of 1 to `max_bytes` bytes.
-pub(crate) fn read_claimed(path: &Path, max_bytes: u64) -> std::result::Result<Vec<u8>, Unreadable> {
+pub(crate) fn read_claimed(
+    path: &Path,
+    max_bytes: u64,
+) -> std::result::Result<Vec<u8>, Unreadable> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -327,16 +370,22 @@ pub(crate) fn read_claimed(path: &Path, max_bytes: u64) -> std::result::Result<V
     let file = match file {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(Unreadable::Bad("is a symbolic link; spool files must be regular files".into()));
+            return Err(Unreadable::Bad(
+                "is a symbolic link; spool files must be regular files".into(),
+            ));
         }
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
             return Err(Unreadable::Bad("is not a regular file".into()));
         }
-        Err(e) => return Err(Unreadable::Io(Error::from(e).context(format!("cannot open `{}`", path.display())))),
+        Err(e) => {
+            return Err(Unreadable::Io(
+                Error::from(e).context(format!("cannot open `{}`", path.display())),
+            ));
+        }
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| Unreadable::Io(Error::from(e).context(format!("cannot stat `{}`", path.display()))))?;
+    let meta = file.metadata().map_err(|e| {
+        Unreadable::Io(Error::from(e).context(format!("cannot stat `{}`", path.display())))
+    })?;
     if !meta.file_type().is_file() {
         return Err(Unreadable::Bad("is not a regular file".into()));
     }
@@ -353,9 +402,13 @@ pub(crate) fn read_claimed(path: &Path, max_bytes: u64) -> std::result::Result<V
     // Read one byte past the limit so a file that grew after fstat is still caught.
     file.take(max_bytes + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| Unreadable::Io(Error::from(e).context(format!("cannot read `{}`", path.display()))))?;
+        .map_err(|e| {
+            Unreadable::Io(Error::from(e).context(format!("cannot read `{}`", path.display())))
+        })?;
     if buf.len() as u64 > max_bytes {
-        return Err(Unreadable::Bad(format!("grew past MAX_FILE_BYTES ({max_bytes}) while being read")));
+        return Err(Unreadable::Bad(format!(
+            "grew past MAX_FILE_BYTES ({max_bytes}) while being read"
+        )));
     }
     Ok(buf)
 }
@@ -406,8 +459,21 @@ mod tests {
         spool.fail(&tag, &claimed[1], "{}")?;
         spool.forget(&tag);
         assert!(spool.in_flight()?.is_empty());
-        assert!(spool.dir("archive").join("2026-01-02").join(tag.as_str()).join("a.msgpack").is_file());
-        assert!(spool.dir("failed").join(tag.as_str()).join("b.msgpack.reason.json").is_file());
+        assert!(
+            spool
+                .dir("archive")
+                .join("2026-01-02")
+                .join(tag.as_str())
+                .join("a.msgpack")
+                .is_file()
+        );
+        assert!(
+            spool
+                .dir("failed")
+                .join(tag.as_str())
+                .join("b.msgpack.reason.json")
+                .is_file()
+        );
         Ok(())
     }
 
@@ -418,10 +484,14 @@ mod tests {
         fs::write(&p, b"")?;
         assert!(matches!(read_claimed(&p, 10), Err(Unreadable::Bad(m)) if m.contains("empty")));
         fs::write(&p, [0u8; 11])?;
-        assert!(matches!(read_claimed(&p, 10), Err(Unreadable::Bad(m)) if m.contains("MAX_FILE_BYTES")));
+        assert!(
+            matches!(read_claimed(&p, 10), Err(Unreadable::Bad(m)) if m.contains("MAX_FILE_BYTES"))
+        );
         let l = t.path().join("l.msgpack");
         symlink(&p, &l)?;
-        assert!(matches!(read_claimed(&l, 100), Err(Unreadable::Bad(m)) if m.contains("symbolic link")));
+        assert!(
+            matches!(read_claimed(&l, 100), Err(Unreadable::Bad(m)) if m.contains("symbolic link"))
+        );
         assert!(matches!(read_claimed(&p, 100), Ok(b) if b.len() == 11));
         Ok(())
     }

@@ -53,7 +53,12 @@ const fn valued(long: &'static str, value: &'static str, doc: &'static str) -> F
     }
 }
 
-const fn setting(long: &'static str, value: &'static str, name: &'static str, doc: &'static str) -> Flag {
+const fn setting(
+    long: &'static str,
+    value: &'static str,
+    name: &'static str,
+    doc: &'static str,
+) -> Flag {
     Flag {
         long,
         short: None,
@@ -65,11 +70,35 @@ const fn setting(long: &'static str, value: &'static str, name: &'static str, do
 
 /// Flags every command accepts, before or after the command word.
 pub(crate) static GLOBAL_FLAGS: &[Flag] = &[
-    valued("env-file", "PATH", "read settings from PATH (systemd EnvironmentFile syntax); also RAGSPOOL_ENV_FILE"),
-    setting("spool-dir", "DIR", "SPOOL_DIR", "spool root (overrides SPOOL_DIR)"),
-    setting("log-file", "PATH", "RAG_LOG_FILE", "log file, `-` for stderr only (overrides RAG_LOG_FILE)"),
-    setting("table", "NAME", "RAGSPOOL_TABLE", "target table (overrides RAGSPOOL_TABLE)"),
-    setting("workers", "N", "WORKERS", "parallel file ingest within a batch (overrides WORKERS)"),
+    valued(
+        "env-file",
+        "PATH",
+        "read settings from PATH (systemd EnvironmentFile syntax); also RAGSPOOL_ENV_FILE",
+    ),
+    setting(
+        "spool-dir",
+        "DIR",
+        "SPOOL_DIR",
+        "spool root (overrides SPOOL_DIR)",
+    ),
+    setting(
+        "log-file",
+        "PATH",
+        "RAG_LOG_FILE",
+        "log file, `-` for stderr only (overrides RAG_LOG_FILE)",
+    ),
+    setting(
+        "table",
+        "NAME",
+        "RAGSPOOL_TABLE",
+        "target table (overrides RAGSPOOL_TABLE)",
+    ),
+    setting(
+        "workers",
+        "N",
+        "WORKERS",
+        "parallel file ingest within a batch (overrides WORKERS)",
+    ),
     Flag {
         long: "verbose",
         short: Some('v'),
@@ -108,7 +137,11 @@ pub(crate) static COMMANDS: &[Command] = &[
         usage: "[--owner USER[:GROUP]]",
         doc: "Creates tmp/, incoming/, processing/, archive/, failed/ and outbox/ under SPOOL_DIR with mode 0750, the log directory, and the failure log with mode 0600. Safe to run again. Existing paths with unsafe modes or owners are reported and make the exit status 1.",
         positionals: (0, 0),
-        flags: &[valued("owner", "USER[:GROUP]", "chown what it creates to USER (and GROUP); needs root")],
+        flags: &[valued(
+            "owner",
+            "USER[:GROUP]",
+            "chown what it creates to USER (and GROUP); needs root",
+        )],
     },
     Command {
         name: "migrate",
@@ -124,7 +157,11 @@ pub(crate) static COMMANDS: &[Command] = &[
         usage: "[--exec CMD]",
         doc: "Recovers processing/, flushes the outbox, then watches incoming/ and runs a batch when BATCH_MAX_FILES, BATCH_MAX_BYTES or BATCH_MAX_AGE_SECS is reached.",
         positionals: (0, 0),
-        flags: &[valued("exec", "CMD", "run CMD on a threshold instead of ingesting in-process")],
+        flags: &[valued(
+            "exec",
+            "CMD",
+            "run CMD on a threshold instead of ingesting in-process",
+        )],
     },
     Command {
         name: "process",
@@ -144,7 +181,10 @@ pub(crate) static COMMANDS: &[Command] = &[
             valued("batch-tag", "TAG", "the batch the event is about"),
             valued("reason", "REASON", "gate.done reason code"),
             valued("var", "KEY=VALUE", "extra template value (repeatable)"),
-            switch("check-templates", "render every template for every reason code and exit"),
+            switch(
+                "check-templates",
+                "render every template for every reason code and exit",
+            ),
         ],
     },
     Command {
@@ -153,7 +193,10 @@ pub(crate) static COMMANDS: &[Command] = &[
         usage: "[--dry-run]",
         doc: "Under an advisory lock, runs pg_partman maintenance for the target table or creates the missing daily partitions from today to today + PARTITION_PREMAKE_DAYS, records the run and alerts on stalls.",
         positionals: (0, 0),
-        flags: &[switch("dry-run", "show what would be created, change nothing")],
+        flags: &[switch(
+            "dry-run",
+            "show what would be created, change nothing",
+        )],
     },
     Command {
         name: "cache",
@@ -162,8 +205,15 @@ pub(crate) static COMMANDS: &[Command] = &[
         doc: "Works the Redis query cache: health probe, namespaced JSON and MessagePack values, legacy query keys, build-update publishing and hit/miss statistics.",
         positionals: (1, 4),
         flags: &[
-            valued("ttl", "SECS", "expiry for set; 0 = none (default DEFAULT_TTL_SECONDS)"),
-            switch("msgpack", "use the MessagePack variant of the key and value"),
+            valued(
+                "ttl",
+                "SECS",
+                "expiry for set; 0 = none (default DEFAULT_TTL_SECONDS)",
+            ),
+            switch(
+                "msgpack",
+                "use the MessagePack variant of the key and value",
+            ),
         ],
     },
     Command {
@@ -173,8 +223,16 @@ pub(crate) static COMMANDS: &[Command] = &[
         doc: "Serves a reference gate: accepts POSTed events with the right bearer token (GATE_TOKEN) and, when GATE_SECRET is set, a valid signature within 5 minutes; rate-limits per client; appends accepted events as JSON lines.",
         positionals: (1, 1),
         flags: &[
-            valued("listen", "ADDR", "address to listen on, e.g. 127.0.0.1:8787"),
-            valued("events", "FILE", "append accepted events here (default stdout)"),
+            valued(
+                "listen",
+                "ADDR",
+                "address to listen on, e.g. 127.0.0.1:8787",
+            ),
+            valued(
+                "events",
+                "FILE",
+                "append accepted events here (default stdout)",
+            ),
             valued("rate", "N", "requests per second per client"),
             valued("burst", "B", "token bucket size per client"),
         ],
@@ -213,7 +271,11 @@ pub(crate) static COMMANDS: &[Command] = &[
             valued("files", "N", "number of good files (default 10)"),
             valued("records", "M", "records per file (default 100)"),
             valued("dim", "D", "embedding length, 0 for none (default 384)"),
-            valued("days", "K", "spread created_at over the last K days (default 3)"),
+            valued(
+                "days",
+                "K",
+                "spread created_at over the last K days (default 3)",
+            ),
             valued("seed", "S", "random seed (default 1)"),
             valued("bad", "B", "also write B broken files (default 0)"),
         ],
@@ -237,7 +299,12 @@ mod tests {
             assert!(seen.insert(c.name), "duplicate command {}", c.name);
             let mut flags = HashSet::new();
             for f in GLOBAL_FLAGS.iter().chain(c.flags) {
-                assert!(flags.insert(f.long), "{}: duplicate flag --{}", c.name, f.long);
+                assert!(
+                    flags.insert(f.long),
+                    "{}: duplicate flag --{}",
+                    c.name,
+                    f.long
+                );
             }
         }
     }

@@ -32,7 +32,10 @@ pub(crate) fn global() -> String {
 
 /// `ragspool <command> --help`.
 pub(crate) fn command(c: &Command) -> String {
-    let mut out = format!("ragspool {} - {}\n\nUsage: ragspool [OPTIONS] {}", c.name, c.summary, c.name);
+    let mut out = format!(
+        "ragspool {} - {}\n\nUsage: ragspool [OPTIONS] {}",
+        c.name, c.summary, c.name
+    );
     if !c.usage.is_empty() {
         out.push(' ');
         out.push_str(c.usage);

@@ -119,9 +119,11 @@ pub(crate) fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Request
             }
         };
         let value = match flag.value {
-            Some(_) => Some(into_string(parser.value().map_err(|e| {
-                Error::usage(format!("`{name}` needs a value: {e}"))
-            })?)?),
+            Some(_) => {
+                Some(into_string(parser.value().map_err(|e| {
+                    Error::usage(format!("`{name}` needs a value: {e}"))
+                })?)?)
+            }
             None => None,
         };
         let is_global = GLOBAL_FLAGS.iter().any(|g| std::ptr::eq(g, flag));
@@ -150,7 +152,8 @@ pub(crate) fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Request
         }));
     }
     let Some(command) = command else {
-        return Err(Error::usage("no command given").with_note("run `ragspool --help` for the list of commands"));
+        return Err(Error::usage("no command given")
+            .with_note("run `ragspool --help` for the list of commands"));
     };
     let (min, max) = command.positionals;
     let n = args.positionals.len();
@@ -158,9 +161,16 @@ pub(crate) fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Request
         return Err(Error::usage(format!(
             "`{}` takes {} argument(s), got {n}",
             command.name,
-            if min == max { min.to_string() } else { format!("{min} to {max}") }
+            if min == max {
+                min.to_string()
+            } else {
+                format!("{min} to {max}")
+            }
         ))
-        .with_note(format!("usage: ragspool {} {}", command.name, command.usage)));
+        .with_note(format!(
+            "usage: ragspool {} {}",
+            command.name, command.usage
+        )));
     }
     Ok(Request::Run(Invocation {
         globals,
@@ -169,7 +179,10 @@ pub(crate) fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Request
     }))
 }
 
-fn lookup(command: Option<&'static Command>, pred: impl Fn(&Flag) -> bool) -> Option<&'static Flag> {
+fn lookup(
+    command: Option<&'static Command>,
+    pred: impl Fn(&Flag) -> bool,
+) -> Option<&'static Flag> {
     let own: &'static [Flag] = command.map_or(&[], |c| c.flags);
     GLOBAL_FLAGS.iter().chain(own).find(|f| pred(f))
 }
@@ -243,7 +256,8 @@ mod tests {
 
     #[test]
     fn global_flags_go_before_or_after_the_command() {
-        let Ok(Request::Run(inv)) = run(&["-v", "gen", "--files", "3", "--spool-dir", "/x", "-v"]) else {
+        let Ok(Request::Run(inv)) = run(&["-v", "gen", "--files", "3", "--spool-dir", "/x", "-v"])
+        else {
             unreachable!("parse failed")
         };
         assert_eq!(inv.command.name, "gen");
@@ -264,16 +278,25 @@ mod tests {
                     argv.push("p".into());
                 }
                 let parsed = parse(argv.iter().map(OsString::from));
-                assert!(matches!(parsed, Ok(Request::Run(_))), "{argv:?}: {parsed:?}");
+                assert!(
+                    matches!(parsed, Ok(Request::Run(_))),
+                    "{argv:?}: {parsed:?}"
+                );
             }
         }
     }
 
     #[test]
     fn typos_get_a_suggestion() {
-        let e = run(&["proces"]).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = run(&["proces"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("did you mean `process`"), "{e}");
-        let e = run(&["gen", "--file", "2"]).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = run(&["gen", "--file", "2"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("did you mean `--files`"), "{e}");
     }
 
@@ -286,6 +309,9 @@ mod tests {
     #[test]
     fn wrong_positional_count_is_usage() {
         let e = run(&["init", "extra"]).err();
-        assert!(matches!(e.map(|e| e.class()), Some(crate::error::Class::Usage)));
+        assert!(matches!(
+            e.map(|e| e.class()),
+            Some(crate::error::Class::Usage)
+        ));
     }
 }

@@ -11,7 +11,8 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let owner = match args.value("owner") {
         Some(spec) => {
             if privdrop::euid() != 0 {
-                return Err(Error::usage("`--owner` needs root").with_note("run init with sudo, or drop --owner"));
+                return Err(Error::usage("`--owner` needs root")
+                    .with_note("run init with sudo, or drop --owner"));
             }
             Some(privdrop::resolve(spec)?)
         }
@@ -21,10 +22,19 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let spool = Spool::new(&config.spool_dir);
     let mut dirs: Vec<PathBuf> = vec![spool.root().to_path_buf()];
     dirs.extend(DIRS.iter().map(|d| spool.dir(d)));
-    if let Some(dir) = config.log_file.as_deref().and_then(Path::parent).filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = config
+        .log_file
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         dirs.push(dir.to_path_buf());
     }
-    if let Some(dir) = config.failure_log.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = config
+        .failure_log
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         if !dirs.iter().any(|d| d == dir) {
             dirs.push(dir.to_path_buf());
         }
@@ -32,7 +42,7 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let mut report = String::new();
     let mut unsafe_paths = 0;
     for dir in &dirs {
-        unsafe_paths += ensure(dir, 0o027, uid, owner, &mut report, |p| spool::make_dir(p))?;
+        unsafe_paths += ensure(dir, 0o027, uid, owner, &mut report, spool::make_dir)?;
     }
     let log = &config.failure_log;
     unsafe_paths += ensure(log, 0o077, uid, owner, &mut report, |p| {
@@ -42,7 +52,9 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     })?;
     super::emit(&report)?;
     if unsafe_paths > 0 {
-        log::warn!("{unsafe_paths} existing path(s) have unsafe modes or owners; fix them and run init again");
+        log::warn!(
+            "{unsafe_paths} existing path(s) have unsafe modes or owners; fix them and run init again"
+        );
     }
     Ok(Outcome::failed_if(unsafe_paths > 0))
 }
@@ -67,6 +79,10 @@ fn ensure(
                 .with_context(|| format!("cannot chown `{}`", path.display()))?;
         }
     }
-    report.push_str(&format!("{}  {}\n", if created { "created" } else { "ok     " }, path.display()));
+    report.push_str(&format!(
+        "{}  {}\n",
+        if created { "created" } else { "ok     " },
+        path.display()
+    ));
     Ok(0)
 }

@@ -10,9 +10,10 @@ use crate::config::Config;
 use crate::error::{Error, Outcome, Result};
 use std::io::Write;
 
-/// Whether a command writes RAG_LOG_FILE (read-only commands log to stderr only).
+/// Whether a command writes RAG_LOG_FILE. Read-only commands log to stderr only,
+/// and so does `init`, which must create the log directory with its owner itself.
 pub(crate) fn logs_to_file(command: &str) -> bool {
-    !matches!(command, "status" | "check" | "cache")
+    !matches!(command, "status" | "check" | "cache" | "init")
 }
 
 /// Runs the command of `inv` with `config`.
@@ -23,7 +24,9 @@ pub(crate) fn dispatch(inv: &Invocation, config: &Config) -> Result<Outcome> {
         "gen" => generate::run(config, args),
         "status" => status::run(config, args),
         "check" => check::run(config, args),
-        other => Err(Error::usage(format!("`ragspool {other}` is not built yet in this version"))),
+        other => Err(Error::usage(format!(
+            "`ragspool {other}` is not built yet in this version"
+        ))),
     }
 }
 
@@ -31,7 +34,9 @@ pub(crate) fn dispatch(inv: &Invocation, config: &Config) -> Result<Outcome> {
 pub(crate) fn emit(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::from(e).context("cannot write to stdout")),
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::from(e).context("cannot write to stdout"))
+        }
         _ => Ok(()),
     }
 }

@@ -11,16 +11,20 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let spool = Spool::new(&config.spool_dir);
     spool.require()?;
     let depth = spool.depth()?;
-    let oldest = spool
-        .waiting()?
-        .iter()
-        .map(|w| w.modified)
-        .min()
-        .map(|m| SystemTime::now().duration_since(m).map_or(0, |d| d.as_secs()));
+    let oldest = spool.waiting()?.iter().map(|w| w.modified).min().map(|m| {
+        SystemTime::now()
+            .duration_since(m)
+            .map_or(0, |d| d.as_secs())
+    });
     if args.has("json") {
         let dirs: serde_json::Map<String, serde_json::Value> = depth
             .iter()
-            .map(|(name, d)| (name.to_string(), json!({"files": d.files, "bytes": d.bytes})))
+            .map(|(name, d)| {
+                (
+                    name.to_string(),
+                    json!({"files": d.files, "bytes": d.bytes}),
+                )
+            })
             .collect();
         return super::emit_json(&json!({
             "spool_dir": spool.root().display().to_string(),
@@ -29,7 +33,13 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         }))
         .map(|()| Outcome::Clean);
     }
-    let mut out = format!("spool {}\n  {:<11} {:>8} {:>14}\n", spool.root().display(), "directory", "files", "bytes");
+    let mut out = format!(
+        "spool {}\n  {:<11} {:>8} {:>14}\n",
+        spool.root().display(),
+        "directory",
+        "files",
+        "bytes"
+    );
     for (name, d) in &depth {
         out.push_str(&format!("  {name:<11} {:>8} {:>14}\n", d.files, d.bytes));
     }

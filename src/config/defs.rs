@@ -48,8 +48,12 @@ fn in_range(raw: &str, min: u64, max: u64) -> Result<(), String> {
     match raw.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(()),
         _ if min == 0 && max == u64::MAX => Err(format!("must be a whole number, got `{raw}`")),
-        _ if max == u64::MAX => Err(format!("must be a whole number of at least {min}, got `{raw}`")),
-        _ => Err(format!("must be a whole number from {min} to {max}, got `{raw}`")),
+        _ if max == u64::MAX => Err(format!(
+            "must be a whole number of at least {min}, got `{raw}`"
+        )),
+        _ => Err(format!(
+            "must be a whole number from {min} to {max}, got `{raw}`"
+        )),
     }
 }
 
@@ -100,7 +104,12 @@ fn http_url(raw: &str) -> Result<(), String> {
     let rest = raw
         .strip_prefix("http://")
         .or_else(|| raw.strip_prefix("https://"))
-        .ok_or_else(|| format!("must be an http:// or https:// URL, got `{}`", crate::redact::url(raw)))?;
+        .ok_or_else(|| {
+            format!(
+                "must be an http:// or https:// URL, got `{}`",
+                crate::redact::url(raw)
+            )
+        })?;
     if rest.is_empty() || rest.starts_with('/') {
         return Err(format!("has no host: `{}`", crate::redact::url(raw)));
     }
@@ -137,7 +146,9 @@ pub(crate) fn table(raw: &str) -> Result<(), String> {
     };
     let valid = match parts.as_slice() {
         [name] => ok_ident(name) && name.len() <= 51,
-        [schema, name] => ok_ident(schema) && schema.len() <= 63 && ok_ident(name) && name.len() <= 51,
+        [schema, name] => {
+            ok_ident(schema) && schema.len() <= 63 && ok_ident(name) && name.len() <= 51
+        }
         _ => false,
     };
     if valid {
@@ -188,7 +199,12 @@ use self::Default::{Computed, None as Unset, Value};
 
 /// Every setting, in the order docs list them.
 pub(crate) static SETTINGS: &[Setting] = &[
-    s("SPOOL_DIR", Value("/var/spool/ragspool"), "spool root", not_empty),
+    s(
+        "SPOOL_DIR",
+        Value("/var/spool/ragspool"),
+        "spool root",
+        not_empty,
+    ),
     s(
         "RAG_LOG_FILE",
         Value("./logs/rag_ingestion.log"),
@@ -209,48 +225,121 @@ pub(crate) static SETTINGS: &[Setting] = &[
         secret: true,
         check: postgres_url,
     },
-    s("RAGSPOOL_TABLE", Value("rag_chunks"), "target table (schema-qualified allowed)", table),
-    s("EMBED_BASE_URL", Unset, "OpenAI-compatible base URL; POST {base}/embeddings", http_url),
+    s(
+        "RAGSPOOL_TABLE",
+        Value("rag_chunks"),
+        "target table (schema-qualified allowed)",
+        table,
+    ),
+    s(
+        "EMBED_BASE_URL",
+        Unset,
+        "OpenAI-compatible base URL; POST {base}/embeddings",
+        http_url,
+    ),
     s("EMBED_MODEL", Unset, "embedding model name", not_empty),
     secret("EMBED_API_KEY", "bearer token for the embeddings endpoint"),
-    s("EMBED_DIM", Unset, "expected embedding length; a mismatch is a bad record", dim),
+    s(
+        "EMBED_DIM",
+        Unset,
+        "expected embedding length; a mismatch is a bad record",
+        dim,
+    ),
     s("GATE_URL", Unset, "gate webhook URL", http_url),
     secret("GATE_TOKEN", "bearer token sent to the gate"),
-    secret("GATE_SECRET", "Standard Webhooks signing secret (whsec_ base64 or raw)"),
+    secret(
+        "GATE_SECRET",
+        "Standard Webhooks signing secret (whsec_ base64 or raw)",
+    ),
     s(
         "GATE_TEMPLATE_DIR",
         Computed("built-in templates"),
         "directory of <event>.json templates overriding the built-ins",
         not_empty,
     ),
-    s("ALERT_URL", Unset, "dev-dashboard alert webhook URL", http_url),
+    s(
+        "ALERT_URL",
+        Unset,
+        "dev-dashboard alert webhook URL",
+        http_url,
+    ),
     secret("ALERT_TOKEN", "bearer token sent to ALERT_URL"),
-    s("BATCH_MAX_FILES", Value("50"), "watcher: run a batch at this many waiting files", positive),
-    s("BATCH_MAX_BYTES", Value("67108864"), "watcher: ... or at this many waiting bytes", positive),
-    s("BATCH_MAX_AGE_SECS", Value("5"), "watcher: ... or when the oldest waiting file is this old", whole),
+    s(
+        "BATCH_MAX_FILES",
+        Value("50"),
+        "watcher: run a batch at this many waiting files",
+        positive,
+    ),
+    s(
+        "BATCH_MAX_BYTES",
+        Value("67108864"),
+        "watcher: ... or at this many waiting bytes",
+        positive,
+    ),
+    s(
+        "BATCH_MAX_AGE_SECS",
+        Value("5"),
+        "watcher: ... or when the oldest waiting file is this old",
+        whole,
+    ),
     s(
         "WORKERS",
         Computed("number of CPUs"),
         "parallel file ingest within a batch (one DB connection each)",
         workers,
     ),
-    s("MAX_FILE_BYTES", Value("268435456"), "larger files fail as bad input", positive),
-    s("PARTITION_PREMAKE_DAYS", Value("4"), "future daily partitions kept by maintenance", days),
+    s(
+        "MAX_FILE_BYTES",
+        Value("268435456"),
+        "larger files fail as bad input",
+        positive,
+    ),
+    s(
+        "PARTITION_PREMAKE_DAYS",
+        Value("4"),
+        "future daily partitions kept by maintenance",
+        days,
+    ),
     s(
         "MAINTENANCE_ALERT_AFTER",
         Value("3"),
         "alert after this many consecutive stalled maintenance runs",
         positive,
     ),
-    s("METRICS_FILE", Unset, "Prometheus textfile-collector output, replaced atomically", not_empty),
-    s("REDIS_HOST", Unset, "Redis host; unset = no Redis", not_empty),
+    s(
+        "METRICS_FILE",
+        Unset,
+        "Prometheus textfile-collector output, replaced atomically",
+        not_empty,
+    ),
+    s(
+        "REDIS_HOST",
+        Unset,
+        "Redis host; unset = no Redis",
+        not_empty,
+    ),
     s("REDIS_PORT", Value("6379"), "Redis port", port),
     s("REDIS_DB", Value("0"), "Redis database index", redis_db),
     s("REDIS_USERNAME", Unset, "Redis ACL user", not_empty),
     secret("REDIS_PASSWORD", "Redis password"),
-    s("REDIS_SSL", Value("false"), "connect to Redis with TLS", boolean),
-    s("DEFAULT_TTL_SECONDS", Value("3600"), "cache TTL when none is given; 0 = no expiry", whole),
-    s("REDIS_BUILD_CHANNEL", Value("build_updates"), "build-update channel", not_empty),
+    s(
+        "REDIS_SSL",
+        Value("false"),
+        "connect to Redis with TLS",
+        boolean,
+    ),
+    s(
+        "DEFAULT_TTL_SECONDS",
+        Value("3600"),
+        "cache TTL when none is given; 0 = no expiry",
+        whole,
+    ),
+    s(
+        "REDIS_BUILD_CHANNEL",
+        Value("build_updates"),
+        "build-update channel",
+        not_empty,
+    ),
 ];
 
 /// The setting named `name`.
@@ -274,7 +363,12 @@ mod tests {
     #[test]
     fn checks_say_what_was_expected() {
         assert!(positive("0").is_err());
-        assert!(port("70000").err().unwrap_or_default().contains("1 to 65535"));
+        assert!(
+            port("70000")
+                .err()
+                .unwrap_or_default()
+                .contains("1 to 65535")
+        );
         assert!(boolean("maybe").is_err());
         assert!(table("public.rag_chunks").is_ok());
         assert!(table("Bad-Name").is_err());

@@ -187,7 +187,10 @@ mod tests {
     #[test]
     fn comments_blank_lines_and_spaces() {
         let text = "# comment\n; also\n\n  A = one two  \nB=\n";
-        assert_eq!(kv(text), vec![("A".into(), "one two".into()), ("B".into(), String::new())]);
+        assert_eq!(
+            kv(text),
+            vec![("A".into(), "one two".into()), ("B".into(), String::new())]
+        );
     }
 
     #[test]

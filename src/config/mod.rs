@@ -177,23 +177,27 @@ pub(crate) fn load(sources: &Sources<'_>) -> Result<Config> {
             msg.push_str("\n  ");
             msg.push_str(p);
         }
-        Err(Error::config(msg).with_note("fix the variables named above (see ragspool(1), ENVIRONMENT)"))
+        Err(Error::config(msg)
+            .with_note("fix the variables named above (see ragspool(1), ENVIRONMENT)"))
     }
 }
 
 /// Stage one: every source's raw value, highest source first.
 fn collect(sources: &Sources<'_>) -> Result<Raw> {
-    let file_path = sources
-        .env_file
-        .map(Path::to_path_buf)
-        .or_else(|| (sources.env)("RAGSPOOL_ENV_FILE").filter(|p| !p.is_empty()).map(PathBuf::from));
+    let file_path = sources.env_file.map(Path::to_path_buf).or_else(|| {
+        (sources.env)("RAGSPOOL_ENV_FILE")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    });
     let file_entries = match &file_path {
         Some(path) => read_env_file(path)?,
         None => Vec::new(),
     };
     let mut values = HashMap::new();
     for setting in SETTINGS {
-        let names: Vec<&'static str> = std::iter::once(setting.name).chain(setting.fallback).collect();
+        let names: Vec<&'static str> = std::iter::once(setting.name)
+            .chain(setting.fallback)
+            .collect();
         let found = sources
             .flags
             .iter()
@@ -213,7 +217,12 @@ fn collect(sources: &Sources<'_>) -> Result<Raw> {
                         .iter()
                         .rev()
                         .find(|e| e.key == *n && !e.value.is_empty())
-                        .map(|e| (e.value.clone(), Origin::File(file_path.clone().unwrap_or_default(), e.line, n)))
+                        .map(|e| {
+                            (
+                                e.value.clone(),
+                                Origin::File(file_path.clone().unwrap_or_default(), e.line, n),
+                            )
+                        })
                 })
             });
         if let Some(found) = found {
@@ -231,7 +240,12 @@ fn read_env_file(path: &Path) -> Result<Vec<envfile::Entry>> {
             .with_note("check --env-file / RAGSPOOL_ENV_FILE and the file's permissions")
     })?;
     envfile::parse(&text).map_err(|e| {
-        Error::config(format!("env file `{}` line {}: {}", path.display(), e.line, e.message))
+        Error::config(format!(
+            "env file `{}` line {}: {}",
+            path.display(),
+            e.line,
+            e.message
+        ))
     })
 }
 
@@ -261,11 +275,18 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
     };
     let redis = text("REDIS_HOST").map(|host| RedisSettings {
         host,
-        port: num("REDIS_PORT").and_then(|p| u16::try_from(p).ok()).unwrap_or(6379),
-        db: num("REDIS_DB").and_then(|d| i64::try_from(d).ok()).unwrap_or(0),
+        port: num("REDIS_PORT")
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(6379),
+        db: num("REDIS_DB")
+            .and_then(|d| i64::try_from(d).ok())
+            .unwrap_or(0),
         username: text("REDIS_USERNAME"),
         password: secret("REDIS_PASSWORD"),
-        ssl: raw.get("REDIS_SSL").and_then(defs::parse_bool).unwrap_or(false),
+        ssl: raw
+            .get("REDIS_SSL")
+            .and_then(defs::parse_bool)
+            .unwrap_or(false),
     });
     let workers = num("WORKERS")
         .map(|w| w as usize)
@@ -343,8 +364,15 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn load_with(flags: &[(&'static str, String)], env: &[(&str, &str)], file: Option<&Path>) -> Result<Config> {
-        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    fn load_with(
+        flags: &[(&'static str, String)],
+        env: &[(&str, &str)],
+        file: Option<&Path>,
+    ) -> Result<Config> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let lookup = move |n: &str| env.get(n).cloned();
         load(&Sources {
             flags,
@@ -370,12 +398,23 @@ mod tests {
         let path = dir.path().join("env");
         let mut f = std::fs::File::create(&path)?;
         writeln!(f, "BATCH_MAX_FILES=7\nWORKERS=3\nSPOOL_DIR=/file")?;
-        let c = load_with(&[("SPOOL_DIR", "/flag".into())], &[("WORKERS", "5")], Some(&path))?;
+        let c = load_with(
+            &[("SPOOL_DIR", "/flag".into())],
+            &[("WORKERS", "5")],
+            Some(&path),
+        )?;
         assert_eq!(c.spool_dir, PathBuf::from("/flag"));
         assert_eq!(c.workers, 5);
         assert_eq!(c.batch_max_files, 7);
-        let origin = c.shown.iter().find(|s| s.name == "BATCH_MAX_FILES").map(|s| s.origin.to_string());
-        assert_eq!(origin, Some(format!("{}:1 BATCH_MAX_FILES", path.display())));
+        let origin = c
+            .shown
+            .iter()
+            .find(|s| s.name == "BATCH_MAX_FILES")
+            .map(|s| s.origin.to_string());
+        assert_eq!(
+            origin,
+            Some(format!("{}:1 BATCH_MAX_FILES", path.display()))
+        );
         Ok(())
     }
 
@@ -383,21 +422,40 @@ mod tests {
     fn database_url_wins_over_supabase() -> Result<()> {
         let c = load_with(
             &[],
-            &[("SUPABASE_DB_URL", "postgres://s/db"), ("DATABASE_URL", "postgres://d/db")],
+            &[
+                ("SUPABASE_DB_URL", "postgres://s/db"),
+                ("DATABASE_URL", "postgres://d/db"),
+            ],
             None,
         )?;
-        assert_eq!(c.database_url.as_ref().map(Secret::expose), Some("postgres://d/db"));
+        assert_eq!(
+            c.database_url.as_ref().map(Secret::expose),
+            Some("postgres://d/db")
+        );
         let c = load_with(&[], &[("SUPABASE_DB_URL", "postgres://s/db")], None)?;
-        assert_eq!(c.database_url.as_ref().map(Secret::expose), Some("postgres://s/db"));
+        assert_eq!(
+            c.database_url.as_ref().map(Secret::expose),
+            Some("postgres://s/db")
+        );
         Ok(())
     }
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let err = load_with(&[], &[("WORKERS", "many"), ("REDIS_PORT", "0"), ("REDIS_SSL", "perhaps")], None)
-            .err()
-            .map(|e| (e.class(), e.to_string()));
-        let Some((class, text)) = err else { unreachable!("should fail") };
+        let err = load_with(
+            &[],
+            &[
+                ("WORKERS", "many"),
+                ("REDIS_PORT", "0"),
+                ("REDIS_SSL", "perhaps"),
+            ],
+            None,
+        )
+        .err()
+        .map(|e| (e.class(), e.to_string()));
+        let Some((class, text)) = err else {
+            unreachable!("should fail")
+        };
         assert_eq!(class, crate::error::Class::Config);
         for name in ["`WORKERS`", "`REDIS_PORT`", "`REDIS_SSL`", "environment"] {
             assert!(text.contains(name), "{text}");
@@ -408,11 +466,17 @@ mod tests {
     fn secrets_are_shown_redacted() -> Result<()> {
         let c = load_with(
             &[],
-            &[("DATABASE_URL", "postgres://u:hunter2@h/db"), ("GATE_TOKEN", "tok-123")],
+            &[
+                ("DATABASE_URL", "postgres://u:hunter2@h/db"),
+                ("GATE_TOKEN", "tok-123"),
+            ],
             None,
         )?;
         let text = format!("{:?}", c.shown);
-        assert!(!text.contains("hunter2") && !text.contains("tok-123"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("tok-123"),
+            "{text}"
+        );
         assert!(!format!("{c:?}").contains("hunter2"));
         Ok(())
     }

@@ -68,7 +68,11 @@ fn bytes(values: &[V]) -> Vec<u8> {
 }
 
 fn rec(extra: Vec<(V, V)>) -> V {
-    let mut pairs = vec![(s("doc_id"), s("doc-1")), (s("chunk_index"), V::U(0)), (s("content"), s("héllo wörld ✓"))];
+    let mut pairs = vec![
+        (s("doc_id"), s("doc-1")),
+        (s("chunk_index"), V::U(0)),
+        (s("content"), s("héllo wörld ✓")),
+    ];
     pairs.extend(extra);
     V::M(pairs)
 }
@@ -95,7 +99,10 @@ fn stream_and_array_forms_decode_alike() {
     let a = decode(&stream);
     assert_eq!(a.as_ref().map(Vec::len), Ok(2));
     assert_eq!(a, decode(&array));
-    assert_eq!(a.ok().map(|r| r[0].content.clone()), Some("héllo wörld ✓".to_string()));
+    assert_eq!(
+        a.ok().map(|r| r[0].content.clone()),
+        Some("héllo wörld ✓".to_string())
+    );
 }
 
 #[test]
@@ -115,7 +122,11 @@ fn every_created_at_form() {
     ];
     for (i, form) in forms.iter().enumerate() {
         let r = decode(&bytes(&[rec(vec![(s("created_at"), form.clone())])]));
-        let want = if i == 1 || i == 2 { 1_700_000_000_000_000 } else { 1_700_000_000_500_000 };
+        let want = if i == 1 || i == 2 {
+            1_700_000_000_000_000
+        } else {
+            1_700_000_000_500_000
+        };
         assert_eq!(r.map(|r| r[0].created_at), Ok(Some(want)), "form {i}");
     }
     // 32- and 64-bit timestamp extension forms.
@@ -126,21 +137,39 @@ fn every_created_at_form() {
         (s("content"), s("c")),
         (s("created_at"), V::Raw(ts32.to_vec())),
     ])]);
-    assert_eq!(decode(&buf).map(|r| r[0].created_at), Ok(Some(1_700_000_000_000_000)));
+    assert_eq!(
+        decode(&buf).map(|r| r[0].created_at),
+        Ok(Some(1_700_000_000_000_000))
+    );
     let v64: u64 = (500_000_000u64 << 34) | 1_700_000_000;
     let mut ts64 = vec![0xd7, 0xff];
     ts64.extend_from_slice(&v64.to_be_bytes());
     buf = bytes(&[rec(vec![(s("created_at"), V::Raw(ts64))])]);
-    assert_eq!(decode(&buf).map(|r| r[0].created_at), Ok(Some(1_700_000_000_500_000)));
+    assert_eq!(
+        decode(&buf).map(|r| r[0].created_at),
+        Ok(Some(1_700_000_000_500_000))
+    );
 }
 
 #[test]
 fn embeddings_as_array_or_le_bin() {
-    let arr = decode(&bytes(&[rec(vec![(s("embedding"), V::A(vec![V::F(0.5), V::U(1), V::I(-2)]))])]));
-    assert_eq!(arr.map(|r| r[0].embedding.clone()), Ok(Some(vec![0.5, 1.0, -2.0])));
-    let bin: Vec<u8> = [0.25f32, -1.5].iter().flat_map(|f| f.to_le_bytes()).collect();
+    let arr = decode(&bytes(&[rec(vec![(
+        s("embedding"),
+        V::A(vec![V::F(0.5), V::U(1), V::I(-2)]),
+    )])]));
+    assert_eq!(
+        arr.map(|r| r[0].embedding.clone()),
+        Ok(Some(vec![0.5, 1.0, -2.0]))
+    );
+    let bin: Vec<u8> = [0.25f32, -1.5]
+        .iter()
+        .flat_map(|f| f.to_le_bytes())
+        .collect();
     let b = decode(&bytes(&[rec(vec![(s("embedding"), V::Bin(bin))])]));
-    assert_eq!(b.map(|r| r[0].embedding.clone()), Ok(Some(vec![0.25, -1.5])));
+    assert_eq!(
+        b.map(|r| r[0].embedding.clone()),
+        Ok(Some(vec![0.25, -1.5]))
+    );
     let none = decode(&bytes(&[rec(vec![(s("embedding"), V::Nil)])]));
     assert_eq!(none.map(|r| r[0].embedding.clone()), Ok(None));
 }
@@ -149,7 +178,10 @@ fn embeddings_as_array_or_le_bin() {
 fn embed_dim_mismatch_is_a_bad_record() {
     let buf = bytes(&[rec(vec![(s("embedding"), V::A(vec![V::F(0.5)]))])]);
     let r: Result<Vec<_>, _> = Decoder::new(&buf, Some(2)).collect();
-    assert!(r.err().is_some_and(|e| e.message.contains("EMBED_DIM is 2")));
+    assert!(
+        r.err()
+            .is_some_and(|e| e.message.contains("EMBED_DIM is 2"))
+    );
 }
 
 #[test]
@@ -160,9 +192,18 @@ fn metadata_becomes_json_and_unknown_keys_are_ignored() {
         (V::U(7), V::A(vec![V::F(1.5), V::Nil])),
         (s("when"), V::Ts(0, 0)),
     ]);
-    let r = decode(&bytes(&[rec(vec![(s("metadata"), meta), (s("extra"), V::M(vec![(s("x"), V::A(vec![]))]))])]));
-    let json = r.ok().and_then(|r| r[0].metadata.clone()).unwrap_or_default();
-    assert_eq!(json, r#"{"lang":"de \"quoted\"\n","n":-3,"7":[1.5,null],"when":"1970-01-01T00:00:00Z"}"#);
+    let r = decode(&bytes(&[rec(vec![
+        (s("metadata"), meta),
+        (s("extra"), V::M(vec![(s("x"), V::A(vec![]))])),
+    ])]));
+    let json = r
+        .ok()
+        .and_then(|r| r[0].metadata.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        json,
+        r#"{"lang":"de \"quoted\"\n","n":-3,"7":[1.5,null],"when":"1970-01-01T00:00:00Z"}"#
+    );
     assert!(serde_json::from_str::<serde_json::Value>(&json).is_ok());
 }
 
@@ -170,26 +211,97 @@ fn metadata_becomes_json_and_unknown_keys_are_ignored() {
 fn broken_inputs_name_record_and_offset() {
     let good = bytes(&[rec(vec![])]);
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (bytes(&[V::M(vec![(s("chunk_index"), V::U(0)), (s("content"), s("x"))])]), "`doc_id` is missing"),
-        (bytes(&[rec(vec![]), V::M(vec![(s("doc_id"), V::U(1))])]), "doc_id must be a string"),
-        (bytes(&[V::M(vec![(s("doc_id"), s("")), (s("chunk_index"), V::U(0)), (s("content"), s("c"))])]), "doc_id must be 1 to 1024"),
-        (bytes(&[V::M(vec![(s("doc_id"), s("d")), (s("chunk_index"), V::I(-1)), (s("content"), s("c"))])]), "below 2^31"),
-        (bytes(&[V::M(vec![(s("doc_id"), s("d")), (s("chunk_index"), V::U(1 << 31)), (s("content"), s("c"))])]), "below 2^31"),
-        (bytes(&[V::M(vec![(s("doc_id"), s("d")), (s("chunk_index"), V::U(0)), (s("content"), V::Raw(vec![0xa2, 0xff, 0xfe]))])]), "not valid UTF-8"),
-        (bytes(&[V::M(vec![(s("doc_id"), s("d")), (s("chunk_index"), V::U(0)), (s("content"), s("a\0b"))])]), "NUL"),
-        (bytes(&[rec(vec![(s("created_at"), s("yesterday"))])]), "not an RFC 3339"),
-        (bytes(&[rec(vec![(s("created_at"), V::U(u64::MAX))])]), "not a valid timestamp"),
-        (bytes(&[rec(vec![(s("embedding"), V::A(vec![s("x")]))])]), "embedding[0] must be a number"),
-        (bytes(&[rec(vec![(s("embedding"), V::Bin(vec![1, 2, 3]))])]), "not a multiple of 4"),
-        (bytes(&[rec(vec![(s("embedding"), V::A(vec![V::F(f64::NAN)]))])]), "not a finite number"),
-        (bytes(&[rec(vec![(s("metadata"), s("x"))])]), "metadata must be a map"),
-        (bytes(&[rec(vec![(s("metadata"), V::M(vec![(s("b"), V::Bin(vec![1]))]))])]), "binary"),
+        (
+            bytes(&[V::M(vec![
+                (s("chunk_index"), V::U(0)),
+                (s("content"), s("x")),
+            ])]),
+            "`doc_id` is missing",
+        ),
+        (
+            bytes(&[rec(vec![]), V::M(vec![(s("doc_id"), V::U(1))])]),
+            "doc_id must be a string",
+        ),
+        (
+            bytes(&[V::M(vec![
+                (s("doc_id"), s("")),
+                (s("chunk_index"), V::U(0)),
+                (s("content"), s("c")),
+            ])]),
+            "doc_id must be 1 to 1024",
+        ),
+        (
+            bytes(&[V::M(vec![
+                (s("doc_id"), s("d")),
+                (s("chunk_index"), V::I(-1)),
+                (s("content"), s("c")),
+            ])]),
+            "below 2^31",
+        ),
+        (
+            bytes(&[V::M(vec![
+                (s("doc_id"), s("d")),
+                (s("chunk_index"), V::U(1 << 31)),
+                (s("content"), s("c")),
+            ])]),
+            "below 2^31",
+        ),
+        (
+            bytes(&[V::M(vec![
+                (s("doc_id"), s("d")),
+                (s("chunk_index"), V::U(0)),
+                (s("content"), V::Raw(vec![0xa2, 0xff, 0xfe])),
+            ])]),
+            "not valid UTF-8",
+        ),
+        (
+            bytes(&[V::M(vec![
+                (s("doc_id"), s("d")),
+                (s("chunk_index"), V::U(0)),
+                (s("content"), s("a\0b")),
+            ])]),
+            "NUL",
+        ),
+        (
+            bytes(&[rec(vec![(s("created_at"), s("yesterday"))])]),
+            "not an RFC 3339",
+        ),
+        (
+            bytes(&[rec(vec![(s("created_at"), V::U(u64::MAX))])]),
+            "not a valid timestamp",
+        ),
+        (
+            bytes(&[rec(vec![(s("embedding"), V::A(vec![s("x")]))])]),
+            "embedding[0] must be a number",
+        ),
+        (
+            bytes(&[rec(vec![(s("embedding"), V::Bin(vec![1, 2, 3]))])]),
+            "not a multiple of 4",
+        ),
+        (
+            bytes(&[rec(vec![(s("embedding"), V::A(vec![V::F(f64::NAN)]))])]),
+            "not a finite number",
+        ),
+        (
+            bytes(&[rec(vec![(s("metadata"), s("x"))])]),
+            "metadata must be a map",
+        ),
+        (
+            bytes(&[rec(vec![(
+                s("metadata"),
+                V::M(vec![(s("b"), V::Bin(vec![1]))]),
+            )])]),
+            "binary",
+        ),
         (bytes(&[V::U(5)]), "expected a record map"),
         (bytes(&[V::A(vec![V::U(5)])]), "a record must be a map"),
         (vec![0xc1], "0xc1"),
         (good[..good.len() - 2].to_vec(), "truncated"),
         (vec![0xdb, 0xff, 0xff, 0xff, 0xff, b'a'], "truncated"),
-        (vec![0xdd, 0xff, 0xff, 0xff, 0xff, 0x80], "header claims 4294967295 elements"),
+        (
+            vec![0xdd, 0xff, 0xff, 0xff, 0xff, 0x80],
+            "header claims 4294967295 elements",
+        ),
         (vec![0xdf, 0x7f, 0xff, 0xff, 0xff], "header claims"),
     ];
     for (buf, want) in cases {
@@ -198,7 +310,10 @@ fn broken_inputs_name_record_and_offset() {
         assert!(err.byte_offset <= buf.len() as u64);
     }
     let second = error_of(&bytes(&[rec(vec![]), V::M(vec![(s("doc_id"), V::U(1))])]));
-    assert_eq!((second.record_index, second.byte_offset), (1, good.len() as u64 + 8));
+    assert_eq!(
+        (second.record_index, second.byte_offset),
+        (1, good.len() as u64 + 8)
+    );
 }
 
 #[test]
@@ -215,14 +330,20 @@ fn deep_nesting_is_refused_not_recursed() {
     enc(&s("deep"), &mut buf);
     buf.extend_from_slice(&nested);
     assert!(error_of(&buf).message.contains("nested deeper"));
-    let meta = bytes(&[rec(vec![(s("metadata"), V::Raw([0x81u8, 0xa1, b'k'].repeat(50)))])]);
+    let meta = bytes(&[rec(vec![(
+        s("metadata"),
+        V::Raw([0x81u8, 0xa1, b'k'].repeat(50)),
+    )])]);
     assert!(error_of(&meta).message.contains("nested deeper"));
 }
 
 #[test]
 fn every_truncation_of_a_good_file_fails_cleanly() {
     let good = bytes(&[rec(vec![
-        (s("metadata"), V::M(vec![(s("a"), V::A(vec![V::U(1), V::F(2.5)]))])),
+        (
+            s("metadata"),
+            V::M(vec![(s("a"), V::A(vec![V::U(1), V::F(2.5)]))]),
+        ),
         (s("embedding"), V::A(vec![V::F(0.1); 8])),
         (s("created_at"), V::Ts(1_700_000_000, 1)),
         (s("source"), s("wiki")),
@@ -241,15 +362,17 @@ fn arb_record() -> impl Strategy<Value = Record> {
         proptest::option::of("[a-z]{0,10}"),
         proptest::option::of(0i64..4_000_000_000),
     )
-        .prop_map(|(doc_id, chunk_index, content, embedding, source, secs)| Record {
-            doc_id,
-            chunk_index,
-            content: content.replace('\0', ""),
-            embedding,
-            metadata: None,
-            source,
-            created_at: secs.map(|s| s * 1_000_000),
-        })
+        .prop_map(
+            |(doc_id, chunk_index, content, embedding, source, secs)| Record {
+                doc_id,
+                chunk_index,
+                content: content.replace('\0', ""),
+                embedding,
+                metadata: None,
+                source,
+                created_at: secs.map(|s| s * 1_000_000),
+            },
+        )
 }
 
 fn encode(r: &Record) -> V {
@@ -259,7 +382,10 @@ fn encode(r: &Record) -> V {
         (s("content"), s(&r.content)),
     ];
     if let Some(emb) = &r.embedding {
-        pairs.push((s("embedding"), V::Bin(emb.iter().flat_map(|f| f.to_le_bytes()).collect())));
+        pairs.push((
+            s("embedding"),
+            V::Bin(emb.iter().flat_map(|f| f.to_le_bytes()).collect()),
+        ));
     }
     if let Some(src) = &r.source {
         pairs.push((s("source"), s(src)));

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Throwaway PostgreSQL and Redis for tests, the demo and the benchmark: the one
+# place that installs (Debian packages, when missing and root), starts and stops them.
+#
+#   scripts/servers.sh start DIR [pg|redis|all]   start under DIR on free loopback ports;
+#                                                  prints PG_PORT=, PG_BIN=, REDIS_PORT= lines
+#   scripts/servers.sh stop DIR                   stop what DIR holds and remove it
+#
+# PG_EXTRA_OPTS adds postgres -c options (e.g. "-c ssl=on -c ssl_cert_file=...").
+set -euo pipefail
+
+die() { echo "servers.sh: $*" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+apt_install() {
+  is_root || die "missing $*; install with: sudo apt-get install $*"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -qq "$@" || { apt-get update -qq && apt-get install -y -qq "$@"; }; } >/dev/null \
+    || die "could not install $*"
+}
+
+pg_bin() {
+  local best="" v
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && [ -x "$d/postgres" ] || continue
+    v=$(basename "$(dirname "$d")")
+    # Prefer 15, the version the project targets; else the newest.
+    if [ "$v" = 15 ]; then best=$d; break; fi
+    best=$d
+  done
+  echo "$best"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
+    || echo $(( 20000 + RANDOM % 20000 ))
+}
+
+# Runs a command as the postgres user when we are root (PostgreSQL refuses root).
+as_pg() { if is_root; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+start_pg() {
+  local dir=$1 bin port opts
+  bin=$(pg_bin)
+  if [ -z "$bin" ]; then apt_install postgresql; bin=$(pg_bin); fi
+  [ -n "$bin" ] || die "no initdb under /usr/lib/postgresql"
+  mkdir -p "$dir/pgsock"
+  if is_root; then chown postgres "$dir" "$dir/pgsock"; fi
+  as_pg "$bin/initdb" -D "$dir/pg" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+  for _ in 1 2 3; do
+    port=$(free_port)
+    opts="-p $port -k $dir/pgsock -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
+    opts="$opts -c full_page_writes=off -c max_connections=300 ${PG_EXTRA_OPTS:-}"
+    if as_pg "$bin/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w -t 60 -o "$opts" start >/dev/null; then
+      echo "PG_PORT=$port"
+      echo "PG_BIN=$bin"
+      return 0
+    fi
+  done
+  tail -20 "$dir/pg.log" >&2 || true
+  die "PostgreSQL did not start"
+}
+
+start_redis() {
+  local dir=$1 port
+  command -v redis-server >/dev/null || apt_install redis-server
+  for _ in 1 2 3; do
+    port=$(free_port)
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --databases 1024 \
+      --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir" >/dev/null
+    for _ in $(seq 100); do
+      if [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; then
+        echo "REDIS_PORT=$port"
+        return 0
+      fi
+      sleep 0.05
+    done
+  done
+  die "redis-server did not start"
+}
+
+stop() {
+  local dir=$1 bin
+  [ -d "$dir" ] || return 0
+  if [ -f "$dir/pg/postmaster.pid" ]; then
+    bin=$(pg_bin)
+    as_pg "$bin/pg_ctl" -D "$dir/pg" stop -m immediate >/dev/null 2>&1 || true
+  fi
+  if [ -f "$dir/redis.pid" ]; then kill "$(cat "$dir/redis.pid")" 2>/dev/null || true; fi
+  rm -rf "$dir"
+}
+
+cmd=${1:-}; dir=${2:-}
+[ -n "$dir" ] || die "usage: servers.sh start|stop DIR [pg|redis|all]"
+case "$cmd" in
+  start)
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    case "${3:-all}" in
+      pg) start_pg "$dir" ;;
+      redis) start_redis "$dir" ;;
+      all) start_pg "$dir"; start_redis "$dir" ;;
+      *) die "unknown server kind ${3}" ;;
+    esac
+    ;;
+  stop) stop "$dir" ;;
+  *) die "usage: servers.sh start|stop DIR [pg|redis|all]" ;;
+esac

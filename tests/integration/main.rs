@@ -1,0 +1,12 @@
+//! Integration tests: the real binary against real PostgreSQL, Redis and HTTP.
+
+// Test support panics to fail the test, with a message saying why; and not every
+// area uses every helper.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+mod support;
+
+mod cli;
+mod harness;
+mod settings;
+mod spool_commands;

@@ -1,0 +1,355 @@
+//! Shared test support: throwaway servers, a per-test environment (spool tempdir,
+//! database, Redis db) and a run builder that spawns the real binary with a
+//! cleared environment, a deadline, and a full report when an expectation fails.
+
+pub mod servers;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ragspool"))
+}
+
+/// Names whose values are secrets in failure reports.
+const SECRET_NAMES: [&str; 7] = [
+    "DATABASE_URL",
+    "SUPABASE_DB_URL",
+    "GATE_TOKEN",
+    "GATE_SECRET",
+    "ALERT_TOKEN",
+    "EMBED_API_KEY",
+    "REDIS_PASSWORD",
+];
+
+/// One test's world: a temp dir with a spool, its logs, and the settings it runs with.
+pub struct TestEnv {
+    /// Kept alive for the test's duration.
+    pub dir: tempfile::TempDir,
+    /// Variables every run gets.
+    pub vars: BTreeMap<String, String>,
+}
+
+impl TestEnv {
+    /// A spool under a fresh temp dir, logging beside it.
+    #[track_caller]
+    pub fn new() -> TestEnv {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("cannot create a temp dir: {e}"),
+        };
+        let mut vars = BTreeMap::new();
+        vars.insert(
+            "SPOOL_DIR".into(),
+            dir.path().join("spool").display().to_string(),
+        );
+        vars.insert(
+            "RAG_LOG_FILE".into(),
+            dir.path()
+                .join("logs/rag_ingestion.log")
+                .display()
+                .to_string(),
+        );
+        vars.insert("WORKERS".into(), "2".into());
+        TestEnv { dir, vars }
+    }
+
+    /// Also a database of its own (DATABASE_URL).
+    #[track_caller]
+    pub fn with_db(mut self) -> TestEnv {
+        self.vars
+            .insert("DATABASE_URL".into(), servers::new_database());
+        self
+    }
+
+    /// Also a Redis database index of its own (REDIS_HOST/PORT/DB).
+    #[track_caller]
+    pub fn with_redis(mut self) -> TestEnv {
+        let s = servers::servers();
+        let db = servers::new_redis_db();
+        self.vars.insert("REDIS_HOST".into(), s.redis.0.clone());
+        self.vars.insert("REDIS_PORT".into(), s.redis.1.to_string());
+        self.vars.insert("REDIS_DB".into(), db.to_string());
+        self
+    }
+
+    /// Sets a variable for every run.
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        self.vars.insert(name.into(), value.into());
+    }
+
+    /// The spool root.
+    pub fn spool(&self) -> PathBuf {
+        PathBuf::from(&self.vars["SPOOL_DIR"])
+    }
+
+    /// `spool/<sub>`.
+    pub fn spool_dir(&self, sub: &str) -> PathBuf {
+        self.spool().join(sub)
+    }
+
+    /// A run of the binary with `args`.
+    pub fn run(&self, args: &[&str]) -> Run<'_> {
+        Run {
+            env: self,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            extra: BTreeMap::new(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// Every file under the spool, relative, sorted (for reports and assertions).
+    pub fn listing(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        list(&self.spool(), &self.spool(), &mut out);
+        out.sort();
+        out
+    }
+
+    /// Files directly in `spool/<sub>`, sorted.
+    pub fn files_in(&self, sub: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.spool_dir(sub))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+fn list(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            list(root, &p, out);
+        } else {
+            out.push(p.strip_prefix(root).unwrap_or(&p).display().to_string());
+        }
+    }
+}
+
+/// A pending run of the binary.
+#[must_use]
+pub struct Run<'a> {
+    env: &'a TestEnv,
+    args: Vec<String>,
+    extra: BTreeMap<String, Option<String>>,
+    timeout: Duration,
+}
+
+/// What a finished run printed and returned.
+pub struct Output {
+    /// Exit code (None when killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    report: String,
+}
+
+impl Output {
+    /// Asserts the exit code, printing everything when it differs.
+    #[track_caller]
+    pub fn code(self, want: i32) -> Output {
+        assert_eq!(
+            self.code,
+            Some(want),
+            "unexpected exit status\n{}",
+            self.report
+        );
+        self
+    }
+
+    /// Asserts stdout contains `needle`.
+    #[track_caller]
+    pub fn stdout_has(self, needle: &str) -> Output {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}\n{}",
+            self.report
+        );
+        self
+    }
+
+    /// Asserts stderr contains `needle`.
+    #[track_caller]
+    pub fn stderr_has(self, needle: &str) -> Output {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}\n{}",
+            self.report
+        );
+        self
+    }
+
+    /// stdout parsed as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        match serde_json::from_str(&self.stdout) {
+            Ok(v) => v,
+            Err(e) => panic!("stdout is not JSON: {e}\n{}", self.report),
+        }
+    }
+}
+
+impl Run<'_> {
+    /// Sets (or overrides) one variable for this run.
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.extra.insert(name.into(), Some(value.into()));
+        self
+    }
+
+    /// Removes one of the test's variables for this run.
+    pub fn env_remove(mut self, name: &str) -> Self {
+        self.extra.insert(name.into(), None);
+        self
+    }
+
+    /// Changes the deadline.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn vars(&self) -> BTreeMap<String, String> {
+        let mut vars = self.env.vars.clone();
+        for (k, v) in &self.extra {
+            match v {
+                Some(v) => vars.insert(k.clone(), v.clone()),
+                None => vars.remove(k),
+            };
+        }
+        vars
+    }
+
+    /// Starts the binary without waiting.
+    #[track_caller]
+    pub fn spawn(self) -> Child {
+        let mut cmd = self.command();
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => panic!("cannot spawn {}: {e}", bin().display()),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.args(&self.args)
+            .env_clear()
+            .envs(self.vars())
+            .stdin(Stdio::null());
+        if let Ok(path) = std::env::var("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd
+    }
+
+    /// Runs to completion (killed at the deadline).
+    #[track_caller]
+    pub fn output(self) -> Output {
+        let vars = self.vars();
+        let started = Instant::now();
+        let mut child = match self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => panic!("cannot spawn {}: {e}", bin().display()),
+        };
+        let (status, stdout, stderr) = wait_with_deadline(&mut child, self.timeout);
+        let code = status.and_then(|s| s.code());
+        let shown: Vec<String> = vars
+            .iter()
+            .map(|(k, v)| {
+                let secret = SECRET_NAMES.contains(&k.as_str());
+                format!("{k}={}", if secret { "***" } else { v })
+            })
+            .collect();
+        let log = std::fs::read_to_string(vars.get("RAG_LOG_FILE").cloned().unwrap_or_default())
+            .unwrap_or_default();
+        let log_tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let report = format!(
+            "command: ragspool {}\nenv: {}\nstatus: {status:?} after {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- spool\n{}\n--- log tail\n{}",
+            self.args.join(" "),
+            shown.join(" "),
+            started.elapsed(),
+            self.env.listing().join("\n"),
+            log_tail.join("\n")
+        );
+        Output {
+            code,
+            stdout,
+            stderr,
+            report,
+        }
+    }
+}
+
+/// Waits for `child`, killing it at the deadline; returns status and both outputs.
+pub fn wait_with_deadline(
+    child: &mut Child,
+    timeout: Duration,
+) -> (Option<ExitStatus>, String, String) {
+    let mut out_pipe = child.stdout.take();
+    let mut err_pipe = child.stderr.take();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = out_pipe.as_mut() {
+            let _ = p.read_to_string(&mut s);
+        }
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = err_pipe.as_mut() {
+            let _ = p.read_to_string(&mut s);
+        }
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    (
+        status,
+        out_reader.join().unwrap_or_default(),
+        err_reader.join().unwrap_or_default(),
+    )
+}
+
+/// Mode bits of a path.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .map(|m| m.mode() & 0o7777)
+        .unwrap_or(0)
+}

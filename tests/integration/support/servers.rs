@@ -1,0 +1,239 @@
+//! Throwaway PostgreSQL and Redis servers for the whole test binary, started once by
+//! scripts/servers.sh on free loopback ports (installing the Debian packages when
+//! missing), or taken from RAGSPOOL_TEST_DATABASE_URL / RAGSPOOL_TEST_REDIS_URL. A
+//! reaper process stops them when the test binary exits, however it exits. A
+//! server that cannot be had fails the test with a hint; nothing is skipped.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Where the servers are.
+pub struct Servers {
+    /// A superuser URL for the maintenance database.
+    pub pg_admin_url: String,
+    /// Host and port of the Redis server.
+    pub redis: (String, u16),
+    /// Databases the Redis server has.
+    pub redis_databases: u32,
+    /// The PostgreSQL server we started, if we started one.
+    pub pg: Option<LocalPg>,
+}
+
+/// A PostgreSQL server started by the harness.
+pub struct LocalPg {
+    /// Directory of the server binaries.
+    pub bin: PathBuf,
+    /// Data directory.
+    pub data: PathBuf,
+    /// Port.
+    pub port: u16,
+    /// Server log.
+    pub log: PathBuf,
+}
+
+static SERVERS: OnceLock<Result<Servers, String>> = OnceLock::new();
+
+/// The shared servers, started on first use.
+#[track_caller]
+pub fn servers() -> &'static Servers {
+    match SERVERS.get_or_init(start) {
+        Ok(s) => s,
+        Err(e) => panic!("test servers unavailable: {e}"),
+    }
+}
+
+fn start() -> Result<Servers, String> {
+    let external_pg = std::env::var("RAGSPOOL_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let external_redis = std::env::var("RAGSPOOL_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let kind = match (&external_pg, &external_redis) {
+        (Some(_), Some(_)) => None,
+        (Some(_), None) => Some("redis"),
+        (None, Some(_)) => Some("pg"),
+        (None, None) => Some("all"),
+    };
+    let base =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("servers-{}", std::process::id()));
+    let started = match kind {
+        Some(kind) => {
+            let vars = start_local(&base, kind, "")?;
+            spawn_reaper(&base)?;
+            vars
+        }
+        None => Vec::new(),
+    };
+    let var = |name: &str| {
+        started
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let pg = match var("PG_PORT") {
+        Some(port) => Some(LocalPg {
+            bin: PathBuf::from(var("PG_BIN").unwrap_or_default()),
+            data: base.join("pg"),
+            port: port.parse().map_err(|_| format!("bad PG_PORT {port}"))?,
+            log: base.join("pg.log"),
+        }),
+        None => None,
+    };
+    let pg_admin_url = match (&external_pg, &pg) {
+        (Some(url), _) => url.clone(),
+        (None, Some(pg)) => format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port),
+        (None, None) => return Err("no PostgreSQL".into()),
+    };
+    let (redis, redis_databases) = match (&external_redis, var("REDIS_PORT")) {
+        (Some(url), _) => (parse_redis_url(url)?, 16),
+        (None, Some(port)) => (
+            (
+                "127.0.0.1".to_string(),
+                port.parse().map_err(|_| format!("bad REDIS_PORT {port}"))?,
+            ),
+            1024,
+        ),
+        (None, None) => return Err("no Redis".into()),
+    };
+    Ok(Servers {
+        pg_admin_url,
+        redis,
+        redis_databases,
+        pg,
+    })
+}
+
+/// The provisioning script shared with the demo and the benchmark.
+pub fn servers_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/servers.sh")
+}
+
+/// Starts `kind` (pg, redis or all) under `dir` with extra postgres options;
+/// returns the script's NAME=VALUE lines.
+pub fn start_local(
+    dir: &Path,
+    kind: &str,
+    pg_extra: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let out = Command::new("bash")
+        .arg(servers_script())
+        .args(["start", &dir.display().to_string(), kind])
+        .env("PG_EXTRA_OPTS", pg_extra)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run scripts/servers.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/servers.sh start failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+/// Stops what `dir` holds once this test process has exited, however it exits.
+pub fn spawn_reaper(dir: &Path) -> Result<(), String> {
+    let script = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 0.5; done; bash '{}' stop '{}'",
+        std::process::id(),
+        servers_script().display(),
+        dir.display()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the reaper: {e}"))
+}
+
+/// Sends PING over RESP and expects +PONG.
+pub fn redis_ping(addr: (&str, u16)) -> Result<(), String> {
+    redis_command(addr, &["PING"]).and_then(|r| if r == "+PONG" { Ok(()) } else { Err(r) })
+}
+
+/// Sends one command and returns the first reply line.
+pub fn redis_command(addr: (&str, u16), args: &[&str]) -> Result<String, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    stream
+        .write_all(req.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    Ok(line.trim_end().to_string())
+}
+
+fn parse_redis_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or("RAGSPOOL_TEST_REDIS_URL must be redis://host:port")?;
+    let hostport = rest
+        .rsplit('@')
+        .next()
+        .unwrap_or(rest)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "6379"));
+    Ok((
+        host.to_string(),
+        port.parse().map_err(|_| format!("bad port in {url}"))?,
+    ))
+}
+
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh database on the shared server; returns its URL.
+#[track_caller]
+pub fn new_database() -> String {
+    let s = servers();
+    let n = NEXT_DB.fetch_add(1, Ordering::SeqCst);
+    let name = format!("ragspool_test_{}_{n}", std::process::id());
+    let mut client = match postgres::Client::connect(&s.pg_admin_url, postgres::NoTls) {
+        Ok(c) => c,
+        Err(e) => panic!("cannot connect to the test PostgreSQL: {e}"),
+    };
+    if let Err(e) = client.batch_execute(&format!("CREATE DATABASE {name}")) {
+        panic!("cannot create database {name}: {e}");
+    }
+    match s.pg_admin_url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("admin URL has no database part"),
+    }
+}
+
+static NEXT_REDIS_DB: AtomicU32 = AtomicU32::new(1);
+
+/// A Redis database index of its own, emptied.
+#[track_caller]
+pub fn new_redis_db() -> u32 {
+    let s = servers();
+    let db = NEXT_REDIS_DB.fetch_add(1, Ordering::SeqCst) % s.redis_databases;
+    let addr = (s.redis.0.as_str(), s.redis.1);
+    if let Err(e) = redis_command(addr, &["PING"]) {
+        panic!("test Redis unavailable: {e}");
+    }
+    db
+}
