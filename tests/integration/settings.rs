@@ -57,40 +57,24 @@ fn precedence_flag_env_file_default() {
     let env = TestEnv::new();
     env.run(&["init"]).output().code(0);
     let path = env.dir.path().join("ragspool.env");
-    let _ = std::fs::write(
-        &path,
-        "BATCH_MAX_FILES=7\nWORKERS=\"3\"\nMAX_FILE_BYTES=1000 # not a comment\n",
-    );
-    let out = env
-        .run(&[
+    let check_with = |file_text: &str| {
+        let _ = std::fs::write(&path, file_text);
+        let args = [
             "--env-file",
             path.to_str().unwrap_or_default(),
             "--workers",
             "9",
             "check",
             "--json",
-        ])
-        .env("BATCH_MAX_AGE_SECS", "11")
-        .output();
-    // MAX_FILE_BYTES=1000 # ... is one value in EnvironmentFile syntax, hence invalid.
-    let out = out.code(78).stderr_has("`MAX_FILE_BYTES`");
+        ];
+        env.run(&args).env("BATCH_MAX_AGE_SECS", "11").output()
+    };
+    // `MAX_FILE_BYTES=1000 # ...` is one value in EnvironmentFile syntax, hence invalid.
+    let out = check_with("BATCH_MAX_FILES=7\nWORKERS=\"3\"\nMAX_FILE_BYTES=1000 # not a comment\n")
+        .code(78)
+        .stderr_has("`MAX_FILE_BYTES`");
     assert!(out.stderr.contains("ragspool.env:3"), "{}", out.stderr);
-    let _ = std::fs::write(
-        &path,
-        "BATCH_MAX_FILES=7\nWORKERS=\"3\"\nBATCH_MAX_AGE_SECS=1\n",
-    );
-    let out = env
-        .run(&[
-            "--env-file",
-            path.to_str().unwrap_or_default(),
-            "--workers",
-            "9",
-            "check",
-            "--json",
-        ])
-        .env("BATCH_MAX_AGE_SECS", "11")
-        .output()
-        .code(0);
+    let out = check_with("BATCH_MAX_FILES=7\nWORKERS=\"3\"\nBATCH_MAX_AGE_SECS=1\n").code(0);
     let json = out.json();
     let find = |name: &str| {
         json["settings"]
