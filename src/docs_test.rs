@@ -209,9 +209,15 @@ fn man_page_carries_the_crate_version() {
 fn packaged_env_file_names_every_setting_and_parses() {
     let text = read("packaging/ragspool.env");
     for s in SETTINGS {
-        let listed = text.lines().any(|l| l.trim_start_matches('#').starts_with(&format!("{}=", s.name)));
+        let listed = text.lines().any(|l| {
+            l.trim_start_matches('#')
+                .starts_with(&format!("{}=", s.name))
+        });
         assert!(listed, "packaging/ragspool.env lacks {}", s.name);
     }
     let entries = crate::config::envfile::parse(&text);
-    assert!(entries.is_ok(), "packaging/ragspool.env does not parse: {entries:?}");
+    assert!(
+        entries.is_ok(),
+        "packaging/ragspool.env does not parse: {entries:?}"
+    );
 }

@@ -11,18 +11,28 @@
 #[doc(hidden)]
 pub mod app;
 
+pub(crate) mod backoff;
 pub(crate) mod batch;
 pub(crate) mod cli;
 pub(crate) mod cmd;
 pub(crate) mod config;
+pub(crate) mod copy;
+pub(crate) mod db;
+pub(crate) mod embed;
 pub(crate) mod error;
 pub(crate) mod failure_log;
+pub(crate) mod http;
+pub(crate) mod ingest;
 pub(crate) mod log;
+pub(crate) mod manifest;
+pub(crate) mod partition;
 pub(crate) mod privdrop;
 pub(crate) mod progress;
 pub(crate) mod record;
 pub(crate) mod redact;
+pub(crate) mod runner;
 pub(crate) mod sample;
+pub(crate) mod schema;
 pub(crate) mod spool;
 
 #[cfg(test)]

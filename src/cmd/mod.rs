@@ -3,6 +3,8 @@
 mod check;
 mod generate;
 mod init;
+mod migrate;
+mod process;
 mod status;
 
 use crate::cli::Invocation;
@@ -21,6 +23,8 @@ pub(crate) fn dispatch(inv: &Invocation, config: &Config) -> Result<Outcome> {
     let args = &inv.args;
     match inv.command.name {
         "init" => init::run(config, args),
+        "migrate" => migrate::run(config, args),
+        "process" => process::run(config, args),
         "gen" => generate::run(config, args),
         "status" => status::run(config, args),
         "check" => check::run(config, args),

@@ -295,6 +295,12 @@ pub(crate) static SETTINGS: &[Setting] = &[
         positive,
     ),
     s(
+        "RETRY_MAX_SECS",
+        Value("60"),
+        "how long transient database and embedding errors are retried before exit 75",
+        whole,
+    ),
+    s(
         "PARTITION_PREMAKE_DAYS",
         Value("4"),
         "future daily partitions kept by maintenance",

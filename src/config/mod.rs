@@ -115,6 +115,8 @@ pub(crate) struct Config {
     pub(crate) workers: usize,
     /// MAX_FILE_BYTES.
     pub(crate) max_file_bytes: u64,
+    /// RETRY_MAX_SECS.
+    pub(crate) retry_max_secs: u64,
     /// PARTITION_PREMAKE_DAYS.
     pub(crate) partition_premake_days: u32,
     /// MAINTENANCE_ALERT_AFTER.
@@ -311,6 +313,7 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         batch_max_age_secs: num("BATCH_MAX_AGE_SECS").unwrap_or(5),
         workers,
         max_file_bytes: num("MAX_FILE_BYTES").unwrap_or(268_435_456),
+        retry_max_secs: num("RETRY_MAX_SECS").unwrap_or(60),
         partition_premake_days: num("PARTITION_PREMAKE_DAYS").map_or(4, |d| d as u32),
         maintenance_alert_after: num("MAINTENANCE_ALERT_AFTER").map_or(3, |d| d as u32),
         metrics_file: text("METRICS_FILE").map(PathBuf::from),

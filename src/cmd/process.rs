@@ -1,0 +1,65 @@
+//! `ragspool process`: recover, ingest everything waiting in batches, exit.
+
+use crate::cli::Args;
+use crate::config::Config;
+use crate::db::Db;
+use crate::embed::Embedder;
+use crate::error::{Outcome, Result};
+use crate::ingest::Ingest;
+use crate::runner::{BatchReport, Runner, host_name};
+use crate::schema::{self, Names};
+use std::time::Duration;
+
+pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
+    let runner = Runner::new(config, ingest(config)?);
+    runner.spool.require()?;
+    let mut reports = runner.recover()?;
+    if reports.iter().all(|r| r.error.is_none()) {
+        while let Some(report) = runner.next()? {
+            let stop = report.error.is_some();
+            reports.push(report);
+            if stop {
+                break;
+            }
+        }
+    }
+    summarize(&reports)
+}
+
+/// The per-file ingest context from settings, after checking the schema.
+pub(crate) fn ingest(config: &Config) -> Result<Ingest> {
+    let db = Db::from_config(config)?;
+    let names = Names::new(&config.table);
+    let mut client = db.connect()?;
+    schema::require_current(&mut client, &names)?;
+    let budget = Duration::from_secs(config.retry_max_secs);
+    let embedder = match &config.embed {
+        Some(settings) => Some(Embedder::new(settings, config.embed_dim, budget)?),
+        None => None,
+    };
+    Ok(Ingest {
+        names,
+        db,
+        embedder,
+        embed_dim: config.embed_dim,
+        max_file_bytes: config.max_file_bytes,
+        host: host_name(),
+    })
+}
+
+/// Prints a summary and turns the reports into the command's result.
+fn summarize(reports: &[BatchReport]) -> Result<Outcome> {
+    let files: usize = reports.iter().map(|r| r.files_ok).sum();
+    let failed: usize = reports.iter().map(|r| r.files_failed).sum();
+    let rows: u64 = reports.iter().map(|r| r.rows).sum();
+    super::emit(&format!(
+        "{} batch(es): {files} file(s) ingested, {failed} failed, {rows} row(s)\n",
+        reports.len()
+    ))?;
+    if let Some(e) = reports.iter().find_map(|r| r.error.as_ref()) {
+        return Err(e
+            .to_error()
+            .with_note("files left in processing/ are retried by the next run"));
+    }
+    Ok(Outcome::failed_if(failed > 0))
+}

@@ -1,0 +1,111 @@
+//! PostgreSQL's binary COPY format for the target table's rows, written straight
+//! from decoded records: no text escaping, no per-row statements.
+
+use crate::record::Record;
+
+/// Columns in the order rows are encoded.
+pub(crate) const COLUMNS: &str =
+    "doc_id, chunk_index, content, embedding, metadata, source, created_at, batch_tag";
+
+/// Microseconds from the Unix epoch to PostgreSQL's epoch (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// OID of `real` (float4), the element type of `real[]`.
+const FLOAT4_OID: i32 = 700;
+/// jsonb's binary format version.
+const JSONB_VERSION: u8 = 1;
+
+/// Encodes rows into a growing buffer; the caller drains it into the COPY stream.
+pub(crate) struct CopyEncoder {
+    buf: Vec<u8>,
+}
+
+impl CopyEncoder {
+    /// A buffer that starts with the binary COPY header.
+    pub(crate) fn new() -> CopyEncoder {
+        let mut buf = Vec::with_capacity(1 << 20);
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+        CopyEncoder { buf }
+    }
+
+    /// Appends one row; `created_at` is the record's or the ingest time (µs since the Unix epoch).
+    pub(crate) fn row(&mut self, r: &Record, created_at: i64, batch_tag: &str) {
+        let b = &mut self.buf;
+        b.extend_from_slice(&8i16.to_be_bytes());
+        field(b, r.doc_id.as_bytes());
+        b.extend_from_slice(&4i32.to_be_bytes());
+        b.extend_from_slice(&r.chunk_index.to_be_bytes());
+        field(b, r.content.as_bytes());
+        match &r.embedding {
+            Some(values) => float4_array(b, values),
+            None => null(b),
+        }
+        match &r.metadata {
+            Some(json) => {
+                b.extend_from_slice(&(json.len() as i32 + 1).to_be_bytes());
+                b.push(JSONB_VERSION);
+                b.extend_from_slice(json.as_bytes());
+            }
+            None => null(b),
+        }
+        match &r.source {
+            Some(s) => field(b, s.as_bytes()),
+            None => null(b),
+        }
+        b.extend_from_slice(&8i32.to_be_bytes());
+        b.extend_from_slice(&(created_at - PG_EPOCH_MICROS).to_be_bytes());
+        field(b, batch_tag.as_bytes());
+    }
+
+    /// Appends the end-of-data trailer.
+    pub(crate) fn finish(&mut self) {
+        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
+    }
+
+    /// Bytes waiting to be sent.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The bytes waiting to be sent; [`CopyEncoder::clear`] after sending them.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Forgets the bytes already sent.
+    pub(crate) fn clear(&mut self) {
+        self.buf.clear();
+    }
+}
+
+fn field(b: &mut Vec<u8>, bytes: &[u8]) {
+    b.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+    b.extend_from_slice(bytes);
+}
+
+fn null(b: &mut Vec<u8>) {
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+}
+
+fn float4_array(b: &mut Vec<u8>, values: &[f32]) {
+    if values.is_empty() {
+        b.extend_from_slice(&12i32.to_be_bytes());
+        b.extend_from_slice(&0i32.to_be_bytes()); // ndim
+        b.extend_from_slice(&0i32.to_be_bytes()); // has nulls
+        b.extend_from_slice(&FLOAT4_OID.to_be_bytes());
+        return;
+    }
+    let len = 20 + values.len() * 8;
+    b.reserve(len + 4);
+    b.extend_from_slice(&(len as i32).to_be_bytes());
+    b.extend_from_slice(&1i32.to_be_bytes()); // ndim
+    b.extend_from_slice(&0i32.to_be_bytes()); // has nulls
+    b.extend_from_slice(&FLOAT4_OID.to_be_bytes());
+    b.extend_from_slice(&(values.len() as i32).to_be_bytes());
+    b.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+    for v in values {
+        b.extend_from_slice(&4i32.to_be_bytes());
+        b.extend_from_slice(&v.to_bits().to_be_bytes());
+    }
+}

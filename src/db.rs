@@ -1,0 +1,282 @@
+//! Database connections: DATABASE_URL with libpq's sslmode meanings (disable,
+//! prefer, require, verify-ca, verify-full, sslrootcert) over native TLS, and the
+//! line between transient errors (retried, then exit 75) and permanent ones.
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use native_tls::{Certificate, TlsConnector};
+use postgres::Client;
+use postgres_native_tls::MakeTlsConnector;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How to reach the database.
+#[derive(Clone)]
+pub(crate) struct Db {
+    config: postgres::Config,
+    tls: Option<MakeTlsConnector>,
+    retry_budget: Duration,
+}
+
+/// sslmode as libpq means it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl Db {
+    /// From DATABASE_URL (else SUPABASE_DB_URL); a missing URL is a config error.
+    pub(crate) fn from_config(config: &Config) -> Result<Db> {
+        let url = config.database_url.as_ref().ok_or_else(|| {
+            Error::config("`DATABASE_URL` (or `SUPABASE_DB_URL`) is not set").with_note(
+                "set DATABASE_URL=postgres://user@host/db in the environment or the env file",
+            )
+        })?;
+        Db::from_url(url.expose(), Duration::from_secs(config.retry_max_secs))
+    }
+
+    /// From a postgres:// URL.
+    pub(crate) fn from_url(url: &str, retry_budget: Duration) -> Result<Db> {
+        let (rest, mode, rootcert) = split_ssl_params(url)?;
+        let mut config = postgres::Config::from_str(&rest).map_err(|e| {
+            Error::config(format!("`DATABASE_URL` is not a valid postgres URL: {e}"))
+        })?;
+        config.application_name("ragspool");
+        // Partition bounds are read back as text; UTC keeps them day-aligned.
+        config.options("-c TimeZone=UTC");
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config.keepalives_idle(Duration::from_secs(30));
+        config.ssl_mode(match mode {
+            SslMode::Disable => postgres::config::SslMode::Disable,
+            SslMode::Prefer => postgres::config::SslMode::Prefer,
+            _ => postgres::config::SslMode::Require,
+        });
+        let tls = match mode {
+            SslMode::Disable => None,
+            _ => Some(connector(mode, rootcert.as_deref())?),
+        };
+        Ok(Db {
+            config,
+            tls,
+            retry_budget,
+        })
+    }
+
+    /// One connection attempt.
+    pub(crate) fn connect_once(&self) -> std::result::Result<Client, postgres::Error> {
+        match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(postgres::NoTls),
+        }
+    }
+
+    /// Connects, retrying transient failures within the retry budget (then exit 75).
+    pub(crate) fn connect(&self) -> Result<Client> {
+        self.retry("connecting to the database", |db| db.connect_once())
+    }
+
+    /// Runs `op`, retrying it while it fails transiently, within the retry budget.
+    pub(crate) fn retry<T>(
+        &self,
+        what: &str,
+        mut op: impl FnMut(&Db) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        let mut backoff = Backoff::new(self.retry_budget);
+        loop {
+            match op(self) {
+                Ok(v) => return Ok(v),
+                Err(e) if is_transient(&e) => {
+                    log::warn!("{what}: {} (transient; retrying)", describe(&e));
+                    if !backoff.wait(None) {
+                        return Err(classify(e, what).with_note(
+                            "the database stayed unavailable for RETRY_MAX_SECS; nothing was lost, run again later",
+                        ));
+                    }
+                }
+                Err(e) => return Err(classify(e, what)),
+            }
+        }
+    }
+
+    /// The retry budget (RETRY_MAX_SECS).
+    pub(crate) fn retry_budget(&self) -> Duration {
+        self.retry_budget
+    }
+}
+
+/// Removes sslmode and sslrootcert from the URL (the driver knows neither
+/// verify-ca nor verify-full) and returns them parsed.
+fn split_ssl_params(url: &str) -> Result<(String, SslMode, Option<String>)> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, q),
+        None => (url, ""),
+    };
+    let mut mode = SslMode::Prefer;
+    let mut rootcert = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", m)) => {
+                mode = match m {
+                    "disable" => SslMode::Disable,
+                    "prefer" | "allow" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => {
+                        return Err(Error::config(format!(
+                            "`DATABASE_URL` has unknown sslmode `{other}`"
+                        )));
+                    }
+                }
+            }
+            Some(("sslrootcert", path)) => rootcert = Some(percent_decode(path)),
+            _ => kept.push(pair),
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, mode, rootcert))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = s
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        if let (b'%', Some(v)) = (bytes[i], hex) {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A TLS connector with libpq's verification rules for `mode`.
+fn connector(mode: SslMode, rootcert: Option<&str>) -> Result<MakeTlsConnector> {
+    let mut builder = TlsConnector::builder();
+    if let Some(path) = rootcert {
+        let pem = std::fs::read(path).map_err(|e| {
+            Error::config(format!(
+                "cannot read sslrootcert `{path}` from `DATABASE_URL`: {e}"
+            ))
+        })?;
+        let certs = pem_certificates(&pem);
+        if certs.is_empty() {
+            return Err(Error::config(format!(
+                "sslrootcert `{path}` holds no PEM certificate"
+            )));
+        }
+        builder.disable_built_in_roots(true);
+        for cert in certs {
+            builder.add_root_certificate(cert);
+        }
+    }
+    // libpq: prefer and require do not verify (require does verify the chain when a
+    // root certificate is given); verify-ca checks the chain; verify-full also the host.
+    let verify_chain = match mode {
+        SslMode::VerifyCa | SslMode::VerifyFull => true,
+        SslMode::Require => rootcert.is_some(),
+        _ => false,
+    };
+    builder.danger_accept_invalid_certs(!verify_chain);
+    builder.danger_accept_invalid_hostnames(mode != SslMode::VerifyFull);
+    let tls = builder
+        .build()
+        .map_err(|e| Error::config(format!("cannot set up TLS for `DATABASE_URL`: {e}")))?;
+    Ok(MakeTlsConnector::new(tls))
+}
+
+fn pem_certificates(pem: &[u8]) -> Vec<Certificate> {
+    let text = String::from_utf8_lossy(pem);
+    let end = "-----END CERTIFICATE-----";
+    text.split_inclusive(end)
+        .filter(|block| block.contains("-----BEGIN CERTIFICATE-----"))
+        .filter_map(|block| Certificate::from_pem(block.trim_start().as_bytes()).ok())
+        .collect()
+}
+
+/// SQLSTATEs that mean "try again": connection exceptions, admin or crash
+/// shutdown, cannot connect now, serialization failure, deadlock, too many connections.
+const TRANSIENT_STATES: [&str; 7] = [
+    "57P01", "57P02", "57P03", "40001", "40P01", "53300", "53400",
+];
+
+/// Whether `e` is worth retrying.
+pub(crate) fn is_transient(e: &postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => {
+            let code = code.code();
+            TRANSIENT_STATES.contains(&code) || code.starts_with("08")
+        }
+        // No SQLSTATE: an I/O error, a closed connection or a failed connect.
+        None => e.as_db_error().is_none(),
+    }
+}
+
+/// `e` as an [`Error`]: transient ones are TempFail (exit 75).
+pub(crate) fn classify(e: postgres::Error, what: &str) -> Error {
+    let message = describe(&e);
+    if is_transient(&e) {
+        Error::temp(message).context(what.to_string())
+    } else {
+        Error::failed(message).context(what.to_string())
+    }
+}
+
+/// The error with its SQLSTATE and the server's message (never a password).
+pub(crate) fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(inner) = source {
+                let text = inner.to_string();
+                if !s.contains(&text) {
+                    s.push_str(": ");
+                    s.push_str(&text);
+                }
+                source = inner.source();
+            }
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssl_params_are_split_off() -> Result<()> {
+        let (rest, mode, root) = split_ssl_params(
+            "postgres://u@h/db?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&x=1",
+        )?;
+        assert_eq!(rest, "postgres://u@h/db?x=1");
+        assert_eq!(mode, SslMode::VerifyFull);
+        assert_eq!(root.as_deref(), Some("/tmp/ca.pem"));
+        let (rest, mode, _) = split_ssl_params("postgres://u@h/db")?;
+        assert_eq!(
+            (rest.as_str(), mode),
+            ("postgres://u@h/db", SslMode::Prefer)
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,381 @@
+//! One file, exactly once: its rows (binary COPY) and its manifest `done` commit in
+//! one transaction; content whose sha256 is already done is a duplicate; a row
+//! without a partition triggers one bounded self-heal and one retry (SPEC §5).
+
+use crate::batch::{BatchTag, Reason};
+use crate::copy::{COLUMNS, CopyEncoder};
+use crate::db::{self, Db};
+use crate::embed::{self, EmbedError, Embedder};
+use crate::error::{Error, Result};
+use crate::manifest::{self, FileKey};
+use crate::partition;
+use crate::record::{Decoder, Record, RecordError};
+use crate::schema::Names;
+use crate::spool::{self, Claimed, Unreadable};
+use postgres::Client;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::io::Write;
+
+/// Bytes buffered before they are written to the COPY stream.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// Everything a worker needs to ingest files.
+#[derive(Clone)]
+pub(crate) struct Ingest {
+    /// Relation names.
+    pub(crate) names: Names,
+    /// The database.
+    pub(crate) db: Db,
+    /// Embeddings client, when EMBED_BASE_URL is set.
+    pub(crate) embedder: Option<Embedder>,
+    /// EMBED_DIM.
+    pub(crate) embed_dim: Option<usize>,
+    /// MAX_FILE_BYTES.
+    pub(crate) max_file_bytes: u64,
+    /// This host's name, for the manifest.
+    pub(crate) host: String,
+}
+
+/// How one file ended.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum FileOutcome {
+    /// Its rows are in (or it was already in: `duplicate`).
+    Ingested {
+        /// Rows inserted.
+        rows: u64,
+        /// A partition was created for it.
+        healed: bool,
+        /// Its content was already ingested; no rows inserted.
+        duplicate: bool,
+    },
+    /// It failed permanently and belongs in failed/.
+    Bad(BadFile),
+}
+
+/// Why a file failed, for its reason.json, the manifest and the batch reason.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BadFile {
+    /// Failed or PartitionMissing.
+    pub(crate) reason: Reason,
+    /// A self-heal happened before it failed.
+    pub(crate) healed: bool,
+    /// What is wrong (never record content).
+    pub(crate) error: String,
+    /// The record, when one is to blame.
+    pub(crate) record_index: Option<u64>,
+    /// The byte offset, when known.
+    pub(crate) byte_offset: Option<u64>,
+}
+
+impl BadFile {
+    fn new(reason: Reason, error: impl Into<String>) -> BadFile {
+        BadFile {
+            reason,
+            healed: false,
+            error: error.into(),
+            record_index: None,
+            byte_offset: None,
+        }
+    }
+
+    /// The `<file>.reason.json` body (SPEC §4).
+    pub(crate) fn reason_json(&self, file: &str) -> String {
+        serde_json::json!({
+            "file": file,
+            "error": self.error,
+            "record_index": self.record_index,
+            "byte_offset": self.byte_offset,
+        })
+        .to_string()
+    }
+}
+
+impl From<RecordError> for BadFile {
+    fn from(e: RecordError) -> BadFile {
+        BadFile {
+            reason: Reason::Failed,
+            healed: false,
+            error: e.message,
+            record_index: Some(e.record_index),
+            byte_offset: Some(e.byte_offset),
+        }
+    }
+}
+
+/// Why a COPY attempt stopped.
+enum CopyFail {
+    Bad(BadFile),
+    Db(postgres::Error),
+    Temp(Error),
+}
+
+/// Hex SHA-256 of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Microseconds since the Unix epoch, now.
+pub(crate) fn now_micros() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}
+
+impl Ingest {
+    /// Ingests one claimed file. `Err` means the file must stay in processing/
+    /// (an outage or a problem that is not the file's fault).
+    pub(crate) fn file(
+        &self,
+        client: &mut Client,
+        tag: &BatchTag,
+        file: &Claimed,
+    ) -> Result<FileOutcome> {
+        let key = FileKey {
+            tag,
+            name: &file.name,
+        };
+        let bytes = match spool::read_claimed(&file.path, self.max_file_bytes) {
+            Ok(b) => b,
+            Err(Unreadable::Io(e)) => return Err(e),
+            Err(Unreadable::Bad(why)) => {
+                manifest::open(client, &self.names, &key, "", 0, &self.host)?;
+                let bad = BadFile::new(Reason::Failed, format!("file {why}"));
+                manifest::failed(client, &self.names, &key, bad.reason.as_str(), false)?;
+                return Ok(FileOutcome::Bad(bad));
+            }
+        };
+        let sha = sha256_hex(&bytes);
+        if let Some(outcome) = self.already_ingested(client, &key, &sha, bytes.len())? {
+            return Ok(outcome);
+        }
+        manifest::open(
+            client,
+            &self.names,
+            &key,
+            &sha,
+            bytes.len() as i64,
+            &self.host,
+        )?;
+        let ingest_time = now_micros();
+        let mut healed = false;
+        for _ in 0..3 {
+            let mut tx = client
+                .transaction()
+                .map_err(|e| db::classify(e, "starting the file's transaction"))?;
+            if manifest::ingested_by(&mut tx, &self.names, &sha)?.is_some() {
+                manifest::done(&mut tx, &self.names, &key, 0, healed, true)
+                    .map_err(|e| db::classify(e, "recording the duplicate"))?;
+                tx.commit()
+                    .map_err(|e| db::classify(e, "committing the duplicate"))?;
+                return Ok(FileOutcome::Ingested {
+                    rows: 0,
+                    healed,
+                    duplicate: true,
+                });
+            }
+            let failure = match self.copy_rows(&mut tx, tag, &bytes, ingest_time) {
+                Ok(rows) => {
+                    let committed =
+                        manifest::done(&mut tx, &self.names, &key, rows as i64, healed, false)
+                            .and_then(|()| tx.commit());
+                    match committed {
+                        Ok(()) => {
+                            return Ok(FileOutcome::Ingested {
+                                rows,
+                                healed,
+                                duplicate: false,
+                            });
+                        }
+                        // Another process committed the same content first: go round
+                        // again and record this file as its duplicate.
+                        Err(e)
+                            if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) =>
+                        {
+                            continue;
+                        }
+                        Err(e) => return Err(db::classify(e, "committing the file")),
+                    }
+                }
+                Err(f) => f,
+            };
+            drop(tx);
+            let bad = match failure {
+                CopyFail::Temp(e) => return Err(e),
+                CopyFail::Bad(bad) => bad,
+                CopyFail::Db(e) if partition::is_no_partition(&e) && !healed => {
+                    match self.heal(client, &bytes, ingest_time)? {
+                        None => {
+                            healed = true;
+                            continue;
+                        }
+                        Some(why) => BadFile::new(Reason::PartitionMissing, why),
+                    }
+                }
+                CopyFail::Db(e) if partition::is_no_partition(&e) => BadFile::new(
+                    Reason::PartitionMissing,
+                    format!("still no partition after self-heal: {}", db::describe(&e)),
+                ),
+                CopyFail::Db(e) if db::is_transient(&e) => {
+                    return Err(db::classify(e, "copying rows"));
+                }
+                CopyFail::Db(e) if is_data_error(&e) => BadFile::new(
+                    Reason::Failed,
+                    format!("the database rejected a row: {}", db::describe(&e)),
+                ),
+                CopyFail::Db(e) => return Err(db::classify(e, "copying rows")),
+            };
+            let bad = BadFile { healed, ..bad };
+            manifest::failed(client, &self.names, &key, bad.reason.as_str(), healed)?;
+            return Ok(FileOutcome::Bad(bad));
+        }
+        Err(
+            Error::failed("the file kept conflicting with concurrent ingests")
+                .context(format!("ingesting {}", file.name)),
+        )
+    }
+
+    /// Recovery and duplicates: content already done is not ingested again.
+    fn already_ingested(
+        &self,
+        client: &mut Client,
+        key: &FileKey<'_>,
+        sha: &str,
+        len: usize,
+    ) -> Result<Option<FileOutcome>> {
+        let Some((tag, name)) = manifest::ingested_by(client, &self.names, sha)? else {
+            return Ok(None);
+        };
+        if tag == key.tag.as_str() && name == key.name {
+            // A crash after commit and before archive: the file is in already.
+            return Ok(Some(FileOutcome::Ingested {
+                rows: 0,
+                healed: false,
+                duplicate: true,
+            }));
+        }
+        manifest::open(client, &self.names, key, sha, len as i64, &self.host)?;
+        manifest::done(client, &self.names, key, 0, false, true)
+            .map_err(|e| db::classify(e, "recording the duplicate"))?;
+        Ok(Some(FileOutcome::Ingested {
+            rows: 0,
+            healed: false,
+            duplicate: true,
+        }))
+    }
+
+    /// Streams the file's records into a binary COPY; returns the rows copied.
+    fn copy_rows(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        tag: &BatchTag,
+        bytes: &[u8],
+        ingest_time: i64,
+    ) -> std::result::Result<u64, CopyFail> {
+        let stmt = format!(
+            "COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)",
+            self.names.table
+        );
+        let mut writer = tx.copy_in(&stmt).map_err(CopyFail::Db)?;
+        let mut enc = CopyEncoder::new();
+        let mut pending: Vec<Record> = Vec::new();
+        for record in Decoder::new(bytes, self.embed_dim) {
+            let record = record.map_err(|e| CopyFail::Bad(e.into()))?;
+            if record.embedding.is_none() && self.embedder.is_some() {
+                pending.push(record);
+                if pending.len() == embed::BATCH {
+                    self.embed_into(&mut pending, &mut enc, tag, ingest_time)?;
+                }
+                continue;
+            }
+            enc.row(
+                &record,
+                record.created_at.unwrap_or(ingest_time),
+                tag.as_str(),
+            );
+            if enc.len() >= COPY_CHUNK && !send(&mut writer, &mut enc) {
+                return Err(broken(writer));
+            }
+        }
+        self.embed_into(&mut pending, &mut enc, tag, ingest_time)?;
+        enc.finish();
+        if !send(&mut writer, &mut enc) {
+            return Err(broken(writer));
+        }
+        writer.finish().map_err(CopyFail::Db)
+    }
+
+    fn embed_into(
+        &self,
+        pending: &mut Vec<Record>,
+        enc: &mut CopyEncoder,
+        tag: &BatchTag,
+        ingest_time: i64,
+    ) -> std::result::Result<(), CopyFail> {
+        let Some(embedder) = &self.embedder else {
+            return Ok(());
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let texts: Vec<&str> = pending.iter().map(|r| r.content.as_str()).collect();
+        let vectors = embedder.embed(&texts).map_err(|e| match e {
+            EmbedError::Rejected(m) => CopyFail::Bad(BadFile::new(Reason::Failed, m)),
+            EmbedError::Unavailable(e) => CopyFail::Temp(e),
+        })?;
+        for (mut record, vector) in pending.drain(..).zip(vectors) {
+            record.embedding = Some(vector);
+            enc.row(
+                &record,
+                record.created_at.unwrap_or(ingest_time),
+                tag.as_str(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates the partitions the file's rows need; `Some(why)` when self-heal is
+    /// not allowed (SPEC §5 bounds).
+    fn heal(&self, client: &mut Client, bytes: &[u8], ingest_time: i64) -> Result<Option<String>> {
+        let days: BTreeSet<time::Date> = Decoder::new(bytes, None)
+            .filter_map(|r| r.ok())
+            .filter_map(|r| partition::day_of(r.created_at.unwrap_or(ingest_time)))
+            .collect();
+        let (ranges, _) = partition::coverage(client, &self.names)?;
+        let missing = partition::missing(&ranges, days);
+        let today = time::OffsetDateTime::now_utc().date();
+        if let Some(why) = partition::heal_refusal(&missing, today) {
+            return Ok(Some(why));
+        }
+        let created = partition::create_days(client, &self.names, &missing)?;
+        log::info!(
+            "self-heal created {created} partition(s) for {} missing day(s)",
+            missing.len()
+        );
+        Ok(None)
+    }
+}
+
+/// Data exceptions and integrity violations are the file's fault; others are not.
+fn is_data_error(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        let c = c.code();
+        c.starts_with("22") || c.starts_with("23") || c.starts_with("54")
+    })
+}
+
+/// Writes the encoded bytes to the COPY stream; false when the stream broke.
+fn send(writer: &mut postgres::CopyInWriter<'_>, enc: &mut CopyEncoder) -> bool {
+    let ok = writer.write_all(enc.bytes()).is_ok();
+    enc.clear();
+    ok
+}
+
+/// The server's reason for a broken COPY stream, which `finish` reports.
+fn broken(writer: postgres::CopyInWriter<'_>) -> CopyFail {
+    match writer.finish() {
+        Err(e) => CopyFail::Db(e),
+        Ok(_) => CopyFail::Temp(Error::temp("the COPY stream broke").context("copying rows")),
+    }
+}

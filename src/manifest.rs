@@ -1,0 +1,166 @@
+//! ragspool_manifest: one row per file, failed files included. A file's `done`
+//! update commits in the same transaction as its rows; a partial unique index on
+//! sha256 makes a second ingest of the same content impossible.
+
+use crate::batch::BatchTag;
+use crate::db;
+use crate::error::Result;
+use crate::schema::Names;
+use postgres::GenericClient;
+
+/// A file as the manifest knows it.
+#[derive(Debug, Clone)]
+pub(crate) struct FileKey<'a> {
+    /// The batch.
+    pub(crate) tag: &'a BatchTag,
+    /// Base name of the file.
+    pub(crate) name: &'a str,
+}
+
+/// Records that a file is being ingested (status open, one more attempt).
+pub(crate) fn open(
+    client: &mut impl GenericClient,
+    names: &Names,
+    key: &FileKey<'_>,
+    sha256: &str,
+    bytes: i64,
+    host: &str,
+) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO {m} (batch_tag, file_name, sha256, bytes, status, host) VALUES ($1, $2, $3, $4, 'open', $5) \
+         ON CONFLICT (batch_tag, file_name) DO UPDATE SET status = 'open', sha256 = EXCLUDED.sha256, \
+         bytes = EXCLUDED.bytes, host = EXCLUDED.host, attempts = {m}.attempts + 1, reason = NULL, \
+         started_at = now(), finished_at = NULL WHERE {m}.status <> 'done'",
+        m = names.manifest
+    );
+    client
+        .execute(
+            &sql,
+            &[&key.tag.as_str(), &key.name, &sha256, &bytes, &host],
+        )
+        .map(|_| ())
+        .map_err(|e| db::classify(e, "recording the file in the manifest"))
+}
+
+/// Who already ingested content with this sha256, if anyone: (batch_tag, file_name).
+pub(crate) fn ingested_by(
+    client: &mut impl GenericClient,
+    names: &Names,
+    sha256: &str,
+) -> Result<Option<(String, String)>> {
+    let sql = format!(
+        "SELECT batch_tag, file_name FROM {} WHERE sha256 = $1 AND status = 'done' AND NOT duplicate",
+        names.manifest
+    );
+    client
+        .query_opt(&sql, &[&sha256])
+        .map(|r| r.map(|r| (r.get(0), r.get(1))))
+        .map_err(|e| db::classify(e, "looking up the file's sha256"))
+}
+
+/// Marks the file done (inside the transaction that holds its rows).
+pub(crate) fn done(
+    client: &mut impl GenericClient,
+    names: &Names,
+    key: &FileKey<'_>,
+    rows: i64,
+    healed: bool,
+    duplicate: bool,
+) -> std::result::Result<(), postgres::Error> {
+    let reason = if duplicate {
+        Some("duplicate")
+    } else if healed {
+        Some("healed_partition")
+    } else {
+        None
+    };
+    let sql = format!(
+        "UPDATE {} SET status = 'done', rows = $3, healed = $4, duplicate = $5, reason = $6, finished_at = now() \
+         WHERE batch_tag = $1 AND file_name = $2",
+        names.manifest
+    );
+    client
+        .execute(
+            &sql,
+            &[
+                &key.tag.as_str(),
+                &key.name,
+                &rows,
+                &healed,
+                &duplicate,
+                &reason,
+            ],
+        )
+        .map(|_| ())
+}
+
+/// Marks the file failed with its reason code and the error.
+pub(crate) fn failed(
+    client: &mut impl GenericClient,
+    names: &Names,
+    key: &FileKey<'_>,
+    reason: &str,
+    healed: bool,
+) -> Result<()> {
+    let sql = format!(
+        "UPDATE {} SET status = 'failed', reason = $3, healed = $4, rows = 0, finished_at = now() \
+         WHERE batch_tag = $1 AND file_name = $2",
+        names.manifest
+    );
+    client
+        .execute(&sql, &[&key.tag.as_str(), &key.name, &reason, &healed])
+        .map(|_| ())
+        .map_err(|e| db::classify(e, "recording the failure in the manifest"))
+}
+
+/// One batch as the manifest summarises it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct BatchSummary {
+    /// The batch.
+    pub(crate) batch_tag: String,
+    /// Files.
+    pub(crate) files: i64,
+    /// Files done.
+    pub(crate) done: i64,
+    /// Files failed.
+    pub(crate) failed: i64,
+    /// Files still open.
+    pub(crate) open: i64,
+    /// Rows ingested.
+    pub(crate) rows: i64,
+    /// Whether a self-heal happened.
+    pub(crate) healed: bool,
+    /// When the last file finished (RFC 3339), if any did.
+    pub(crate) finished_at: Option<String>,
+}
+
+/// The most recent batches, newest first.
+pub(crate) fn recent_batches(
+    client: &mut impl GenericClient,
+    names: &Names,
+    limit: i64,
+) -> Result<Vec<BatchSummary>> {
+    let sql = format!(
+        "SELECT batch_tag, count(*), count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'failed'), \
+         count(*) FILTER (WHERE status = 'open'), coalesce(sum(rows), 0)::bigint, bool_or(healed), \
+         to_char(max(finished_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+         FROM {} GROUP BY batch_tag ORDER BY max(started_at) DESC LIMIT $1",
+        names.manifest
+    );
+    let rows = client
+        .query(&sql, &[&limit])
+        .map_err(|e| db::classify(e, "reading recent batches"))?;
+    Ok(rows
+        .iter()
+        .map(|r| BatchSummary {
+            batch_tag: r.get(0),
+            files: r.get(1),
+            done: r.get(2),
+            failed: r.get(3),
+            open: r.get(4),
+            rows: r.get(5),
+            healed: r.get(6),
+            finished_at: r.get(7),
+        })
+        .collect())
+}

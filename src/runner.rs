@@ -1,0 +1,317 @@
+//! A batch's lifecycle, the one path `process` and `watch` share: claim from
+//! incoming/, ingest the files on WORKERS connections, archive or fail each file
+//! only after its transaction committed, and sum up the batch's reason.
+
+use crate::batch::{BatchTag, Reason};
+use crate::config::Config;
+use crate::error::{Class, Error, Result};
+use crate::ingest::{FileOutcome, Ingest};
+use crate::spool::{Claimed, Spool, Waiting};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// What one batch did.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchReport {
+    /// The batch.
+    pub(crate) tag: BatchTag,
+    /// Files claimed.
+    pub(crate) files: usize,
+    /// Their bytes.
+    pub(crate) bytes: u64,
+    /// Files archived.
+    pub(crate) files_ok: usize,
+    /// Files moved to failed/.
+    pub(crate) files_failed: usize,
+    /// Rows inserted.
+    pub(crate) rows: u64,
+    /// The gate.done reason.
+    pub(crate) reason: Reason,
+    /// Whether a self-heal happened.
+    pub(crate) healed: bool,
+    /// Wall time.
+    pub(crate) duration_ms: u64,
+    /// Why files were left in processing/, if any were.
+    pub(crate) error: Option<ErrorSummary>,
+}
+
+/// An error that stopped part of a batch, kept printable and classed.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorSummary {
+    /// Its class (decides the exit code).
+    pub(crate) class: Class,
+    /// Its text.
+    pub(crate) text: String,
+}
+
+impl ErrorSummary {
+    fn of(e: &Error) -> ErrorSummary {
+        ErrorSummary {
+            class: e.class(),
+            text: e.to_string(),
+        }
+    }
+
+    /// Back to an error for the command's exit.
+    pub(crate) fn to_error(&self) -> Error {
+        Error::new(self.class, self.text.clone())
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    files_ok: usize,
+    files_failed: usize,
+    rows: u64,
+    reason: Option<Reason>,
+    healed: bool,
+    error: Option<ErrorSummary>,
+}
+
+impl Totals {
+    fn reason(&mut self, r: Reason) {
+        self.reason = Some(self.reason.map_or(r, |old| old.combine(r)));
+    }
+}
+
+/// Runs batches over one spool.
+pub(crate) struct Runner {
+    /// Per-file ingest.
+    pub(crate) ingest: Ingest,
+    /// The spool.
+    pub(crate) spool: Spool,
+    workers: usize,
+    max_files: usize,
+    max_bytes: u64,
+}
+
+impl Runner {
+    /// From settings.
+    pub(crate) fn new(config: &Config, ingest: Ingest) -> Runner {
+        Runner {
+            ingest,
+            spool: Spool::new(&config.spool_dir),
+            workers: config.workers.max(1),
+            max_files: config.batch_max_files.max(1),
+            max_bytes: config.batch_max_bytes.max(1),
+        }
+    }
+
+    /// Runs again every batch a crash left in processing/.
+    pub(crate) fn recover(&self) -> Result<Vec<BatchReport>> {
+        let mut reports = Vec::new();
+        for (tag, files) in self.spool.in_flight()? {
+            if files.is_empty() {
+                self.spool.forget(&tag);
+                continue;
+            }
+            log::info!(
+                "recovering batch {tag}: {} file(s) left in processing/",
+                files.len()
+            );
+            reports.push(self.run(&tag, files));
+        }
+        Ok(reports)
+    }
+
+    /// Picks the next batch from what waits: oldest first, up to BATCH_MAX_FILES
+    /// files and BATCH_MAX_BYTES bytes (one file at least).
+    pub(crate) fn select(&self, waiting: &[Waiting]) -> Vec<Waiting> {
+        let mut bytes = 0u64;
+        let mut chosen = Vec::new();
+        for w in waiting.iter().take(self.max_files) {
+            if !chosen.is_empty() && bytes + w.bytes > self.max_bytes {
+                break;
+            }
+            bytes += w.bytes;
+            chosen.push(w.clone());
+        }
+        chosen
+    }
+
+    /// Claims and runs the next batch; `None` when nothing waits.
+    pub(crate) fn next(&self) -> Result<Option<BatchReport>> {
+        loop {
+            let waiting = self.spool.waiting()?;
+            if waiting.is_empty() {
+                return Ok(None);
+            }
+            let tag = BatchTag::new()?;
+            let claimed = self.spool.claim(&tag, &self.select(&waiting))?;
+            // Another process may have claimed everything we listed; look again.
+            if !claimed.is_empty() {
+                return Ok(Some(self.run(&tag, claimed)));
+            }
+        }
+    }
+
+    /// Ingests the files of one batch on WORKERS connections.
+    pub(crate) fn run(&self, tag: &BatchTag, files: Vec<Claimed>) -> BatchReport {
+        let started = Instant::now();
+        let count = files.len();
+        let bytes: u64 = files
+            .iter()
+            .filter_map(|f| std::fs::symlink_metadata(&f.path).ok())
+            .map(|m| m.len())
+            .sum();
+        let queue = Mutex::new(files.into_iter().collect::<VecDeque<_>>());
+        let totals = Mutex::new(Totals::default());
+        let workers = self.workers.min(count).max(1);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| self.work(tag, &queue, &totals));
+            }
+        });
+        let t = totals.into_inner().unwrap_or_else(|p| p.into_inner());
+        let report = BatchReport {
+            tag: tag.clone(),
+            files: count,
+            bytes,
+            files_ok: t.files_ok,
+            files_failed: t.files_failed,
+            rows: t.rows,
+            reason: t.reason.unwrap_or(Reason::Success),
+            healed: t.healed,
+            duration_ms: started.elapsed().as_millis() as u64,
+            error: t.error,
+        };
+        if report.error.is_none() {
+            self.spool.forget(tag);
+        }
+        log::info!(
+            "batch {}: files={} ok={} failed={} rows={} reason={} healed={} duration_ms={}",
+            report.tag,
+            report.files,
+            report.files_ok,
+            report.files_failed,
+            report.rows,
+            report.reason,
+            report.healed,
+            report.duration_ms
+        );
+        report
+    }
+
+    /// One worker: its own connection, files from the shared queue until it is empty.
+    fn work(&self, tag: &BatchTag, queue: &Mutex<VecDeque<Claimed>>, totals: &Mutex<Totals>) {
+        let record_error = |e: &Error| {
+            let mut t = totals.lock().unwrap_or_else(|p| p.into_inner());
+            t.reason(Reason::OtherError);
+            if t.error
+                .as_ref()
+                .is_none_or(|old| old.class != Class::TempFail)
+            {
+                t.error = Some(ErrorSummary::of(e));
+            }
+        };
+        let mut client = match self.ingest.db.connect() {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("batch {tag}: {e}");
+                return record_error(&e);
+            }
+        };
+        loop {
+            let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+            let Some(file) = next else { return };
+            let outcome = match self.ingest.file(&mut client, tag, &file) {
+                Ok(o) => o,
+                Err(e) if e.class() == Class::TempFail => {
+                    // The connection is suspect: reconnect (within the retry budget) and
+                    // try this file again once; if that fails too, it stays in processing/.
+                    log::warn!("batch {tag}: {}: {e}; reconnecting", file.name);
+                    let retried = self.ingest.db.connect().and_then(|c| {
+                        client = c;
+                        self.ingest.file(&mut client, tag, &file)
+                    });
+                    match retried {
+                        Ok(o) => o,
+                        Err(e) => {
+                            log::error!("batch {tag}: {}: {e}", file.name);
+                            record_error(&e);
+                            if e.class() == Class::TempFail {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::error!("batch {tag}: {}: {e}", file.name);
+                    record_error(&e);
+                    continue;
+                }
+            };
+            if let Err(e) = self.settle(tag, &file, &outcome, totals) {
+                log::error!("batch {tag}: {}: {e}", file.name);
+                record_error(&e);
+            }
+        }
+    }
+
+    /// Moves a file whose transaction ended to archive/ or failed/ and counts it.
+    fn settle(
+        &self,
+        tag: &BatchTag,
+        file: &Claimed,
+        outcome: &FileOutcome,
+        totals: &Mutex<Totals>,
+    ) -> Result<()> {
+        match outcome {
+            FileOutcome::Ingested {
+                rows,
+                healed,
+                duplicate,
+            } => {
+                self.spool.archive(tag, file, &today())?;
+                if *duplicate {
+                    log::info!(
+                        "batch {tag}: {} already ingested; archived as a duplicate",
+                        file.name
+                    );
+                }
+                let mut t = totals.lock().unwrap_or_else(|p| p.into_inner());
+                t.files_ok += 1;
+                t.rows += rows;
+                t.healed |= healed;
+                t.reason(if *healed {
+                    Reason::HealedPartition
+                } else {
+                    Reason::Success
+                });
+            }
+            FileOutcome::Bad(bad) => {
+                self.spool.fail(tag, file, &bad.reason_json(&file.name))?;
+                log::warn!(
+                    "batch {tag}: {} failed ({}): {}",
+                    file.name,
+                    bad.reason,
+                    bad.error
+                );
+                let mut t = totals.lock().unwrap_or_else(|p| p.into_inner());
+                t.files_failed += 1;
+                t.healed |= bad.healed;
+                t.reason(bad.reason);
+                if bad.healed {
+                    t.reason(Reason::HealedPartition);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Today's UTC date as `YYYY-MM-DD` (the archive directory).
+fn today() -> String {
+    time::OffsetDateTime::now_utc().date().to_string()
+}
+
+/// This machine's host name.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
