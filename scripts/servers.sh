@@ -5,6 +5,7 @@
 #   scripts/servers.sh start DIR [pg|redis|all]   start under DIR on free loopback ports;
 #                                                  prints PG_PORT=, PG_BIN=, REDIS_PORT= lines
 #   scripts/servers.sh stop DIR                   stop what DIR holds and remove it
+#   scripts/servers.sh pg-stop DIR | pg-start DIR  stop / restart PostgreSQL on the same port
 #
 # PG_EXTRA_OPTS adds postgres -c options (e.g. "-c ssl=on -c ssl_cert_file=...").
 set -euo pipefail
@@ -53,6 +54,7 @@ start_pg() {
     opts="-p $port -k $dir/pgsock -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
     opts="$opts -c full_page_writes=off -c max_connections=300 ${PG_EXTRA_OPTS:-}"
     if as_pg "$bin/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w -t 60 -o "$opts" start >/dev/null; then
+      printf '%s\n' "$opts" > "$dir/pg.opts"
       echo "PG_PORT=$port"
       echo "PG_BIN=$bin"
       return 0
@@ -80,6 +82,14 @@ start_redis() {
   die "redis-server did not start"
 }
 
+pg_stop() {
+  as_pg "$(pg_bin)/pg_ctl" -D "$1/pg" stop -m immediate >/dev/null
+}
+
+pg_start() {
+  as_pg "$(pg_bin)/pg_ctl" -D "$1/pg" -l "$1/pg.log" -w -t 60 -o "$(cat "$1/pg.opts")" start >/dev/null
+}
+
 stop() {
   local dir=$1 bin
   [ -d "$dir" ] || return 0
@@ -105,5 +115,7 @@ case "$cmd" in
     esac
     ;;
   stop) stop "$dir" ;;
+  pg-stop) pg_stop "$dir" ;;
+  pg-start) pg_start "$dir" ;;
   *) die "usage: servers.sh start|stop DIR [pg|redis|all]" ;;
 esac

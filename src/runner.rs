@@ -6,7 +6,7 @@ use crate::batch::{BatchTag, Reason};
 use crate::config::Config;
 use crate::error::{Class, Error, Result};
 use crate::ingest::{FileOutcome, Ingest};
-use crate::spool::{Claimed, Spool, Waiting};
+use crate::spool::{BatchLock, Claimed, Spool, Waiting};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -101,7 +101,7 @@ impl Runner {
     /// Runs again every batch a crash left in processing/.
     pub(crate) fn recover(&self) -> Result<Vec<BatchReport>> {
         let mut reports = Vec::new();
-        for (tag, files) in self.spool.in_flight()? {
+        for (tag, files, lock) in self.spool.in_flight()? {
             if files.is_empty() {
                 self.spool.forget(&tag);
                 continue;
@@ -110,7 +110,7 @@ impl Runner {
                 "recovering batch {tag}: {} file(s) left in processing/",
                 files.len()
             );
-            reports.push(self.run(&tag, files));
+            reports.push(self.run(&tag, files, lock));
         }
         Ok(reports)
     }
@@ -138,16 +138,16 @@ impl Runner {
                 return Ok(None);
             }
             let tag = BatchTag::new()?;
-            let claimed = self.spool.claim(&tag, &self.select(&waiting))?;
+            let (claimed, lock) = self.spool.claim(&tag, &self.select(&waiting))?;
             // Another process may have claimed everything we listed; look again.
             if !claimed.is_empty() {
-                return Ok(Some(self.run(&tag, claimed)));
+                return Ok(Some(self.run(&tag, claimed, lock)));
             }
         }
     }
 
-    /// Ingests the files of one batch on WORKERS connections.
-    pub(crate) fn run(&self, tag: &BatchTag, files: Vec<Claimed>) -> BatchReport {
+    /// Ingests the files of one batch on WORKERS connections, holding its lock.
+    pub(crate) fn run(&self, tag: &BatchTag, files: Vec<Claimed>, lock: BatchLock) -> BatchReport {
         let started = Instant::now();
         let count = files.len();
         let bytes: u64 = files
@@ -179,6 +179,7 @@ impl Runner {
         if report.error.is_none() {
             self.spool.forget(tag);
         }
+        drop(lock);
         log::info!(
             "batch {}: files={} ok={} failed={} rows={} reason={} healed={} duration_ms={}",
             report.tag,

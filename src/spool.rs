@@ -64,6 +64,31 @@ pub(crate) struct Depth {
     pub(crate) bytes: u64,
 }
 
+/// A batch's hold on processing/<batch_tag>/: an exclusive flock on the directory,
+/// held while the batch runs and released by the kernel if the process dies, so
+/// recovery takes over only batches whose owner is gone.
+#[derive(Debug)]
+pub(crate) struct BatchLock {
+    _dir: File,
+}
+
+impl BatchLock {
+    /// Locks `dir`; `None` when a live process holds it.
+    fn try_take(dir: &Path) -> Result<Option<BatchLock>> {
+        let file = File::open(dir).with_context(|| format!("cannot open `{}`", dir.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(BatchLock { _dir: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Error::from(e).context(format!("cannot lock `{}`", dir.display())))
+            }
+        }
+    }
+}
+
+/// A batch in processing/ with its lock.
+pub(crate) type InFlight = (BatchTag, Vec<Claimed>, BatchLock);
+
 /// The spool rooted at SPOOL_DIR.
 #[derive(Debug, Clone)]
 pub(crate) struct Spool {
@@ -182,13 +207,23 @@ impl Spool {
         Ok(found)
     }
 
-    /// Moves `files` from incoming/ into processing/<tag>/. A file another process
-    /// claimed first is skipped. Returns what this call claimed.
-    pub(crate) fn claim(&self, tag: &BatchTag, files: &[Waiting]) -> Result<Vec<Claimed>> {
+    /// Moves `files` from incoming/ into processing/<tag>/ under the batch's lock. A
+    /// file another process claimed first is skipped. Returns what this call claimed.
+    pub(crate) fn claim(
+        &self,
+        tag: &BatchTag,
+        files: &[Waiting],
+    ) -> Result<(Vec<Claimed>, BatchLock)> {
         let incoming = self.dir("incoming");
         let processing = self.dir("processing");
         let target = processing.join(tag.as_str());
         make_dir(&target)?;
+        let lock = BatchLock::try_take(&target)?.ok_or_else(|| {
+            Error::temp(format!(
+                "`{}` is locked by another process",
+                target.display()
+            ))
+        })?;
         fsync_dir(&processing)?;
         let mut claimed = Vec::with_capacity(files.len());
         for file in files {
@@ -212,11 +247,12 @@ impl Spool {
         if claimed.is_empty() {
             self.forget(tag);
         }
-        Ok(claimed)
+        Ok((claimed, lock))
     }
 
-    /// Batches a crash left in processing/, with their files.
-    pub(crate) fn in_flight(&self) -> Result<Vec<(BatchTag, Vec<Claimed>)>> {
+    /// Batches a crash left in processing/, with their files, locked for the
+    /// caller; batches a live process still holds are left alone.
+    pub(crate) fn in_flight(&self) -> Result<Vec<InFlight>> {
         let processing = self.dir("processing");
         let mut batches = Vec::new();
         let entries = fs::read_dir(&processing)
@@ -230,6 +266,9 @@ impl Spool {
                 continue;
             }
             let dir = entry.path();
+            let Some(lock) = BatchLock::try_take(&dir)? else {
+                continue;
+            };
             let mut files = Vec::new();
             for f in
                 fs::read_dir(&dir).with_context(|| format!("cannot list `{}`", dir.display()))?
@@ -243,7 +282,7 @@ impl Spool {
                 }
             }
             files.sort_by(|a, b| a.name.cmp(&b.name));
-            batches.push((tag, files));
+            batches.push((tag, files, lock));
         }
         batches.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(batches)
@@ -450,10 +489,13 @@ mod tests {
         fs::write(inc.join("b.msgpack"), b"b")?;
         let tag = BatchTag::new()?;
         let waiting = spool.waiting()?;
-        let claimed = spool.claim(&tag, &waiting)?;
+        let (claimed, lock) = spool.claim(&tag, &waiting)?;
         assert_eq!(claimed.len(), 2);
         // A second claimer of the same listing gets nothing.
-        assert!(spool.claim(&BatchTag::new()?, &waiting)?.is_empty());
+        assert!(spool.claim(&BatchTag::new()?, &waiting)?.0.is_empty());
+        // Recovery leaves a batch alone while its owner holds the lock.
+        assert_eq!(spool.in_flight()?.len(), 0);
+        drop(lock);
         assert_eq!(spool.in_flight()?.len(), 1);
         spool.archive(&tag, &claimed[0], "2026-01-02")?;
         spool.fail(&tag, &claimed[1], "{}")?;

@@ -8,5 +8,6 @@ mod support;
 
 mod cli;
 mod harness;
+mod ingest;
 mod settings;
 mod spool_commands;

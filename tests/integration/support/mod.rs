@@ -2,6 +2,7 @@
 //! database, Redis db) and a run builder that spawns the real binary with a
 //! cleared environment, a deadline, and a full report when an expectation fails.
 
+pub mod http;
 pub mod servers;
 
 use std::collections::BTreeMap;
@@ -352,4 +353,44 @@ pub fn mode(path: &Path) -> u32 {
     std::fs::symlink_metadata(path)
         .map(|m| m.mode() & 0o7777)
         .unwrap_or(0)
+}
+
+/// A client for `url`.
+#[track_caller]
+pub fn pg(url: &str) -> postgres::Client {
+    match postgres::Client::connect(url, postgres::NoTls) {
+        Ok(c) => c,
+        Err(e) => panic!("cannot connect to {url}: {e}"),
+    }
+}
+
+/// One bigint from a query (count(*) and the like).
+#[track_caller]
+pub fn count(url: &str, sql: &str) -> i64 {
+    match pg(url).query_one(sql, &[]) {
+        Ok(r) => r.get(0),
+        Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+impl TestEnv {
+    /// The test database's URL.
+    pub fn db_url(&self) -> String {
+        self.vars.get("DATABASE_URL").cloned().unwrap_or_default()
+    }
+
+    /// init + migrate.
+    #[track_caller]
+    pub fn ready(&self) {
+        self.run(&["init"]).output().code(0);
+        self.run(&["migrate"]).output().code(0);
+    }
+
+    /// Files anywhere under `spool/<sub>` (recursively).
+    pub fn count_files(&self, sub: &str, suffix: &str) -> usize {
+        self.listing()
+            .iter()
+            .filter(|p| p.starts_with(&format!("{sub}/")) && p.ends_with(suffix))
+            .count()
+    }
 }

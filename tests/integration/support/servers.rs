@@ -237,3 +237,80 @@ pub fn new_redis_db() -> u32 {
     }
     db
 }
+
+static NEXT_OWN: AtomicU32 = AtomicU32::new(0);
+
+/// A PostgreSQL server of one test's own, for tests that stop, restart or
+/// reconfigure it (outages, TLS).
+pub struct OwnPg {
+    /// Its directory (data, socket, log).
+    pub dir: PathBuf,
+    /// Its port.
+    pub port: u16,
+}
+
+impl OwnPg {
+    /// Starts one with extra `postgres -c` options; `prepare` runs on the directory
+    /// first (to place certificates, say).
+    #[track_caller]
+    pub fn start(extra: &str, prepare: impl FnOnce(&Path)) -> OwnPg {
+        let n = NEXT_OWN.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("own-pg-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("cannot create {}: {e}", dir.display());
+        }
+        prepare(&dir);
+        // Tests that crash this server need commits that survive a crash.
+        let extra = format!("-c synchronous_commit=on {extra}");
+        let vars = match start_local(&dir, "pg", &extra) {
+            Ok(v) => v,
+            Err(e) => panic!("cannot start a PostgreSQL of the test's own: {e}"),
+        };
+        if let Err(e) = spawn_reaper(&dir) {
+            panic!("{e}");
+        }
+        let port = vars
+            .iter()
+            .find(|(k, _)| k == "PG_PORT")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("no PG_PORT from scripts/servers.sh"));
+        OwnPg { dir, port }
+    }
+
+    /// A URL for database `db` on host `host`.
+    pub fn url(&self, host: &str, db: &str) -> String {
+        format!("postgres://postgres@{host}:{}/{db}", self.port)
+    }
+
+    /// Creates database `name`.
+    #[track_caller]
+    pub fn create_db(&self, name: &str) -> String {
+        let admin = self.url("127.0.0.1", "postgres");
+        let mut c = postgres::Client::connect(&admin, postgres::NoTls)
+            .unwrap_or_else(|e| panic!("{admin}: {e}"));
+        c.batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.url("127.0.0.1", name)
+    }
+
+    fn ctl(&self, what: &str) {
+        let ok = Command::new("bash")
+            .arg(servers_script())
+            .args([what, &self.dir.display().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "scripts/servers.sh {what} failed");
+    }
+
+    /// Stops the server at once (an outage).
+    pub fn stop(&self) {
+        self.ctl("pg-stop");
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) {
+        self.ctl("pg-start");
+    }
+}
