@@ -126,13 +126,13 @@ impl Embedder {
         }
         data.sort_by_key(|(i, _)| *i);
         let vectors: Vec<Vec<f32>> = data.into_iter().map(|(_, v)| v).collect();
-        if let Some(dim) = self.dim {
-            if let Some(v) = vectors.iter().find(|v| v.len() != dim) {
-                return Err(EmbedError::Rejected(format!(
-                    "the embeddings endpoint returned {} values, EMBED_DIM is {dim}",
-                    v.len()
-                )));
-            }
+        if let Some(dim) = self.dim
+            && let Some(v) = vectors.iter().find(|v| v.len() != dim)
+        {
+            return Err(EmbedError::Rejected(format!(
+                "the embeddings endpoint returned {} values, EMBED_DIM is {dim}",
+                v.len()
+            )));
         }
         Ok(vectors)
     }

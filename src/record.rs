@@ -393,13 +393,13 @@ impl<'a> Decoder<'a> {
         if let Some(i) = values.iter().position(|x: &f32| !x.is_finite()) {
             return fault(at, format!("embedding[{i}] is not a finite number"));
         }
-        if let Some(dim) = self.embed_dim {
-            if values.len() != dim {
-                return fault(
-                    at,
-                    format!("embedding has {} values, EMBED_DIM is {dim}", values.len()),
-                );
-            }
+        if let Some(dim) = self.embed_dim
+            && values.len() != dim
+        {
+            return fault(
+                at,
+                format!("embedding has {} values, EMBED_DIM is {dim}", values.len()),
+            );
         }
         Ok(Some(values))
     }

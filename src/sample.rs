@@ -243,7 +243,7 @@ fn good_file(rng: &mut Rng, plan: &Plan, file: u64, now: OffsetDateTime) -> Vec<
         }
         if plan.dim > 0 {
             write_str(&mut out, "embedding");
-            write_embedding(&mut out, rng, plan.dim, file % 2 == 0);
+            write_embedding(&mut out, rng, plan.dim, file.is_multiple_of(2));
         }
     }
     out

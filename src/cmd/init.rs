@@ -34,10 +34,9 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         .failure_log
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
+        && !dirs.iter().any(|d| d == dir)
     {
-        if !dirs.iter().any(|d| d == dir) {
-            dirs.push(dir.to_path_buf());
-        }
+        dirs.push(dir.to_path_buf());
     }
     let mut report = String::new();
     let mut unsafe_paths = 0;
@@ -73,11 +72,9 @@ fn ensure(
         return Ok(1);
     }
     let created = create(path)?;
-    if created {
-        if let Some(o) = owner {
-            std::os::unix::fs::chown(path, Some(o.uid), Some(o.gid))
-                .with_context(|| format!("cannot chown `{}`", path.display()))?;
-        }
+    if created && let Some(o) = owner {
+        std::os::unix::fs::chown(path, Some(o.uid), Some(o.gid))
+            .with_context(|| format!("cannot chown `{}`", path.display()))?;
     }
     report.push_str(&format!(
         "{}  {}\n",

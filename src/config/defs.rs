@@ -123,12 +123,12 @@ fn postgres_url(raw: &str) -> Result<(), String> {
     }
     if let Some((_, query)) = raw.split_once('?') {
         for pair in query.split('&') {
-            if let Some(("sslmode", mode)) = pair.split_once('=') {
-                if !["disable", "prefer", "require", "verify-ca", "verify-full"].contains(&mode) {
-                    return Err(format!(
-                        "has sslmode `{mode}`; expected disable, prefer, require, verify-ca or verify-full"
-                    ));
-                }
+            if let Some(("sslmode", mode)) = pair.split_once('=')
+                && !["disable", "prefer", "require", "verify-ca", "verify-full"].contains(&mode)
+            {
+                return Err(format!(
+                    "has sslmode `{mode}`; expected disable, prefer, require, verify-ca or verify-full"
+                ));
             }
         }
     }

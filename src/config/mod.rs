@@ -164,10 +164,10 @@ pub(crate) fn load(sources: &Sources<'_>) -> Result<Config> {
     let raw = collect(sources)?;
     let mut problems = Vec::new();
     for setting in SETTINGS {
-        if let Some((value, origin)) = raw.values.get(setting.name) {
-            if let Err(why) = (setting.check)(value) {
-                problems.push(format!("`{}` ({origin}) {why}", setting.name));
-            }
+        if let Some((value, origin)) = raw.values.get(setting.name)
+            && let Err(why) = (setting.check)(value)
+        {
+            problems.push(format!("`{}` ({origin}) {why}", setting.name));
         }
     }
     let config = build(&raw, &mut problems);

@@ -69,6 +69,18 @@ fn today_noonish() -> i64 {
     now - now % 86_400 + 60
 }
 
+/// doc_id, chunk_index, content, embedding, metadata, source, created_at (epoch), batch_tag.
+type Row = (
+    String,
+    i32,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    f64,
+    String,
+);
+
 #[test]
 fn rows_land_with_exact_values() {
     let env = TestEnv::new().with_db();
@@ -135,16 +147,7 @@ fn rows_land_with_exact_values() {
         )
         .expect("query rows");
     assert_eq!(rows.len(), 5);
-    let get = |i: usize| -> (
-        String,
-        i32,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        f64,
-        String,
-    ) {
+    let get = |i: usize| -> Row {
         let r = &rows[i];
         (
             r.get(0),
