@@ -218,8 +218,20 @@ const TRANSIENT_STATES: [&str; 7] = [
     "57P01", "57P02", "57P03", "40001", "40P01", "53300", "53400",
 ];
 
+/// Whether `e` is a TLS verification failure (wrong CA, wrong host name): a
+/// configuration problem that retrying cannot fix.
+pub(crate) fn is_tls_failure(e: &postgres::Error) -> bool {
+    e.as_db_error().is_none() && {
+        let text = describe(e);
+        text.contains("TLS handshake") || text.contains("certificate verify failed")
+    }
+}
+
 /// Whether `e` is worth retrying.
 pub(crate) fn is_transient(e: &postgres::Error) -> bool {
+    if is_tls_failure(e) {
+        return false;
+    }
     match e.code() {
         Some(code) => {
             let code = code.code();
@@ -233,7 +245,11 @@ pub(crate) fn is_transient(e: &postgres::Error) -> bool {
 /// `e` as an [`Error`]: transient ones are TempFail (exit 75).
 pub(crate) fn classify(e: postgres::Error, what: &str) -> Error {
     let message = describe(&e);
-    if is_transient(&e) {
+    if is_tls_failure(&e) {
+        Error::config(message).context(what.to_string()).with_note(
+            "check sslmode and sslrootcert in DATABASE_URL (verify-full also checks the host name)",
+        )
+    } else if is_transient(&e) {
         Error::temp(message).context(what.to_string())
     } else {
         Error::failed(message).context(what.to_string())

@@ -68,5 +68,29 @@ fn findings(config: &Config) -> Vec<Finding> {
             Ok(()) => None,
         },
     });
+    found.push(database(config));
     found
+}
+
+/// The database: reachable (one attempt, no retries) and at the schema version.
+fn database(config: &Config) -> Finding {
+    let names = crate::schema::Names::new(&config.table);
+    let what = format!("database, table {}", names.table);
+    let problem = (|| -> Result<Option<String>> {
+        let db = crate::db::Db::from_config(config)?;
+        let mut client = db
+            .connect_once()
+            .map_err(|e| crate::db::classify(e, "connecting"))?;
+        let version = crate::schema::current_version(&mut client, &names)?;
+        Ok((version < crate::schema::VERSION).then(|| {
+            format!(
+                "schema at version {version}, needs {}; run `ragspool migrate`",
+                crate::schema::VERSION
+            )
+        }))
+    })();
+    Finding {
+        what,
+        problem: problem.unwrap_or_else(|e| Some(e.to_string().replace('\n', "; "))),
+    }
 }

@@ -3,6 +3,7 @@
 use crate::cli::Args;
 use crate::config::Config;
 use crate::error::{Outcome, Result};
+use crate::manifest::{self, BatchSummary};
 use crate::spool::Spool;
 use serde_json::json;
 use std::time::SystemTime;
@@ -16,6 +17,7 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
             .duration_since(m)
             .map_or(0, |d| d.as_secs())
     });
+    let batches = recent_batches(config);
     if args.has("json") {
         let dirs: serde_json::Map<String, serde_json::Value> = depth
             .iter()
@@ -30,6 +32,8 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
             "spool_dir": spool.root().display().to_string(),
             "dirs": dirs,
             "oldest_waiting_secs": oldest,
+            "recent_batches": batches.as_ref().ok(),
+            "database_error": batches.as_ref().err(),
         }))
         .map(|()| Outcome::Clean);
     }
@@ -47,6 +51,42 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         Some(s) => out.push_str(&format!("oldest waiting file: {s}s old\n")),
         None => out.push_str("oldest waiting file: none waiting\n"),
     }
+    match &batches {
+        Ok(list) if list.is_empty() => out.push_str("recent batches: none\n"),
+        Ok(list) => {
+            out.push_str("recent batches:\n");
+            for b in list {
+                out.push_str(&format!(
+                    "  {}  files={} done={} failed={} open={} rows={}{}  finished {}\n",
+                    b.batch_tag,
+                    b.files,
+                    b.done,
+                    b.failed,
+                    b.open,
+                    b.rows,
+                    if b.healed { " healed" } else { "" },
+                    b.finished_at.as_deref().unwrap_or("-")
+                ));
+            }
+        }
+        Err(e) => out.push_str(&format!("recent batches: unavailable ({e})\n")),
+    }
     super::emit(&out)?;
     Ok(Outcome::Clean)
+}
+
+/// The last ten batches from the manifest, or why they cannot be shown.
+fn recent_batches(config: &Config) -> std::result::Result<Vec<BatchSummary>, String> {
+    let names = crate::schema::Names::new(&config.table);
+    let read = || -> Result<Vec<BatchSummary>> {
+        let db = crate::db::Db::from_config(config)?;
+        let mut client = db
+            .connect_once()
+            .map_err(|e| crate::db::classify(e, "connecting"))?;
+        if crate::schema::current_version(&mut client, &names)? == 0 {
+            return Ok(Vec::new());
+        }
+        manifest::recent_batches(&mut client, &names, 10)
+    };
+    read().map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
 }

@@ -539,7 +539,7 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
 
 #[test]
 fn an_outage_exits_75_then_a_rerun_ingests_exactly_once() {
-    let own = OwnPg::start("", |_| {});
+    let own = OwnPg::start();
     let mut env = TestEnv::new();
     env.set("DATABASE_URL", own.create_db("outage"));
     env.set("RETRY_MAX_SECS", "2");
@@ -578,7 +578,7 @@ fn an_outage_exits_75_then_a_rerun_ingests_exactly_once() {
 
 #[test]
 fn database_down_from_the_start_exits_75() {
-    let own = OwnPg::start("", |_| {});
+    let own = OwnPg::start();
     let mut env = TestEnv::new();
     env.set("DATABASE_URL", own.create_db("down"));
     env.set("RETRY_MAX_SECS", "1");

@@ -11,3 +11,4 @@ mod harness;
 mod ingest;
 mod settings;
 mod spool_commands;
+mod tls;

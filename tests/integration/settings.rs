@@ -74,7 +74,7 @@ fn precedence_flag_env_file_default() {
         .code(78)
         .stderr_has("`MAX_FILE_BYTES`");
     assert!(out.stderr.contains("ragspool.env:3"), "{}", out.stderr);
-    let out = check_with("BATCH_MAX_FILES=7\nWORKERS=\"3\"\nBATCH_MAX_AGE_SECS=1\n").code(0);
+    let out = check_with("BATCH_MAX_FILES=7\nWORKERS=\"3\"\nBATCH_MAX_AGE_SECS=1\n").code(1); // no database configured: check is unhealthy, settings still shown
     let json = out.json();
     let find = |name: &str| {
         json["settings"]
@@ -105,7 +105,7 @@ fn secrets_never_reach_output_or_errors() {
         )
         .env("GATE_TOKEN", "tok-Sup3rSecret")
         .output()
-        .code(0);
+        .code(1);
     assert!(
         !out.stdout.contains("Sup3rSecret") && !out.stderr.contains("Sup3rSecret"),
         "{}",

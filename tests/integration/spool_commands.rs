@@ -66,7 +66,7 @@ fn init_owner_chowns_what_it_creates() {
 
 #[test]
 fn gen_status_and_check_agree() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_db();
     env.run(&["status"])
         .output()
         .code(78)
@@ -101,8 +101,32 @@ fn gen_status_and_check_agree() {
     env.run(&["status"]).output().code(0).stdout_has("incoming");
     env.run(&["check"])
         .output()
+        .code(1)
+        .stdout_has("ok    failure log")
+        .stdout_has("run `ragspool migrate`");
+    env.run(&["migrate"]).output().code(0);
+    env.run(&["check"])
+        .output()
         .code(0)
-        .stdout_has("ok    failure log");
+        .stdout_has("ok    database, table rag_chunks");
+    env.run(&["process"]).output().code(1);
+    let json = env.run(&["status", "--json"]).output().code(0).json();
+    let batches = json["recent_batches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(batches.len(), 1, "{json}");
+    assert_eq!(batches[0]["done"], 3);
+    assert_eq!(batches[0]["failed"], 7);
+    env.run(&["status"])
+        .output()
+        .code(0)
+        .stdout_has("done=3 failed=7");
+    env.run(&["check"])
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .code(1)
+        .stdout_has("FAIL  database");
 }
 
 #[test]

@@ -250,10 +250,16 @@ pub struct OwnPg {
 }
 
 impl OwnPg {
-    /// Starts one with extra `postgres -c` options; `prepare` runs on the directory
-    /// first (to place certificates, say).
+    /// Starts one with the default options.
     #[track_caller]
-    pub fn start(extra: &str, prepare: impl FnOnce(&Path)) -> OwnPg {
+    pub fn start() -> OwnPg {
+        OwnPg::start_with(|_| {}, |_| String::new())
+    }
+
+    /// Starts one after `prepare` put files in its directory (certificates, say),
+    /// with the extra `postgres -c` options `options` gives for that directory.
+    #[track_caller]
+    pub fn start_with(prepare: impl FnOnce(&Path), options: impl FnOnce(&Path) -> String) -> OwnPg {
         let n = NEXT_OWN.fetch_add(1, Ordering::SeqCst);
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("own-pg-{}-{n}", std::process::id()));
@@ -263,7 +269,7 @@ impl OwnPg {
         }
         prepare(&dir);
         // Tests that crash this server need commits that survive a crash.
-        let extra = format!("-c synchronous_commit=on {extra}");
+        let extra = format!("-c synchronous_commit=on {}", options(&dir));
         let vars = match start_local(&dir, "pg", &extra) {
             Ok(v) => v,
             Err(e) => panic!("cannot start a PostgreSQL of the test's own: {e}"),

@@ -1,0 +1,146 @@
+//! TLS to PostgreSQL: sslmode and sslrootcert as libpq means them, against a
+//! throwaway server started with ssl=on and certificates made here.
+
+use crate::support::TestEnv;
+use crate::support::servers::OwnPg;
+use std::path::Path;
+use std::process::Command;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for `localhost` only, and an unrelated CA.
+fn make_certs(dir: &Path) {
+    let subj = |cn: &str| format!("/CN={cn}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            &subj("ragspool test CA"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "wrong.key",
+            "-out",
+            "wrong-ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            &subj("someone else"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            &subj("localhost"),
+        ],
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").expect("write san.ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    let _ = Command::new("chmod")
+        .args(["600", "server.key"])
+        .current_dir(dir)
+        .status();
+    let _ = Command::new("sh")
+        .args([
+            "-c",
+            "id -u | grep -qx 0 && chown postgres server.key server.crt || true",
+        ])
+        .current_dir(dir)
+        .status();
+}
+
+#[test]
+fn verify_full_accepts_the_right_ca_and_refuses_others() {
+    let own = OwnPg::start_with(make_certs, |dir| {
+        format!(
+            "-c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+            dir.display()
+        )
+    });
+    own.create_db("tls");
+    let ca = own.dir.join("ca.pem");
+    let wrong = own.dir.join("wrong-ca.pem");
+    let env = TestEnv::new();
+    env.run(&["init"]).output().code(0);
+    let url = |host: &str, mode: &str, root: &Path| {
+        format!(
+            "{}?sslmode={mode}&sslrootcert={}",
+            own.url(host, "tls"),
+            root.display()
+        )
+    };
+    let migrate = |u: String| {
+        env.run(&["migrate"])
+            .env("DATABASE_URL", u)
+            .env("RETRY_MAX_SECS", "1")
+            .output()
+    };
+    migrate(url("localhost", "verify-full", &ca)).code(0);
+    migrate(url("localhost", "verify-full", &wrong))
+        .code(78)
+        .stderr_has("certificate");
+    migrate(url("127.0.0.1", "verify-full", &ca))
+        .code(78)
+        .stderr_has("certificate");
+    migrate(url("127.0.0.1", "verify-ca", &ca)).code(0);
+    migrate(url("127.0.0.1", "verify-ca", &wrong)).code(78);
+    migrate(format!("{}?sslmode=require", own.url("127.0.0.1", "tls"))).code(0);
+}
