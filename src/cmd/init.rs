@@ -20,31 +20,33 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     };
     let uid = owner.map_or_else(privdrop::euid, |o| o.uid);
     let spool = Spool::new(&config.spool_dir);
-    let mut dirs: Vec<PathBuf> = vec![spool.root().to_path_buf()];
-    dirs.extend(DIRS.iter().map(|d| spool.dir(d)));
-    if let Some(dir) = config
-        .log_file
-        .as_deref()
-        .and_then(Path::parent)
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        dirs.push(dir.to_path_buf());
-    }
-    if let Some(dir) = config
-        .failure_log
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        && !dirs.iter().any(|d| d == dir)
-    {
-        dirs.push(dir.to_path_buf());
-    }
     let mut report = String::new();
     let mut unsafe_paths = 0;
-    for dir in &dirs {
-        unsafe_paths += ensure(dir, 0o027, uid, owner, &mut report, spool::make_dir)?;
+    // The spool tree is ragspool's own: owned by it, closed to others.
+    let mut spool_dirs: Vec<PathBuf> = vec![spool.root().to_path_buf()];
+    spool_dirs.extend(DIRS.iter().map(|d| spool.dir(d)));
+    for dir in &spool_dirs {
+        unsafe_paths += ensure(dir, 0o027, Some(uid), owner, &mut report, spool::make_dir)?;
+    }
+    // Log directories may be shared ones like /var/log: only world-writable is unsafe.
+    let mut log_dirs: Vec<&Path> = Vec::new();
+    for file in [
+        config.log_file.as_deref(),
+        Some(config.failure_log.as_path()),
+    ] {
+        if let Some(dir) = file
+            .and_then(Path::parent)
+            .filter(|d| !d.as_os_str().is_empty())
+            && !log_dirs.contains(&dir)
+        {
+            log_dirs.push(dir);
+        }
+    }
+    for dir in log_dirs {
+        unsafe_paths += ensure(dir, 0o002, None, owner, &mut report, spool::make_dir)?;
     }
     let log = &config.failure_log;
-    unsafe_paths += ensure(log, 0o077, uid, owner, &mut report, |p| {
+    unsafe_paths += ensure(log, 0o077, Some(uid), owner, &mut report, |p| {
         let existed = std::fs::symlink_metadata(p).is_ok();
         crate::failure_log::create(p)?;
         Ok(!existed)
@@ -62,12 +64,12 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
 fn ensure(
     path: &Path,
     forbidden: u32,
-    uid: u32,
+    uid: Option<u32>,
     owner: Option<Owner>,
     report: &mut String,
     create: impl FnOnce(&Path) -> Result<bool>,
 ) -> Result<u32> {
-    if let Some(why) = spool::unsafe_reason(path, forbidden, Some(uid)) {
+    if let Some(why) = spool::unsafe_reason(path, forbidden, uid) {
         report.push_str(&format!("unsafe  {}: {why}\n", path.display()));
         return Ok(1);
     }
