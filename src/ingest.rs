@@ -124,14 +124,15 @@ pub(crate) fn now_micros() -> i64 {
 }
 
 impl Ingest {
-    /// Ingests one claimed file. `Err` means the file must stay in processing/
-    /// (an outage or a problem that is not the file's fault).
+    /// Ingests one claimed file; returns how it ended and which attempt this was.
+    /// `Err` means the file must stay in processing/ (an outage or a problem that
+    /// is not the file's fault).
     pub(crate) fn file(
         &self,
         client: &mut Client,
         tag: &BatchTag,
         file: &Claimed,
-    ) -> Result<FileOutcome> {
+    ) -> Result<(FileOutcome, u32)> {
         let key = FileKey {
             tag,
             name: &file.name,
@@ -140,17 +141,17 @@ impl Ingest {
             Ok(b) => b,
             Err(Unreadable::Io(e)) => return Err(e),
             Err(Unreadable::Bad(why)) => {
-                manifest::open(client, &self.names, &key, "", 0, &self.host)?;
+                let attempt = manifest::open(client, &self.names, &key, "", 0, &self.host)?;
                 let bad = BadFile::new(Reason::Failed, format!("file {why}"));
                 manifest::failed(client, &self.names, &key, bad.reason.as_str(), false)?;
-                return Ok(FileOutcome::Bad(bad));
+                return Ok((FileOutcome::Bad(bad), attempt));
             }
         };
         let sha = sha256_hex(&bytes);
         if let Some(outcome) = self.already_ingested(client, &key, &sha, bytes.len())? {
-            return Ok(outcome);
+            return Ok((outcome, 1));
         }
-        manifest::open(
+        let attempt = manifest::open(
             client,
             &self.names,
             &key,
@@ -169,11 +170,14 @@ impl Ingest {
                     .map_err(|e| db::classify(e, "recording the duplicate"))?;
                 tx.commit()
                     .map_err(|e| db::classify(e, "committing the duplicate"))?;
-                return Ok(FileOutcome::Ingested {
-                    rows: 0,
-                    healed,
-                    duplicate: true,
-                });
+                return Ok((
+                    FileOutcome::Ingested {
+                        rows: 0,
+                        healed,
+                        duplicate: true,
+                    },
+                    attempt,
+                ));
             }
             let failure = match self.copy_rows(&mut tx, tag, &bytes, ingest_time) {
                 Ok(rows) => {
@@ -182,11 +186,12 @@ impl Ingest {
                             .and_then(|()| tx.commit());
                     match committed {
                         Ok(()) => {
-                            return Ok(FileOutcome::Ingested {
+                            let outcome = FileOutcome::Ingested {
                                 rows,
                                 healed,
                                 duplicate: false,
-                            });
+                            };
+                            return Ok((outcome, attempt));
                         }
                         // Another process committed the same content first: go round
                         // again and record this file as its duplicate.
@@ -228,7 +233,7 @@ impl Ingest {
             };
             let bad = BadFile { healed, ..bad };
             manifest::failed(client, &self.names, &key, bad.reason.as_str(), healed)?;
-            return Ok(FileOutcome::Bad(bad));
+            return Ok((FileOutcome::Bad(bad), attempt));
         }
         Err(
             Error::failed("the file kept conflicting with concurrent ingests")

@@ -17,7 +17,8 @@ pub(crate) struct FileKey<'a> {
     pub(crate) name: &'a str,
 }
 
-/// Records that a file is being ingested (status open, one more attempt).
+/// Records that a file is being ingested (status open, one more attempt); returns
+/// the attempt number.
 pub(crate) fn open(
     client: &mut impl GenericClient,
     names: &Names,
@@ -25,20 +26,20 @@ pub(crate) fn open(
     sha256: &str,
     bytes: i64,
     host: &str,
-) -> Result<()> {
+) -> Result<u32> {
     let sql = format!(
         "INSERT INTO {m} (batch_tag, file_name, sha256, bytes, status, host) VALUES ($1, $2, $3, $4, 'open', $5) \
          ON CONFLICT (batch_tag, file_name) DO UPDATE SET status = 'open', sha256 = EXCLUDED.sha256, \
          bytes = EXCLUDED.bytes, host = EXCLUDED.host, attempts = {m}.attempts + 1, reason = NULL, \
-         started_at = now(), finished_at = NULL WHERE {m}.status <> 'done'",
+         started_at = now(), finished_at = NULL WHERE {m}.status <> 'done' RETURNING attempts",
         m = names.manifest
     );
     client
-        .execute(
+        .query_opt(
             &sql,
             &[&key.tag.as_str(), &key.name, &sha256, &bytes, &host],
         )
-        .map(|_| ())
+        .map(|row| row.map_or(1, |r| r.get::<_, i32>(0).max(1) as u32))
         .map_err(|e| db::classify(e, "recording the file in the manifest"))
 }
 

@@ -1,14 +1,18 @@
 //! A batch's lifecycle, the one path `process` and `watch` share: claim from
-//! incoming/, ingest the files on WORKERS connections, archive or fail each file
-//! only after its transaction committed, and sum up the batch's reason.
+//! incoming/, tell the gate, ingest the files on WORKERS connections, archive or
+//! fail each file only after its transaction committed, alert once on the first
+//! failure, record failures in the failure log, and tell the gate the outcome.
 
 use crate::batch::{BatchTag, Reason};
 use crate::config::Config;
 use crate::error::{Class, Error, Result};
-use crate::ingest::{FileOutcome, Ingest};
+use crate::failure_log::{Entry, FailureLog};
+use crate::gate::Notifier;
+use crate::ingest::{BadFile, FileOutcome, Ingest};
 use crate::spool::{BatchLock, Claimed, Spool, Waiting};
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// What one batch did.
@@ -75,27 +79,77 @@ impl Totals {
     }
 }
 
+/// One batch in flight: its tag, queue, totals and whether it has alerted.
+struct Flight<'a> {
+    tag: &'a BatchTag,
+    queue: Mutex<VecDeque<Claimed>>,
+    totals: Mutex<Totals>,
+    alerted: AtomicBool,
+}
+
+impl Flight<'_> {
+    fn totals(&self) -> std::sync::MutexGuard<'_, Totals> {
+        self.totals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record_error(&self, e: &Error) {
+        let mut t = self.totals();
+        t.reason(Reason::OtherError);
+        if t.error
+            .as_ref()
+            .is_none_or(|old| old.class != Class::TempFail)
+        {
+            t.error = Some(ErrorSummary::of(e));
+        }
+    }
+}
+
 /// Runs batches over one spool.
 pub(crate) struct Runner {
     /// Per-file ingest.
     pub(crate) ingest: Ingest,
     /// The spool.
     pub(crate) spool: Spool,
+    /// Gate events and alerts.
+    pub(crate) notifier: Notifier,
+    failure_log: Arc<FailureLog>,
     workers: usize,
     max_files: usize,
     max_bytes: u64,
+    undelivered: AtomicUsize,
 }
 
 impl Runner {
     /// From settings.
-    pub(crate) fn new(config: &Config, ingest: Ingest) -> Runner {
+    pub(crate) fn new(
+        config: &Config,
+        ingest: Ingest,
+        notifier: Notifier,
+        failure_log: Arc<FailureLog>,
+    ) -> Runner {
         Runner {
             ingest,
             spool: Spool::new(&config.spool_dir),
+            notifier,
+            failure_log,
             workers: config.workers.max(1),
             max_files: config.batch_max_files.max(1),
             max_bytes: config.batch_max_bytes.max(1),
+            undelivered: AtomicUsize::new(0),
         }
+    }
+
+    /// Delivers what waits in the outbox; remembers how many events stayed.
+    pub(crate) fn flush(&self) {
+        match self.notifier.flush() {
+            Ok(f) => self.undelivered.store(f.pending, Ordering::SeqCst),
+            Err(e) => log::error!("outbox: {e}"),
+        }
+    }
+
+    /// Events the last flush could not deliver.
+    pub(crate) fn undelivered(&self) -> usize {
+        self.undelivered.load(Ordering::SeqCst)
     }
 
     /// Runs again every batch a crash left in processing/.
@@ -146,7 +200,7 @@ impl Runner {
         }
     }
 
-    /// Ingests the files of one batch on WORKERS connections, holding its lock.
+    /// Runs one batch, holding its lock: gate.open, ingest, gate.done.
     pub(crate) fn run(&self, tag: &BatchTag, files: Vec<Claimed>, lock: BatchLock) -> BatchReport {
         let started = Instant::now();
         let count = files.len();
@@ -155,15 +209,25 @@ impl Runner {
             .filter_map(|f| std::fs::symlink_metadata(&f.path).ok())
             .map(|m| m.len())
             .sum();
-        let queue = Mutex::new(files.into_iter().collect::<VecDeque<_>>());
-        let totals = Mutex::new(Totals::default());
-        let workers = self.workers.min(count).max(1);
+        if let Err(e) = self.notifier.gate_open(tag, count, bytes) {
+            log::error!("batch {tag}: cannot queue gate.open: {e}");
+        }
+        self.flush();
+        let flight = Flight {
+            tag,
+            queue: Mutex::new(files.into_iter().collect()),
+            totals: Mutex::new(Totals::default()),
+            alerted: AtomicBool::new(false),
+        };
         std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| self.work(tag, &queue, &totals));
+            for _ in 0..self.workers.min(count).max(1) {
+                s.spawn(|| self.work(&flight));
             }
         });
-        let t = totals.into_inner().unwrap_or_else(|p| p.into_inner());
+        let t = flight
+            .totals
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
         let report = BatchReport {
             tag: tag.clone(),
             files: count,
@@ -191,74 +255,62 @@ impl Runner {
             report.healed,
             report.duration_ms
         );
+        if let Err(e) = self.notifier.gate_done(&report) {
+            log::error!("batch {tag}: cannot queue gate.done: {e}");
+        }
+        self.flush();
         report
     }
 
     /// One worker: its own connection, files from the shared queue until it is empty.
-    fn work(&self, tag: &BatchTag, queue: &Mutex<VecDeque<Claimed>>, totals: &Mutex<Totals>) {
-        let record_error = |e: &Error| {
-            let mut t = totals.lock().unwrap_or_else(|p| p.into_inner());
-            t.reason(Reason::OtherError);
-            if t.error
-                .as_ref()
-                .is_none_or(|old| old.class != Class::TempFail)
-            {
-                t.error = Some(ErrorSummary::of(e));
-            }
-        };
+    fn work(&self, flight: &Flight<'_>) {
+        let tag = flight.tag;
         let mut client = match self.ingest.db.connect() {
             Ok(c) => c,
             Err(e) => {
                 log::error!("batch {tag}: {e}");
-                return record_error(&e);
+                return flight.record_error(&e);
             }
         };
         loop {
-            let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+            let next = flight
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
             let Some(file) = next else { return };
-            let outcome = match self.ingest.file(&mut client, tag, &file) {
-                Ok(o) => o,
-                Err(e) if e.class() == Class::TempFail => {
-                    // The connection is suspect: reconnect (within the retry budget) and
-                    // try this file again once; if that fails too, it stays in processing/.
-                    log::warn!("batch {tag}: {}: {e}; reconnecting", file.name);
-                    let retried = self.ingest.db.connect().and_then(|c| {
-                        client = c;
-                        self.ingest.file(&mut client, tag, &file)
-                    });
-                    match retried {
-                        Ok(o) => o,
-                        Err(e) => {
-                            log::error!("batch {tag}: {}: {e}", file.name);
-                            record_error(&e);
-                            if e.class() == Class::TempFail {
-                                return;
-                            }
-                            continue;
-                        }
-                    }
+            let result = self.ingest.file(&mut client, tag, &file).or_else(|e| {
+                if e.class() != Class::TempFail {
+                    return Err(e);
                 }
-                Err(e) => {
-                    log::error!("batch {tag}: {}: {e}", file.name);
-                    record_error(&e);
-                    continue;
-                }
-            };
-            if let Err(e) = self.settle(tag, &file, &outcome, totals) {
+                // The connection is suspect: reconnect (within the retry budget) and try
+                // this file once more; if that fails too, it stays in processing/.
+                log::warn!("batch {tag}: {}: {e}; reconnecting", file.name);
+                client = self.ingest.db.connect()?;
+                self.ingest.file(&mut client, tag, &file)
+            });
+            let settled =
+                result.and_then(|(outcome, attempt)| self.settle(flight, &file, &outcome, attempt));
+            if let Err(e) = settled {
                 log::error!("batch {tag}: {}: {e}", file.name);
-                record_error(&e);
+                flight.record_error(&e);
+                if e.class() == Class::TempFail {
+                    return;
+                }
             }
         }
     }
 
-    /// Moves a file whose transaction ended to archive/ or failed/ and counts it.
+    /// Moves a file whose transaction ended to archive/ or failed/, counts it, and
+    /// records failures and self-heals.
     fn settle(
         &self,
-        tag: &BatchTag,
+        flight: &Flight<'_>,
         file: &Claimed,
         outcome: &FileOutcome,
-        totals: &Mutex<Totals>,
+        attempt: u32,
     ) -> Result<()> {
+        let tag = flight.tag;
         match outcome {
             FileOutcome::Ingested {
                 rows,
@@ -272,7 +324,18 @@ impl Runner {
                         file.name
                     );
                 }
-                let mut t = totals.lock().unwrap_or_else(|p| p.into_inner());
+                if *healed {
+                    let detail = "rows had no partition; created it and retried";
+                    self.record_failure(
+                        flight,
+                        file,
+                        Reason::HealedPartition,
+                        true,
+                        detail,
+                        attempt,
+                    )?;
+                }
+                let mut t = flight.totals();
                 t.files_ok += 1;
                 t.rows += rows;
                 t.healed |= healed;
@@ -290,7 +353,15 @@ impl Runner {
                     bad.reason,
                     bad.error
                 );
-                let mut t = totals.lock().unwrap_or_else(|p| p.into_inner());
+                self.record_failure(
+                    flight,
+                    file,
+                    bad.reason,
+                    bad.healed,
+                    &describe(bad),
+                    attempt,
+                )?;
+                let mut t = flight.totals();
                 t.files_failed += 1;
                 t.healed |= bad.healed;
                 t.reason(bad.reason);
@@ -300,6 +371,47 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    /// A failure-log record, and the batch's one alert on its first failure event.
+    fn record_failure(
+        &self,
+        flight: &Flight<'_>,
+        file: &Claimed,
+        reason: Reason,
+        healed: bool,
+        detail: &str,
+        attempt: u32,
+    ) -> Result<()> {
+        self.failure_log.append(Entry {
+            ts: crate::clock::now_rfc3339(),
+            batch_tag: flight.tag.to_string(),
+            file: file.name.clone(),
+            reason: reason.as_str().to_string(),
+            healed,
+            detail: detail.to_string(),
+            attempt,
+            host: self.ingest.host.clone(),
+            prev: String::new(),
+        })?;
+        if !flight.alerted.swap(true, Ordering::SeqCst) {
+            let detail = format!("{}: {detail}", file.name);
+            self.notifier.alert(
+                "ingest.alert",
+                flight.tag.as_str(),
+                reason.as_str(),
+                healed,
+                &detail,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn describe(bad: &BadFile) -> String {
+    match (bad.record_index, bad.byte_offset) {
+        (Some(r), Some(b)) => format!("record {r} at byte {b}: {}", bad.error),
+        _ => bad.error.clone(),
     }
 }
 

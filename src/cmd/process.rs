@@ -4,15 +4,18 @@ use crate::cli::Args;
 use crate::config::Config;
 use crate::db::Db;
 use crate::embed::Embedder;
-use crate::error::{Outcome, Result};
+use crate::error::{Error, Outcome, Result};
+use crate::failure_log::FailureLog;
+use crate::gate::Notifier;
 use crate::ingest::Ingest;
 use crate::runner::{BatchReport, Runner, host_name};
 use crate::schema::{self, Names};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
-    let runner = Runner::new(config, ingest(config)?);
-    runner.spool.require()?;
+    let runner = runner(config)?;
+    runner.flush();
     let mut reports = runner.recover()?;
     if reports.iter().all(|r| r.error.is_none()) {
         while let Some(report) = runner.next()? {
@@ -23,7 +26,17 @@ pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
             }
         }
     }
-    summarize(&reports)
+    runner.flush();
+    summarize(&reports, runner.undelivered())
+}
+
+/// A runner with everything a batch needs, from settings.
+pub(crate) fn runner(config: &Config) -> Result<Runner> {
+    crate::spool::Spool::new(&config.spool_dir).require()?;
+    let failure_log = Arc::new(FailureLog::open(&config.failure_log)?);
+    let host = host_name();
+    let notifier = Notifier::new(config, Some(failure_log.clone()), &host)?;
+    Ok(Runner::new(config, ingest(config)?, notifier, failure_log))
 }
 
 /// The per-file ingest context from settings, after checking the schema.
@@ -48,7 +61,7 @@ pub(crate) fn ingest(config: &Config) -> Result<Ingest> {
 }
 
 /// Prints a summary and turns the reports into the command's result.
-fn summarize(reports: &[BatchReport]) -> Result<Outcome> {
+fn summarize(reports: &[BatchReport], undelivered: usize) -> Result<Outcome> {
     let files: usize = reports.iter().map(|r| r.files_ok).sum();
     let failed: usize = reports.iter().map(|r| r.files_failed).sum();
     let rows: u64 = reports.iter().map(|r| r.rows).sum();
@@ -60,6 +73,14 @@ fn summarize(reports: &[BatchReport]) -> Result<Outcome> {
         return Err(e
             .to_error()
             .with_note("files left in processing/ are retried by the next run"));
+    }
+    if undelivered > 0 {
+        return Err(Error::temp(format!(
+            "{undelivered} notification(s) could not be delivered and wait in outbox/"
+        ))
+        .with_note(
+            "the gate or alert endpoint is unreachable; the next run delivers them in order",
+        ));
     }
     Ok(Outcome::failed_if(failed > 0))
 }

@@ -272,7 +272,7 @@ fn bad_files_are_quarantined_while_batch_mates_land() {
         .as_object()
         .map(|o| o.keys().map(String::as_str).collect())
         .unwrap_or_default();
-    assert_eq!(keys, vec!["byte_offset", "error", "file", "record_index"]);
+    assert_eq!(keys, vec!["file", "error", "record_index", "byte_offset"]);
     assert_eq!(reason["record_index"], 0);
     assert!(
         reason["file"]

@@ -1,0 +1,182 @@
+//! Gate notifications and alerts (SPEC §6): events rendered from templates and
+//! queued in the outbox — gate.open when a batch is claimed, gate.done when it
+//! ends, ingest.alert once per batch on its first failure, ingest.recovered once
+//! when the gate answers again, maintenance.alert on stalls.
+
+use crate::batch::{BatchTag, Reason};
+use crate::config::Config;
+use crate::error::Result;
+use crate::failure_log::FailureLog;
+use crate::outbox::{self, Flushed, Notice, Outbox, Stored, Target};
+use crate::redact::Secret;
+use crate::runner::BatchReport;
+use crate::template::{Event, Template, Vars};
+use crate::webhook::{self, Endpoint};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Renders events and queues them for delivery.
+pub(crate) struct Notifier {
+    outbox: Outbox,
+    open: Template,
+    done: Template,
+    alert: Template,
+    host: String,
+}
+
+impl Notifier {
+    /// From settings; templates are loaded and checked now, so a broken one stops
+    /// the command at start (78) rather than at the first batch.
+    pub(crate) fn new(
+        config: &Config,
+        failure_log: Option<Arc<FailureLog>>,
+        host: &str,
+    ) -> Result<Notifier> {
+        let key = match &config.gate_secret {
+            Some(s) => Some(webhook::signing_key(s.expose())?),
+            None => None,
+        };
+        let endpoint = |url: &Option<String>, token: &Option<Secret>, key: Option<Vec<u8>>| {
+            url.as_ref().map(|url| Endpoint {
+                url: url.clone(),
+                token: token.clone(),
+                key,
+            })
+        };
+        let outbox = Outbox::new(
+            &config.spool_dir.join("outbox"),
+            endpoint(&config.gate_url, &config.gate_token, key),
+            endpoint(&config.alert_url, &config.alert_token, None),
+            Duration::from_secs(config.retry_max_secs),
+            failure_log,
+            host.to_string(),
+        )?;
+        let dir = config.gate_template_dir.as_deref();
+        crate::template::check_all(dir)?;
+        Ok(Notifier {
+            outbox,
+            open: Template::load(Event::GateOpen, dir)?,
+            done: Template::load(Event::GateDone, dir)?,
+            alert: Template::load(Event::Alert, dir)?,
+            host: host.to_string(),
+        })
+    }
+
+    fn vars(&self, tag: &str) -> Vars {
+        let mut v = Vars::new();
+        v.insert("batch_tag", tag.to_string());
+        v.insert("host", self.host.clone());
+        v.insert("ts", crate::clock::now_rfc3339());
+        v
+    }
+
+    fn enqueue(&self, target: Target, event: &str, tag: &str, body: String) -> Result<()> {
+        self.outbox.enqueue(&Stored {
+            id: outbox::new_id(),
+            target,
+            event: event.to_string(),
+            batch_tag: tag.to_string(),
+            body,
+        })
+    }
+
+    /// Queues gate.open for a claimed batch.
+    pub(crate) fn gate_open(&self, tag: &BatchTag, files: usize, bytes: u64) -> Result<()> {
+        if !self.outbox.wants(Target::Gate) {
+            return Ok(());
+        }
+        let mut v = self.vars(tag.as_str());
+        v.insert("files", files.to_string());
+        v.insert("bytes", bytes.to_string());
+        self.enqueue(
+            Target::Gate,
+            "gate.open",
+            tag.as_str(),
+            self.open.render(&v)?,
+        )
+    }
+
+    /// Queues gate.done for a finished batch.
+    pub(crate) fn gate_done(&self, r: &BatchReport) -> Result<()> {
+        if !self.outbox.wants(Target::Gate) {
+            return Ok(());
+        }
+        let mut v = self.vars(r.tag.as_str());
+        v.insert("reason", r.reason.as_str().to_string());
+        v.insert("healed", r.healed.to_string());
+        v.insert("rows", r.rows.to_string());
+        v.insert("files_ok", r.files_ok.to_string());
+        v.insert("files_failed", r.files_failed.to_string());
+        v.insert("duration_ms", r.duration_ms.to_string());
+        self.enqueue(
+            Target::Gate,
+            "gate.done",
+            r.tag.as_str(),
+            self.done.render(&v)?,
+        )
+    }
+
+    /// Queues an alert (`ingest.alert`, `ingest.recovered`, `maintenance.alert`).
+    pub(crate) fn alert(
+        &self,
+        event: &str,
+        tag: &str,
+        reason: &str,
+        healed: bool,
+        detail: &str,
+    ) -> Result<()> {
+        if !self.outbox.wants(Target::Alert) {
+            return Ok(());
+        }
+        let mut v = self.vars(tag);
+        v.insert("event", event.to_string());
+        v.insert("reason", reason.to_string());
+        v.insert("healed", healed.to_string());
+        v.insert("detail", detail.to_string());
+        self.enqueue(Target::Alert, event, tag, self.alert.render(&v)?)
+    }
+
+    /// Delivers what waits; dead letters and a recovered gate become alerts,
+    /// which are delivered in the same call.
+    pub(crate) fn flush(&self) -> Result<Flushed> {
+        let (mut total, notices) = self.outbox.flush()?;
+        if notices.is_empty() {
+            return Ok(total);
+        }
+        for notice in notices {
+            match notice {
+                Notice::Dead {
+                    stored_event,
+                    batch_tag,
+                    status,
+                } => self.alert(
+                    "ingest.alert",
+                    &batch_tag,
+                    Reason::OtherError.as_str(),
+                    false,
+                    &format!(
+                        "the gate refused {stored_event} with {status}; it is in outbox/dead/"
+                    ),
+                )?,
+                Notice::Recovered => self.alert(
+                    "ingest.recovered",
+                    "",
+                    Reason::Success.as_str(),
+                    false,
+                    "gate delivery works again after failures",
+                )?,
+            }
+        }
+        let (more, _) = self.outbox.flush()?;
+        total.delivered += more.delivered;
+        total.dead += more.dead;
+        total.pending = more.pending;
+        Ok(total)
+    }
+}
+
+/// Events waiting in a spool's outbox and dead letters.
+pub(crate) fn outbox_depth(spool_dir: &Path) -> (usize, usize) {
+    Outbox::depth(&spool_dir.join("outbox"))
+}

@@ -1,0 +1,328 @@
+//! The durable outbox (SPEC §6): every event is written to outbox/ (fsynced) before
+//! any attempt to send it, and delivered strictly in order per target, so an event
+//! not delivered now is retried by a later run and a batch's gate.done never
+//! overtakes its gate.open. Permanent refusals go to outbox/dead/.
+
+use crate::backoff::Backoff;
+use crate::error::{Context, Error, Result};
+use crate::failure_log::{Entry, FailureLog};
+use crate::spool::{fsync_dir, make_dir, write_atomic};
+use crate::webhook::{self, Attempt, Endpoint};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Who an event is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Target {
+    /// GATE_URL.
+    Gate,
+    /// ALERT_URL.
+    Alert,
+}
+
+/// An event as stored in outbox/.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Stored {
+    /// webhook-id, the same on every attempt.
+    pub(crate) id: String,
+    /// Who it is for.
+    pub(crate) target: Target,
+    /// Event name (gate.open, gate.done, ingest.alert, ...).
+    pub(crate) event: String,
+    /// The batch it is about, if any.
+    pub(crate) batch_tag: String,
+    /// The rendered JSON body, sent byte for byte.
+    pub(crate) body: String,
+}
+
+/// What a flush did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Flushed {
+    /// Events delivered.
+    pub(crate) delivered: usize,
+    /// Events moved to outbox/dead/.
+    pub(crate) dead: usize,
+    /// Events still waiting because their target is unreachable.
+    pub(crate) pending: usize,
+}
+
+/// Something the outbox wants the caller to turn into an alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// An event was refused for good.
+    Dead {
+        /// The event.
+        stored_event: String,
+        /// Its batch.
+        batch_tag: String,
+        /// The status code.
+        status: u16,
+    },
+    /// The gate answers again after failures.
+    Recovered,
+}
+
+/// The outbox of one spool.
+pub(crate) struct Outbox {
+    dir: PathBuf,
+    gate: Option<Endpoint>,
+    alert: Option<Endpoint>,
+    agent: ureq::Agent,
+    budget: Duration,
+    failure_log: Option<Arc<FailureLog>>,
+    host: String,
+    down: Mutex<BTreeSet<Target>>,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Outbox {
+    /// An outbox in `dir` delivering to the given endpoints.
+    pub(crate) fn new(
+        dir: &Path,
+        gate: Option<Endpoint>,
+        alert: Option<Endpoint>,
+        budget: Duration,
+        failure_log: Option<Arc<FailureLog>>,
+        host: String,
+    ) -> Result<Outbox> {
+        Ok(Outbox {
+            dir: dir.to_path_buf(),
+            gate,
+            alert,
+            agent: crate::http::agent(Duration::from_secs(10))?,
+            budget,
+            failure_log,
+            host,
+            down: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// Whether events for `target` are wanted (its URL is set).
+    pub(crate) fn wants(&self, target: Target) -> bool {
+        self.endpoint(target).is_some()
+    }
+
+    fn endpoint(&self, target: Target) -> Option<&Endpoint> {
+        match target {
+            Target::Gate => self.gate.as_ref(),
+            Target::Alert => self.alert.as_ref(),
+        }
+    }
+
+    /// Writes an event to outbox/ (fsynced) for a later [`Outbox::flush`].
+    pub(crate) fn enqueue(&self, stored: &Stored) -> Result<()> {
+        if !self.wants(stored.target) {
+            return Ok(());
+        }
+        let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+        let seq = SEQ.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{nanos:020}-{:07}-{seq:06}.json", std::process::id());
+        let bytes = serde_json::to_vec(stored)
+            .map_err(|e| Error::failed(format!("cannot encode an event: {e}")))?;
+        write_atomic(&self.dir, &name, &bytes, 0o640).context("writing an event to the outbox")
+    }
+
+    /// Events waiting, oldest first.
+    pub(crate) fn waiting(&self) -> Result<Vec<(PathBuf, Stored)>> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .with_context(|| format!("cannot list `{}`", self.dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| !n.starts_with('.'))
+            })
+            .collect();
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for path in names {
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            match serde_json::from_slice::<Stored>(&bytes) {
+                Ok(s) => out.push((path, s)),
+                Err(e) => log::warn!("outbox: skipping unreadable `{}`: {e}", path.display()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delivers what waits, in order per target; returns what happened and any
+    /// notices (dead letters, recovery) for the caller to alert on.
+    pub(crate) fn flush(&self) -> Result<(Flushed, Vec<Notice>)> {
+        let mut report = Flushed::default();
+        let mut notices = Vec::new();
+        let mut blocked: BTreeSet<Target> = BTreeSet::new();
+        for (path, stored) in self.waiting()? {
+            let Some(endpoint) = self.endpoint(stored.target) else {
+                continue;
+            };
+            if blocked.contains(&stored.target) {
+                report.pending += 1;
+                continue;
+            }
+            match self.deliver(endpoint, &stored) {
+                Attempt::Delivered => {
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("cannot remove `{}`", path.display()))?;
+                    fsync_dir(&self.dir)?;
+                    report.delivered += 1;
+                    if stored.target == Target::Gate && self.clear_failing()? {
+                        notices.push(Notice::Recovered);
+                    }
+                }
+                Attempt::Permanent { status } => {
+                    self.bury(&path, &stored, status)?;
+                    report.dead += 1;
+                    notices.push(Notice::Dead {
+                        stored_event: stored.event.clone(),
+                        batch_tag: stored.batch_tag.clone(),
+                        status,
+                    });
+                }
+                Attempt::Retry { why, .. } => {
+                    log::warn!(
+                        "outbox: {} for batch {} not delivered ({why}); kept for a later run",
+                        stored.event,
+                        stored.batch_tag
+                    );
+                    blocked.insert(stored.target);
+                    report.pending += 1;
+                }
+            }
+        }
+        Ok((report, notices))
+    }
+
+    /// One event: attempts with backoff within the budget (one attempt once the
+    /// target was found down in this run).
+    fn deliver(&self, endpoint: &Endpoint, stored: &Stored) -> Attempt {
+        let mut backoff = Backoff::new(self.budget);
+        loop {
+            let attempt = webhook::post(&self.agent, endpoint, &stored.id, &stored.body);
+            let Attempt::Retry { why, hint } = &attempt else {
+                if matches!(attempt, Attempt::Delivered) {
+                    self.set_down(stored.target, false);
+                }
+                return attempt;
+            };
+            if stored.target == Target::Gate {
+                self.mark_failing();
+            }
+            log::debug!("outbox: {} {why}; retrying", stored.event);
+            if self.is_down(stored.target) || !backoff.wait(*hint) {
+                self.set_down(stored.target, true);
+                return attempt;
+            }
+        }
+    }
+
+    fn is_down(&self, target: Target) -> bool {
+        self.down
+            .lock()
+            .map(|d| d.contains(&target))
+            .unwrap_or(false)
+    }
+
+    fn set_down(&self, target: Target, down: bool) {
+        if let Ok(mut d) = self.down.lock() {
+            if down {
+                d.insert(target);
+            } else {
+                d.remove(&target);
+            }
+        }
+    }
+
+    fn failing_marker(&self) -> PathBuf {
+        self.dir.join(".gate-failing")
+    }
+
+    /// Remembers, across runs, that gate delivery is failing.
+    fn mark_failing(&self) {
+        let marker = self.failing_marker();
+        if !marker.exists() {
+            let _ = std::fs::write(&marker, b"");
+        }
+    }
+
+    /// Forgets the failing state; true when it was set (the gate recovered).
+    fn clear_failing(&self) -> Result<bool> {
+        match std::fs::remove_file(self.failing_marker()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::from(e).context("clearing the gate-failing marker")),
+        }
+    }
+
+    /// Moves a refused event to outbox/dead/ and records it in the failure log.
+    fn bury(&self, path: &Path, stored: &Stored, status: u16) -> Result<()> {
+        let dead = self.dir.join("dead");
+        if make_dir(&dead)? {
+            fsync_dir(&self.dir)?;
+        }
+        let name = path.file_name().map(PathBuf::from).unwrap_or_default();
+        std::fs::rename(path, dead.join(&name))
+            .with_context(|| format!("cannot move `{}` to outbox/dead/", path.display()))?;
+        fsync_dir(&dead)?;
+        fsync_dir(&self.dir)?;
+        log::error!(
+            "outbox: {} for batch {} refused with {status}; moved to outbox/dead/",
+            stored.event,
+            stored.batch_tag
+        );
+        if let Some(log) = &self.failure_log {
+            log.append(Entry {
+                ts: crate::clock::now_rfc3339(),
+                batch_tag: stored.batch_tag.clone(),
+                file: stored.event.clone(),
+                reason: "dead_letter".into(),
+                healed: false,
+                detail: format!(
+                    "{:?} endpoint answered {status}; event moved to outbox/dead/",
+                    stored.target
+                ),
+                attempt: 1,
+                host: self.host.clone(),
+                prev: String::new(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Events in outbox/ and in outbox/dead/.
+    pub(crate) fn depth(dir: &Path) -> (usize, usize) {
+        let count = |d: &Path| {
+            std::fs::read_dir(d)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| {
+                            e.file_name()
+                                .to_str()
+                                .is_some_and(|n| n.ends_with(".json") && !n.starts_with('.'))
+                        })
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        (count(dir), count(&dir.join("dead")))
+    }
+}
+
+/// A new webhook-id.
+pub(crate) fn new_id() -> String {
+    let mut b = [0u8; 12];
+    let _ = getrandom::getrandom(&mut b);
+    format!(
+        "msg_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
