@@ -230,9 +230,7 @@ mod tests {
             }
         );
         let text = std::fs::read_to_string(&path)?;
-        assert!(text.starts_with(&format!(
-            "{{\"ts\":\"2026-01-01T00:00:00Z\",\"batch_tag\":\"t\""
-        )));
+        assert!(text.starts_with(r#"{"ts":"2026-01-01T00:00:00Z","batch_tag":"t""#));
         std::fs::write(&path, text.replacen("two", "TWO", 1))?;
         assert_eq!(verify(&path)?.first_broken, Some(3));
         let cut: Vec<&str> = text.lines().skip(1).collect();
