@@ -26,6 +26,14 @@ fn run_inner() -> Result<Outcome> {
         env_file: inv.globals.env_file.as_deref(),
         env: &env,
     })?;
+    if let Some(user) = &config.user {
+        // The failure log is opened as root (owner root, 0600); everything after,
+        // the spool included, runs as the unprivileged user.
+        if crate::privdrop::euid() == 0 {
+            crate::failure_log::preopen(&config.failure_log)?;
+        }
+        crate::privdrop::drop_to(user)?;
+    }
     let log_file = if crate::cmd::logs_to_file(inv.command.name) {
         config.log_file.as_deref()
     } else {

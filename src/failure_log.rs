@@ -83,6 +83,23 @@ pub(crate) struct Entry {
     pub(crate) prev: String,
 }
 
+static PREOPENED: std::sync::OnceLock<std::sync::Arc<FailureLog>> = std::sync::OnceLock::new();
+
+/// Opens the failure log before privileges are dropped, for [`shared`] to hand out.
+pub(crate) fn preopen(path: &Path) -> Result<()> {
+    let log = std::sync::Arc::new(FailureLog::open(path)?);
+    let _ = PREOPENED.set(log);
+    Ok(())
+}
+
+/// The failure log at `path`: the one opened before a privilege drop, else opened now.
+pub(crate) fn shared(path: &Path) -> Result<std::sync::Arc<FailureLog>> {
+    match PREOPENED.get() {
+        Some(log) if log.path == path => Ok(log.clone()),
+        _ => Ok(std::sync::Arc::new(FailureLog::open(path)?)),
+    }
+}
+
 /// The open failure log: append-only, hash-chained, fsynced per record.
 pub(crate) struct FailureLog {
     path: std::path::PathBuf,

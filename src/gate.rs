@@ -137,6 +137,42 @@ impl Notifier {
         self.enqueue(Target::Alert, event, tag, self.alert.render(&v)?)
     }
 
+    /// Queues `event` for `tag` with the standard values overridden by `extra`
+    /// (what `ragspool notify` sends for scripts).
+    pub(crate) fn custom(&self, event: Event, tag: &str, extra: &Vars) -> Result<()> {
+        let (target, template) = match event {
+            Event::GateOpen => (Target::Gate, &self.open),
+            Event::GateDone => (Target::Gate, &self.done),
+            Event::Alert => (Target::Alert, &self.alert),
+        };
+        let mut v = self.vars(tag);
+        for name in event.names() {
+            let default = match *name {
+                "healed" => "false",
+                "reason" => Reason::Success.as_str(),
+                "event" => "ingest.alert",
+                "detail" | "batch_tag" | "host" | "ts" => "",
+                _ => "0",
+            };
+            v.entry(name).or_insert_with(|| default.to_string());
+        }
+        v.extend(extra.iter().map(|(k, val)| (*k, val.clone())));
+        let name = match event {
+            Event::Alert => v.get("event").cloned().unwrap_or_default(),
+            other => other.name().to_string(),
+        };
+        self.enqueue(target, &name, tag, template.render(&v)?)
+    }
+
+    /// Whether events for the gate (or alerts) are configured.
+    pub(crate) fn wants(&self, event: Event) -> bool {
+        self.outbox.wants(if event == Event::Alert {
+            Target::Alert
+        } else {
+            Target::Gate
+        })
+    }
+
     /// Delivers what waits; dead letters and a recovered gate become alerts,
     /// which are delivered in the same call.
     pub(crate) fn flush(&self) -> Result<Flushed> {

@@ -23,6 +23,7 @@ pub(crate) mod embed;
 pub(crate) mod error;
 pub(crate) mod failure_log;
 pub(crate) mod gate;
+pub(crate) mod gate_server;
 pub(crate) mod http;
 pub(crate) mod ingest;
 pub(crate) mod log;

@@ -1,5 +1,5 @@
-//! User and group lookups and (later) the privilege drop: the only module that may
-//! call into libc unsafely, each call with its SAFETY reasoning.
+//! User and group lookups and the privilege drop (`--user`): the only module that
+//! may call into libc unsafely, each call with its SAFETY reasoning.
 #![allow(unsafe_code)]
 
 use crate::error::{Error, Result};
@@ -85,6 +85,51 @@ fn group_id(name: &str) -> Option<u32> {
         )
     };
     (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+}
+
+/// Drops group and user privileges to `name` for good; refuses if root could be
+/// regained. Called after the failure log is open and before the spool is touched.
+pub(crate) fn drop_to(name: &str) -> Result<()> {
+    let Owner { uid, gid } = resolve(name)
+        .map_err(|_| Error::config(format!("`RAGSPOOL_USER` names unknown user `{name}`")))?;
+    if euid() != 0 {
+        if euid() == uid {
+            return Ok(());
+        }
+        return Err(Error::config(format!(
+            "`RAGSPOOL_USER` is `{name}` but ragspool runs as uid {} without root to switch",
+            euid()
+        )));
+    }
+    let groups = [gid as libc::gid_t];
+    // SAFETY: setgroups reads `groups.len()` gids from a valid array.
+    let rc = unsafe { libc::setgroups(groups.len(), groups.as_ptr()) };
+    if rc != 0 {
+        return Err(last_os_error("setgroups"));
+    }
+    // SAFETY: setgid and setuid take plain integers; group first, while still root.
+    if unsafe { libc::setgid(gid) } != 0 {
+        return Err(last_os_error("setgid"));
+    }
+    // SAFETY: as above.
+    if unsafe { libc::setuid(uid) } != 0 {
+        return Err(last_os_error("setuid"));
+    }
+    // SAFETY: as above; this must fail now that root is given up.
+    if uid != 0 && unsafe { libc::setuid(0) } == 0 {
+        return Err(Error::config(
+            "privilege drop did not stick: setuid(0) succeeded",
+        ));
+    }
+    log::debug!("dropped privileges to {name} (uid {uid}, gid {gid})");
+    Ok(())
+}
+
+fn last_os_error(call: &str) -> Error {
+    Error::config(format!(
+        "cannot drop privileges: {call}: {}",
+        std::io::Error::last_os_error()
+    ))
 }
 
 #[cfg(test)]

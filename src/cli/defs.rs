@@ -99,6 +99,12 @@ pub(crate) static GLOBAL_FLAGS: &[Flag] = &[
         "WORKERS",
         "parallel file ingest within a batch (overrides WORKERS)",
     ),
+    setting(
+        "user",
+        "NAME",
+        "RAGSPOOL_USER",
+        "started as root: open the failure log, then drop to user NAME (overrides RAGSPOOL_USER)",
+    ),
     Flag {
         long: "verbose",
         short: Some('v'),

@@ -68,7 +68,46 @@ fn findings(config: &Config) -> Vec<Finding> {
             Ok(()) => None,
         },
     });
+    if let Ok(v) = crate::failure_log::verify(log) {
+        found.push(Finding {
+            what: format!("failure log chain ({} records)", v.lines),
+            problem: v.first_broken.map(|line| {
+                format!("line {line} breaks the hash chain: the log was edited or cut")
+            }),
+        });
+    }
     found.push(database(config));
+    found.extend(gate(config));
+    found
+}
+
+/// Gate and alert URLs, templates and dead letters.
+fn gate(config: &Config) -> Vec<Finding> {
+    let mut found = Vec::new();
+    for (name, url) in [
+        ("gate", &config.gate_url),
+        ("alert endpoint", &config.alert_url),
+    ] {
+        found.push(Finding {
+            what: match url {
+                Some(u) => format!("{name} {}", crate::redact::url(u)),
+                None => format!("{name}: not configured, nothing is sent"),
+            },
+            problem: None,
+        });
+    }
+    found.push(Finding {
+        what: "templates".into(),
+        problem: crate::template::check_all(config.gate_template_dir.as_deref())
+            .err()
+            .map(|e| e.to_string().replace('\n', "; ")),
+    });
+    let (waiting, dead) = crate::gate::outbox_depth(&config.spool_dir);
+    found.push(Finding {
+        what: format!("outbox ({waiting} waiting)"),
+        problem: (dead > 0)
+            .then(|| format!("{dead} event(s) in outbox/dead/ were refused by their endpoint")),
+    });
     found
 }
 

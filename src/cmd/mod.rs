@@ -1,9 +1,11 @@
 //! One thin file per command: settings → domain calls → report → Outcome.
 
 mod check;
+mod gate;
 mod generate;
 mod init;
 mod migrate;
+mod notify;
 mod process;
 mod status;
 
@@ -24,6 +26,8 @@ pub(crate) fn dispatch(inv: &Invocation, config: &Config) -> Result<Outcome> {
     match inv.command.name {
         "init" => init::run(config, args),
         "migrate" => migrate::run(config, args),
+        "notify" => notify::run(config, args),
+        "gate" => gate::run(config, args),
         "process" => process::run(config, args),
         "gen" => generate::run(config, args),
         "status" => status::run(config, args),

@@ -5,12 +5,10 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::embed::Embedder;
 use crate::error::{Error, Outcome, Result};
-use crate::failure_log::FailureLog;
 use crate::gate::Notifier;
 use crate::ingest::Ingest;
 use crate::runner::{BatchReport, Runner, host_name};
 use crate::schema::{self, Names};
-use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
@@ -33,7 +31,7 @@ pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
 /// A runner with everything a batch needs, from settings.
 pub(crate) fn runner(config: &Config) -> Result<Runner> {
     crate::spool::Spool::new(&config.spool_dir).require()?;
-    let failure_log = Arc::new(FailureLog::open(&config.failure_log)?);
+    let failure_log = crate::failure_log::shared(&config.failure_log)?;
     let host = host_name();
     let notifier = Notifier::new(config, Some(failure_log.clone()), &host)?;
     Ok(Runner::new(config, ingest(config)?, notifier, failure_log))

@@ -265,6 +265,12 @@ pub(crate) static SETTINGS: &[Setting] = &[
     ),
     secret("ALERT_TOKEN", "bearer token sent to ALERT_URL"),
     s(
+        "RAGSPOOL_USER",
+        Unset,
+        "started as root, drop to this user after opening the failure log",
+        not_empty,
+    ),
+    s(
         "BATCH_MAX_FILES",
         Value("50"),
         "watcher: run a batch at this many waiting files",

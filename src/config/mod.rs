@@ -105,6 +105,8 @@ pub(crate) struct Config {
     pub(crate) alert_url: Option<String>,
     /// ALERT_TOKEN.
     pub(crate) alert_token: Option<Secret>,
+    /// RAGSPOOL_USER.
+    pub(crate) user: Option<String>,
     /// BATCH_MAX_FILES.
     pub(crate) batch_max_files: usize,
     /// BATCH_MAX_BYTES.
@@ -275,6 +277,21 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         }
         _ => None,
     };
+    for (url_var, token_var) in [("GATE_URL", "GATE_TOKEN"), ("ALERT_URL", "ALERT_TOKEN")] {
+        if let (Some(url), Some(_)) = (raw.get(url_var), raw.get(token_var))
+            && url.starts_with("http://")
+            && !crate::webhook::is_loopback(url)
+        {
+            problems.push(format!(
+                "`{url_var}` is plain http to a non-loopback host; {token_var} is never sent that way (use https://)"
+            ));
+        }
+    }
+    if let Some(secret) = raw.get("GATE_SECRET")
+        && let Err(e) = crate::webhook::signing_key(secret)
+    {
+        problems.push(e.to_string());
+    }
     let redis = text("REDIS_HOST").map(|host| RedisSettings {
         host,
         port: num("REDIS_PORT")
@@ -308,6 +325,7 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         gate_template_dir: text("GATE_TEMPLATE_DIR").map(PathBuf::from),
         alert_url: text("ALERT_URL"),
         alert_token: secret("ALERT_TOKEN"),
+        user: text("RAGSPOOL_USER"),
         batch_max_files: num("BATCH_MAX_FILES").map_or(50, to_usize),
         batch_max_bytes: num("BATCH_MAX_BYTES").unwrap_or(67_108_864),
         batch_max_age_secs: num("BATCH_MAX_AGE_SECS").unwrap_or(5),
@@ -463,6 +481,33 @@ mod tests {
         for name in ["`WORKERS`", "`REDIS_PORT`", "`REDIS_SSL`", "environment"] {
             assert!(text.contains(name), "{text}");
         }
+    }
+
+    #[test]
+    fn tokens_never_go_over_plain_http_to_other_hosts() {
+        let bad = load_with(
+            &[],
+            &[
+                ("GATE_URL", "http://gate.example/hook"),
+                ("GATE_TOKEN", "t"),
+            ],
+            None,
+        );
+        assert!(bad.is_err_and(|e| e.to_string().contains("`GATE_URL` is plain http")));
+        let local = load_with(
+            &[],
+            &[("GATE_URL", "http://127.0.0.1:9/hook"), ("GATE_TOKEN", "t")],
+            None,
+        );
+        assert!(local.is_ok());
+        let tls = load_with(
+            &[],
+            &[("ALERT_URL", "https://a.example/"), ("ALERT_TOKEN", "t")],
+            None,
+        );
+        assert!(tls.is_ok());
+        let secret = load_with(&[], &[("GATE_SECRET", "whsec_***")], None);
+        assert!(secret.is_err_and(|e| e.to_string().contains("`GATE_SECRET`")));
     }
 
     #[test]

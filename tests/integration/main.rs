@@ -7,6 +7,7 @@
 mod support;
 
 mod cli;
+mod gate;
 mod harness;
 mod ingest;
 mod settings;

@@ -320,3 +320,11 @@ impl OwnPg {
         self.ctl("pg-start");
     }
 }
+
+/// A free loopback port (the listener closes before the caller binds it).
+pub fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
