@@ -38,6 +38,20 @@ fn gate_env(gate: &HttpServer) -> TestEnv {
     env
 }
 
+/// A gate that answers `down_status` until the returned switch is set, then 200.
+fn switchable_gate(down_status: u16) -> (HttpServer, Arc<AtomicBool>) {
+    let up = Arc::new(AtomicBool::new(false));
+    let flag = up.clone();
+    let gate = HttpServer::start(move |_, _| {
+        Response::status(if flag.load(Ordering::SeqCst) {
+            200
+        } else {
+            down_status
+        })
+    });
+    (gate, up)
+}
+
 fn events(server: &HttpServer) -> Vec<serde_json::Value> {
     server.requests().iter().map(Request::json).collect()
 }
@@ -179,15 +193,7 @@ fn retry_after_is_honoured_on_429() {
 
 #[test]
 fn a_gate_that_is_down_keeps_events_for_the_next_run_in_order() {
-    let up = Arc::new(AtomicBool::new(false));
-    let flag = up.clone();
-    let gate = HttpServer::start(move |_, _| {
-        Response::status(if flag.load(Ordering::SeqCst) {
-            200
-        } else {
-            503
-        })
-    });
+    let (gate, up) = switchable_gate(503);
     let mut env = gate_env(&gate);
     env.set("RETRY_MAX_SECS", "1");
     env.run(&["gen", "--files", "4", "--records", "5", "--days", "1"])
@@ -341,15 +347,7 @@ fn self_heal_alerts_once_with_healed_true_and_the_log_stays_clean() {
 
 #[test]
 fn gate_recovery_sends_one_recovered_alert() {
-    let up = Arc::new(AtomicBool::new(false));
-    let flag = up.clone();
-    let gate = HttpServer::start(move |_, _| {
-        Response::status(if flag.load(Ordering::SeqCst) {
-            200
-        } else {
-            502
-        })
-    });
+    let (gate, up) = switchable_gate(502);
     let alerts = HttpServer::start(|_, _| Response::status(200));
     let mut env = gate_env(&gate);
     env.set("ALERT_URL", format!("{}/alerts", alerts.url));

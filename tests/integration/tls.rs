@@ -19,90 +19,63 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A self-signed CA: `<name>.key` and `<name>.pem`.
+fn make_ca(dir: &Path, name: &str, cn: &str) {
+    let (key, pem, subj) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN={cn}"),
+    );
+    let args = [
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem, "-days",
+        "2", "-subj", &subj,
+    ];
+    openssl(dir, &args);
+}
+
 /// A CA, a server certificate for `localhost` only, and an unrelated CA.
 fn make_certs(dir: &Path) {
-    let subj = |cn: &str| format!("/CN={cn}");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            &subj("ragspool test CA"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "wrong.key",
-            "-out",
-            "wrong-ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            &subj("someone else"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            &subj("localhost"),
-        ],
-    );
+    make_ca(dir, "ca", "ragspool test CA");
+    make_ca(dir, "wrong-ca", "someone else");
+    let csr = [
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ];
+    openssl(dir, &csr);
     std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").expect("write san.ext");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ],
-    );
+    let sign = [
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ];
+    openssl(dir, &sign);
     let _ = Command::new("chmod")
         .args(["600", "server.key"])
         .current_dir(dir)
         .status();
+    let owner = "id -u | grep -qx 0 && chown postgres server.key server.crt || true";
     let _ = Command::new("sh")
-        .args([
-            "-c",
-            "id -u | grep -qx 0 && chown postgres server.key server.crt || true",
-        ])
+        .args(["-c", owner])
         .current_dir(dir)
         .status();
 }
