@@ -27,7 +27,9 @@ pub(crate) mod gate_server;
 pub(crate) mod http;
 pub(crate) mod ingest;
 pub(crate) mod log;
+pub(crate) mod maintenance;
 pub(crate) mod manifest;
+pub(crate) mod metrics;
 pub(crate) mod outbox;
 pub(crate) mod partition;
 pub(crate) mod privdrop;
@@ -37,8 +39,11 @@ pub(crate) mod redact;
 pub(crate) mod runner;
 pub(crate) mod sample;
 pub(crate) mod schema;
+pub(crate) mod sdnotify;
+pub(crate) mod signal;
 pub(crate) mod spool;
 pub(crate) mod template;
+pub(crate) mod watch;
 pub(crate) mod webhook;
 
 #[cfg(test)]

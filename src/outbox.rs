@@ -171,6 +171,7 @@ impl Outbox {
             }
             match self.deliver(endpoint, &stored) {
                 Attempt::Delivered => {
+                    crate::metrics::DELIVERED.add(1);
                     std::fs::remove_file(&path)
                         .with_context(|| format!("cannot remove `{}`", path.display()))?;
                     fsync_dir(&self.dir)?;
@@ -180,6 +181,7 @@ impl Outbox {
                     }
                 }
                 Attempt::Permanent { status } => {
+                    crate::metrics::DEAD.add(1);
                     self.bury(&path, &stored, status)?;
                     report.dead += 1;
                     notices.push(Notice::Dead {
@@ -214,6 +216,7 @@ impl Outbox {
                 }
                 return attempt;
             };
+            crate::metrics::RETRIED.add(1);
             if stored.target == Target::Gate {
                 self.mark_failing();
             }

@@ -191,13 +191,22 @@ impl Runner {
             if waiting.is_empty() {
                 return Ok(None);
             }
-            let tag = BatchTag::new()?;
-            let (claimed, lock) = self.spool.claim(&tag, &self.select(&waiting))?;
             // Another process may have claimed everything we listed; look again.
-            if !claimed.is_empty() {
-                return Ok(Some(self.run(&tag, claimed, lock)));
+            if let Some(report) = self.claim_and_run(&self.select(&waiting))? {
+                return Ok(Some(report));
             }
         }
+    }
+
+    /// Claims `chosen` as a new batch and runs it; `None` when another process
+    /// claimed all of them first.
+    pub(crate) fn claim_and_run(&self, chosen: &[Waiting]) -> Result<Option<BatchReport>> {
+        let tag = BatchTag::new()?;
+        let (claimed, lock) = self.spool.claim(&tag, chosen)?;
+        if claimed.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.run(&tag, claimed, lock)))
     }
 
     /// Runs one batch, holding its lock: gate.open, ingest, gate.done.
@@ -254,6 +263,13 @@ impl Runner {
             report.reason,
             report.healed,
             report.duration_ms
+        );
+        crate::metrics::batch(
+            report.reason,
+            report.rows,
+            report.files_ok,
+            report.files_failed,
+            report.duration_ms,
         );
         if let Err(e) = self.notifier.gate_done(&report) {
             log::error!("batch {tag}: cannot queue gate.done: {e}");

@@ -345,6 +345,58 @@ impl Spool {
         Ok(to)
     }
 
+    /// Moves the files of failed/<tag>/ back to incoming/; their reason files go to
+    /// failed/<tag>/requeued/. A name already waiting in incoming/ is left where
+    /// it is and reported. Returns (moved, left).
+    pub(crate) fn requeue(&self, tag: &BatchTag) -> Result<(Vec<String>, Vec<String>)> {
+        let dir = self.dir("failed").join(tag.as_str());
+        let incoming = self.dir("incoming");
+        let aside = dir.join("requeued");
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .with_context(|| format!("cannot list `{}`", dir.display()))?
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| !n.ends_with(".reason.json"))
+            .collect();
+        names.sort();
+        let (mut moved, mut left) = (Vec::new(), Vec::new());
+        for name in names {
+            let target = incoming.join(&name);
+            if fs::symlink_metadata(&target).is_ok() {
+                left.push(name);
+                continue;
+            }
+            let reason = dir.join(format!("{name}.reason.json"));
+            if reason.exists() {
+                make_dir(&aside)?;
+                fs::rename(&reason, aside.join(format!("{name}.reason.json")))
+                    .with_context(|| format!("cannot move `{}` aside", reason.display()))?;
+            }
+            fs::rename(dir.join(&name), &target)
+                .with_context(|| format!("cannot move `{name}` back to incoming/"))?;
+            moved.push(name);
+        }
+        if aside.exists() {
+            fsync_dir(&aside)?;
+        }
+        fsync_dir(&dir)?;
+        fsync_dir(&incoming)?;
+        Ok((moved, left))
+    }
+
+    /// Batches with files in failed/, oldest first.
+    pub(crate) fn failed_batches(&self) -> Result<Vec<BatchTag>> {
+        let dir = self.dir("failed");
+        let mut tags: Vec<BatchTag> = fs::read_dir(&dir)
+            .with_context(|| format!("cannot list `{}`", dir.display()))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(BatchTag::parse))
+            .collect();
+        tags.sort();
+        Ok(tags)
+    }
+
     /// Files and bytes under each directory of [`DIRS`].
     pub(crate) fn depth(&self) -> Result<Vec<(&'static str, Depth)>> {
         DIRS.iter()

@@ -7,7 +7,9 @@ mod init;
 mod migrate;
 mod notify;
 mod process;
+mod requeue;
 mod status;
+mod watch;
 
 use crate::cli::Invocation;
 use crate::config::Config;
@@ -28,6 +30,8 @@ pub(crate) fn dispatch(inv: &Invocation, config: &Config) -> Result<Outcome> {
         "migrate" => migrate::run(config, args),
         "notify" => notify::run(config, args),
         "gate" => gate::run(config, args),
+        "watch" => watch::run(config, args),
+        "requeue" => requeue::run(config, args),
         "process" => process::run(config, args),
         "gen" => generate::run(config, args),
         "status" => status::run(config, args),

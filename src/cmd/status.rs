@@ -17,7 +17,10 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
             .duration_since(m)
             .map_or(0, |d| d.as_secs())
     });
-    let batches = recent_batches(config);
+    let from_db = from_database(config);
+    let batches = from_db.as_ref().map(|(b, _)| b.clone());
+    let last_maintenance = from_db.as_ref().ok().and_then(|(_, m)| m.clone());
+    let (outbox, dead) = crate::gate::outbox_depth(&config.spool_dir);
     if args.has("json") {
         let dirs: serde_json::Map<String, serde_json::Value> = depth
             .iter()
@@ -32,7 +35,9 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
             "spool_dir": spool.root().display().to_string(),
             "dirs": dirs,
             "oldest_waiting_secs": oldest,
+            "outbox": {"waiting": outbox, "dead": dead},
             "recent_batches": batches.as_ref().ok(),
+            "last_maintenance": last_maintenance,
             "database_error": batches.as_ref().err(),
         }))
         .map(|()| Outcome::Clean);
@@ -50,6 +55,18 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     match oldest {
         Some(s) => out.push_str(&format!("oldest waiting file: {s}s old\n")),
         None => out.push_str("oldest waiting file: none waiting\n"),
+    }
+    out.push_str(&format!("outbox: {outbox} waiting, {dead} dead\n"));
+    match &last_maintenance {
+        Some(m) => out.push_str(&format!(
+            "last maintenance: {} {} expected={} created={} finished {}\n",
+            m.mode,
+            m.outcome,
+            m.expected,
+            m.created_partitions,
+            m.finished_at.as_deref().unwrap_or("-")
+        )),
+        None => out.push_str("last maintenance: none recorded\n"),
     }
     match &batches {
         Ok(list) if list.is_empty() => out.push_str("recent batches: none\n"),
@@ -75,18 +92,23 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     Ok(Outcome::Clean)
 }
 
-/// The last ten batches from the manifest, or why they cannot be shown.
-fn recent_batches(config: &Config) -> std::result::Result<Vec<BatchSummary>, String> {
+/// The last ten batches and the last maintenance run, or why they cannot be shown.
+fn from_database(
+    config: &Config,
+) -> std::result::Result<(Vec<BatchSummary>, Option<crate::maintenance::Run>), String> {
     let names = crate::schema::Names::new(&config.table);
-    let read = || -> Result<Vec<BatchSummary>> {
+    let read = || -> Result<(Vec<BatchSummary>, Option<crate::maintenance::Run>)> {
         let db = crate::db::Db::from_config(config)?;
         let mut client = db
             .connect_once()
             .map_err(|e| crate::db::classify(e, "connecting"))?;
         if crate::schema::current_version(&mut client, &names)? == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
-        manifest::recent_batches(&mut client, &names, 10)
+        Ok((
+            manifest::recent_batches(&mut client, &names, 10)?,
+            crate::maintenance::last_run(&mut client, &names)?,
+        ))
     };
     read().map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
 }

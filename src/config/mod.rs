@@ -133,6 +133,8 @@ pub(crate) struct Config {
     pub(crate) redis_build_channel: String,
     /// Every setting with its display value and origin.
     pub(crate) shown: Vec<Shown>,
+    /// Every set value, unredacted but never printable, for `watch --exec`.
+    pub(crate) effective: Vec<(&'static str, Secret)>,
 }
 
 /// Raw values with their origins, before checking.
@@ -339,7 +341,21 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         default_ttl_seconds: num("DEFAULT_TTL_SECONDS").unwrap_or(3600),
         redis_build_channel: text("REDIS_BUILD_CHANNEL").unwrap_or_default(),
         shown: shown(raw, workers),
+        effective: raw
+            .values
+            .iter()
+            .map(|(k, (v, _))| (*k, Secret::new(v.clone())))
+            .collect(),
     }
+}
+
+/// The effective settings as environment variables (for a child process).
+pub(crate) fn process_env_pairs(config: &Config) -> Vec<(String, String)> {
+    config
+        .effective
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.expose().to_string()))
+        .collect()
 }
 
 /// `rag_failures.jsonl` beside the log file (or under ./logs when logging to stderr).

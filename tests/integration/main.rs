@@ -13,3 +13,4 @@ mod ingest;
 mod settings;
 mod spool_commands;
 mod tls;
+mod watch;
