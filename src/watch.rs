@@ -69,13 +69,16 @@ struct Watcher<'a> {
     last_rescan: Instant,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT; exits 0 after finishing the batch in flight.
-pub(crate) fn run(config: &Config, action: Action) -> Result<Outcome> {
-    let spool = Spool::new(&config.spool_dir);
-    spool.require()?;
+/// Runs the daemon until SIGTERM or SIGINT; exits 0 after finishing the batch in
+/// flight. Signal handlers go in first, then `make` builds the action (database
+/// connections and all), so a SIGTERM during start-up is a clean stop too.
+pub(crate) fn run(config: &Config, make: impl FnOnce() -> Result<Action>) -> Result<Outcome> {
     let (tx, rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     signal::listen(tx.clone(), stop.clone())?;
+    let spool = Spool::new(&config.spool_dir);
+    spool.require()?;
+    let action = make()?;
     start_inotify(&spool, tx)?;
     let mut w = Watcher {
         config,

@@ -6,9 +6,10 @@ use crate::error::{Outcome, Result};
 use crate::watch::{self, Action};
 
 pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
-    let action = match args.value("exec") {
-        Some(cmd) => Action::Exec(cmd.to_string()),
-        None => Action::Ingest(Box::new(super::process::runner(config)?)),
-    };
-    watch::run(config, action)
+    watch::run(config, || {
+        Ok(match args.value("exec") {
+            Some(cmd) => Action::Exec(cmd.to_string()),
+            None => Action::Ingest(Box::new(super::process::runner(config)?)),
+        })
+    })
 }

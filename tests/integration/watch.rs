@@ -23,7 +23,19 @@ fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Whether the process has a handler for SIGTERM yet (bit 15 of SigCgt).
+fn handles_sigterm(child: &Child) -> bool {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << 14) != 0)
+}
+
 fn stop(mut child: Child) -> String {
+    wait_for(30, "signal handlers", || handles_sigterm(&child));
     signal(&child, "TERM");
     let (status, _, stderr) = wait_with_deadline(&mut child, Duration::from_secs(60));
     assert_eq!(
