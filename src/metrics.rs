@@ -231,6 +231,30 @@ pub(crate) fn render(spool: &Spool, gauges: &Gauges) -> String {
     out
 }
 
+/// Writes METRICS_FILE, when set, with gauges read from the database (one
+/// attempt; an unreachable database leaves them out rather than delaying).
+pub(crate) fn write_configured(config: &crate::config::Config) {
+    let Some(path) = &config.metrics_file else {
+        return;
+    };
+    let names = crate::schema::Names::new(&config.table);
+    let last_maintenance_success = crate::db::Db::from_config(config)
+        .ok()
+        .and_then(|db| db.connect_once().ok())
+        .and_then(|mut c| {
+            crate::maintenance::last_success(&mut c, &names)
+                .ok()
+                .flatten()
+        });
+    let gauges = Gauges {
+        last_maintenance_success,
+    };
+    let spool = Spool::new(&config.spool_dir);
+    if let Err(e) = write(path, &spool, &gauges) {
+        log::warn!("cannot write METRICS_FILE `{}`: {e}", path.display());
+    }
+}
+
 /// Writes the metrics to `path` atomically.
 pub(crate) fn write(path: &Path, spool: &Spool, gauges: &Gauges) -> Result<()> {
     let dir = path

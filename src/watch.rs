@@ -349,12 +349,7 @@ impl Watcher<'_> {
 
     fn write_metrics(&mut self) {
         self.last_metrics = Instant::now();
-        if let Some(path) = &self.config.metrics_file
-            && let Err(e) =
-                crate::metrics::write(path, &self.spool, &crate::metrics::Gauges::default())
-        {
-            log::warn!("cannot write METRICS_FILE: {e}");
-        }
+        crate::metrics::write_configured(self.config);
     }
 }
 

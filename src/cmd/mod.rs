@@ -4,6 +4,7 @@ mod check;
 mod gate;
 mod generate;
 mod init;
+mod maintain;
 mod migrate;
 mod notify;
 mod process;
@@ -32,6 +33,7 @@ pub(crate) fn dispatch(inv: &Invocation, config: &Config) -> Result<Outcome> {
         "gate" => gate::run(config, args),
         "watch" => watch::run(config, args),
         "requeue" => requeue::run(config, args),
+        "maintain" => maintain::run(config, args),
         "process" => process::run(config, args),
         "gen" => generate::run(config, args),
         "status" => status::run(config, args),

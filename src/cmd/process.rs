@@ -25,12 +25,7 @@ pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
         }
     }
     runner.flush();
-    if let Some(path) = &config.metrics_file
-        && let Err(e) =
-            crate::metrics::write(path, &runner.spool, &crate::metrics::Gauges::default())
-    {
-        log::warn!("cannot write METRICS_FILE: {e}");
-    }
+    crate::metrics::write_configured(config);
     summarize(&reports, runner.undelivered())
 }
 

@@ -313,6 +313,18 @@ pub(crate) static SETTINGS: &[Setting] = &[
         days,
     ),
     s(
+        "PARTITION_RETENTION_DAYS",
+        Unset,
+        "maintenance detaches daily partitions older than this many days",
+        positive,
+    ),
+    s(
+        "PARTITION_DROP",
+        Value("false"),
+        "retention drops detached partitions instead of keeping them",
+        boolean,
+    ),
+    s(
         "MAINTENANCE_ALERT_AFTER",
         Value("3"),
         "alert after this many consecutive stalled maintenance runs",

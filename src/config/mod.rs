@@ -121,6 +121,10 @@ pub(crate) struct Config {
     pub(crate) retry_max_secs: u64,
     /// PARTITION_PREMAKE_DAYS.
     pub(crate) partition_premake_days: u32,
+    /// PARTITION_RETENTION_DAYS.
+    pub(crate) partition_retention_days: Option<u32>,
+    /// PARTITION_DROP.
+    pub(crate) partition_drop: bool,
     /// MAINTENANCE_ALERT_AFTER.
     pub(crate) maintenance_alert_after: u32,
     /// METRICS_FILE.
@@ -335,6 +339,12 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         max_file_bytes: num("MAX_FILE_BYTES").unwrap_or(268_435_456),
         retry_max_secs: num("RETRY_MAX_SECS").unwrap_or(60),
         partition_premake_days: num("PARTITION_PREMAKE_DAYS").map_or(4, |d| d as u32),
+        partition_retention_days: num("PARTITION_RETENTION_DAYS")
+            .map(|d| d.min(u64::from(u32::MAX)) as u32),
+        partition_drop: raw
+            .get("PARTITION_DROP")
+            .and_then(defs::parse_bool)
+            .unwrap_or(false),
         maintenance_alert_after: num("MAINTENANCE_ALERT_AFTER").map_or(3, |d| d as u32),
         metrics_file: text("METRICS_FILE").map(PathBuf::from),
         redis,

@@ -10,6 +10,7 @@ mod cli;
 mod gate;
 mod harness;
 mod ingest;
+mod maintain;
 mod settings;
 mod spool_commands;
 mod tls;

@@ -328,3 +328,34 @@ pub fn free_port() -> Result<u16, String> {
         .map(|a| a.port())
         .map_err(|e| format!("no free port: {e}"))
 }
+
+/// Installs Debian's pg_partman for the server's PostgreSQL when it is missing.
+#[track_caller]
+pub fn ensure_partman() {
+    let version = servers()
+        .pg
+        .as_ref()
+        .and_then(|pg| {
+            pg.bin
+                .parent()
+                .and_then(|v| v.file_name())
+                .map(|v| v.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "15".to_string());
+    let control = format!("/usr/share/postgresql/{version}/extension/pg_partman.control");
+    if Path::new(&control).exists() {
+        return;
+    }
+    let package = format!("postgresql-{version}-partman");
+    let script = format!(
+        "export DEBIAN_FRONTEND=noninteractive; (apt-get install -y -qq {package} || (apt-get update -qq && apt-get install -y -qq {package})) >/dev/null 2>&1"
+    );
+    let ok = Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok && Path::new(&control).exists(),
+        "pg_partman is needed: install {package} (apt-get install {package})"
+    );
+}

@@ -1,0 +1,130 @@
+//! `ragspool maintain`: partition maintenance for cron or the systemd timer.
+
+use crate::cli::Args;
+use crate::config::Config;
+use crate::db::Db;
+use crate::error::{Outcome, Result};
+use crate::failure_log::Entry;
+use crate::gate::Notifier;
+use crate::maintenance::{self, Report, Settings};
+use crate::runner::host_name;
+use crate::schema::{self, Names};
+
+pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
+    let db = Db::from_config(config)?;
+    let names = Names::new(&config.table);
+    let mut client = db.connect()?;
+    schema::require_current(&mut client, &names)?;
+    let settings = Settings {
+        premake_days: config.partition_premake_days,
+        retention_days: config.partition_retention_days,
+        drop: config.partition_drop,
+        dry_run: args.has("dry-run"),
+        host: host_name(),
+    };
+    let report = maintenance::run(&mut client, &names, &settings)?;
+    super::emit(&describe(&names, &report, &settings))?;
+    if settings.dry_run || report.outcome == "skipped" {
+        return Ok(Outcome::Clean);
+    }
+    let stalled = report.outcome == "stalled";
+    if stalled {
+        log::warn!(
+            "maintenance of {} stalled: {} partition(s) missing, none created{}",
+            names.table,
+            report.missing.len(),
+            report
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+        let streak = maintenance::stall_streak(&mut client, &names)?;
+        if streak == config.maintenance_alert_after {
+            alert(config, &names, &report, streak, &settings.host)?;
+        }
+    } else {
+        log::info!(
+            "maintenance of {}: created {} partition(s)",
+            names.table,
+            report.created
+        );
+    }
+    crate::metrics::write_configured(config);
+    Ok(Outcome::failed_if(stalled))
+}
+
+/// The run in a few lines for the operator.
+fn describe(names: &Names, r: &Report, s: &Settings) -> String {
+    let window = r
+        .window
+        .map(|(a, b)| format!("{a}..{b}"))
+        .unwrap_or_else(|| "-".to_string());
+    let mut out = format!("maintain {} ({}): window {window}\n", names.table, r.mode);
+    let days: Vec<String> = r.missing.iter().map(|d| names.partition(*d)).collect();
+    if s.dry_run {
+        out.push_str(&format!(
+            "dry run: would create {} partition(s){}\n",
+            days.len(),
+            list(&days)
+        ));
+        if !r.retired.is_empty() {
+            let verb = if s.drop { "drop" } else { "detach" };
+            out.push_str(&format!("dry run: would {verb}{}\n", list(&r.retired)));
+        }
+    } else {
+        out.push_str(&format!(
+            "expected {}, created {}, outcome {}\n",
+            r.missing.len(),
+            r.created,
+            r.outcome
+        ));
+        if !r.retired.is_empty() {
+            let verb = if s.drop { "dropped" } else { "detached" };
+            out.push_str(&format!("{verb}{}\n", list(&r.retired)));
+        }
+    }
+    if let Some(e) = &r.error {
+        out.push_str(&format!("error: {e}\n"));
+    }
+    for w in &r.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", items.join(", "))
+    }
+}
+
+/// maintenance.alert and a failure-log record, once per stall streak.
+fn alert(config: &Config, names: &Names, r: &Report, streak: u32, host: &str) -> Result<()> {
+    let detail = format!(
+        "{streak} consecutive maintenance runs of {} expected partitions and created none{}",
+        names.table,
+        r.error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+    let failure_log = crate::failure_log::shared(&config.failure_log)?;
+    failure_log.append(Entry {
+        ts: crate::clock::now_rfc3339(),
+        batch_tag: String::new(),
+        file: names.table.clone(),
+        reason: "maintenance_stalled".into(),
+        healed: false,
+        detail: detail.clone(),
+        attempt: streak,
+        host: host.to_string(),
+        prev: String::new(),
+    })?;
+    let notifier = Notifier::new(config, Some(failure_log), host)?;
+    notifier.alert("maintenance.alert", "", "partition_missing", false, &detail)?;
+    notifier.flush()?;
+    Ok(())
+}
