@@ -11,6 +11,8 @@
 #[doc(hidden)]
 pub mod app;
 
+pub mod cache;
+
 pub(crate) mod backoff;
 pub(crate) mod batch;
 pub(crate) mod cli;

@@ -113,6 +113,7 @@ pub(crate) struct Runner {
     /// Gate events and alerts.
     pub(crate) notifier: Notifier,
     failure_log: Arc<FailureLog>,
+    cache: Option<Mutex<crate::cache::Cache>>,
     workers: usize,
     max_files: usize,
     max_bytes: u64,
@@ -132,6 +133,9 @@ impl Runner {
             spool: Spool::new(&config.spool_dir),
             notifier,
             failure_log,
+            cache: config
+                .cache()
+                .map(|c| Mutex::new(crate::cache::Cache::new(c))),
             workers: config.workers.max(1),
             max_files: config.batch_max_files.max(1),
             max_bytes: config.batch_max_bytes.max(1),
@@ -275,7 +279,35 @@ impl Runner {
             log::error!("batch {tag}: cannot queue gate.done: {e}");
         }
         self.flush();
+        self.publish_build_update(&report);
         report
+    }
+
+    /// Tells query services about the new build (SPEC §8). A Redis outage never
+    /// fails or blocks ingestion: it is logged, and the publish tried once more.
+    fn publish_build_update(&self, r: &BatchReport) {
+        let Some(cache) = &self.cache else { return };
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        let fields = serde_json::json!({
+            "batch_tag": r.tag.as_str(),
+            "reason": r.reason.as_str(),
+            "rows": r.rows,
+            "healed": r.healed,
+            "host": self.ingest.host,
+            "ts": crate::clock::now_rfc3339(),
+        });
+        let result = cache.publish_build_update(&fields).or_else(|e| {
+            log::warn!(
+                "batch {}: build update not published ({e}); trying once more",
+                r.tag
+            );
+            cache.publish_build_update(&fields)
+        });
+        match result {
+            Ok(update) if update.receivers == 0 => crate::metrics::PUBLISH_UNHEARD.add(1),
+            Ok(_) => {}
+            Err(e) => log::warn!("batch {}: build update not published: {e}", r.tag),
+        }
     }
 
     /// One worker: its own connection, files from the shared queue until it is empty.

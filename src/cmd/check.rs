@@ -77,8 +77,30 @@ fn findings(config: &Config) -> Vec<Finding> {
         });
     }
     found.push(database(config));
+    found.push(redis(config));
     found.extend(gate(config));
     found
+}
+
+/// Redis, when configured: a probe (TLS, AUTH, SELECT, PING).
+fn redis(config: &Config) -> Finding {
+    match config.cache() {
+        None => Finding {
+            what: "redis: not configured (REDIS_HOST unset), no cache or build updates".into(),
+            problem: None,
+        },
+        Some(settings) => {
+            let what = format!(
+                "redis {}:{} db {}",
+                settings.host, settings.port, settings.db
+            );
+            let problem = crate::cache::Cache::new(settings)
+                .probe()
+                .err()
+                .map(|e| e.to_string());
+            Finding { what, problem }
+        }
+    }
 }
 
 /// Gate and alert URLs, templates and dead letters.

@@ -1,5 +1,6 @@
 //! One thin file per command: settings → domain calls → report → Outcome.
 
+mod cache;
 mod check;
 mod gate;
 mod generate;
@@ -34,6 +35,7 @@ pub(crate) fn dispatch(inv: &Invocation, config: &Config) -> Result<Outcome> {
         "watch" => watch::run(config, args),
         "requeue" => requeue::run(config, args),
         "maintain" => maintain::run(config, args),
+        "cache" => cache::run(config, args),
         "process" => process::run(config, args),
         "gen" => generate::run(config, args),
         "status" => status::run(config, args),

@@ -353,6 +353,18 @@ pub(crate) static SETTINGS: &[Setting] = &[
         boolean,
     ),
     s(
+        "REDIS_CA_CERT",
+        Unset,
+        "PEM CA certificate added to the system's for TLS to Redis",
+        not_empty,
+    ),
+    s(
+        "REDIS_TIMEOUT_MS",
+        Value("2000"),
+        "connect, read and write timeout for Redis; a connection that times out is dropped",
+        positive,
+    ),
+    s(
         "DEFAULT_TTL_SECONDS",
         Value("3600"),
         "cache TTL when none is given; 0 = no expiry",

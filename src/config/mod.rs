@@ -63,6 +63,10 @@ pub(crate) struct RedisSettings {
     pub(crate) password: Option<Secret>,
     /// REDIS_SSL.
     pub(crate) ssl: bool,
+    /// REDIS_CA_CERT.
+    pub(crate) ca_cert: Option<PathBuf>,
+    /// REDIS_TIMEOUT_MS.
+    pub(crate) timeout_ms: u64,
 }
 
 /// The embeddings endpoint; present only when EMBED_BASE_URL is set.
@@ -312,6 +316,8 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
             .get("REDIS_SSL")
             .and_then(defs::parse_bool)
             .unwrap_or(false),
+        ca_cert: text("REDIS_CA_CERT").map(PathBuf::from),
+        timeout_ms: num("REDIS_TIMEOUT_MS").unwrap_or(2000),
     });
     let workers = num("WORKERS")
         .map(|w| w as usize)
@@ -356,6 +362,24 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
             .iter()
             .map(|(k, (v, _))| (*k, Secret::new(v.clone())))
             .collect(),
+    }
+}
+
+impl Config {
+    /// The cache client's settings, when REDIS_HOST is set.
+    pub(crate) fn cache(&self) -> Option<crate::cache::CacheConfig> {
+        self.redis.as_ref().map(|r| crate::cache::CacheConfig {
+            host: r.host.clone(),
+            port: r.port,
+            db: r.db,
+            username: r.username.clone(),
+            password: r.password.as_ref().map(|p| p.expose().to_string()),
+            ssl: r.ssl,
+            ca_cert: r.ca_cert.clone(),
+            default_ttl: self.default_ttl_seconds,
+            build_channel: self.redis_build_channel.clone(),
+            timeout: std::time::Duration::from_millis(r.timeout_ms),
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! database, Redis db) and a run builder that spawns the real binary with a
 //! cleared environment, a deadline, and a full report when an expectation fails.
 
+pub mod certs;
 pub mod http;
 pub mod servers;
 

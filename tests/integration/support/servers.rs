@@ -359,3 +359,83 @@ pub fn ensure_partman() {
         "pg_partman is needed: install {package} (apt-get install {package})"
     );
 }
+
+/// A redis-server of one test's own (passwords, ACL users, TLS, DEBUG).
+pub struct OwnRedis {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its port (the TLS port when started with TLS).
+    pub port: u16,
+}
+
+impl OwnRedis {
+    /// Starts `redis-server` on a free port with `extra` arguments; with `tls`,
+    /// `prepare` must have put ca.pem, server.crt and server.key in the directory.
+    #[track_caller]
+    pub fn start(extra: &[&str], tls: bool, prepare: impl FnOnce(&Path)) -> OwnRedis {
+        servers();
+        let n = NEXT_OWN.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("own-redis-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        prepare(&dir);
+        let port = free_port().unwrap_or_else(|e| panic!("{e}"));
+        let d = dir.display().to_string();
+        let mut args: Vec<String> = vec![
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+        ];
+        args.extend(["--appendonly", "no", "--daemonize", "yes", "--dir"].map(String::from));
+        args.push(d.clone());
+        args.extend([
+            "--pidfile".to_string(),
+            format!("{d}/redis.pid"),
+            "--logfile".into(),
+            format!("{d}/redis.log"),
+        ]);
+        if tls {
+            args.extend(["--port", "0", "--tls-port"].map(String::from));
+            args.push(port.to_string());
+            args.extend([
+                "--tls-cert-file".to_string(),
+                format!("{d}/server.crt"),
+                "--tls-key-file".into(),
+                format!("{d}/server.key"),
+                "--tls-ca-cert-file".into(),
+                format!("{d}/ca.pem"),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]);
+        } else {
+            args.extend(["--port".to_string(), port.to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let ok = Command::new("redis-server")
+            .args(&args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "redis-server {args:?} did not start");
+        let script = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 0.5; done; kill $(cat {d}/redis.pid) 2>/dev/null; rm -rf {d}",
+            std::process::id()
+        );
+        let _ = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server on {port} never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnRedis { dir, port }
+    }
+}

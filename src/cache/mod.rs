@@ -1,0 +1,521 @@
+//! The Redis query cache that RAG services read (SPEC §8), as a small public API.
+//!
+//! Keys, byte for byte:
+//! - legacy query key: `rag:q:<sha1 hex of the UTF-8 query>:<top_k>` ([`query_key`]);
+//! - namespaced JSON: `rag:<ns>:<key>` ([`json_key`]);
+//! - namespaced MessagePack: `rag:<ns>:m:<md5 hex of ns + key>` ([`msgpack_key`]).
+//!
+//! Values are written with one atomic `SET … EX` (no expiry when the TTL is 0).
+//! A connection that hit a timeout or an I/O error is dropped, never reused.
+//! Hits and misses are counted in process and added to the `rag:cache_metrics`
+//! hash by [`Cache::flush_stats`].
+//!
+//! ```no_run
+//! use ragspool::cache::{Cache, CacheConfig};
+//! let mut cache = Cache::new(CacheConfig::new("127.0.0.1", 6379));
+//! cache.set_json_namespace("answers", "q1", &serde_json::json!({"text": "…"}), None)?;
+//! let hit = cache.get_json_namespace("answers", "q1")?;
+//! # Ok::<(), ragspool::cache::CacheError>(())
+//! ```
+
+pub mod resp;
+
+use md5::Md5;
+pub use resp::Reply;
+use resp::{Connection, Fault, Tls};
+use sha1::{Digest, Sha1};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Hash where hits and misses are summed across processes.
+pub const METRICS_KEY: &str = "rag:cache_metrics";
+/// Counter behind [`Cache::publish_build_update`]'s generation.
+pub const GENERATION_KEY: &str = "rag:build_generation";
+
+/// How to reach Redis and the cache's defaults.
+#[derive(Clone)]
+pub struct CacheConfig {
+    /// REDIS_HOST.
+    pub host: String,
+    /// REDIS_PORT.
+    pub port: u16,
+    /// REDIS_DB.
+    pub db: i64,
+    /// REDIS_USERNAME (ACL user).
+    pub username: Option<String>,
+    /// REDIS_PASSWORD; never printed.
+    pub password: Option<String>,
+    /// REDIS_SSL.
+    pub ssl: bool,
+    /// REDIS_CA_CERT: a PEM CA added to the system's for TLS.
+    pub ca_cert: Option<PathBuf>,
+    /// DEFAULT_TTL_SECONDS.
+    pub default_ttl: u64,
+    /// REDIS_BUILD_CHANNEL.
+    pub build_channel: String,
+    /// Connect, read and write timeout.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ssl", &self.ssl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheConfig {
+    /// Defaults of SPEC §2 for `host:port`.
+    pub fn new(host: &str, port: u16) -> CacheConfig {
+        CacheConfig {
+            host: host.to_string(),
+            port,
+            db: 0,
+            username: None,
+            password: None,
+            ssl: false,
+            ca_cert: None,
+            default_ttl: 3600,
+            build_channel: "build_updates".into(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a cache call failed.
+#[derive(Debug)]
+pub enum CacheError {
+    /// Redis could not be reached or stopped answering (temporary).
+    Unavailable(String),
+    /// Redis refused the credentials.
+    Auth(String),
+    /// Redis answered with an error.
+    Server(String),
+    /// A value could not be encoded or decoded, or a setting is unusable.
+    Invalid(String),
+}
+
+impl std::fmt::Display for CacheError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheError::Unavailable(m) => write!(f, "redis unavailable: {m}"),
+            CacheError::Auth(m) => write!(f, "redis refused the credentials: {m}"),
+            CacheError::Server(m) => write!(f, "redis error: {m}"),
+            CacheError::Invalid(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for CacheError {}
+
+/// The legacy query key: `rag:q:<sha1 hex of the UTF-8 query>:<top_k>`.
+pub fn query_key(query: &str, top_k: u32) -> String {
+    format!("rag:q:{}:{top_k}", hex(&Sha1::digest(query.as_bytes())))
+}
+
+/// The JSON key of `key` in namespace `ns`: `rag:<ns>:<key>`.
+pub fn json_key(ns: &str, key: &str) -> String {
+    format!("rag:{ns}:{key}")
+}
+
+/// The MessagePack key: `rag:<ns>:m:<md5 hex of ns + key>`.
+pub fn msgpack_key(ns: &str, key: &str) -> String {
+    let mut md5 = Md5::new();
+    md5.update(ns.as_bytes());
+    md5.update(key.as_bytes());
+    format!("rag:{ns}:m:{}", hex(&md5.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a health probe found.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// `redis_version` from INFO server.
+    pub version: String,
+    /// Round trip of PING.
+    pub latency: Duration,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// A published build update.
+#[derive(Debug, Clone)]
+pub struct BuildUpdate {
+    /// The new `rag:build_generation`.
+    pub generation: i64,
+    /// Subscribers that received it (0 is counted, not an error).
+    pub receivers: i64,
+    /// The envelope as sent.
+    pub envelope: serde_json::Value,
+}
+
+/// A cache client: one reused connection, dropped after any error.
+pub struct Cache {
+    config: CacheConfig,
+    conn: Option<Connection>,
+    hits: u64,
+    misses: u64,
+}
+
+impl Cache {
+    /// A client; it connects on first use.
+    pub fn new(config: CacheConfig) -> Cache {
+        Cache {
+            config,
+            conn: None,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// The TTL rule: the given value, else DEFAULT_TTL_SECONDS; 0 means no expiry.
+    pub fn ttl(&self, given: Option<u64>) -> u64 {
+        given.unwrap_or(self.config.default_ttl)
+    }
+
+    fn connect(&self) -> Result<Connection, CacheError> {
+        let pem;
+        let tls = if self.config.ssl {
+            pem = match &self.config.ca_cert {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    CacheError::Invalid(format!(
+                        "cannot read REDIS_CA_CERT `{}`: {e}",
+                        path.display()
+                    ))
+                })?),
+                None => None,
+            };
+            Some(Tls {
+                ca_pem: pem.as_deref(),
+            })
+        } else {
+            None
+        };
+        let mut conn = Connection::open(
+            &self.config.host,
+            self.config.port,
+            self.config.timeout,
+            tls,
+        )
+        .map_err(|f| match f {
+            Fault::Tls(m) => CacheError::Invalid(format!("TLS to redis failed: {m}")),
+            other => CacheError::Unavailable(other.to_string()),
+        })?;
+        if let Some(password) = &self.config.password {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(user) = &self.config.username {
+                args.push(user.as_bytes());
+            }
+            args.push(password.as_bytes());
+            match conn.call(&args) {
+                Ok(Reply::Error(e)) => return Err(CacheError::Auth(e)),
+                Ok(_) => {}
+                Err(f) => return Err(CacheError::Unavailable(f.to_string())),
+            }
+        }
+        if self.config.db != 0 {
+            let db = self.config.db.to_string();
+            check(conn.call(&[b"SELECT", db.as_bytes()]))?;
+        }
+        Ok(conn)
+    }
+
+    /// Runs one command on the reused connection (connecting when needed); the
+    /// connection is dropped on any transport error.
+    fn call(&mut self, args: &[&[u8]]) -> Result<Reply, CacheError> {
+        if self.conn.as_ref().is_none_or(Connection::is_poisoned) {
+            self.conn = Some(self.connect()?);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(CacheError::Unavailable("no connection".into()));
+        };
+        let result = conn.call(args);
+        if conn.is_poisoned() {
+            self.conn = None;
+        }
+        check(result)
+    }
+
+    fn set_raw(&mut self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<(), CacheError> {
+        let ttl = self.ttl(ttl);
+        let secs = ttl.to_string();
+        if ttl == 0 {
+            self.call(&[b"SET", key.as_bytes(), value])?;
+        } else {
+            self.call(&[b"SET", key.as_bytes(), value, b"EX", secs.as_bytes()])?;
+        }
+        Ok(())
+    }
+
+    fn get_raw(&mut self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        let value = match self.call(&[b"GET", key.as_bytes()])? {
+            Reply::Bulk(v) => v,
+            other => {
+                return Err(CacheError::Server(format!(
+                    "unexpected reply to GET: {other:?}"
+                )));
+            }
+        };
+        if value.is_some() {
+            self.hits += 1;
+        } else {
+            self.misses += 1;
+        }
+        Ok(value)
+    }
+
+    /// Stores `value` as JSON under `rag:<ns>:<key>`.
+    pub fn set_json_namespace(
+        &mut self,
+        ns: &str,
+        key: &str,
+        value: &serde_json::Value,
+        ttl: Option<u64>,
+    ) -> Result<(), CacheError> {
+        self.set_raw(&json_key(ns, key), value.to_string().as_bytes(), ttl)
+    }
+
+    /// The JSON value under `rag:<ns>:<key>`, counting a hit or a miss.
+    pub fn get_json_namespace(
+        &mut self,
+        ns: &str,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>, CacheError> {
+        match self.get_raw(&json_key(ns, key))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| CacheError::Invalid(format!("cached value is not JSON: {e}"))),
+        }
+    }
+
+    /// Stores `value` as MessagePack under `rag:<ns>:m:<md5(ns+key)>`.
+    pub fn set_msgpack_namespace(
+        &mut self,
+        ns: &str,
+        key: &str,
+        value: &serde_json::Value,
+        ttl: Option<u64>,
+    ) -> Result<(), CacheError> {
+        let bytes = rmp_serde::to_vec_named(value)
+            .map_err(|e| CacheError::Invalid(format!("cannot encode MessagePack: {e}")))?;
+        self.set_raw(&msgpack_key(ns, key), &bytes, ttl)
+    }
+
+    /// The MessagePack value under `rag:<ns>:m:<md5(ns+key)>`, counting a hit or a miss.
+    pub fn get_msgpack_namespace(
+        &mut self,
+        ns: &str,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>, CacheError> {
+        match self.get_raw(&msgpack_key(ns, key))? {
+            None => Ok(None),
+            Some(bytes) => rmp_serde::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| CacheError::Invalid(format!("cached value is not MessagePack: {e}"))),
+        }
+    }
+
+    /// Deletes a key; true when it existed.
+    pub fn delete(&mut self, key: &str) -> Result<bool, CacheError> {
+        match self.call(&[b"DEL", key.as_bytes()])? {
+            Reply::Int(n) => Ok(n > 0),
+            other => Err(CacheError::Server(format!(
+                "unexpected reply to DEL: {other:?}"
+            ))),
+        }
+    }
+
+    /// INCRs `rag:build_generation` and PUBLISHes the build_update envelope to
+    /// REDIS_BUILD_CHANNEL; `fields` (batch_tag, reason, rows, healed, host, ts)
+    /// are merged into it.
+    pub fn publish_build_update(
+        &mut self,
+        fields: &serde_json::Value,
+    ) -> Result<BuildUpdate, CacheError> {
+        let generation = match self.call(&[b"INCR", GENERATION_KEY.as_bytes()])? {
+            Reply::Int(n) => n,
+            other => {
+                return Err(CacheError::Server(format!(
+                    "unexpected reply to INCR: {other:?}"
+                )));
+            }
+        };
+        let mut envelope =
+            serde_json::json!({"type": "build_update", "version": 1, "generation": generation});
+        for name in ["batch_tag", "reason", "rows", "healed", "host", "ts"] {
+            envelope[name] = fields.get(name).cloned().unwrap_or(serde_json::Value::Null);
+        }
+        let channel = self.config.build_channel.clone();
+        let receivers = match self.call(&[
+            b"PUBLISH",
+            channel.as_bytes(),
+            envelope.to_string().as_bytes(),
+        ])? {
+            Reply::Int(n) => n,
+            other => {
+                return Err(CacheError::Server(format!(
+                    "unexpected reply to PUBLISH: {other:?}"
+                )));
+            }
+        };
+        Ok(BuildUpdate {
+            generation,
+            receivers,
+            envelope,
+        })
+    }
+
+    /// Connects afresh (TLS, AUTH, SELECT), PINGs and reads the server version.
+    pub fn probe(&mut self) -> Result<Probe, CacheError> {
+        self.conn = None;
+        let started = Instant::now();
+        match self.call(&[b"PING"])? {
+            Reply::Status(s) if s == "PONG" => {}
+            other => {
+                return Err(CacheError::Server(format!(
+                    "unexpected reply to PING: {other:?}"
+                )));
+            }
+        }
+        let latency = started.elapsed();
+        let version = match self.call(&[b"INFO", b"server"])? {
+            Reply::Bulk(Some(info)) => String::from_utf8_lossy(&info)
+                .lines()
+                .find_map(|l| l.strip_prefix("redis_version:").map(str::to_string))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        Ok(Probe {
+            version,
+            latency,
+            tls: self.config.ssl,
+        })
+    }
+
+    /// Hits and misses counted in this process and not yet flushed.
+    pub fn local_stats(&self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
+
+    /// Adds this process's hits and misses to `rag:cache_metrics` and resets them.
+    pub fn flush_stats(&mut self) -> Result<(), CacheError> {
+        let (hits, misses) = (self.hits.to_string(), self.misses.to_string());
+        if self.hits > 0 {
+            self.call(&[b"HINCRBY", METRICS_KEY.as_bytes(), b"hits", hits.as_bytes()])?;
+        }
+        if self.misses > 0 {
+            self.call(&[
+                b"HINCRBY",
+                METRICS_KEY.as_bytes(),
+                b"misses",
+                misses.as_bytes(),
+            ])?;
+        }
+        self.hits = 0;
+        self.misses = 0;
+        Ok(())
+    }
+
+    /// Hits and misses summed in `rag:cache_metrics`.
+    pub fn stats(&mut self) -> Result<(u64, u64), CacheError> {
+        let field = |cache: &mut Cache, name: &[u8]| -> Result<u64, CacheError> {
+            match cache.call(&[b"HGET", METRICS_KEY.as_bytes(), name])? {
+                Reply::Bulk(Some(v)) => Ok(String::from_utf8_lossy(&v).parse().unwrap_or(0)),
+                _ => Ok(0),
+            }
+        };
+        Ok((field(self, b"hits")?, field(self, b"misses")?))
+    }
+
+    /// Runs a raw command (for tools and tests); transport errors drop the connection.
+    pub fn command(&mut self, args: &[&str]) -> Result<Reply, CacheError> {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.call(&args)
+    }
+}
+
+/// Maps transport faults and server errors.
+fn check(result: Result<Reply, Fault>) -> Result<Reply, CacheError> {
+    match result {
+        Ok(Reply::Error(e)) if e.starts_with("NOAUTH") || e.starts_with("WRONGPASS") => {
+            Err(CacheError::Auth(e))
+        }
+        Ok(Reply::Error(e)) => Err(CacheError::Server(e)),
+        Ok(reply) => Ok(reply),
+        Err(f) => Err(CacheError::Unavailable(f.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Vectors computed outside Rust (Python's hashlib).
+    #[test]
+    fn keys_match_outside_vectors() {
+        assert_eq!(
+            query_key("what is retrieval augmented generation?", 5),
+            "rag:q:05fa920edd52f6c8d5eb10b1d2bc0d24a15aeb35:5"
+        );
+        assert_eq!(
+            query_key("Wie funktioniert Zürich? 東京", 10),
+            "rag:q:a38b395ae6437cfdbaeacc5d5a49dd488b07df26:10"
+        );
+        assert_eq!(
+            query_key("", 0),
+            "rag:q:da39a3ee5e6b4b0d3255bfef95601890afd80709:0"
+        );
+        assert_eq!(
+            msgpack_key("answers", "q1"),
+            "rag:answers:m:de65744aadd75dcf92e59cb6c1efd572"
+        );
+        assert_eq!(
+            msgpack_key("emb", "Straße ✓"),
+            "rag:emb:m:9eb23ca1b4bcf744348f1da5793c662f"
+        );
+        assert_eq!(json_key("answers", "q1"), "rag:answers:q1");
+    }
+
+    #[test]
+    fn nested_values_round_trip_through_json_and_msgpack() {
+        let value =
+            serde_json::json!({"a": [1, 2.5, null, {"b": "ü"}], "c": true, "d": {"e": [[]]}});
+        let bytes = rmp_serde::to_vec_named(&value).unwrap_or_default();
+        let back: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap_or_default();
+        assert_eq!(back, value);
+        let text = value.to_string();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).ok(),
+            Some(value)
+        );
+    }
+
+    #[test]
+    fn ttl_rule() {
+        let mut cfg = CacheConfig::new("h", 1);
+        cfg.default_ttl = 60;
+        let cache = Cache::new(cfg);
+        assert_eq!(
+            (cache.ttl(None), cache.ttl(Some(5)), cache.ttl(Some(0))),
+            (60, 5, 0)
+        );
+        let shown = format!(
+            "{:?}",
+            CacheConfig {
+                password: Some("pw-secret".into()),
+                ..CacheConfig::new("h", 1)
+            }
+        );
+        assert!(!shown.contains("pw-secret"));
+    }
+}
