@@ -61,8 +61,22 @@ fn watched(env: &mut TestEnv, gate: &HttpServer, vars: &[(&str, &str)]) -> Child
     }
     env.ready();
     let child = env.run(&["watch"]).spawn();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until_watching(env, 1);
     child
+}
+
+/// Waits until the log says `watching` for the `n`-th time: the inotify watch is
+/// in place and the first scan is done.
+#[track_caller]
+fn wait_until_watching(env: &TestEnv, n: usize) {
+    let log = env.dir.path().join("logs/rag_ingestion.log");
+    wait_for(60, "the watcher to be ready", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("] watching ")
+            .count()
+            >= n
+    });
 }
 
 #[test]
@@ -396,7 +410,7 @@ fn exec_runs_the_command_with_the_settings_on_threshold() {
         env!("CARGO_MANIFEST_DIR")
     );
     let child = env.run(&["watch", "--exec", &cmd]).spawn();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until_watching(&env, 1);
     env.run(&["gen", "--files", "3", "--records", "2", "--days", "1"])
         .output()
         .code(0);
