@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug/ragspool
 
-.PHONY: all build release deps test lint man man-lint readme demo bench clean
+.PHONY: all build release deps tools test lint man man-lint man-gz readme demo bench deb rpm clean
 
 all: build
 
@@ -29,6 +29,23 @@ man:
 	@mkdir -p target
 	groff -man -Tutf8 man/ragspool.1 > target/ragspool.1.txt
 	@echo "rendered man page: target/ragspool.1.txt"
+
+man-gz:
+	@mkdir -p target/man
+	gzip -9 -n -c man/ragspool.1 > target/man/ragspool.1.gz
+
+# Packaging tools from crates.io, installed once when missing.
+tools:
+	@command -v cargo-deb >/dev/null || $(CARGO) install --locked cargo-deb
+	@command -v cargo-generate-rpm >/dev/null || $(CARGO) install --locked cargo-generate-rpm
+
+deb: deps tools man-gz
+	$(CARGO) deb
+	@ls target/debian/*.deb
+
+rpm: deps tools man-gz release
+	$(CARGO) generate-rpm
+	@ls target/generate-rpm/*.rpm
 
 readme: build
 	bash scripts/update-readme.sh $(BIN)

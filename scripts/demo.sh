@@ -8,7 +8,9 @@ bash scripts/servers.sh stop "$root/servers" 2>/dev/null || true
 rm -rf "$root"
 mkdir -p "$root"
 gate_pid=
+watch_pid=
 cleanup() {
+  [ -n "$watch_pid" ] && kill "$watch_pid" 2>/dev/null || true
   [ -n "$gate_pid" ] && kill "$gate_pid" 2>/dev/null || true
   bash scripts/servers.sh stop "$root/servers"
 }
@@ -40,9 +42,19 @@ step "ragspool migrate"
 "$bin" migrate
 step "ragspool gen --files 20 --records 200 --bad 2"
 "$bin" gen --files 20 --records 200 --bad 2
-step "ragspool process"
-"$bin" process && rc=0 || rc=$?
-echo "exit status $rc (1 = some input failed: the broken files are quarantined)"
+step "ragspool watch (until the spool is drained)"
+BATCH_MAX_AGE_SECS=1 "$bin" watch &
+watch_pid=$!
+for _ in $(seq 600); do
+  left=$(find "$SPOOL_DIR/incoming" "$SPOOL_DIR/processing" -type f -name '*.msgpack' | wc -l)
+  [ "$left" = 0 ] && break
+  sleep 0.2
+done
+sleep 1
+kill -TERM "$watch_pid"
+wait "$watch_pid" && echo "watch stopped cleanly (exit 0)"
+step "Redis: build generation (one build update per batch)"
+redis-cli -p "$REDIS_PORT" get rag:build_generation | sed 's/^/build generation: /'
 step "ragspool status"
 "$bin" status
 step "rows in the table"

@@ -45,8 +45,15 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     for dir in log_dirs {
         unsafe_paths += ensure(dir, 0o002, None, owner, &mut report, spool::make_dir)?;
     }
+    // The log file belongs to the service user, who writes it after a privilege drop.
+    if let Some(file) = config.log_file.as_deref() {
+        unsafe_paths += ensure(file, 0o002, Some(uid), owner, &mut report, create_log_file)?;
+    }
+    // The failure log stays with whoever runs init (root, for the packages): a
+    // service started as root with --user opens it before dropping privileges,
+    // so the unprivileged process can append to it but never rewrite it.
     let log = &config.failure_log;
-    unsafe_paths += ensure(log, 0o077, Some(uid), owner, &mut report, |p| {
+    unsafe_paths += ensure(log, 0o077, Some(privdrop::euid()), None, &mut report, |p| {
         let existed = std::fs::symlink_metadata(p).is_ok();
         crate::failure_log::create(p)?;
         Ok(!existed)
@@ -58,6 +65,20 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         );
     }
     Ok(Outcome::failed_if(unsafe_paths > 0))
+}
+
+/// Creates RAG_LOG_FILE (mode 0640) when missing; true when it was created.
+fn create_log_file(path: &Path) -> Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let existed = std::fs::symlink_metadata(path).is_ok();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("cannot create log file `{}` (RAG_LOG_FILE)", path.display()))?;
+    Ok(!existed)
 }
 
 /// Creates `path` with `create` when missing; reports an existing unsafe one.

@@ -581,7 +581,6 @@ fn started_as_root_with_user_the_failure_log_stays_root_only() {
         .output()
         .code(0);
     let log = env.dir.path().join("logs/rag_failures.jsonl");
-    let _ = std::os::unix::fs::chown(&log, Some(0), Some(0));
     env.set("RAGSPOOL_USER", "nobody");
     env.run(&["migrate"]).output().code(0);
     env.run(&[
