@@ -53,8 +53,10 @@ readme: build
 demo: build
 	bash scripts/demo.sh $(BIN)
 
-bench:
-	@echo "make bench: the benchmark is not built yet in this version" >&2; exit 2
+# Reports throughput, latency and memory against PostgreSQL's own COPY limit;
+# BENCH_ARGS passes options (e.g. BENCH_ARGS="--files 20 --runs 1" for a quick look).
+bench: deps release
+	python3 bench/bench.py $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean
