@@ -49,6 +49,7 @@ impl Notifier {
             endpoint(&config.gate_url, &config.gate_token, key),
             endpoint(&config.alert_url, &config.alert_token, None),
             Duration::from_secs(config.retry_max_secs),
+            Duration::from_millis(config.gate_timeout_ms),
             failure_log,
             host.to_string(),
         )?;

@@ -13,6 +13,22 @@ pub mod app;
 
 pub mod cache;
 
+/// Entry points for the fuzz targets under fuzz/; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Decodes every record of `data`; returns how many decoded before the first error.
+    pub fn decode_records(data: &[u8]) -> usize {
+        crate::record::Decoder::new(data, None)
+            .take_while(Result::is_ok)
+            .count()
+    }
+
+    /// Parses `text` as an env file; returns the number of assignments.
+    pub fn parse_env_file(text: &str) -> usize {
+        crate::config::envfile::parse(text).map_or(0, |e| e.len())
+    }
+}
+
 pub(crate) mod backoff;
 pub(crate) mod batch;
 pub(crate) mod cli;

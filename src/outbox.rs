@@ -88,6 +88,7 @@ impl Outbox {
         gate: Option<Endpoint>,
         alert: Option<Endpoint>,
         budget: Duration,
+        timeout: Duration,
         failure_log: Option<Arc<FailureLog>>,
         host: String,
     ) -> Result<Outbox> {
@@ -95,7 +96,7 @@ impl Outbox {
             dir: dir.to_path_buf(),
             gate,
             alert,
-            agent: crate::http::agent(Duration::from_secs(10))?,
+            agent: crate::http::agent(timeout)?,
             budget,
             failure_log,
             host,

@@ -95,11 +95,37 @@ pub(crate) struct Spool {
     root: PathBuf,
 }
 
-/// Whether a directory entry name is ever taken from incoming/: `*.msgpack`, not a dotfile.
+/// Whether a directory entry name is ever taken from incoming/: `*.msgpack`, not a
+/// dotfile, valid UTF-8 without control characters (a name goes into logs, JSON
+/// and the manifest, where a newline could forge a line).
 pub(crate) fn is_candidate(name: &OsStr) -> bool {
     name.to_str().is_some_and(|n| {
-        !n.starts_with('.') && n.len() > ".msgpack".len() && n.ends_with(".msgpack")
+        !n.starts_with('.')
+            && n.len() > ".msgpack".len()
+            && n.ends_with(".msgpack")
+            && !n.chars().any(char::is_control)
     })
+}
+
+/// Names refused for their spelling, each reported once per process.
+static REFUSED: std::sync::Mutex<Vec<std::ffi::OsString>> = std::sync::Mutex::new(Vec::new());
+
+/// Logs, once, why a `*.msgpack` entry with an unusable name is left alone.
+fn refuse_name(name: &OsStr) {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = name.as_bytes();
+    if bytes.starts_with(b".") || !bytes.ends_with(b".msgpack") {
+        return;
+    }
+    let mut refused = REFUSED.lock().unwrap_or_else(|p| p.into_inner());
+    if refused.iter().any(|n| n == name) || refused.len() > 10_000 {
+        return;
+    }
+    refused.push(name.to_os_string());
+    log::warn!(
+        "incoming/{}: refused, never read: the name is not UTF-8 or holds control characters; rename it",
+        name.to_string_lossy().escape_debug()
+    );
 }
 
 /// fsyncs a directory so renames into or out of it survive a crash.
@@ -185,6 +211,7 @@ impl Spool {
             let entry = entry.with_context(|| format!("cannot list `{}`", dir.display()))?;
             let name = entry.file_name();
             if !is_candidate(&name) {
+                refuse_name(&name);
                 continue;
             }
             // DirEntry::metadata does not follow symlinks.
@@ -479,6 +506,12 @@ pub(crate) fn read_claimed(
     })?;
     if !meta.file_type().is_file() {
         return Err(Unreadable::Bad("is not a regular file".into()));
+    }
+    if meta.nlink() > 1 {
+        return Err(Unreadable::Bad(format!(
+            "has {} hard links; spool files must have one (a link could expose a file from elsewhere)",
+            meta.nlink()
+        )));
     }
     if meta.size() == 0 {
         return Err(Unreadable::Bad("is empty (0 bytes)".into()));

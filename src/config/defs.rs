@@ -252,6 +252,12 @@ pub(crate) static SETTINGS: &[Setting] = &[
         "Standard Webhooks signing secret (whsec_ base64 or raw)",
     ),
     s(
+        "GATE_TIMEOUT_MS",
+        Value("10000"),
+        "timeout of one webhook request (gate and alerts); a timeout is retried",
+        positive,
+    ),
+    s(
         "GATE_TEMPLATE_DIR",
         Computed("built-in templates"),
         "directory of <event>.json templates overriding the built-ins",

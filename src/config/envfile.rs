@@ -222,3 +222,24 @@ mod tests {
         assert_eq!(parse("A=\"open\n").err().map(|e| e.line), Some(1));
     }
 }
+
+#[cfg(test)]
+mod corpus {
+    /// Every seed and every input a fuzzer ever crashed on parses without panicking.
+    #[test]
+    fn fuzz_corpus_and_regressions_parse_without_panic() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let mut seen = 0;
+        for dir in ["corpus/envfile", "regressions/envfile"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let bytes = std::fs::read(entry.path()).unwrap_or_default();
+                let _ = super::parse(&String::from_utf8_lossy(&bytes));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "the committed seed corpus is missing");
+    }
+}

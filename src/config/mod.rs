@@ -103,6 +103,8 @@ pub(crate) struct Config {
     pub(crate) gate_token: Option<Secret>,
     /// GATE_SECRET.
     pub(crate) gate_secret: Option<Secret>,
+    /// GATE_TIMEOUT_MS.
+    pub(crate) gate_timeout_ms: u64,
     /// GATE_TEMPLATE_DIR.
     pub(crate) gate_template_dir: Option<PathBuf>,
     /// ALERT_URL.
@@ -335,6 +337,7 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         gate_token: secret("GATE_TOKEN"),
         gate_secret: secret("GATE_SECRET"),
         gate_template_dir: text("GATE_TEMPLATE_DIR").map(PathBuf::from),
+        gate_timeout_ms: num("GATE_TIMEOUT_MS").unwrap_or(10_000),
         alert_url: text("ALERT_URL"),
         alert_token: secret("ALERT_TOKEN"),
         user: text("RAGSPOOL_USER"),

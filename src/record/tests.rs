@@ -417,3 +417,21 @@ proptest! {
         let _ = decode(&buf);
     }
 }
+
+/// Every seed and every input a fuzzer ever crashed on decodes without panicking.
+#[test]
+fn fuzz_corpus_and_regressions_decode_without_panic() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut seen = 0;
+    for dir in ["corpus/record", "regressions/record"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let bytes = std::fs::read(entry.path()).unwrap_or_default();
+            let _ = Decoder::new(&bytes, None).count();
+            seen += 1;
+        }
+    }
+    assert!(seen >= 5, "the committed seed corpus is missing");
+}

@@ -56,7 +56,7 @@ impl Response {
         }
     }
 
-    /// An empty response.
+    /// An empty response; status 0 drops the connection without an answer.
     pub fn status(status: u16) -> Response {
         Response {
             status,
@@ -165,6 +165,10 @@ fn serve(stream: TcpStream, requests: &Mutex<Vec<Request>>, handler: &Handler) {
         all.len() - 1
     };
     let resp = handler(&req, index);
+    if resp.status == 0 {
+        // Status 0 means: reset the connection without answering.
+        return;
+    }
     let mut out = format!(
         "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
         resp.status,

@@ -1,0 +1,653 @@
+//! The promises, each proved by a test that can fail: nothing lost, nothing
+//! duplicated, bad input gets a clear error, nobody gets in, secrets stay secret.
+
+use crate::support::http::{HttpServer, Request, Response};
+use crate::support::servers::{OwnPg, OwnRedis};
+use crate::support::{TestEnv, count, wait_with_deadline};
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn rng(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    *seed >> 33
+}
+
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7)
+        | 1
+}
+
+/// Runs `process` until it exits 0 (an outage may make a run exit 75 first).
+#[track_caller]
+fn process_until_clean(env: &TestEnv) {
+    for _ in 0..5 {
+        let out = env.run(&["process"]).output();
+        match out.code {
+            Some(0) => return,
+            Some(75) => std::thread::sleep(Duration::from_millis(500)),
+            _ => {
+                out.code(0);
+                return;
+            }
+        }
+    }
+    panic!("process never came clean");
+}
+
+#[test]
+fn postgres_restarted_mid_copy_and_mid_commit_loses_and_duplicates_nothing() {
+    let own = OwnPg::start();
+    let mut env = TestEnv::new();
+    env.set("DATABASE_URL", own.create_db("restarts"));
+    env.set("RETRY_MAX_SECS", "20");
+    env.ready();
+    env.run(&["gen", "--files", "30", "--records", "300", "--days", "1"])
+        .output()
+        .code(0);
+    let mut child = env.run(&["process"]).env("BATCH_MAX_FILES", "5").spawn();
+    let mut s = seed();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(100 + rng(&mut s) % 300));
+        own.stop();
+        std::thread::sleep(Duration::from_millis(300));
+        own.restart();
+    }
+    let (status, _, stderr) = wait_with_deadline(&mut child, Duration::from_secs(120));
+    let code = status.and_then(|s| s.code());
+    assert!(matches!(code, Some(0) | Some(75)), "{code:?}\n{stderr}");
+    process_until_clean(&env);
+    let url = env.db_url();
+    assert_eq!(count(&url, "SELECT count(*) FROM rag_chunks"), 9000);
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(DISTINCT (doc_id, chunk_index)) FROM rag_chunks"
+        ),
+        9000
+    );
+    assert_eq!(env.count_files("archive", ".msgpack"), 30);
+    assert_eq!(env.count_files("failed", ".msgpack"), 0);
+}
+
+#[test]
+fn a_flapping_gate_gets_every_event_once_per_id_and_in_order() {
+    // What the gate accepted: (webhook-id, event, batch_tag), in arrival order.
+    let accepted: Arc<Mutex<Vec<(String, String, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let log = accepted.clone();
+    let gate = HttpServer::start(move |req, i| {
+        let roll = (i as u64).wrapping_mul(2_654_435_761) % 100;
+        if roll < 20 {
+            return Response::status(503);
+        }
+        if roll < 28 {
+            return Response::status(0); // connection reset
+        }
+        let v = req.json();
+        let entry = (
+            req.header("webhook-id").unwrap_or_default().to_string(),
+            v["event"].as_str().unwrap_or_default().to_string(),
+            v["batch_tag"].as_str().unwrap_or_default().to_string(),
+        );
+        log.lock().map(|mut l| l.push(entry)).unwrap_or(());
+        if roll < 36 {
+            std::thread::sleep(Duration::from_millis(400)); // the client times out; the gate got it
+        }
+        Response::status(200)
+    });
+    let mut env = TestEnv::new().with_db();
+    env.set("GATE_URL", gate.url.clone());
+    env.set("GATE_TIMEOUT_MS", "250");
+    env.set("RETRY_MAX_SECS", "30");
+    env.set("BATCH_MAX_FILES", "1");
+    env.ready();
+    env.run(&["gen", "--files", "100", "--records", "2", "--days", "1"])
+        .output()
+        .code(0);
+    process_until_clean(&env);
+    let accepted = accepted.lock().map(|a| a.clone()).unwrap_or_default();
+    let mut by_id: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut order: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (id, event, tag) in &accepted {
+        if by_id
+            .insert(id.clone(), (event.clone(), tag.clone()))
+            .is_none()
+        {
+            order.entry(tag.clone()).or_default().push(event.clone());
+        }
+    }
+    assert_eq!(
+        by_id.len(),
+        200,
+        "100 batches, two events each, every one delivered"
+    );
+    assert_eq!(order.len(), 100);
+    for (tag, events) in &order {
+        assert_eq!(events, &["gate.open", "gate.done"], "batch {tag}");
+    }
+}
+
+#[test]
+fn a_full_disk_loses_nothing_and_says_so() {
+    let mut env = TestEnv::new().with_db();
+    let spool = env.dir.path().join("small-spool");
+    std::fs::create_dir_all(&spool).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4M,mode=0750", "tmpfs"])
+        .arg(&spool)
+        .status();
+    assert!(
+        mounted.is_ok_and(|s| s.success()),
+        "mounting a small tmpfs needs root (CI runs as root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(spool.clone());
+    env.set("SPOOL_DIR", spool.display().to_string());
+    env.ready();
+    env.run(&[
+        "gen",
+        "--files",
+        "3",
+        "--records",
+        "20",
+        "--days",
+        "1",
+        "--bad",
+        "2",
+    ])
+    .output()
+    .code(0);
+    // Fill what is left, so writing a reason file or an event fails.
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "count=200"])
+        .arg(format!("of={}/filler", spool.display()))
+        .output();
+    let out = env.run(&["process"]).output();
+    assert!(
+        out.code == Some(75),
+        "expected 75 on a full disk:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("No space left on device"),
+        "{}",
+        out.stderr
+    );
+    let spread = ["incoming", "processing", "archive", "failed"]
+        .iter()
+        .map(|d| env.count_files(d, ".msgpack"))
+        .sum::<usize>();
+    assert_eq!(spread, 5, "every file is somewhere: {:?}", env.listing());
+    let _ = std::fs::remove_file(spool.join("filler"));
+    env.run(&["process"]).output().code(1);
+    assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 60);
+    assert_eq!(env.count_files("archive", ".msgpack"), 3);
+    assert_eq!(env.count_files("failed", ".reason.json"), 2);
+}
+
+#[test]
+fn permission_denied_on_archive_keeps_files_and_rerun_is_exact() {
+    let mut env = TestEnv::new().with_db();
+    let _ = std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755));
+    env.run(&["init", "--owner", "nobody:nogroup"])
+        .output()
+        .code(0);
+    env.set("RAGSPOOL_USER", "nobody");
+    env.run(&["migrate"]).output().code(0);
+    env.run(&["gen", "--files", "4", "--records", "5", "--days", "1"])
+        .output()
+        .code(0);
+    let archive = env.spool_dir("archive");
+    let _ = std::os::unix::fs::chown(&archive, Some(0), Some(0));
+    let out = env.run(&["process"]).output().code(75);
+    assert!(out.stderr.contains("Permission denied"), "{}", out.stderr);
+    assert_eq!(
+        env.count_files("failed", ".msgpack"),
+        0,
+        "a filesystem problem never fails input"
+    );
+    assert_eq!(
+        env.count_files("processing", ".msgpack") + env.count_files("incoming", ".msgpack"),
+        4
+    );
+    let _ = std::os::unix::fs::chown(&archive, Some(65534), Some(65534));
+    env.run(&["process"]).output().code(0);
+    assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 20);
+    assert_eq!(env.count_files("archive", ".msgpack"), 4);
+}
+
+#[test]
+fn a_file_growing_in_place_or_renamed_during_a_scan_is_taken_whole_and_once() {
+    use std::io::Write;
+    let gate = HttpServer::start(|_, _| Response::status(200));
+    let mut env = TestEnv::new().with_db();
+    env.set("GATE_URL", gate.url.clone());
+    env.set("BATCH_MAX_AGE_SECS", "0");
+    env.ready();
+    env.run(&[
+        "gen",
+        "--files",
+        "2",
+        "--records",
+        "40",
+        "--days",
+        "1",
+        "--seed",
+        "3",
+    ])
+    .output()
+    .code(0);
+    let samples: Vec<std::path::PathBuf> = {
+        let mut v: Vec<_> = std::fs::read_dir(env.spool_dir("incoming"))
+            .expect("ls")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    };
+    let held = env.dir.path().join("held");
+    std::fs::create_dir_all(&held).expect("mkdir");
+    for p in &samples {
+        std::fs::rename(p, held.join(p.file_name().unwrap_or_default())).expect("move aside");
+    }
+    let mut child = env.run(&["watch"]).spawn();
+    std::thread::sleep(Duration::from_millis(800));
+    let first = std::fs::read(held.join(samples[0].file_name().unwrap_or_default())).expect("read");
+    let growing = env.spool_dir("incoming").join("growing.msgpack");
+    let mut f = std::fs::File::create(&growing).expect("create");
+    f.write_all(&first[..first.len() / 2]).expect("write half");
+    f.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(growing.exists(), "a file still being written was taken");
+    f.write_all(&first[first.len() / 2..]).expect("write rest");
+    drop(f);
+    let second = held.join(samples[1].file_name().unwrap_or_default());
+    let tmp = env.spool_dir("tmp").join("r.msgpack");
+    std::fs::rename(&second, &tmp).expect("to tmp");
+    std::fs::rename(&tmp, env.spool_dir("incoming").join("a.msgpack")).expect("into incoming");
+    let _ = std::fs::rename(
+        env.spool_dir("incoming").join("a.msgpack"),
+        env.spool_dir("incoming").join("b.msgpack"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.count_files("archive", ".msgpack") < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = wait_with_deadline(&mut child, Duration::from_secs(30));
+    assert_eq!(
+        env.count_files("archive", ".msgpack"),
+        2,
+        "{:?}",
+        env.listing()
+    );
+    assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 80);
+    assert_eq!(
+        count(
+            &env.db_url(),
+            "SELECT count(DISTINCT (doc_id, chunk_index)) FROM rag_chunks"
+        ),
+        80
+    );
+}
+
+#[test]
+fn hostile_spool_input_is_refused_or_failed_never_followed() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut env = TestEnv::new().with_db();
+    env.set("MAX_FILE_BYTES", "4000");
+    env.ready();
+    env.run(&[
+        "gen",
+        "--files",
+        "1",
+        "--records",
+        "2",
+        "--dim",
+        "4",
+        "--days",
+        "1",
+    ])
+    .output()
+    .code(0);
+    let inc = env.spool_dir("incoming");
+    let outside = env.dir.path().join("outside.msgpack");
+    std::fs::copy(inc.join(env.files_in("incoming")[0].clone()), &outside).expect("copy");
+    let before = std::fs::read(&outside).expect("read");
+    std::os::unix::fs::symlink(&outside, inc.join("symlink.msgpack")).expect("symlink");
+    std::fs::hard_link(&outside, inc.join("hardlink.msgpack")).expect("hard link");
+    assert!(
+        Command::new("mkfifo")
+            .arg(inc.join("fifo.msgpack"))
+            .status()
+            .is_ok_and(|s| s.success())
+    );
+    assert!(
+        Command::new("mknod")
+            .arg(inc.join("device.msgpack"))
+            .args(["c", "1", "3"])
+            .status()
+            .is_ok_and(|s| s.success())
+    );
+    std::fs::write(inc.join("new\nline.msgpack"), &before).expect("newline name");
+    let bad_utf8 = std::ffi::OsStr::from_bytes(b"\xff\xfe.msgpack");
+    std::fs::write(inc.join(bad_utf8), &before).expect("invalid UTF-8 name");
+    std::fs::write(inc.join("empty.msgpack"), b"").expect("empty");
+    std::fs::write(inc.join("big.msgpack"), vec![0x90u8; 5000]).expect("big");
+    std::fs::write(
+        inc.join("huge-header.msgpack"),
+        [0x81, 0xdb, 0xff, 0xff, 0xff, 0xff, b'x'],
+    )
+    .expect("huge");
+    let out = env
+        .run(&["process"])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .code(1);
+    assert!(out.stderr.contains("refused, never read"), "{}", out.stderr);
+    assert_eq!(env.count_files("archive", ".msgpack"), 1);
+    let reasons: Vec<String> = env
+        .listing()
+        .into_iter()
+        .filter(|p| p.ends_with(".reason.json"))
+        .map(|p| std::fs::read_to_string(env.spool().join(p)).unwrap_or_default())
+        .collect();
+    for want in ["hard links", "0 bytes", "MAX_FILE_BYTES", "truncated"] {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "no reason mentions {want}: {reasons:?}"
+        );
+    }
+    let mut left: Vec<String> = env.files_in("incoming");
+    left.sort();
+    assert_eq!(
+        left.len(),
+        5,
+        "symlink, FIFO, device and the two odd names stay: {left:?}"
+    );
+    assert_eq!(
+        std::fs::read(&outside).expect("outside"),
+        before,
+        "nothing outside the spool changed"
+    );
+    assert!(
+        env.listing()
+            .iter()
+            .any(|p| p.starts_with("failed/") && p.ends_with("hardlink.msgpack.reason.json"))
+    );
+}
+
+#[test]
+fn secrets_appear_nowhere_but_the_authorization_header() {
+    const PW: &str = "Pg-Secr3t-7731";
+    const TOKEN: &str = "Gate-Secr3t-7731";
+    const SECRET: &str = "whsec_U2VjcmV0LVNpZ25pbmctNzczMQ==";
+    const ALERT: &str = "Alert-Secr3t-7731";
+    const EMBED: &str = "Embed-Secr3t-7731";
+    const REDIS: &str = "Redis-Secr3t-7731";
+    let secrets = [
+        PW,
+        TOKEN,
+        SECRET,
+        "U2VjcmV0LVNpZ25pbmctNzczMQ",
+        ALERT,
+        EMBED,
+        REDIS,
+    ];
+    let gate = HttpServer::start(|_, i| Response::status(if i == 3 { 400 } else { 200 }));
+    let alerts = HttpServer::start(|_, _| Response::status(200));
+    let embed = HttpServer::start(|req, _| {
+        let n = req.json()["input"].as_array().map_or(0, Vec::len);
+        let data: Vec<_> = (0..n)
+            .map(|i| serde_json::json!({"index": i, "embedding": [0.0, 1.0]}))
+            .collect();
+        Response::json(200, &serde_json::json!({"data": data}))
+    });
+    let redis = OwnRedis::start(&["--requirepass", REDIS], false, |_| {});
+    let mut env = TestEnv::new().with_db();
+    let url = env
+        .db_url()
+        .replacen("postgres@", &format!("postgres:{PW}@"), 1);
+    env.set("DATABASE_URL", url);
+    env.set("GATE_URL", gate.url.clone());
+    env.set("GATE_TOKEN", TOKEN);
+    env.set("GATE_SECRET", SECRET);
+    env.set("ALERT_URL", alerts.url.clone());
+    env.set("ALERT_TOKEN", ALERT);
+    env.set("EMBED_BASE_URL", embed.url.clone());
+    env.set("EMBED_MODEL", "m");
+    env.set("EMBED_API_KEY", EMBED);
+    env.set("REDIS_HOST", "127.0.0.1");
+    env.set("REDIS_PORT", redis.port.to_string());
+    env.set("REDIS_PASSWORD", REDIS);
+    env.set(
+        "METRICS_FILE",
+        env.dir.path().join("metrics.prom").display().to_string(),
+    );
+    let tag = "20260101T000000Z-0a1b2c3d";
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["--help"],
+        vec!["init"],
+        vec!["migrate"],
+        vec![
+            "gen",
+            "--files",
+            "2",
+            "--records",
+            "3",
+            "--dim",
+            "0",
+            "--days",
+            "3",
+            "--bad",
+            "2",
+        ],
+        vec!["process"],
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["check"],
+        vec!["check", "--json"],
+        vec!["notify", "gate.open", "--batch-tag", tag],
+        vec!["notify", "--check-templates"],
+        vec!["maintain"],
+        vec!["cache", "probe"],
+        vec!["cache", "set", "ns", "k", "1"],
+        vec!["cache", "get", "ns", "k"],
+        vec!["cache", "stats"],
+        vec!["requeue", "--all"],
+        vec!["-v", "process"],
+    ];
+    let mut seen = String::new();
+    for args in &runs {
+        let out = env.run(args).output();
+        seen.push_str(&out.stdout);
+        seen.push_str(&out.stderr);
+    }
+    // A wrong password must not echo either.
+    let wrong = env
+        .run(&["cache", "probe"])
+        .env("REDIS_PASSWORD", "Wrong-Secr3t-7731")
+        .output();
+    assert!(!format!("{}{}", wrong.stdout, wrong.stderr).contains("Wrong-Secr3t-7731"));
+    for entry in walk(env.dir.path()) {
+        seen.push_str(&String::from_utf8_lossy(
+            &std::fs::read(&entry).unwrap_or_default(),
+        ));
+    }
+    for server in [&gate, &alerts, &embed] {
+        for r in server.requests() {
+            seen.push_str(&String::from_utf8_lossy(&r.body));
+            for (name, value) in &r.headers {
+                if name != "authorization" {
+                    seen.push_str(value);
+                }
+            }
+        }
+    }
+    let mut db = crate::support::pg(&env.db_url().replacen(&format!(":{PW}"), "", 1));
+    for row in db
+        .query("SELECT row_to_json(m)::text FROM ragspool_manifest m", &[])
+        .expect("manifest")
+    {
+        seen.push_str(&row.get::<_, String>(0));
+    }
+    for row in db
+        .query(
+            "SELECT row_to_json(r)::text FROM ragspool_maintenance_runs r",
+            &[],
+        )
+        .expect("runs")
+    {
+        seen.push_str(&row.get::<_, String>(0));
+    }
+    for s in secrets {
+        assert!(!seen.contains(s), "secret {s} leaked");
+    }
+    assert!(
+        gate.requests()
+            .iter()
+            .any(|r| r.header("authorization") == Some(&format!("Bearer {TOKEN}")))
+    );
+    assert!(
+        seen.len() > 10_000,
+        "the check read too little to mean anything"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => out.extend(walk(&p)),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn soak_under_a_steady_producer_with_faults() {
+    let secs: u64 = std::env::var("RAGSPOOL_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    let own = OwnPg::start();
+    let gate = HttpServer::start(|_, i| {
+        Response::status(if (i as u64).wrapping_mul(2_654_435_761) % 100 < 10 {
+            503
+        } else {
+            200
+        })
+    });
+    let mut env = TestEnv::new();
+    env.set("DATABASE_URL", own.create_db("soak"));
+    env.set("GATE_URL", gate.url.clone());
+    env.set("RETRY_MAX_SECS", "20");
+    env.set("BATCH_MAX_AGE_SECS", "1");
+    env.ready();
+    let mut child = env.run(&["watch"]).spawn();
+    let pid = child.id();
+    let started = Instant::now();
+    let (mut good, mut bad, mut round) = (0u64, 0u64, 0u64);
+    let mut rss_early = 0.0;
+    let mut restarted = false;
+    while started.elapsed() < Duration::from_secs(secs) {
+        round += 1;
+        // 5 files every 100 ms is 50 files/s; every tenth round one of them is broken.
+        let bad_now = u64::from(round % 10 == 0);
+        let files = 5 - bad_now;
+        let seed = (10_000 + round).to_string();
+        let args = [
+            "gen",
+            "--files",
+            &files.to_string(),
+            "--records",
+            "2",
+            "--dim",
+            "8",
+            "--days",
+            "1",
+            "--seed",
+            &seed,
+            "--bad",
+            &bad_now.to_string(),
+        ];
+        env.run(&args).output().code(0);
+        good += files;
+        bad += bad_now;
+        if !restarted && started.elapsed() > Duration::from_secs(secs / 2) {
+            own.stop();
+            std::thread::sleep(Duration::from_millis(500));
+            own.restart();
+            restarted = true;
+        }
+        if rss_early == 0.0 && started.elapsed() > Duration::from_secs(secs / 4) {
+            rss_early = rss_mib(pid);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while (env.count_files("incoming", ".msgpack") > 0
+        || env.count_files("processing", ".msgpack") > 0)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rss_late = rss_mib(pid);
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let (status, _, stderr) = wait_with_deadline(&mut child, Duration::from_secs(60));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+    assert_eq!(
+        count(&env.db_url(), "SELECT count(*) FROM rag_chunks") as u64,
+        good * 2
+    );
+    assert_eq!(env.count_files("archive", ".msgpack") as u64, good);
+    assert_eq!(env.count_files("failed", ".msgpack") as u64, bad);
+    assert_eq!(env.count_files("failed", ".reason.json") as u64, bad);
+    assert!(
+        rss_late - rss_early < 16.0,
+        "RSS grew from {rss_early:.1} to {rss_late:.1} MiB"
+    );
+    let tags: BTreeSet<String> = gate
+        .requests()
+        .iter()
+        .map(Request::json)
+        .filter_map(|v| v["batch_tag"].as_str().map(String::from))
+        .collect();
+    assert!(!tags.is_empty());
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| {
+            v.split_whitespace()
+                .next()
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
