@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug/ragspool
 
-.PHONY: all build release deps tools test lint man man-lint man-gz readme demo bench deb rpm clean
+.PHONY: all build release deps tools test fuzz lint man man-lint man-gz readme demo bench deb rpm clean
 
 all: build
 
@@ -17,6 +17,18 @@ release: deps
 
 test: deps
 	$(CARGO) test --all-targets --no-fail-fast
+	$(MAKE) fuzz
+
+# Each fuzz target for FUZZ_SECS on the committed seed corpus (new finds go under
+# target/). cargo-fuzz needs nightly compiler flags; the one toolchain is stable,
+# so this build alone runs with RUSTC_BOOTSTRAP=1.
+FUZZ_SECS ?= 30
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	@for t in record envfile; do \
+		mkdir -p target/fuzz-corpus/$$t; \
+		(cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t ../target/fuzz-corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECS)) || exit 1; \
+	done
 
 lint: deps man-lint
 	$(CARGO) fmt --all -- --check
