@@ -30,8 +30,11 @@ impl CopyEncoder {
     }
 
     /// Appends one row; `created_at` is the record's or the ingest time (µs since the Unix epoch).
-    pub(crate) fn row(&mut self, r: &Record, created_at: i64, batch_tag: &str) {
+    pub(crate) fn row(&mut self, r: &Record<'_>, created_at: i64, batch_tag: &str) {
         let b = &mut self.buf;
+        let embedding = r.embedding.as_ref().map_or(0, |e| 24 + e.len() * 8);
+        let metadata = r.metadata.as_ref().map_or(0, String::len);
+        b.reserve(96 + r.doc_id.len() + r.content.len() + embedding + metadata + batch_tag.len());
         b.extend_from_slice(&8i16.to_be_bytes());
         field(b, r.doc_id.as_bytes());
         b.extend_from_slice(&4i32.to_be_bytes());
@@ -104,8 +107,9 @@ fn float4_array(b: &mut Vec<u8>, values: &[f32]) {
     b.extend_from_slice(&FLOAT4_OID.to_be_bytes());
     b.extend_from_slice(&(values.len() as i32).to_be_bytes());
     b.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+    // Each element is its length (4) and its big-endian bits: 8 bytes at a time.
     for v in values {
-        b.extend_from_slice(&4i32.to_be_bytes());
-        b.extend_from_slice(&v.to_bits().to_be_bytes());
+        let bits = v.to_bits().to_be_bytes();
+        b.extend_from_slice(&[0, 0, 0, 4, bits[0], bits[1], bits[2], bits[3]]);
     }
 }

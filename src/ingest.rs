@@ -284,7 +284,7 @@ impl Ingest {
         );
         let mut writer = tx.copy_in(&stmt).map_err(CopyFail::Db)?;
         let mut enc = CopyEncoder::new();
-        let mut pending: Vec<Record> = Vec::new();
+        let mut pending: Vec<Record<'_>> = Vec::new();
         for record in Decoder::new(bytes, self.embed_dim) {
             let record = record.map_err(|e| CopyFail::Bad(e.into()))?;
             if record.embedding.is_none() && self.embedder.is_some() {
@@ -313,7 +313,7 @@ impl Ingest {
 
     fn embed_into(
         &self,
-        pending: &mut Vec<Record>,
+        pending: &mut Vec<Record<'_>>,
         enc: &mut CopyEncoder,
         tag: &BatchTag,
         ingest_time: i64,
@@ -324,7 +324,7 @@ impl Ingest {
         if pending.is_empty() {
             return Ok(());
         }
-        let texts: Vec<&str> = pending.iter().map(|r| r.content.as_str()).collect();
+        let texts: Vec<&str> = pending.iter().map(|r| r.content).collect();
         let vectors = embedder.embed(&texts).map_err(|e| match e {
             EmbedError::Rejected(m) => CopyFail::Bad(BadFile::new(Reason::Failed, m)),
             EmbedError::Unavailable(e) => CopyFail::Temp(e),

@@ -17,19 +17,19 @@ const MAX_MICROS: i64 = 253_402_300_799_999_999;
 
 /// One validated record, ready for COPY.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Record {
-    /// Document id, 1..=1024 bytes.
-    pub(crate) doc_id: String,
+pub(crate) struct Record<'a> {
+    /// Document id, 1..=1024 bytes (borrowed from the file buffer: no copy).
+    pub(crate) doc_id: &'a str,
     /// Chunk index, below 2^31.
     pub(crate) chunk_index: i32,
-    /// Chunk text.
-    pub(crate) content: String,
+    /// Chunk text (borrowed from the file buffer).
+    pub(crate) content: &'a str,
     /// Embedding, if the record carried one.
     pub(crate) embedding: Option<Vec<f32>>,
     /// Metadata as JSON text.
     pub(crate) metadata: Option<String>,
-    /// Source, if given.
-    pub(crate) source: Option<String>,
+    /// Source, if given (borrowed from the file buffer).
+    pub(crate) source: Option<&'a str>,
     /// created_at in microseconds since the Unix epoch, if given.
     pub(crate) created_at: Option<i64>,
 }
@@ -221,7 +221,7 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    fn record(&mut self) -> Step<Record> {
+    fn record(&mut self) -> Step<Record<'a>> {
         let start = self.pos;
         let fields = match self.head()? {
             Head::Map(n) => n,
@@ -236,9 +236,9 @@ impl<'a> Decoder<'a> {
         let mut chunk_index = None;
         let mut content = None;
         let mut rec = Record {
-            doc_id: String::new(),
+            doc_id: "",
             chunk_index: 0,
-            content: String::new(),
+            content: "",
             embedding: None,
             metadata: None,
             source: None,
@@ -298,10 +298,10 @@ impl<'a> Decoder<'a> {
         Ok(text)
     }
 
-    fn text(&mut self, field: &str) -> Step<String> {
+    fn text(&mut self, field: &str) -> Step<&'a str> {
         let at = self.pos;
         match self.head()? {
-            Head::Str(b) => Ok(self.utf8(b, at, field)?.to_owned()),
+            Head::Str(b) => self.utf8(b, at, field),
             other => fault(
                 at,
                 format!("{field} must be a string, found {}", other.kind()),
@@ -309,7 +309,7 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    fn optional_text(&mut self, field: &str) -> Step<Option<String>> {
+    fn optional_text(&mut self, field: &str) -> Step<Option<&'a str>> {
         if self.peek_nil() {
             return Ok(None);
         }
@@ -534,14 +534,14 @@ impl<'a> Decoder<'a> {
     }
 }
 
-impl Iterator for Decoder<'_> {
-    type Item = Result<Record, RecordError>;
+impl<'a> Iterator for Decoder<'a> {
+    type Item = Result<Record<'a>, RecordError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
             return None;
         }
-        let step = (|| -> Step<Option<Record>> {
+        let step = (|| -> Step<Option<Record<'a>>> {
             while self.array_left == 0 {
                 if self.pos == self.buf.len() {
                     return Ok(None);

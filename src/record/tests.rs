@@ -77,8 +77,34 @@ fn rec(extra: Vec<(V, V)>) -> V {
     V::M(pairs)
 }
 
-fn decode(buf: &[u8]) -> Result<Vec<Record>, RecordError> {
-    Decoder::new(buf, None).collect()
+/// A record that owns its text, so tests can keep decoded records past their buffer.
+#[derive(Debug, Clone, PartialEq)]
+struct Owned {
+    doc_id: String,
+    chunk_index: i32,
+    content: String,
+    embedding: Option<Vec<f32>>,
+    metadata: Option<String>,
+    source: Option<String>,
+    created_at: Option<i64>,
+}
+
+impl From<Record<'_>> for Owned {
+    fn from(r: Record<'_>) -> Owned {
+        Owned {
+            doc_id: r.doc_id.to_string(),
+            chunk_index: r.chunk_index,
+            content: r.content.to_string(),
+            embedding: r.embedding,
+            metadata: r.metadata,
+            source: r.source.map(str::to_string),
+            created_at: r.created_at,
+        }
+    }
+}
+
+fn decode(buf: &[u8]) -> Result<Vec<Owned>, RecordError> {
+    Decoder::new(buf, None).map(|r| r.map(Owned::from)).collect()
 }
 
 fn error_of(buf: &[u8]) -> RecordError {
@@ -353,7 +379,7 @@ fn every_truncation_of_a_good_file_fails_cleanly() {
     }
 }
 
-fn arb_record() -> impl Strategy<Value = Record> {
+fn arb_record() -> impl Strategy<Value = Owned> {
     (
         "[a-zA-Z0-9é✓ -]{1,40}",
         0..i32::MAX,
@@ -363,7 +389,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
         proptest::option::of(0i64..4_000_000_000),
     )
         .prop_map(
-            |(doc_id, chunk_index, content, embedding, source, secs)| Record {
+            |(doc_id, chunk_index, content, embedding, source, secs)| Owned {
                 doc_id,
                 chunk_index,
                 content: content.replace('\0', ""),
@@ -375,7 +401,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
         )
 }
 
-fn encode(r: &Record) -> V {
+fn encode(r: &Owned) -> V {
     let mut pairs = vec![
         (s("doc_id"), s(&r.doc_id)),
         (s("chunk_index"), V::U(r.chunk_index as u64)),
