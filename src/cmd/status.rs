@@ -68,6 +68,10 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         )),
         None => out.push_str("last maintenance: none recorded\n"),
     }
+    // Default-partition and short-window warnings travel in the run's detail.
+    if let Some(detail) = last_maintenance.as_ref().and_then(|m| m.detail.as_deref()) {
+        out.push_str(&format!("  detail: {detail}\n"));
+    }
     match &batches {
         Ok(list) if list.is_empty() => out.push_str("recent batches: none\n"),
         Ok(list) => {
