@@ -15,12 +15,7 @@ pub(crate) fn create(path: &Path) -> Result<()> {
         crate::spool::make_dir(dir)?;
     }
     check(path)?;
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    crate::spool::open_append(path, MODE)
         .with_context(|| format!("cannot open failure log `{}` (FAILURE_LOG)", path.display()))?;
     Ok(())
 }

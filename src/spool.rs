@@ -135,6 +135,16 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot fsync directory `{}`", dir.display()))
 }
 
+/// Opens `path` for appending, creating it with `mode`, never through a symlink.
+pub(crate) fn open_append(path: &Path, mode: u32) -> std::io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// Creates `dir` (and missing parents) with the spool mode; true when it was created.
 pub(crate) fn make_dir(dir: &Path) -> Result<bool> {
     if fs::symlink_metadata(dir).is_ok() {

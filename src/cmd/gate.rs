@@ -5,7 +5,6 @@ use crate::config::Config;
 use crate::error::{Context, Error, Outcome, Result};
 use crate::gate_server::{Gate, Policy};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 
 pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     match args.positionals.first().map(String::as_str) {
@@ -40,12 +39,7 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     }
     let events: Box<dyn Write> = match args.value("events") {
         Some(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o640)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(path)
+            crate::spool::open_append(std::path::Path::new(path), 0o640)
                 .with_context(|| format!("cannot open `--events {path}`"))?,
         ),
         None => Box::new(std::io::stdout()),

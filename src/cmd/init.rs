@@ -69,14 +69,8 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
 
 /// Creates RAG_LOG_FILE (mode 0640) when missing; true when it was created.
 fn create_log_file(path: &Path) -> Result<bool> {
-    use std::os::unix::fs::OpenOptionsExt;
     let existed = std::fs::symlink_metadata(path).is_ok();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    spool::open_append(path, 0o640)
         .with_context(|| format!("cannot create log file `{}` (RAG_LOG_FILE)", path.display()))?;
     Ok(!existed)
 }

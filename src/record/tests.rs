@@ -104,7 +104,9 @@ impl From<Record<'_>> for Owned {
 }
 
 fn decode(buf: &[u8]) -> Result<Vec<Owned>, RecordError> {
-    Decoder::new(buf, None).map(|r| r.map(Owned::from)).collect()
+    Decoder::new(buf, None)
+        .map(|r| r.map(Owned::from))
+        .collect()
 }
 
 fn error_of(buf: &[u8]) -> RecordError {

@@ -540,10 +540,7 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
 #[test]
 fn an_outage_exits_75_then_a_rerun_ingests_exactly_once() {
     let own = OwnPg::start();
-    let mut env = TestEnv::new();
-    env.set("DATABASE_URL", own.create_db("outage"));
-    env.set("RETRY_MAX_SECS", "2");
-    env.ready();
+    let env = TestEnv::on_own_pg(&own, "outage", 2);
     env.run(&["gen", "--files", "30", "--records", "200", "--days", "1"])
         .output()
         .code(0);
@@ -579,10 +576,7 @@ fn an_outage_exits_75_then_a_rerun_ingests_exactly_once() {
 #[test]
 fn database_down_from_the_start_exits_75() {
     let own = OwnPg::start();
-    let mut env = TestEnv::new();
-    env.set("DATABASE_URL", own.create_db("down"));
-    env.set("RETRY_MAX_SECS", "1");
-    env.ready();
+    let env = TestEnv::on_own_pg(&own, "down", 1);
     env.run(&["gen", "--files", "2", "--records", "5"])
         .output()
         .code(0);

@@ -45,10 +45,7 @@ fn process_until_clean(env: &TestEnv) {
 #[test]
 fn postgres_restarted_mid_copy_and_mid_commit_loses_and_duplicates_nothing() {
     let own = OwnPg::start();
-    let mut env = TestEnv::new();
-    env.set("DATABASE_URL", own.create_db("restarts"));
-    env.set("RETRY_MAX_SECS", "20");
-    env.ready();
+    let env = TestEnv::on_own_pg(&own, "restarts", 20);
     env.run(&["gen", "--files", "30", "--records", "300", "--days", "1"])
         .output()
         .code(0);

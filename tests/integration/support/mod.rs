@@ -375,6 +375,16 @@ pub fn count(url: &str, sql: &str) -> i64 {
 }
 
 impl TestEnv {
+    /// A spool whose DATABASE_URL is database `db` on `own`, retrying for `retry_secs`; migrated.
+    #[track_caller]
+    pub fn on_own_pg(own: &servers::OwnPg, db: &str, retry_secs: u32) -> TestEnv {
+        let mut env = TestEnv::new();
+        env.set("DATABASE_URL", own.create_db(db));
+        env.set("RETRY_MAX_SECS", retry_secs.to_string());
+        env.ready();
+        env
+    }
+
     /// The test database's URL.
     pub fn db_url(&self) -> String {
         self.vars.get("DATABASE_URL").cloned().unwrap_or_default()
