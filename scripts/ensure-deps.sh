@@ -10,6 +10,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v groff >/dev/null || need+=(groff-base)
 command -v python3 >/dev/null || need+=(python3)
+command -v openssl >/dev/null || need+=(openssl)
+command -v g++ >/dev/null || need+=(g++)
+command -v psql >/dev/null || need+=(postgresql-client)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "ensure-deps: missing ${need[*]}; install with: sudo apt-get install ${need[*]}" >&2
