@@ -73,7 +73,8 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.work = ROOT / "target" / "bench" / "work"
-        self.bin = str(ROOT / "target" / "release" / "ragspool")
+        # RAGSPOOL_BENCH_BIN compares another build (say, the previous commit's) in the same harness.
+        self.bin = os.environ.get("RAGSPOOL_BENCH_BIN") or str(ROOT / "target" / "release" / "ragspool")
         self.results = []
 
     def psql(self, sql, capture=False):
@@ -83,7 +84,11 @@ class Bench:
     def setup(self):
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
-        out = sh(["bash", str(ROOT / "scripts/servers.sh"), "start", str(self.work / "servers"), "pg"], capture=True)
+        # Checkpoints landing in one measurement and not another made the spread
+        # larger than the differences; a large WAL keeps them out of every run alike.
+        penv = dict(os.environ, PG_EXTRA_OPTS="-c max_wal_size=16GB -c checkpoint_timeout=1h")
+        out = subprocess.run(["bash", str(ROOT / "scripts/servers.sh"), "start", str(self.work / "servers"), "pg"],
+                             env=penv, check=True, text=True, stdout=subprocess.PIPE).stdout
         vals = dict(line.split("=", 1) for line in out.split())
         self.port, pg_bin = vals["PG_PORT"], vals["PG_BIN"]
         sh([f"{pg_bin}/createdb", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", "bench"])

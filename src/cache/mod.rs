@@ -273,6 +273,21 @@ impl Cache {
         Ok(value)
     }
 
+    /// GETs `key` (counting a hit or a miss) and decodes it with `decode`.
+    fn get_decoded(
+        &mut self,
+        key: &str,
+        format: &str,
+        decode: impl FnOnce(&[u8]) -> Result<serde_json::Value, String>,
+    ) -> Result<Option<serde_json::Value>, CacheError> {
+        match self.get_raw(key)? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes)
+                .map(Some)
+                .map_err(|e| CacheError::Invalid(format!("cached value is not {format}: {e}"))),
+        }
+    }
+
     /// Stores `value` as JSON under `rag:<ns>:<key>`.
     pub fn set_json_namespace(
         &mut self,
@@ -290,12 +305,9 @@ impl Cache {
         ns: &str,
         key: &str,
     ) -> Result<Option<serde_json::Value>, CacheError> {
-        match self.get_raw(&json_key(ns, key))? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| CacheError::Invalid(format!("cached value is not JSON: {e}"))),
-        }
+        self.get_decoded(&json_key(ns, key), "JSON", |b| {
+            serde_json::from_slice(b).map_err(|e| e.to_string())
+        })
     }
 
     /// Stores `value` as MessagePack under `rag:<ns>:m:<md5(ns+key)>`.
@@ -317,12 +329,9 @@ impl Cache {
         ns: &str,
         key: &str,
     ) -> Result<Option<serde_json::Value>, CacheError> {
-        match self.get_raw(&msgpack_key(ns, key))? {
-            None => Ok(None),
-            Some(bytes) => rmp_serde::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| CacheError::Invalid(format!("cached value is not MessagePack: {e}"))),
-        }
+        self.get_decoded(&msgpack_key(ns, key), "MessagePack", |b| {
+            rmp_serde::from_slice(b).map_err(|e| e.to_string())
+        })
     }
 
     /// Deletes a key; true when it existed.

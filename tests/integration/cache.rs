@@ -230,9 +230,7 @@ fn a_subscriber_gets_the_build_update_after_process() {
         let _ = reader.read_line(&mut l);
         lines.push(l);
     }
-    env.run(&["gen", "--files", "2", "--records", "3", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(2, 3, 0);
     let mut child = env.run(&["process"]).spawn();
     let (status, _, err) = wait_with_deadline(&mut child, Duration::from_secs(60));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
@@ -288,9 +286,7 @@ fn a_redis_outage_never_fails_ingest() {
             .to_string(),
     );
     env.ready();
-    env.run(&["gen", "--files", "1", "--records", "3", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(1, 3, 0);
     env.run(&["process"])
         .output()
         .code(0)

@@ -60,19 +60,7 @@ fn events(server: &HttpServer) -> Vec<serde_json::Value> {
 fn gate_open_then_done_with_exact_fields_headers_and_signature() {
     let gate = HttpServer::start(|_, _| Response::status(204));
     let env = gate_env(&gate);
-    env.run(&[
-        "gen",
-        "--files",
-        "2",
-        "--records",
-        "10",
-        "--days",
-        "1",
-        "--bad",
-        "1",
-    ])
-    .output()
-    .code(0);
+    env.generate(2, 10, 1);
     env.run(&["process"]).output().code(1);
     let reqs = gate.requests();
     assert_eq!(reqs.len(), 2, "{:?}", events(&gate));
@@ -152,9 +140,7 @@ fn gate_open_then_done_with_exact_fields_headers_and_signature() {
 fn a_503_is_retried_with_the_same_webhook_id() {
     let gate = HttpServer::start(|_, i| Response::status(if i == 0 { 503 } else { 200 }));
     let env = gate_env(&gate);
-    env.run(&["gen", "--files", "1", "--records", "5", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(1, 5, 0);
     env.run(&["process"]).output().code(0);
     let reqs = gate.requests();
     assert_eq!(reqs.len(), 3);
@@ -178,9 +164,7 @@ fn retry_after_is_honoured_on_429() {
     });
     let mut env = gate_env(&gate);
     env.set("RETRY_MAX_SECS", "10");
-    env.run(&["gen", "--files", "1", "--records", "5", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(1, 5, 0);
     let started = Instant::now();
     env.run(&["process"]).output().code(0);
     assert!(
@@ -196,9 +180,7 @@ fn a_gate_that_is_down_keeps_events_for_the_next_run_in_order() {
     let (gate, up) = switchable_gate(503);
     let mut env = gate_env(&gate);
     env.set("RETRY_MAX_SECS", "1");
-    env.run(&["gen", "--files", "4", "--records", "5", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(4, 5, 0);
     env.run(&["process"])
         .env("BATCH_MAX_FILES", "2")
         .output()
@@ -248,9 +230,7 @@ fn a_400_goes_to_dead_letters_with_failure_log_and_alert() {
     let mut env = gate_env(&gate);
     env.set("ALERT_URL", format!("{}/alerts", alerts.url));
     env.set("ALERT_TOKEN", "alert-Tok3n");
-    env.run(&["gen", "--files", "1", "--records", "5", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(1, 5, 0);
     env.run(&["process"]).output().code(0);
     let dead = env.spool_dir("outbox").join("dead");
     assert_eq!(std::fs::read_dir(&dead).map(|d| d.count()).unwrap_or(0), 2);
@@ -352,9 +332,7 @@ fn gate_recovery_sends_one_recovered_alert() {
     let mut env = gate_env(&gate);
     env.set("ALERT_URL", format!("{}/alerts", alerts.url));
     env.set("RETRY_MAX_SECS", "1");
-    env.run(&["gen", "--files", "1", "--records", "5", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(1, 5, 0);
     env.run(&["process"]).output().code(75);
     env.run(&["process"]).output().code(75);
     up.store(true, Ordering::SeqCst);
@@ -556,9 +534,7 @@ fn process_delivers_to_the_reference_gate_end_to_end() {
     env.set("GATE_URL", url);
     env.set("GATE_TOKEN", TOKEN);
     env.set("GATE_SECRET", SECRET);
-    env.run(&["gen", "--files", "3", "--records", "5", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(3, 5, 0);
     env.run(&["process"]).output().code(0);
     let _ = child.kill();
     let _ = wait_with_deadline(&mut child, Duration::from_secs(5));
@@ -583,19 +559,7 @@ fn started_as_root_with_user_the_failure_log_stays_root_only() {
     let log = env.dir.path().join("logs/rag_failures.jsonl");
     env.set("RAGSPOOL_USER", "nobody");
     env.run(&["migrate"]).output().code(0);
-    env.run(&[
-        "gen",
-        "--files",
-        "1",
-        "--records",
-        "5",
-        "--days",
-        "1",
-        "--bad",
-        "1",
-    ])
-    .output()
-    .code(0);
+    env.generate(1, 5, 1);
     env.run(&["process"]).output().code(1);
     let meta = std::fs::metadata(&log).expect("failure log");
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600));

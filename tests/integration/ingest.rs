@@ -404,9 +404,7 @@ fn schema_qualified_table_works() {
     let mut env = TestEnv::new().with_db();
     env.set("RAGSPOOL_TABLE", "rag.chunks");
     env.ready();
-    env.run(&["gen", "--files", "1", "--records", "10", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(1, 10, 0);
     env.run(&["process"]).output().code(0);
     assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag.chunks"), 10);
     assert_eq!(
@@ -481,9 +479,7 @@ fn embeddings_are_fetched_for_records_without_one() {
 fn two_processes_on_one_spool_duplicate_nothing() {
     let env = TestEnv::new().with_db();
     env.ready();
-    env.run(&["gen", "--files", "30", "--records", "20", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(30, 20, 0);
     let a = env.run(&["process"]).env("BATCH_MAX_FILES", "3").spawn();
     let b = env.run(&["process"]).env("BATCH_MAX_FILES", "3").spawn();
     for mut child in [a, b] {
@@ -506,9 +502,7 @@ fn two_processes_on_one_spool_duplicate_nothing() {
 fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     let env = TestEnv::new().with_db();
     env.ready();
-    env.run(&["gen", "--files", "40", "--records", "50", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(40, 50, 0);
     let mut seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -541,9 +535,7 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
 fn an_outage_exits_75_then_a_rerun_ingests_exactly_once() {
     let own = OwnPg::start();
     let env = TestEnv::on_own_pg(&own, "outage", 2);
-    env.run(&["gen", "--files", "30", "--records", "200", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(30, 200, 0);
     let mut child = env
         .run(&["process"])
         .env("BATCH_MAX_FILES", "5")

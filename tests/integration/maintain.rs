@@ -254,9 +254,7 @@ fn pg_partman_maintenance_is_run_and_counted() {
         .code(0)
         .stdout_has("created 0");
     // Ingest into the pg_partman-managed table.
-    env.run(&["gen", "--files", "1", "--records", "5", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(1, 5, 0);
     env.run(&["process"]).output().code(0);
     assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 5);
 }

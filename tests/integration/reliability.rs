@@ -46,9 +46,7 @@ fn process_until_clean(env: &TestEnv) {
 fn postgres_restarted_mid_copy_and_mid_commit_loses_and_duplicates_nothing() {
     let own = OwnPg::start();
     let env = TestEnv::on_own_pg(&own, "restarts", 20);
-    env.run(&["gen", "--files", "30", "--records", "300", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(30, 300, 0);
     let mut child = env.run(&["process"]).env("BATCH_MAX_FILES", "5").spawn();
     let mut s = seed();
     for _ in 0..3 {
@@ -105,9 +103,7 @@ fn a_flapping_gate_gets_every_event_once_per_id_and_in_order() {
     env.set("RETRY_MAX_SECS", "30");
     env.set("BATCH_MAX_FILES", "1");
     env.ready();
-    env.run(&["gen", "--files", "100", "--records", "2", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(100, 2, 0);
     process_until_clean(&env);
     let accepted = accepted.lock().map(|a| a.clone()).unwrap_or_default();
     let mut by_id: BTreeMap<String, (String, String)> = BTreeMap::new();
@@ -153,19 +149,7 @@ fn a_full_disk_loses_nothing_and_says_so() {
     let _guard = Unmount(spool.clone());
     env.set("SPOOL_DIR", spool.display().to_string());
     env.ready();
-    env.run(&[
-        "gen",
-        "--files",
-        "3",
-        "--records",
-        "20",
-        "--days",
-        "1",
-        "--bad",
-        "2",
-    ])
-    .output()
-    .code(0);
+    env.generate(3, 20, 2);
     // Fill what is left, so writing a reason file or an event fails.
     let _ = Command::new("dd")
         .args(["if=/dev/zero", "bs=64k", "count=200"])
@@ -203,9 +187,7 @@ fn permission_denied_on_archive_keeps_files_and_rerun_is_exact() {
         .code(0);
     env.set("RAGSPOOL_USER", "nobody");
     env.run(&["migrate"]).output().code(0);
-    env.run(&["gen", "--files", "4", "--records", "5", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(4, 5, 0);
     let archive = env.spool_dir("archive");
     let _ = std::os::unix::fs::chown(&archive, Some(0), Some(0));
     let out = env.run(&["process"]).output().code(75);

@@ -88,9 +88,7 @@ fn a_batch_runs_by_count_by_age_and_by_bytes() {
         &gate,
         &[("BATCH_MAX_FILES", "5"), ("BATCH_MAX_AGE_SECS", "3600")],
     );
-    env.run(&["gen", "--files", "5", "--records", "2", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(5, 2, 0);
     wait_for(20, "a batch by count", || gate_dones(&gate).len() == 1);
     assert_eq!(gate_dones(&gate)[0]["files_ok"], 5);
     env.run(&[
@@ -122,9 +120,7 @@ fn a_batch_runs_by_count_by_age_and_by_bytes() {
         &[("BATCH_MAX_FILES", "1000"), ("BATCH_MAX_AGE_SECS", "2")],
     );
     let started = Instant::now();
-    env.run(&["gen", "--files", "2", "--records", "2", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(2, 2, 0);
     wait_for(20, "a batch by age", || gate_dones(&gate).len() == 1);
     assert!(
         started.elapsed() >= Duration::from_millis(1500),
@@ -142,9 +138,7 @@ fn a_batch_runs_by_count_by_age_and_by_bytes() {
         ("BATCH_MAX_BYTES", "20000"),
     ];
     let child = watched(&mut env, &gate, &vars);
-    env.run(&["gen", "--files", "2", "--records", "10", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(2, 10, 0);
     wait_for(20, "a batch by bytes", || !gate_dones(&gate).is_empty());
     stop(child);
 }
@@ -185,9 +179,7 @@ fn sigterm_mid_batch_finishes_the_batch_and_exits_0() {
         &gate,
         &[("BATCH_MAX_FILES", "40"), ("WORKERS", "1")],
     );
-    env.run(&["gen", "--files", "40", "--records", "300", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(40, 300, 0);
     wait_for(20, "a batch in flight", || {
         !env.files_in("processing").is_empty()
     });
@@ -222,9 +214,7 @@ fn sighup_reopens_a_rotated_log() {
     std::fs::rename(&log, &rotated).expect("rotate");
     signal(&child, "HUP");
     std::thread::sleep(Duration::from_millis(300));
-    env.run(&["gen", "--files", "1", "--records", "2", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(1, 2, 0);
     wait_for(20, "a batch line in the new log", || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -345,9 +335,7 @@ fn symlinks_dotfiles_and_other_names_are_never_read() {
     std::os::unix::fs::symlink(&secret, incoming.join("link.msgpack")).expect("symlink");
     std::fs::write(incoming.join(".hidden.msgpack"), b"x").expect("write");
     std::fs::write(incoming.join("notes.txt"), b"x").expect("write");
-    env.run(&["gen", "--files", "1", "--records", "2", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(1, 2, 0);
     wait_for(20, "the good file", || {
         env.count_files("archive", ".msgpack") == 1
     });
@@ -411,9 +399,7 @@ fn exec_runs_the_command_with_the_settings_on_threshold() {
     );
     let child = env.run(&["watch", "--exec", &cmd]).spawn();
     wait_until_watching(&env, 1);
-    env.run(&["gen", "--files", "3", "--records", "2", "--days", "1"])
-        .output()
-        .code(0);
+    env.generate(3, 2, 0);
     wait_for(20, "the command to ingest", || {
         env.count_files("archive", ".msgpack") == 3
     });
@@ -430,19 +416,7 @@ fn exec_runs_the_command_with_the_settings_on_threshold() {
 fn requeue_moves_failed_files_back_and_status_shows_everything() {
     let env = TestEnv::new().with_db();
     env.ready();
-    env.run(&[
-        "gen",
-        "--files",
-        "1",
-        "--records",
-        "2",
-        "--days",
-        "1",
-        "--bad",
-        "2",
-    ])
-    .output()
-    .code(0);
+    env.generate(1, 2, 2);
     env.run(&["process"]).output().code(1);
     let tag = env
         .files_in("failed")

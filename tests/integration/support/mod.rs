@@ -390,6 +390,25 @@ impl TestEnv {
         self.vars.get("DATABASE_URL").cloned().unwrap_or_default()
     }
 
+    /// `ragspool gen` of `files` good files of `records` records (today's dates) and
+    /// `bad` broken files; must succeed.
+    #[track_caller]
+    pub fn generate(&self, files: u32, records: u32, bad: u32) {
+        let (files, records, bad) = (files.to_string(), records.to_string(), bad.to_string());
+        let args = [
+            "gen",
+            "--files",
+            &files,
+            "--records",
+            &records,
+            "--days",
+            "1",
+            "--bad",
+            &bad,
+        ];
+        self.run(&args).output().code(0);
+    }
+
     /// init + migrate.
     #[track_caller]
     pub fn ready(&self) {
