@@ -24,11 +24,6 @@ impl Backoff {
         }
     }
 
-    /// The attempts made so far.
-    pub(crate) fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
     /// The next delay, or `None` when the budget is spent. `hint` (a server's
     /// Retry-After) replaces the computed delay when it is longer.
     pub(crate) fn next_delay(&mut self, hint: Option<Duration>) -> Option<Duration> {

@@ -104,11 +104,6 @@ impl Db {
             }
         }
     }
-
-    /// The retry budget (RETRY_MAX_SECS).
-    pub(crate) fn retry_budget(&self) -> Duration {
-        self.retry_budget
-    }
 }
 
 /// Removes sslmode and sslrootcert from the URL (the driver knows neither

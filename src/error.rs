@@ -29,15 +29,6 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    /// The worse of two outcomes.
-    pub(crate) fn and(self, other: Outcome) -> Outcome {
-        if self == Outcome::InputFailed || other == Outcome::InputFailed {
-            Outcome::InputFailed
-        } else {
-            Outcome::Clean
-        }
-    }
-
     /// `InputFailed` when `failed` holds, else `Clean`.
     pub(crate) fn failed_if(failed: bool) -> Outcome {
         if failed {

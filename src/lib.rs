@@ -4,10 +4,6 @@
 //!
 //! The binary is the product; the library exists so `main.rs` stays a one-liner.
 
-// The foundation lands before the commands that use all of it (issue #3 wires
-// ingest through batch, record and config); until then some items are unused.
-#![allow(dead_code)]
-
 #[doc(hidden)]
 pub mod app;
 

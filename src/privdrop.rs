@@ -20,12 +20,6 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// The effective group id of this process.
-pub(crate) fn egid() -> u32 {
-    // SAFETY: getegid has no preconditions and cannot fail.
-    unsafe { libc::getegid() }
-}
-
 /// Resolves `USER[:GROUP]` (names or numbers) through the system's user database.
 pub(crate) fn resolve(spec: &str) -> Result<Owner> {
     let (user, group) = match spec.split_once(':') {

@@ -258,9 +258,10 @@ impl Runner {
         }
         drop(lock);
         log::info!(
-            "batch {}: files={} ok={} failed={} rows={} reason={} healed={} duration_ms={}",
+            "batch {}: files={} bytes={} ok={} failed={} rows={} reason={} healed={} duration_ms={}",
             report.tag,
             report.files,
+            report.bytes,
             report.files_ok,
             report.files_failed,
             report.rows,

@@ -19,7 +19,10 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         let settings: Vec<_> = config
             .shown
             .iter()
-            .map(|s| json!({"name": s.name, "value": s.value, "origin": s.origin.to_string()}))
+            .map(|s| {
+                json!({"name": s.name, "value": s.value, "origin": s.origin.to_string(),
+                       "default": s.default, "doc": s.doc})
+            })
             .collect();
         let checks: Vec<_> = findings
             .iter()

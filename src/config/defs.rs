@@ -384,11 +384,6 @@ pub(crate) static SETTINGS: &[Setting] = &[
     ),
 ];
 
-/// The setting named `name`.
-pub(crate) fn setting(name: &str) -> Option<&'static Setting> {
-    SETTINGS.iter().find(|s| s.name == name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,10 @@ pub(crate) struct Shown {
     pub(crate) value: Option<String>,
     /// Where it came from.
     pub(crate) origin: Origin,
+    /// The default as the docs give it.
+    pub(crate) default: &'static str,
+    /// What it does.
+    pub(crate) doc: &'static str,
 }
 
 /// Redis connection settings; present only when REDIS_HOST is set.
@@ -412,6 +416,8 @@ fn shown(raw: &Raw, workers: usize) -> Vec<Shown> {
                 name: s.name,
                 value: Some(display_value(s, v)),
                 origin: origin.clone(),
+                default: s.default_text(),
+                doc: s.doc,
             },
             None => Shown {
                 name: s.name,
@@ -420,6 +426,8 @@ fn shown(raw: &Raw, workers: usize) -> Vec<Shown> {
                     _ => None,
                 },
                 origin: Origin::Default,
+                default: s.default_text(),
+                doc: s.doc,
             },
         })
         .collect()
