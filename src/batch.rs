@@ -26,7 +26,7 @@ impl BatchTag {
                 "[year][month][day]T[hour][minute][second]Z"
             ))
             .unwrap_or_default();
-        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::digest::hex(&random);
         BatchTag(format!("{stamp}-{hex}"))
     }
 

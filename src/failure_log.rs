@@ -1,6 +1,7 @@
 //! The secure failure log (SPEC §6): created 0600, opened append-only with
 //! O_NOFOLLOW, never a symlink, never readable by group or others.
 
+use crate::digest::sha256_hex;
 use crate::error::{Context, Error, Result};
 use std::fs::OpenOptions;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -99,14 +100,6 @@ pub(crate) fn shared(path: &Path) -> Result<std::sync::Arc<FailureLog>> {
 pub(crate) struct FailureLog {
     path: std::path::PathBuf,
     state: std::sync::Mutex<(std::fs::File, String)>,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 impl FailureLog {

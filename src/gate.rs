@@ -54,12 +54,11 @@ impl Notifier {
             host.to_string(),
         )?;
         let dir = config.gate_template_dir.as_deref();
-        crate::template::check_all(dir)?;
         Ok(Notifier {
             outbox,
-            open: Template::load(Event::GateOpen, dir)?,
-            done: Template::load(Event::GateDone, dir)?,
-            alert: Template::load(Event::Alert, dir)?,
+            open: Template::load_checked(Event::GateOpen, dir)?,
+            done: Template::load_checked(Event::GateDone, dir)?,
+            alert: Template::load_checked(Event::Alert, dir)?,
             host: host.to_string(),
         })
     }

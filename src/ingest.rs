@@ -13,7 +13,6 @@ use crate::record::{Decoder, Record, RecordError};
 use crate::schema::Names;
 use crate::spool::{self, Claimed, Unreadable};
 use postgres::Client;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::io::Write;
 
@@ -110,14 +109,6 @@ enum CopyFail {
     Temp(Error),
 }
 
-/// Hex SHA-256 of `bytes`.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Microseconds since the Unix epoch, now.
 pub(crate) fn now_micros() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
@@ -147,7 +138,7 @@ impl Ingest {
                 return Ok((FileOutcome::Bad(bad), attempt));
             }
         };
-        let sha = sha256_hex(&bytes);
+        let sha = crate::digest::sha256_hex(&bytes);
         if let Some(outcome) = self.already_ingested(client, &key, &sha, bytes.len())? {
             return Ok((outcome, 1));
         }

@@ -325,8 +325,5 @@ impl Outbox {
 pub(crate) fn new_id() -> String {
     let mut b = [0u8; 12];
     let _ = getrandom::getrandom(&mut b);
-    format!(
-        "msg_{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    )
+    format!("msg_{}", crate::digest::hex(&b))
 }

@@ -182,17 +182,28 @@ pub(crate) fn sample_vars(event: Event, reason: Reason) -> Vars {
     v
 }
 
-/// Renders every template for every reason code; the first fault names file and placeholder.
-pub(crate) fn check_all(dir: Option<&Path>) -> Result<Vec<String>> {
-    let mut checked = Vec::new();
-    for event in Event::ALL {
-        let template = Template::load(event, dir)?;
-        for reason in Reason::ALL {
-            template.render(&sample_vars(event, reason))?;
-        }
-        checked.push(template.origin.clone());
+impl Template {
+    /// Renders for every reason code; the first fault names file and placeholder.
+    pub(crate) fn check(&self) -> Result<()> {
+        Reason::ALL
+            .into_iter()
+            .try_for_each(|reason| self.render(&sample_vars(self.event, reason)).map(|_| ()))
     }
-    Ok(checked)
+
+    /// Loads the template for `event` and checks it.
+    pub(crate) fn load_checked(event: Event, dir: Option<&Path>) -> Result<Template> {
+        let template = Template::load(event, dir)?;
+        template.check()?;
+        Ok(template)
+    }
+}
+
+/// Loads and checks every template; returns where each came from.
+pub(crate) fn check_all(dir: Option<&Path>) -> Result<Vec<String>> {
+    Event::ALL
+        .into_iter()
+        .map(|event| Template::load_checked(event, dir).map(|t| t.origin))
+        .collect()
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 
 pub mod resp;
 
+use crate::digest::hex;
 use md5::Md5;
 pub use resp::Reply;
 use resp::{Connection, Fault, Tls};
@@ -130,10 +131,6 @@ pub fn msgpack_key(ns: &str, key: &str) -> String {
     md5.update(ns.as_bytes());
     md5.update(key.as_bytes());
     format!("rag:{ns}:m:{}", hex(&md5.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What a health probe found.
