@@ -38,6 +38,33 @@ free_port() {
     || echo $(( 20000 + RANDOM % 20000 ))
 }
 
+# pgvector for the server's PostgreSQL when it lacks it. Debian bookworm ships no
+# binary package; the source package of a newer release builds against PostgreSQL 15
+# in seconds. A private apt configuration under target/ fetches it, so the system's
+# sources list is never touched.
+ensure_pgvector() {
+  local bin=$1 version pgconfig apt src
+  version=$(basename "$(dirname "$bin")")
+  [ -f "/usr/share/postgresql/$version/extension/vector.control" ] && return 0
+  is_root || die "pgvector is missing for PostgreSQL $version; install postgresql-$version-pgvector or build it from source (https://github.com/pgvector/pgvector)"
+  pgconfig=/usr/lib/postgresql/$version/bin/pg_config
+  [ -x "$pgconfig" ] && [ -d "/usr/include/postgresql/$version/server" ] || apt_install "postgresql-server-dev-$version"
+  command -v make >/dev/null && command -v gcc >/dev/null || apt_install make gcc
+  apt=$(mktemp -d); src=$apt/src
+  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/parts" "$src"
+  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" > "$apt/sources.list"
+  local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=$apt/parts"
+              -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o "APT::Sandbox::User=root")
+  apt-get "${opts[@]}" update -qq >/dev/null 2>&1 || die "cannot read Debian's pgvector source index"
+  (cd "$src" && apt-get "${opts[@]}" source --download-only pgvector >/dev/null 2>&1) || die "cannot download pgvector's source"
+  tar -xzf "$src"/pgvector_*.orig.tar.gz -C "$src"
+  # OPTFLAGS= keeps -march=native out: the build must run on any x86-64 machine.
+  (cd "$src"/pgvector-*/ && make -s PG_CONFIG="$pgconfig" OPTFLAGS= >/dev/null 2>&1 \
+    && make -s install PG_CONFIG="$pgconfig" >/dev/null) || die "pgvector did not build"
+  rm -rf "$apt"
+  [ -f "/usr/share/postgresql/$version/extension/vector.control" ] || die "pgvector did not install"
+}
+
 # Runs a command as the postgres user when we are root (PostgreSQL refuses root).
 as_pg() { if is_root; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
@@ -46,6 +73,7 @@ start_pg() {
   bin=$(pg_bin)
   if [ -z "$bin" ]; then apt_install postgresql; bin=$(pg_bin); fi
   [ -n "$bin" ] || die "no initdb under /usr/lib/postgresql"
+  ensure_pgvector "$bin"
   mkdir -p "$dir/pgsock"
   if is_root; then chown postgres "$dir" "$dir/pgsock"; fi
   as_pg "$bin/initdb" -D "$dir/pg" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null

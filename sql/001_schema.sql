@@ -12,7 +12,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     doc_id      text        NOT NULL,
     chunk_index integer     NOT NULL,
     content     text        NOT NULL,
-    embedding   real[],
+    embedding   {embedding_type},
     metadata    jsonb,
     source      text,
     created_at  timestamptz NOT NULL,

@@ -1,11 +1,15 @@
 //! PostgreSQL's binary COPY format for the target table's rows, written straight
-//! from decoded records: no text escaping, no per-row statements.
+//! from decoded records: no text escaping, no per-row statements. The embedding
+//! goes in as `real[]` or in pgvector's own binary format (SPEC §10), never as text.
 
 use crate::record::Record;
+use crate::storage::EmbeddingType;
 
 /// Columns in the order rows are encoded.
-pub(crate) const COLUMNS: &str =
-    "doc_id, chunk_index, content, embedding, metadata, source, created_at, batch_tag";
+pub(crate) const COLUMNS: &str = "doc_id, chunk_index, content, embedding, metadata, source, created_at, batch_tag, embedding_model, ragspool_seq";
+
+/// Fields per row.
+const FIELDS: i16 = 10;
 
 /// Microseconds from the Unix epoch to PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -17,30 +21,56 @@ const JSONB_VERSION: u8 = 1;
 /// Encodes rows into a growing buffer; the caller drains it into the COPY stream.
 pub(crate) struct CopyEncoder {
     buf: Vec<u8>,
+    vector: bool,
+}
+
+/// What a row carries beside its record.
+pub(crate) struct RowMeta<'a> {
+    /// The record's or the ingest time (µs since the Unix epoch).
+    pub(crate) created_at: i64,
+    /// The batch.
+    pub(crate) batch_tag: &'a str,
+    /// EMBED_MODEL when ragspool fetched the vector.
+    pub(crate) embedding_model: Option<&'a str>,
+    /// The file's claim sequence.
+    pub(crate) seq: i64,
 }
 
 impl CopyEncoder {
     /// A buffer that starts with the binary COPY header.
-    pub(crate) fn new() -> CopyEncoder {
+    pub(crate) fn new(embedding: EmbeddingType) -> CopyEncoder {
         let mut buf = Vec::with_capacity(1 << 20);
         buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         buf.extend_from_slice(&0i32.to_be_bytes()); // flags
         buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
-        CopyEncoder { buf }
+        CopyEncoder {
+            buf,
+            vector: matches!(embedding, EmbeddingType::Vector(_)),
+        }
     }
 
-    /// Appends one row; `created_at` is the record's or the ingest time (µs since the Unix epoch).
-    pub(crate) fn row(&mut self, r: &Record<'_>, created_at: i64, batch_tag: &str) {
+    /// Appends one row.
+    pub(crate) fn row(&mut self, r: &Record<'_>, meta: &RowMeta<'_>) {
+        let vector = self.vector;
         let b = &mut self.buf;
         let embedding = r.embedding.as_ref().map_or(0, |e| 24 + e.len() * 8);
         let metadata = r.metadata.as_ref().map_or(0, String::len);
-        b.reserve(96 + r.doc_id.len() + r.content.len() + embedding + metadata + batch_tag.len());
-        b.extend_from_slice(&8i16.to_be_bytes());
+        let model = meta.embedding_model.map_or(0, str::len);
+        b.reserve(
+            128 + r.doc_id.len()
+                + r.content.len()
+                + embedding
+                + metadata
+                + meta.batch_tag.len()
+                + model,
+        );
+        b.extend_from_slice(&FIELDS.to_be_bytes());
         field(b, r.doc_id.as_bytes());
         b.extend_from_slice(&4i32.to_be_bytes());
         b.extend_from_slice(&r.chunk_index.to_be_bytes());
         field(b, r.content.as_bytes());
         match &r.embedding {
+            Some(values) if vector => pgvector(b, values),
             Some(values) => float4_array(b, values),
             None => null(b),
         }
@@ -57,8 +87,14 @@ impl CopyEncoder {
             None => null(b),
         }
         b.extend_from_slice(&8i32.to_be_bytes());
-        b.extend_from_slice(&(created_at - PG_EPOCH_MICROS).to_be_bytes());
-        field(b, batch_tag.as_bytes());
+        b.extend_from_slice(&(meta.created_at - PG_EPOCH_MICROS).to_be_bytes());
+        field(b, meta.batch_tag.as_bytes());
+        match meta.embedding_model {
+            Some(m) => field(b, m.as_bytes()),
+            None => null(b),
+        }
+        b.extend_from_slice(&8i32.to_be_bytes());
+        b.extend_from_slice(&meta.seq.to_be_bytes());
     }
 
     /// Appends the end-of-data trailer.
@@ -91,6 +127,18 @@ fn null(b: &mut Vec<u8>) {
     b.extend_from_slice(&(-1i32).to_be_bytes());
 }
 
+/// pgvector's binary format: dimension (int16), unused (int16), big-endian float4s.
+fn pgvector(b: &mut Vec<u8>, values: &[f32]) {
+    let len = 4 + values.len() * 4;
+    b.reserve(len + 4);
+    b.extend_from_slice(&(len as i32).to_be_bytes());
+    b.extend_from_slice(&(values.len() as i16).to_be_bytes());
+    b.extend_from_slice(&0i16.to_be_bytes());
+    for v in values {
+        b.extend_from_slice(&v.to_bits().to_be_bytes());
+    }
+}
+
 fn float4_array(b: &mut Vec<u8>, values: &[f32]) {
     if values.is_empty() {
         b.extend_from_slice(&12i32.to_be_bytes());
@@ -111,5 +159,22 @@ fn float4_array(b: &mut Vec<u8>, values: &[f32]) {
     for v in values {
         let bits = v.to_bits().to_be_bytes();
         b.extend_from_slice(&[0, 0, 0, 4, bits[0], bits[1], bits[2], bits[3]]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectors_use_pgvectors_binary_layout() {
+        let mut b = Vec::new();
+        pgvector(&mut b, &[1.0, -2.5]);
+        let mut want = 12i32.to_be_bytes().to_vec();
+        want.extend_from_slice(&2i16.to_be_bytes());
+        want.extend_from_slice(&0i16.to_be_bytes());
+        want.extend_from_slice(&1.0f32.to_be_bytes());
+        want.extend_from_slice(&(-2.5f32).to_be_bytes());
+        assert_eq!(b, want);
     }
 }

@@ -48,6 +48,11 @@ impl Embedder {
         })
     }
 
+    /// EMBED_MODEL, recorded with every row whose vector it made.
+    pub(crate) fn model(&self) -> &str {
+        &self.model
+    }
+
     /// One vector per text, in order.
     pub(crate) fn embed(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<f32>>, EmbedError> {
         let body = json!({"model": self.model, "input": texts});

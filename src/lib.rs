@@ -57,6 +57,7 @@ pub(crate) mod schema;
 pub(crate) mod sdnotify;
 pub(crate) mod signal;
 pub(crate) mod spool;
+pub(crate) mod storage;
 pub(crate) mod template;
 pub(crate) mod watch;
 pub(crate) mod webhook;

@@ -75,6 +75,8 @@ pub(crate) struct Report {
     pub(crate) created: i64,
     /// Partitions detached or dropped by retention.
     pub(crate) retired: Vec<String>,
+    /// Partitions that got their HNSW index (or would, in a dry run).
+    pub(crate) indexed: Vec<String>,
     /// ok, stalled, skipped or dry_run.
     pub(crate) outcome: String,
     /// Warnings worth an operator's eye (default partition, short window).
@@ -183,6 +185,7 @@ fn run_locked(
     warn_about(client, names, &ranges, default, report)?;
     if s.dry_run {
         report.outcome = "dry_run".into();
+        report.indexed = partition::index_sealed(client, names, true)?;
         report.retired = retirees(&ranges, names, s)?
             .into_iter()
             .map(|(name, _)| name)
@@ -190,6 +193,7 @@ fn run_locked(
         return Ok(());
     }
     let before = child_count(client, names)?;
+    let children_before = partition::children(client, names)?;
     let made = match manager {
         Manager::Native => {
             let missing: BTreeSet<Date> = report.missing.iter().copied().collect();
@@ -210,6 +214,15 @@ fn run_locked(
         report.error = Some(e.to_string());
     }
     report.created = child_count(client, names)? - before;
+    if let Manager::Partman { .. } = manager {
+        // pg_partman does not carry the storage parameter to its partitions.
+        let new = partition::children(client, names)?
+            .difference(&children_before)
+            .cloned()
+            .collect();
+        partition::set_storage(client, names, &new)?;
+    }
+    report.indexed = partition::index_sealed(client, names, false)?;
     crate::metrics::PARTITIONS_CREATED.add(report.created.max(0) as u64);
     if *manager == Manager::Native {
         report.retired = retire(client, names, &ranges, s)?;

@@ -59,25 +59,51 @@ pub(crate) fn ingested_by(
         .map_err(|e| db::classify(e, "looking up the file's sha256"))
 }
 
+/// What a file's `done` row says.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Done {
+    /// Rows inserted.
+    pub(crate) rows: i64,
+    /// Earlier rows its change set removed.
+    pub(crate) deleted: i64,
+    /// Its claim sequence, when it was applied.
+    pub(crate) seq: Option<i64>,
+    /// A self-heal happened.
+    pub(crate) healed: bool,
+    /// Its content was already ingested.
+    pub(crate) duplicate: bool,
+}
+
+impl Done {
+    /// A duplicate: nothing written.
+    pub(crate) fn duplicate(healed: bool) -> Done {
+        Done {
+            rows: 0,
+            deleted: 0,
+            seq: None,
+            healed,
+            duplicate: true,
+        }
+    }
+}
+
 /// Marks the file done (inside the transaction that holds its rows).
 pub(crate) fn done(
     client: &mut impl GenericClient,
     names: &Names,
     key: &FileKey<'_>,
-    rows: i64,
-    healed: bool,
-    duplicate: bool,
+    d: &Done,
 ) -> std::result::Result<(), postgres::Error> {
-    let reason = if duplicate {
+    let reason = if d.duplicate {
         Some("duplicate")
-    } else if healed {
+    } else if d.healed {
         Some("healed_partition")
     } else {
         None
     };
     let sql = format!(
-        "UPDATE {} SET status = 'done', rows = $3, healed = $4, duplicate = $5, reason = $6, finished_at = now() \
-         WHERE batch_tag = $1 AND file_name = $2",
+        "UPDATE {} SET status = 'done', rows = $3, healed = $4, duplicate = $5, reason = $6, deleted = $7, \
+         seq = $8, finished_at = now() WHERE batch_tag = $1 AND file_name = $2",
         names.manifest
     );
     client
@@ -86,10 +112,12 @@ pub(crate) fn done(
             &[
                 &key.tag.as_str(),
                 &key.name,
-                &rows,
-                &healed,
-                &duplicate,
+                &d.rows,
+                &d.healed,
+                &d.duplicate,
                 &reason,
+                &d.deleted,
+                &d.seq,
             ],
         )
         .map(|_| ())
@@ -104,7 +132,7 @@ pub(crate) fn failed(
     healed: bool,
 ) -> Result<()> {
     let sql = format!(
-        "UPDATE {} SET status = 'failed', reason = $3, healed = $4, rows = 0, finished_at = now() \
+        "UPDATE {} SET status = 'failed', reason = $3, healed = $4, rows = 0, deleted = 0, finished_at = now() \
          WHERE batch_tag = $1 AND file_name = $2",
         names.manifest
     );

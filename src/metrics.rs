@@ -73,6 +73,8 @@ pub(crate) fn batch(reason: Reason, rows: u64, ok: usize, failed: usize, duratio
 pub(crate) struct Gauges {
     /// Unix time of the last successful maintenance run.
     pub(crate) last_maintenance_success: Option<i64>,
+    /// Partitions still waiting for their HNSW index (with VECTOR_INDEX=hnsw).
+    pub(crate) partitions_unindexed: Option<usize>,
 }
 
 /// One metric family: HELP, TYPE and its samples (`labels` may be a suffix like `_sum`).
@@ -206,6 +208,15 @@ pub(crate) fn render(spool: &Spool, gauges: &Gauges) -> String {
             &last,
         );
     }
+    if let Some(n) = gauges.partitions_unindexed {
+        family(
+            &mut out,
+            "partitions_unindexed",
+            "gauge",
+            "Partitions still waiting for their HNSW index.",
+            &[(String::new(), n as f64)],
+        );
+    }
     family(
         &mut out,
         "cache_hits_total",
@@ -237,17 +248,20 @@ pub(crate) fn write_configured(config: &crate::config::Config) {
     let Some(path) = &config.metrics_file else {
         return;
     };
-    let names = crate::schema::Names::new(&config.table);
-    let last_maintenance_success = crate::db::Db::from_config(config)
+    let names = crate::schema::Names::from_config(config);
+    let mut client = crate::db::Db::from_config(config)
         .ok()
-        .and_then(|db| db.connect_once().ok())
-        .and_then(|mut c| {
-            crate::maintenance::last_success(&mut c, &names)
-                .ok()
-                .flatten()
-        });
+        .and_then(|db| db.connect_once().ok());
+    let last_maintenance_success = client
+        .as_mut()
+        .and_then(|c| crate::maintenance::last_success(c, &names).ok().flatten());
+    let partitions_unindexed = match (&names.storage.index, client.as_mut()) {
+        (Some(_), Some(c)) => crate::partition::unindexed(c, &names).ok().map(|p| p.len()),
+        _ => None,
+    };
     let gauges = Gauges {
         last_maintenance_success,
+        partitions_unindexed,
     };
     let spool = Spool::new(&config.spool_dir);
     if let Err(e) = write(path, &spool, &gauges) {

@@ -1,7 +1,8 @@
-//! Daily partitions of the target table: which days are covered, creating missing
-//! days natively (CREATE TABLE + ATTACH, under the advisory lock that `maintain`
-//! also takes, so the two never race on ATTACH) or through pg_partman when it
-//! manages the table, and the self-heal bounds of SPEC §5.
+//! Partitions of the target table (a day or a month each, PARTITION_INTERVAL):
+//! which days are covered, creating missing ones natively (CREATE TABLE + ATTACH,
+//! under the advisory lock that `maintain` also takes, so the two never race on
+//! ATTACH) or through pg_partman when it manages the table, their storage parameter
+//! and HNSW index, and the self-heal bounds of SPEC §10.
 
 use crate::db;
 use crate::error::Result;
@@ -9,10 +10,6 @@ use crate::schema::Names;
 use postgres::GenericClient;
 use std::collections::BTreeSet;
 use time::{Date, Duration, OffsetDateTime};
-
-/// At most this many missing days are healed for one file, each within this many
-/// days of today: one bad timestamp must not create a thousand partitions.
-pub(crate) const HEAL_MAX_DAYS: usize = 31;
 
 /// The advisory lock key shared by self-heal and maintenance for a table.
 pub(crate) fn lock_sql(names: &Names) -> (String, String) {
@@ -74,6 +71,67 @@ pub(crate) fn manager(client: &mut impl GenericClient, names: &Names) -> Result<
     })
 }
 
+/// When the pg_partman extension is installed in the database and the table has no
+/// partition yet and is not registered, registers it with `create_parent` at
+/// PARTITION_INTERVAL, with a premake that covers `window`. pg_partman 4.x takes
+/// `p_type => 'native'`; 5.x dropped that value and takes `'range'`. Returns
+/// whether it registered the table.
+pub(crate) fn register_with_partman(
+    client: &mut postgres::Client,
+    names: &Names,
+    window: &BTreeSet<Date>,
+) -> Result<bool> {
+    let ext = client
+        .query_opt(
+            "SELECT n.nspname, e.extversion FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+             WHERE e.extname = 'pg_partman'",
+            &[],
+        )
+        .map_err(|e| db::classify(e, "looking for pg_partman"))?;
+    let Some(ext) = ext else { return Ok(false) };
+    let (schema, version): (String, String) = (ext.get(0), ext.get(1));
+    if manager(client, names)? != Manager::Native || !children(client, names)?.is_empty() {
+        return Ok(false);
+    }
+    let p_type = if version.starts_with("4.") {
+        "native"
+    } else {
+        "range"
+    };
+    let premake = periods(names, window).len().max(1) as i32;
+    let parent: String = client
+        .query_one(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = to_regclass($1)",
+            &[&names.table],
+        )
+        .map_err(|e| db::classify(e, "resolving the target table"))?
+        .get(0);
+    client
+        .execute(
+            &format!(
+                "SELECT {schema}.create_parent(p_parent_table => $1, p_control => 'created_at', \
+                 p_type => $2, p_interval => $3, p_premake => $4)"
+            ),
+            &[
+                &parent,
+                &p_type,
+                &names.storage.interval.partman(),
+                &premake,
+            ],
+        )
+        .map_err(|e| db::classify(e, "registering the table with pg_partman"))?;
+    client
+        .execute(
+            &format!(
+                "UPDATE {schema}.part_config SET infinite_time_partitions = true WHERE parent_table = $1"
+            ),
+            &[&parent],
+        )
+        .map_err(|e| db::classify(e, "configuring pg_partman"))?;
+    Ok(true)
+}
+
 /// Ranges [from, to) of days covered by the table's partitions, and whether a
 /// default partition exists.
 pub(crate) fn coverage(
@@ -125,6 +183,167 @@ pub(crate) fn missing(
         .collect()
 }
 
+/// The first days of the partitions that hold `days`.
+pub(crate) fn periods(names: &Names, days: &BTreeSet<Date>) -> BTreeSet<Date> {
+    let interval = names.storage.interval;
+    days.iter().map(|d| interval.start(*d)).collect()
+}
+
+/// The qualified names of the table's partitions.
+pub(crate) fn children(client: &mut impl GenericClient, names: &Names) -> Result<BTreeSet<String>> {
+    let rows = client
+        .query(
+            "SELECT i.inhrelid::regclass::text FROM pg_inherits i WHERE i.inhparent = to_regclass($1)",
+            &[&names.table],
+        )
+        .map_err(|e| db::classify(e, "listing partitions"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Sets TOAST_TUPLE_TARGET on `parts` (PostgreSQL 15 refuses it on the partitioned
+/// parent, and pg_partman does not copy it from a template, so each partition gets
+/// it once created). A no-op when the setting is 0.
+pub(crate) fn set_storage(
+    client: &mut impl GenericClient,
+    names: &Names,
+    parts: &BTreeSet<String>,
+) -> Result<()> {
+    let target = names.storage.toast_tuple_target;
+    if target == 0 {
+        return Ok(());
+    }
+    for part in parts {
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {part} SET (toast_tuple_target = {target})"
+            ))
+            .map_err(|e| db::classify(e, &format!("setting toast_tuple_target on {part}")))?;
+    }
+    Ok(())
+}
+
+/// Partitions whose toast_tuple_target is not TOAST_TUPLE_TARGET (empty when it is 0).
+pub(crate) fn lacking_storage(
+    client: &mut impl GenericClient,
+    names: &Names,
+) -> Result<BTreeSet<String>> {
+    let target = names.storage.toast_tuple_target;
+    if target == 0 {
+        return Ok(BTreeSet::new());
+    }
+    let want = format!("toast_tuple_target={target}");
+    let rows = client
+        .query(
+            "SELECT c.oid::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = to_regclass($1) AND NOT (coalesce(c.reloptions, '{}') @> ARRAY[$2])",
+            &[&names.table, &want],
+        )
+        .map_err(|e| db::classify(e, "reading partitions' storage parameters"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Partitions still waiting for their HNSW index: with `sealed`, those whose range
+/// ended before today; with `always`, all. Empty without VECTOR_INDEX.
+pub(crate) fn unindexed(
+    client: &mut impl GenericClient,
+    names: &Names,
+) -> Result<Vec<(String, Date)>> {
+    let Some(index) = names.storage.index else {
+        return Ok(Vec::new());
+    };
+    let rows = client
+        .query(
+            "SELECT c.oid::regclass::text, pg_get_expr(c.relpartbound, c.oid) \
+             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = to_regclass($1) AND NOT EXISTS ( \
+               SELECT 1 FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid JOIN pg_am am ON am.oid = ic.relam \
+               WHERE x.indrelid = c.oid AND am.amname = 'hnsw' AND x.indisvalid) \
+             ORDER BY 1",
+            &[&names.table],
+        )
+        .map_err(|e| db::classify(e, "looking for partitions without their HNSW index"))?;
+    let today = OffsetDateTime::now_utc().date();
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let (_, to) = parse_bound(&r.get::<_, String>(1))?;
+            Some((r.get::<_, String>(0), to))
+        })
+        .filter(|(_, to)| index.build == crate::storage::IndexBuild::Always || *to <= today)
+        .collect())
+}
+
+/// Builds the HNSW index on every partition waiting for it (SPEC §10): with
+/// `sealed`, once its range ended before today and it took no row for
+/// VECTOR_INDEX_QUIET_SECS. CREATE INDEX CONCURRENTLY, so ingest goes on into the
+/// partition meanwhile; an index such a build left invalid (interrupted, failed) is
+/// dropped and built again. Returns the partitions indexed (or, with `dry_run`,
+/// those that would be).
+pub(crate) fn index_sealed(
+    client: &mut postgres::Client,
+    names: &Names,
+    dry_run: bool,
+) -> Result<Vec<String>> {
+    let Some(index) = names.storage.index else {
+        return Ok(Vec::new());
+    };
+    if !dry_run {
+        drop_invalid_indexes(client, names)?;
+    }
+    let mut done = Vec::new();
+    for (part, _) in unindexed(client, names)? {
+        if index.build == crate::storage::IndexBuild::Sealed {
+            let idle: f64 = client
+                .query_one(
+                    &format!(
+                        "SELECT coalesce(extract(epoch FROM now() - max(ingested_at))::float8, 1e12) FROM {part}"
+                    ),
+                    &[],
+                )
+                .map_err(|e| db::classify(e, &format!("reading {part}'s last ingest")))?
+                .get(0);
+            if idle < index.quiet_secs as f64 {
+                continue;
+            }
+        }
+        if !dry_run {
+            let bare = part.rsplit('.').next().unwrap_or(&part);
+            let sql = format!(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {bare}_hnsw ON {part} USING hnsw (embedding {})",
+                names.storage.metric.opclass()
+            );
+            client
+                .batch_execute(&sql)
+                .map_err(|e| db::classify(e, &format!("building the HNSW index on {part}")))?;
+        }
+        done.push(part);
+    }
+    Ok(done)
+}
+
+/// Drops HNSW indexes on partitions that a failed or interrupted concurrent build
+/// left invalid, so that the next build starts clean.
+fn drop_invalid_indexes(client: &mut postgres::Client, names: &Names) -> Result<()> {
+    let rows = client
+        .query(
+            "SELECT x.indexrelid::regclass::text FROM pg_inherits i JOIN pg_index x ON x.indrelid = i.inhrelid \
+             JOIN pg_class ic ON ic.oid = x.indexrelid JOIN pg_am am ON am.oid = ic.relam \
+             WHERE i.inhparent = to_regclass($1) AND am.amname = 'hnsw' AND NOT x.indisvalid",
+            &[&names.table],
+        )
+        .map_err(|e| db::classify(e, "looking for invalid HNSW indexes"))?;
+    for row in rows {
+        let index: String = row.get(0);
+        log::warn!(
+            "dropping invalid HNSW index {index} left by an interrupted build; it is built again"
+        );
+        client
+            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))
+            .map_err(|e| db::classify(e, &format!("dropping invalid index {index}")))?;
+    }
+    Ok(())
+}
+
 /// Creates partitions for `days` (those still missing once the lock is held);
 /// returns how many were created. Runs in its own transaction.
 pub(crate) fn create_days(
@@ -142,11 +361,12 @@ pub(crate) fn create_days(
     tx.execute(&lock, &[&key])
         .map_err(|e| db::classify(e, "taking the partition lock"))?;
     let (ranges, _) = coverage(&mut tx, names)?;
-    let todo = missing(&ranges, days.iter().copied());
+    let todo = periods(names, &missing(&ranges, days.iter().copied()));
+    let before = children(&mut tx, names)?;
     match manager(&mut tx, names)? {
         Manager::Native => {
-            for day in &todo {
-                create_native(&mut tx, names, *day)?;
+            for start in &todo {
+                create_native(&mut tx, names, *start)?;
             }
         }
         Manager::Partman { schema, parent } => {
@@ -163,20 +383,27 @@ pub(crate) fn create_days(
     }
     let (after, _) = coverage(&mut tx, names)?;
     let created = todo.len() - missing(&after, todo.iter().copied()).len();
+    let new: BTreeSet<String> = children(&mut tx, names)?
+        .difference(&before)
+        .cloned()
+        .collect();
+    set_storage(&mut tx, names, &new)?;
     tx.commit()
         .map_err(|e| db::classify(e, "committing new partitions"))?;
     Ok(created)
 }
 
-fn create_native(tx: &mut postgres::Transaction<'_>, names: &Names, day: Date) -> Result<()> {
-    let part = names.partition(day);
-    let next = day + Duration::days(1);
+fn create_native(tx: &mut postgres::Transaction<'_>, names: &Names, start: Date) -> Result<()> {
+    let part = names.partition(start);
+    let next = names.storage.interval.next(start);
     // CREATE + ATTACH rather than CREATE ... PARTITION OF: ATTACH takes only a SHARE
-    // UPDATE EXCLUSIVE lock, so COPYs into other partitions go on meanwhile.
+    // UPDATE EXCLUSIVE lock, so COPYs into other partitions go on meanwhile. ATTACH
+    // also builds the parent's indexes (doc_id, and HNSW with `always`) on it.
     let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {part} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);\n\
-         ALTER TABLE {table} ATTACH PARTITION {part} FOR VALUES FROM ('{day} 00:00:00+00') TO ('{next} 00:00:00+00');",
-        table = names.table
+        "CREATE TABLE IF NOT EXISTS {part} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS){with};\n\
+         ALTER TABLE {table} ATTACH PARTITION {part} FOR VALUES FROM ('{start} 00:00:00+00') TO ('{next} 00:00:00+00');",
+        table = names.table,
+        with = names.storage.with_clause(),
     );
     tx.batch_execute(&sql)
         .map_err(|e| db::classify(e, &format!("creating partition {part}")))
@@ -189,19 +416,29 @@ pub(crate) fn day_of(micros: i64) -> Option<Date> {
         .map(|t| t.date())
 }
 
-/// Whether self-heal may create `days`: at most [`HEAL_MAX_DAYS`] of them, each
-/// within [`HEAL_MAX_DAYS`] days of `today`. Returns why not, otherwise.
-pub(crate) fn heal_refusal(days: &BTreeSet<Date>, today: Date) -> Option<String> {
-    if days.len() > HEAL_MAX_DAYS {
+/// Whether self-heal may create the partitions for `days` (SPEC §10): at most
+/// HEAL_MAX_PARTITIONS of them, none after today + HEAL_MAX_FUTURE_DAYS; no bound
+/// into the past. Returns why not, otherwise.
+pub(crate) fn heal_refusal(names: &Names, days: &BTreeSet<Date>, today: Date) -> Option<String> {
+    let storage = &names.storage;
+    let future = i64::from(storage.heal_max_future_days);
+    if let Some(d) = days
+        .iter()
+        .rev()
+        .find(|d| **d - today > Duration::days(future))
+    {
         return Some(format!(
-            "{} days lack a partition; self-heal creates at most {HEAL_MAX_DAYS} per file",
-            days.len()
+            "created_at day {d} lacks a partition and lies more than HEAL_MAX_FUTURE_DAYS={future} days after today"
         ));
     }
-    let bound = Duration::days(HEAL_MAX_DAYS as i64);
-    days.iter().find(|d| (**d - today).abs() > bound).map(|d| {
-        format!("created_at day {d} lacks a partition and lies beyond the {HEAL_MAX_DAYS}-day self-heal bound")
-    })
+    let needed = periods(names, days).len();
+    if needed > storage.heal_max_partitions {
+        return Some(format!(
+            "{needed} partitions are missing; self-heal creates at most HEAL_MAX_PARTITIONS={} per file",
+            storage.heal_max_partitions
+        ));
+    }
+    None
 }
 
 /// Whether a database error is PostgreSQL's "no partition of relation … found for row".
@@ -238,14 +475,17 @@ mod tests {
     }
 
     #[test]
-    fn heal_is_bounded() {
+    fn heal_is_bounded_ahead_and_in_count_but_not_into_the_past() {
+        let mut names = Names::new("rag_chunks");
         let today = date!(2026 - 11 - 29);
-        let near: BTreeSet<Date> = [date!(2026 - 11 - 01), date!(2026 - 12 - 30)].into();
-        assert_eq!(heal_refusal(&near, today), None);
+        let near: BTreeSet<Date> = [date!(1901 - 11 - 01), date!(2026 - 12 - 30)].into();
+        assert_eq!(heal_refusal(&names, &near, today), None);
         let far: BTreeSet<Date> = [date!(2030 - 01 - 01)].into();
-        assert!(heal_refusal(&far, today).is_some_and(|m| m.contains("2030-01-01")));
-        let many: BTreeSet<Date> = (0..32).map(|i| today - Duration::days(i)).collect();
-        assert!(heal_refusal(&many, today).is_some());
+        assert!(heal_refusal(&names, &far, today).is_some_and(|m| m.contains("2030-01-01")));
+        let many: BTreeSet<Date> = (0..401).map(|i| today - Duration::days(i)).collect();
+        assert!(heal_refusal(&names, &many, today).is_some());
+        names.storage.interval = crate::storage::Interval::Month;
+        assert_eq!(heal_refusal(&names, &many, today), None);
         assert_eq!(day_of(86_400 * 1_000_000 - 1), Some(date!(1970 - 01 - 01)));
     }
 }

@@ -32,6 +32,8 @@ pub(crate) struct Record<'a> {
     pub(crate) source: Option<&'a str>,
     /// created_at in microseconds since the Unix epoch, if given.
     pub(crate) created_at: Option<i64>,
+    /// A delete record (`{"doc_id": X, "delete": true}`): removes the doc's rows, adds none.
+    pub(crate) delete: bool,
 }
 
 /// Why a file failed to decode, and where.
@@ -110,6 +112,17 @@ pub(crate) struct Decoder<'a> {
     embed_dim: Option<usize>,
     done: bool,
 }
+
+/// The keys that make a row; a delete record carries none of them.
+const ROW_FIELDS: [&str; 7] = [
+    "chunk_index",
+    "content",
+    "embedding",
+    "metadata",
+    "source",
+    "created_at",
+    "chunk_count",
+];
 
 impl<'a> Decoder<'a> {
     /// A decoder over `buf`; `embed_dim`, when set, is the required embedding length.
@@ -243,7 +256,10 @@ impl<'a> Decoder<'a> {
             metadata: None,
             source: None,
             created_at: None,
+            delete: false,
         };
+        // The first row field seen, to refuse a delete record that also carries one.
+        let mut row_field: Option<&'static str> = None;
         for _ in 0..fields {
             let key_at = self.pos;
             let key = match self.head()? {
@@ -255,8 +271,13 @@ impl<'a> Decoder<'a> {
                     );
                 }
             };
+            let field = ROW_FIELDS.iter().find(|f| f.as_bytes() == key);
+            if row_field.is_none() {
+                row_field = field.copied();
+            }
             match key {
                 b"doc_id" => doc_id = Some(self.text("doc_id")?),
+                b"delete" => rec.delete = self.delete_flag()?,
                 b"chunk_index" => chunk_index = Some(self.chunk_index()?),
                 b"content" => content = Some(self.text("content")?),
                 b"embedding" => rec.embedding = self.embedding()?,
@@ -276,9 +297,31 @@ impl<'a> Decoder<'a> {
                 ),
             );
         }
+        if rec.delete {
+            if let Some(field) = row_field {
+                return fault(
+                    start,
+                    format!(
+                        "a delete record carries only doc_id and delete, but this one also has {field}"
+                    ),
+                );
+            }
+            return Ok(rec);
+        }
         rec.chunk_index = chunk_index.ok_or_else(|| missing(start, "chunk_index"))?;
         rec.content = content.ok_or_else(|| missing(start, "content"))?;
         Ok(rec)
+    }
+
+    fn delete_flag(&mut self) -> Step<bool> {
+        let at = self.pos;
+        match self.head()? {
+            Head::Bool(b) => Ok(b),
+            other => fault(
+                at,
+                format!("delete must be true or false, found {}", other.kind()),
+            ),
+        }
     }
 
     fn utf8(&self, bytes: &'a [u8], at: usize, field: &str) -> Step<&'a str> {

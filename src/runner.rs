@@ -30,6 +30,8 @@ pub(crate) struct BatchReport {
     pub(crate) files_failed: usize,
     /// Rows inserted.
     pub(crate) rows: u64,
+    /// Earlier rows removed by replaces and deletes.
+    pub(crate) deleted: u64,
     /// The gate.done reason.
     pub(crate) reason: Reason,
     /// Whether a self-heal happened.
@@ -68,6 +70,7 @@ struct Totals {
     files_ok: usize,
     files_failed: usize,
     rows: u64,
+    deleted: u64,
     reason: Option<Reason>,
     healed: bool,
     error: Option<ErrorSummary>,
@@ -248,6 +251,7 @@ impl Runner {
             files_ok: t.files_ok,
             files_failed: t.files_failed,
             rows: t.rows,
+            deleted: t.deleted,
             reason: t.reason.unwrap_or(Reason::Success),
             healed: t.healed,
             duration_ms: started.elapsed().as_millis() as u64,
@@ -258,13 +262,14 @@ impl Runner {
         }
         drop(lock);
         log::info!(
-            "batch {}: files={} bytes={} ok={} failed={} rows={} reason={} healed={} duration_ms={}",
+            "batch {}: files={} bytes={} ok={} failed={} rows={} deleted={} reason={} healed={} duration_ms={}",
             report.tag,
             report.files,
             report.bytes,
             report.files_ok,
             report.files_failed,
             report.rows,
+            report.deleted,
             report.reason,
             report.healed,
             report.duration_ms
@@ -363,6 +368,7 @@ impl Runner {
         match outcome {
             FileOutcome::Ingested {
                 rows,
+                deleted,
                 healed,
                 duplicate,
             } => {
@@ -387,6 +393,7 @@ impl Runner {
                 let mut t = flight.totals();
                 t.files_ok += 1;
                 t.rows += rows;
+                t.deleted += deleted;
                 t.healed |= healed;
                 t.reason(if *healed {
                     Reason::HealedPartition

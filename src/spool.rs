@@ -44,7 +44,15 @@ pub(crate) struct Claimed {
     pub(crate) name: String,
     /// Full path under processing/.
     pub(crate) path: PathBuf,
+    /// Its place in claim order (SPEC §10): higher was claimed later. Kept in
+    /// processing/<batch_tag>/.claim so that a recovered file keeps its place.
+    pub(crate) seq: i64,
 }
+
+/// The claim-order record of a batch directory.
+const CLAIM_FILE: &str = ".claim";
+/// The last claim sequence handed out, in processing/.
+const SEQ_FILE: &str = ".seq";
 
 /// Why a claimed file cannot be read as input.
 #[derive(Debug)]
@@ -93,6 +101,68 @@ pub(crate) type InFlight = (BatchTag, Vec<Claimed>, BatchLock);
 #[derive(Debug, Clone)]
 pub(crate) struct Spool {
     root: PathBuf,
+}
+
+/// Locks processing/.seq for one claim (blocking: claims are short).
+fn open_seq_lock(processing: &Path) -> Result<File> {
+    let path = processing.join(SEQ_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .with_context(|| format!("cannot open `{}`", path.display()))?;
+    file.lock()
+        .with_context(|| format!("cannot lock `{}`", path.display()))?;
+    Ok(file)
+}
+
+/// Hands out `n` claim sequences and returns the first: the current time in
+/// microseconds, or one past the last handed out if the clock is behind it, so
+/// that sequences only grow even across a clock step or a reinstalled spool.
+fn next_sequences(processing: &Path, n: usize) -> Result<i64> {
+    let path = processing.join(SEQ_FILE);
+    let last: i64 = fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    let base = crate::ingest::now_micros().max(last + 1);
+    let end = base + n.max(1) as i64 - 1;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .with_context(|| format!("cannot open `{}`", path.display()))?;
+    file.write_all(format!("{end}\n").as_bytes())
+        .and_then(|()| file.sync_data())
+        .with_context(|| format!("cannot write `{}`", path.display()))?;
+    Ok(base)
+}
+
+/// processing/<tag>/.claim as name → sequence (empty when missing or unreadable).
+fn claim_order(dir: &Path) -> std::collections::HashMap<String, i64> {
+    fs::read_to_string(dir.join(CLAIM_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (seq, name) = l.split_once(' ')?;
+            Some((name.to_string(), seq.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A batch's start in microseconds, from its tag: the claim order of files a
+/// release without claim records left in processing/.
+fn tag_micros(tag: &BatchTag) -> i64 {
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    tag.as_str()
+        .get(..16)
+        .and_then(|t| time::PrimitiveDateTime::parse(t, format).ok())
+        .map_or(0, |t| t.assume_utc().unix_timestamp() * 1_000_000)
 }
 
 /// Whether a directory entry name is ever taken from incoming/: `*.msgpack`, not a
@@ -262,14 +332,25 @@ impl Spool {
             ))
         })?;
         fsync_dir(&processing)?;
+        // One claim at a time per spool, so that claim order is one total order:
+        // sequences are handed out and the files renamed under this lock.
+        let seq_lock = open_seq_lock(&processing)?;
+        let base = next_sequences(&processing, files.len())?;
+        let order: String = files
+            .iter()
+            .zip(base..)
+            .map(|(f, seq)| format!("{seq} {}\n", f.name))
+            .collect();
+        write_atomic(&target, CLAIM_FILE, order.as_bytes(), 0o640)?;
         let mut claimed = Vec::with_capacity(files.len());
-        for file in files {
+        for (file, seq) in files.iter().zip(base..) {
             let from = incoming.join(&file.name);
             let to = target.join(&file.name);
             match fs::rename(&from, &to) {
                 Ok(()) => claimed.push(Claimed {
                     name: file.name.clone(),
                     path: to,
+                    seq,
                 }),
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => {
@@ -281,6 +362,7 @@ impl Spool {
         }
         fsync_dir(&target)?;
         fsync_dir(&incoming)?;
+        drop(seq_lock);
         if claimed.is_empty() {
             self.forget(tag);
         }
@@ -306,28 +388,49 @@ impl Spool {
             let Some(lock) = BatchLock::try_take(&dir)? else {
                 continue;
             };
-            let mut files = Vec::new();
+            let order = claim_order(&dir);
+            let mut names = Vec::new();
             for f in
                 fs::read_dir(&dir).with_context(|| format!("cannot list `{}`", dir.display()))?
             {
                 let f = f?;
-                if let Some(name) = f.file_name().to_str() {
-                    files.push(Claimed {
-                        name: name.to_string(),
-                        path: f.path(),
-                    });
+                if let Some(name) = f.file_name().to_str()
+                    && !name.starts_with('.')
+                {
+                    names.push((name.to_string(), f.path()));
                 }
             }
-            files.sort_by(|a, b| a.name.cmp(&b.name));
+            names.sort();
+            let fallback = tag_micros(&tag);
+            let mut files: Vec<Claimed> = names
+                .into_iter()
+                .zip(fallback..)
+                .map(|((name, path), fallback)| Claimed {
+                    seq: order.get(&name).copied().unwrap_or(fallback),
+                    name,
+                    path,
+                })
+                .collect();
+            files.sort_by_key(|f| f.seq);
             batches.push((tag, files, lock));
         }
         batches.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(batches)
     }
 
-    /// Removes processing/<tag>/ once it is empty; a non-empty one stays.
+    /// Removes processing/<tag>/ once no file of the batch is left in it (its
+    /// claim-order record goes with it); a directory still holding files stays.
     pub(crate) fn forget(&self, tag: &BatchTag) {
         let dir = self.dir("processing").join(tag.as_str());
+        let left = fs::read_dir(&dir).map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name() != CLAIM_FILE)
+        });
+        if left.unwrap_or(true) {
+            return;
+        }
+        let _ = fs::remove_file(dir.join(CLAIM_FILE));
         if fs::remove_dir(&dir).is_ok() {
             let _ = fsync_dir(&self.dir("processing"));
         }
@@ -476,7 +579,8 @@ fn tree_depth(dir: &Path) -> Result<Depth> {
             let Ok(meta) = entry.metadata() else { continue };
             if meta.is_dir() {
                 stack.push(entry.path());
-            } else if meta.is_file() {
+            } else if meta.is_file() && !entry.file_name().as_encoded_bytes().starts_with(b".") {
+                // Dotfiles are bookkeeping (claim order, sequences), not spooled files.
                 depth.files += 1;
                 depth.bytes += meta.len();
             }

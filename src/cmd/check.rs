@@ -138,7 +138,7 @@ fn gate(config: &Config) -> Vec<Finding> {
 
 /// The database: reachable (one attempt, no retries) and at the schema version.
 fn database(config: &Config) -> Finding {
-    let names = crate::schema::Names::new(&config.table);
+    let names = crate::schema::Names::from_config(config);
     let what = format!("database, table {}", names.table);
     let problem = (|| -> Result<Option<String>> {
         let db = crate::db::Db::from_config(config)?;

@@ -12,7 +12,7 @@ use crate::schema::{self, Names};
 
 pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let db = Db::from_config(config)?;
-    let names = Names::new(&config.table);
+    let names = Names::from_config(config);
     let mut client = db.connect()?;
     schema::require_current(&mut client, &names)?;
     let settings = Settings {
@@ -61,7 +61,13 @@ fn describe(names: &Names, r: &Report, s: &Settings) -> String {
         .map(|(a, b)| format!("{a}..{b}"))
         .unwrap_or_else(|| "-".to_string());
     let mut out = format!("maintain {} ({}): window {window}\n", names.table, r.mode);
-    let days: Vec<String> = r.missing.iter().map(|d| names.partition(*d)).collect();
+    let days: Vec<String> = r
+        .missing
+        .iter()
+        .map(|d| names.partition(*d))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     if s.dry_run {
         out.push_str(&format!(
             "dry run: would create {} partition(s){}\n",
@@ -71,6 +77,12 @@ fn describe(names: &Names, r: &Report, s: &Settings) -> String {
         if !r.retired.is_empty() {
             let verb = if s.drop { "drop" } else { "detach" };
             out.push_str(&format!("dry run: would {verb}{}\n", list(&r.retired)));
+        }
+        if !r.indexed.is_empty() {
+            out.push_str(&format!(
+                "dry run: would build the HNSW index on{}\n",
+                list(&r.indexed)
+            ));
         }
     } else {
         out.push_str(&format!(
@@ -82,6 +94,9 @@ fn describe(names: &Names, r: &Report, s: &Settings) -> String {
         if !r.retired.is_empty() {
             let verb = if s.drop { "dropped" } else { "detached" };
             out.push_str(&format!("{verb}{}\n", list(&r.retired)));
+        }
+        if !r.indexed.is_empty() {
+            out.push_str(&format!("built the HNSW index on{}\n", list(&r.indexed)));
         }
     }
     if let Some(e) = &r.error {

@@ -1,4 +1,6 @@
-//! `ragspool migrate`: create or upgrade the schema, and the premake window.
+//! `ragspool migrate`: create or upgrade the schema, hand the table to pg_partman
+//! when it is installed in the database, the premake window, and the partitions'
+//! storage parameter.
 
 use crate::cli::Args;
 use crate::config::Config;
@@ -11,26 +13,41 @@ use std::collections::BTreeSet;
 pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
     let db = Db::from_config(config)?;
     let mut client = db.connect()?;
-    let names = Names::new(&config.table);
+    let names = Names::from_config(config);
     let (before, after) = schema::migrate(&mut client, &names)?;
     let today = time::OffsetDateTime::now_utc().date();
     let window: BTreeSet<time::Date> = (0..=i64::from(config.partition_premake_days))
         .map(|d| today + time::Duration::days(d))
         .collect();
+    let registered = partition::register_with_partman(&mut client, &names, &window)?;
     let created = match partition::manager(&mut client, &names)? {
         partition::Manager::Native => partition::create_days(&mut client, &names, &window)?,
         partition::Manager::Partman { .. } => 0,
     };
+    // Existing partitions get the storage parameter too; it applies to rows
+    // written from now on.
+    let lacking = partition::lacking_storage(&mut client, &names)?;
+    partition::set_storage(&mut client, &names, &lacking)?;
     let verb = if before == after {
         "is already at"
     } else {
         "migrated to"
     };
-    let message = format!(
-        "schema for {} {verb} version {after}; {created} daily partition(s) created\n",
+    let mut message = format!(
+        "schema for {} {verb} version {after}; {created} partition(s) created\n",
         names.table
     );
-    log::info!("{}", message.trim_end());
+    if registered {
+        message.push_str("table handed to pg_partman\n");
+    }
+    if !lacking.is_empty() {
+        message.push_str(&format!(
+            "toast_tuple_target={} set on {} existing partition(s)\n",
+            names.storage.toast_tuple_target,
+            lacking.len()
+        ));
+    }
+    log::info!("{}", message.trim_end().replace('\n', "; "));
     super::emit(&message)?;
     Ok(Outcome::Clean)
 }

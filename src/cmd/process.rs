@@ -41,7 +41,7 @@ pub(crate) fn runner(config: &Config) -> Result<Runner> {
 /// The per-file ingest context from settings, after checking the schema.
 pub(crate) fn ingest(config: &Config) -> Result<Ingest> {
     let db = Db::from_config(config)?;
-    let names = Names::new(&config.table);
+    let names = Names::from_config(config);
     let mut client = db.connect()?;
     schema::require_current(&mut client, &names)?;
     let budget = Duration::from_secs(config.retry_max_secs);

@@ -18,8 +18,10 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
             .map_or(0, |d| d.as_secs())
     });
     let from_db = from_database(config);
-    let batches = from_db.as_ref().map(|(b, _)| b.clone());
-    let last_maintenance = from_db.as_ref().ok().and_then(|(_, m)| m.clone());
+    let batches = from_db.as_ref().map(|v| v.batches.clone());
+    let last_maintenance = from_db.as_ref().ok().and_then(|v| v.maintenance.clone());
+    let empty = Partitions::default();
+    let partitions = from_db.as_ref().map_or(&empty, |v| &v.partitions);
     let (outbox, dead) = crate::gate::outbox_depth(&config.spool_dir);
     if args.has("json") {
         let dirs: serde_json::Map<String, serde_json::Value> = depth
@@ -38,6 +40,8 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
             "outbox": {"waiting": outbox, "dead": dead},
             "recent_batches": batches.as_ref().ok(),
             "last_maintenance": last_maintenance,
+            "partitions_unindexed": partitions.unindexed,
+            "partitions_without_toast_tuple_target": partitions.lacking_storage,
             "database_error": batches.as_ref().err(),
         }))
         .map(|()| Outcome::Clean);
@@ -72,6 +76,18 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     if let Some(detail) = last_maintenance.as_ref().and_then(|m| m.detail.as_deref()) {
         out.push_str(&format!("  detail: {detail}\n"));
     }
+    if !partitions.unindexed.is_empty() {
+        out.push_str(&format!(
+            "partitions waiting for their HNSW index: {}\n",
+            partitions.unindexed.join(", ")
+        ));
+    }
+    if !partitions.lacking_storage.is_empty() {
+        out.push_str(&format!(
+            "partitions without TOAST_TUPLE_TARGET: {} (`ragspool migrate` sets it)\n",
+            partitions.lacking_storage.join(", ")
+        ));
+    }
     match &batches {
         Ok(list) if list.is_empty() => out.push_str("recent batches: none\n"),
         Ok(list) => {
@@ -96,23 +112,49 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     Ok(Outcome::Clean)
 }
 
-/// The last ten batches and the last maintenance run, or why they cannot be shown.
-fn from_database(
-    config: &Config,
-) -> std::result::Result<(Vec<BatchSummary>, Option<crate::maintenance::Run>), String> {
-    let names = crate::schema::Names::new(&config.table);
-    let read = || -> Result<(Vec<BatchSummary>, Option<crate::maintenance::Run>)> {
+/// Partitions that lack what SPEC §10 gives them.
+#[derive(Debug, Default)]
+struct Partitions {
+    unindexed: Vec<String>,
+    lacking_storage: Vec<String>,
+}
+
+/// What the database tells `status`.
+struct DbView {
+    batches: Vec<BatchSummary>,
+    maintenance: Option<crate::maintenance::Run>,
+    partitions: Partitions,
+}
+
+/// The last ten batches, the last maintenance run and the partitions still
+/// waiting for their index or storage parameter, or why they cannot be shown.
+fn from_database(config: &Config) -> std::result::Result<DbView, String> {
+    let names = crate::schema::Names::from_config(config);
+    let read = || -> Result<DbView> {
         let db = crate::db::Db::from_config(config)?;
         let mut client = db
             .connect_once()
             .map_err(|e| crate::db::classify(e, "connecting"))?;
         if crate::schema::current_version(&mut client, &names)? == 0 {
-            return Ok((Vec::new(), None));
+            return Ok(DbView {
+                batches: Vec::new(),
+                maintenance: None,
+                partitions: Partitions::default(),
+            });
         }
-        Ok((
-            manifest::recent_batches(&mut client, &names, 10)?,
-            crate::maintenance::last_run(&mut client, &names)?,
-        ))
+        Ok(DbView {
+            batches: manifest::recent_batches(&mut client, &names, 10)?,
+            maintenance: crate::maintenance::last_run(&mut client, &names)?,
+            partitions: Partitions {
+                unindexed: crate::partition::unindexed(&mut client, &names)?
+                    .into_iter()
+                    .map(|(p, _)| p)
+                    .collect(),
+                lacking_storage: crate::partition::lacking_storage(&mut client, &names)?
+                    .into_iter()
+                    .collect(),
+            },
+        })
     };
     read().map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
 }

@@ -81,6 +81,52 @@ fn dim(raw: &str) -> Result<(), String> {
     in_range(raw, 1, 65536)
 }
 
+fn one_of(raw: &str, allowed: &[&str]) -> Result<(), String> {
+    if allowed.contains(&raw) {
+        Ok(())
+    } else {
+        Err(format!("must be {}, got `{raw}`", allowed.join(" or ")))
+    }
+}
+
+fn embedding_type(raw: &str) -> Result<(), String> {
+    one_of(raw, &["array", "vector"])
+}
+
+fn vector_index(raw: &str) -> Result<(), String> {
+    one_of(raw, &["none", "hnsw"])
+}
+
+fn index_build(raw: &str) -> Result<(), String> {
+    one_of(raw, &["sealed", "always"])
+}
+
+fn metric(raw: &str) -> Result<(), String> {
+    one_of(raw, &["cosine", "l2", "ip"])
+}
+
+fn doc_mode(raw: &str) -> Result<(), String> {
+    one_of(raw, &["append", "replace"])
+}
+
+fn interval(raw: &str) -> Result<(), String> {
+    one_of(raw, &["day", "month"])
+}
+
+fn toast_target(raw: &str) -> Result<(), String> {
+    // PostgreSQL accepts 128..=8160; 0 means "leave PostgreSQL's default".
+    match raw.parse::<u64>() {
+        Ok(0) | Ok(128..=8160) => Ok(()),
+        _ => Err(format!(
+            "must be 0 (PostgreSQL's default) or a whole number from 128 to 8160, got `{raw}`"
+        )),
+    }
+}
+
+fn future_days(raw: &str) -> Result<(), String> {
+    in_range(raw, 0, 3660)
+}
+
 fn redis_db(raw: &str) -> Result<(), String> {
     in_range(raw, 0, 65535)
 }
@@ -245,6 +291,42 @@ pub(crate) static SETTINGS: &[Setting] = &[
         "expected embedding length; a mismatch is a bad record",
         dim,
     ),
+    s(
+        "EMBEDDING_TYPE",
+        Value("array"),
+        "`array`: embedding real[]; `vector`: pgvector's vector(EMBED_DIM), EMBED_DIM required",
+        embedding_type,
+    ),
+    s(
+        "VECTOR_INDEX",
+        Value("none"),
+        "`hnsw`: partitions carry an HNSW index on embedding (needs EMBEDDING_TYPE=vector)",
+        vector_index,
+    ),
+    s(
+        "VECTOR_INDEX_BUILD",
+        Value("sealed"),
+        "`sealed`: maintain indexes partitions whose range ended and that are quiet; `always`: from creation",
+        index_build,
+    ),
+    s(
+        "VECTOR_INDEX_QUIET_SECS",
+        Value("600"),
+        "sealed: a partition is indexed once it took no row for this long",
+        whole,
+    ),
+    s(
+        "VECTOR_METRIC",
+        Value("cosine"),
+        "HNSW operator class: `cosine`, `l2` or `ip`",
+        metric,
+    ),
+    s(
+        "DOC_MODE",
+        Value("append"),
+        "`append`: a file's rows are added; `replace`: they replace every row of each doc_id the file carries",
+        doc_mode,
+    ),
     s("GATE_URL", Unset, "gate webhook URL", http_url),
     secret("GATE_TOKEN", "bearer token sent to the gate"),
     secret(
@@ -315,8 +397,32 @@ pub(crate) static SETTINGS: &[Setting] = &[
     s(
         "PARTITION_PREMAKE_DAYS",
         Value("4"),
-        "future daily partitions kept by maintenance",
+        "maintenance keeps partitions covering today through today + this many days (UTC)",
         days,
+    ),
+    s(
+        "PARTITION_INTERVAL",
+        Value("day"),
+        "`day` (<table>_pYYYY_MM_DD) or `month` (<table>_pYYYY_MM) partitions",
+        interval,
+    ),
+    s(
+        "TOAST_TUPLE_TARGET",
+        Value("8160"),
+        "toast_tuple_target of every partition ragspool creates; rows up to this size stay inline (0: PostgreSQL's default)",
+        toast_target,
+    ),
+    s(
+        "HEAL_MAX_PARTITIONS",
+        Value("400"),
+        "most partitions self-heal creates for one file; more fails it with partition_missing",
+        positive,
+    ),
+    s(
+        "HEAL_MAX_FUTURE_DAYS",
+        Value("31"),
+        "a row dated after today + this many days (UTC) fails its file with partition_missing",
+        future_days,
     ),
     s(
         "PARTITION_RETENTION_DAYS",

@@ -137,6 +137,8 @@ pub(crate) struct Config {
     pub(crate) partition_drop: bool,
     /// MAINTENANCE_ALERT_AFTER.
     pub(crate) maintenance_alert_after: u32,
+    /// SPEC §10: embedding type, vector index, DOC_MODE, partitions.
+    pub(crate) storage: crate::storage::Storage,
     /// METRICS_FILE.
     pub(crate) metrics_file: Option<PathBuf>,
     /// REDIS_*; `None` when REDIS_HOST is unset.
@@ -329,6 +331,7 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         .map(|w| w as usize)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let storage = storage(raw, problems);
     Config {
         spool_dir,
         log_file,
@@ -359,6 +362,7 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
             .and_then(defs::parse_bool)
             .unwrap_or(false),
         maintenance_alert_after: num("MAINTENANCE_ALERT_AFTER").map_or(3, |d| d as u32),
+        storage,
         metrics_file: text("METRICS_FILE").map(PathBuf::from),
         redis,
         default_ttl_seconds: num("DEFAULT_TTL_SECONDS").unwrap_or(3600),
@@ -369,6 +373,74 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
             .iter()
             .map(|(k, (v, _))| (*k, Secret::new(v.clone())))
             .collect(),
+    }
+}
+
+/// SPEC §10's settings, typed, with the rules that tie them together.
+fn storage(raw: &Raw, problems: &mut Vec<String>) -> crate::storage::Storage {
+    use crate::storage::{
+        DocMode, EmbeddingType, IndexBuild, Interval, Metric, Storage, VectorIndex,
+    };
+    let num = |name: &str| raw.get(name).and_then(|v| v.parse::<u64>().ok());
+    let dim = num("EMBED_DIM").and_then(|d| usize::try_from(d).ok());
+    let embedding = match (raw.get("EMBEDDING_TYPE"), dim) {
+        (Some("vector"), Some(dim)) => EmbeddingType::Vector(dim),
+        (Some("vector"), None) => {
+            problems.push(
+                "`EMBEDDING_TYPE` is vector, which needs `EMBED_DIM` (the vector column's dimension)"
+                    .into(),
+            );
+            EmbeddingType::Array
+        }
+        _ => EmbeddingType::Array,
+    };
+    let metric = match raw.get("VECTOR_METRIC") {
+        Some("l2") => Metric::L2,
+        Some("ip") => Metric::Ip,
+        _ => Metric::Cosine,
+    };
+    let index = match raw.get("VECTOR_INDEX") {
+        Some("hnsw") if raw.get("EMBEDDING_TYPE") != Some("vector") => {
+            problems.push(
+                "`VECTOR_INDEX` is hnsw, which needs EMBEDDING_TYPE=vector (an HNSW index cannot be built on real[])"
+                    .into(),
+            );
+            None
+        }
+        Some("hnsw") => Some(VectorIndex {
+            build: if raw.get("VECTOR_INDEX_BUILD") == Some("always") {
+                IndexBuild::Always
+            } else {
+                IndexBuild::Sealed
+            },
+            quiet_secs: num("VECTOR_INDEX_QUIET_SECS").unwrap_or(600),
+        }),
+        _ => None,
+    };
+    let defaults = Storage::default();
+    Storage {
+        embedding,
+        index,
+        metric,
+        doc_mode: if raw.get("DOC_MODE") == Some("replace") {
+            DocMode::Replace
+        } else {
+            DocMode::Append
+        },
+        interval: if raw.get("PARTITION_INTERVAL") == Some("month") {
+            Interval::Month
+        } else {
+            Interval::Day
+        },
+        toast_tuple_target: num("TOAST_TUPLE_TARGET")
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(defaults.toast_tuple_target),
+        heal_max_partitions: num("HEAL_MAX_PARTITIONS")
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(defaults.heal_max_partitions),
+        heal_max_future_days: num("HEAL_MAX_FUTURE_DAYS")
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(defaults.heal_max_future_days),
     }
 }
 

@@ -8,9 +8,11 @@ use rmp::encode as mp;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A value in a hand-built record.
-enum Val {
+pub(crate) enum Val {
     Str(&'static str),
     UInt(u64),
+    Int(i64),
+    Bool(bool),
     Float(f64),
     Ts(i64, u32),
     Floats(Vec<f32>),
@@ -18,7 +20,7 @@ enum Val {
     Json(serde_json::Value),
 }
 
-fn record(fields: &[(&str, Val)]) -> Vec<u8> {
+pub(crate) fn record(fields: &[(&str, Val)]) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = mp::write_map_len(&mut out, fields.len() as u32);
     for (k, v) in fields {
@@ -29,6 +31,12 @@ fn record(fields: &[(&str, Val)]) -> Vec<u8> {
             }
             Val::UInt(n) => {
                 let _ = mp::write_uint(&mut out, *n);
+            }
+            Val::Int(n) => {
+                let _ = mp::write_sint(&mut out, *n);
+            }
+            Val::Bool(b) => {
+                let _ = mp::write_bool(&mut out, *b);
             }
             Val::Float(f) => {
                 let _ = mp::write_f64(&mut out, *f);
@@ -55,13 +63,13 @@ fn record(fields: &[(&str, Val)]) -> Vec<u8> {
 }
 
 /// Drops a file into incoming/ the way producers do (tmp/, then rename).
-fn drop_file(env: &TestEnv, name: &str, bytes: &[u8]) {
+pub(crate) fn drop_file(env: &TestEnv, name: &str, bytes: &[u8]) {
     let tmp = env.spool_dir("tmp").join(name);
     std::fs::write(&tmp, bytes).expect("write tmp file");
     std::fs::rename(&tmp, env.spool_dir("incoming").join(name)).expect("rename into incoming");
 }
 
-fn today_noonish() -> i64 {
+pub(crate) fn today_noonish() -> i64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -380,11 +388,11 @@ fn migrate_is_idempotent_and_old_schemas_are_refused() {
     env.run(&["migrate"])
         .output()
         .code(0)
-        .stdout_has("migrated to version 1");
+        .stdout_has("migrated to version 2");
     env.run(&["migrate"])
         .output()
         .code(0)
-        .stdout_has("already at version 1");
+        .stdout_has("already at version 2");
     let mut c = pg(&env.db_url());
     c.batch_execute("DELETE FROM ragspool_schema_version")
         .expect("downgrade");

@@ -118,6 +118,8 @@ impl TestEnv {
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    // Dotfiles are the spool's bookkeeping (claim order), not spooled files.
+                    .filter(|n| !n.starts_with('.'))
                     .collect()
             })
             .unwrap_or_default();
@@ -134,7 +136,7 @@ fn list(root: &Path, dir: &Path, out: &mut Vec<String>) {
         let p = e.path();
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             list(root, &p, out);
-        } else {
+        } else if !e.file_name().to_string_lossy().starts_with('.') {
             out.push(p.strip_prefix(root).unwrap_or(&p).display().to_string());
         }
     }

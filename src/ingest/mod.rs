@@ -1,9 +1,12 @@
-//! One file, exactly once: its rows (binary COPY) and its manifest `done` commit in
-//! one transaction; content whose sha256 is already done is a duplicate; a row
-//! without a partition triggers one bounded self-heal and one retry (SPEC §5).
+//! One file, exactly once: its rows (binary COPY), its change set (removals and the
+//! claim-order check, SPEC §10) and its manifest `done` commit in one transaction;
+//! content whose sha256 is already done is a duplicate; a row without a partition
+//! triggers one bounded self-heal and one retry (SPEC §5, §10).
+
+mod changeset;
 
 use crate::batch::{BatchTag, Reason};
-use crate::copy::{COLUMNS, CopyEncoder};
+use crate::copy::{COLUMNS, CopyEncoder, RowMeta};
 use crate::db::{self, Db};
 use crate::embed::{self, EmbedError, Embedder};
 use crate::error::{Error, Result};
@@ -12,6 +15,8 @@ use crate::partition;
 use crate::record::{Decoder, Record, RecordError};
 use crate::schema::Names;
 use crate::spool::{self, Claimed, Unreadable};
+use crate::storage::DocMode;
+use changeset::DocSet;
 use postgres::Client;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -43,6 +48,8 @@ pub(crate) enum FileOutcome {
     Ingested {
         /// Rows inserted.
         rows: u64,
+        /// Earlier rows its change set removed.
+        deleted: u64,
         /// A partition was created for it.
         healed: bool,
         /// Its content was already ingested; no rows inserted.
@@ -102,6 +109,13 @@ impl From<RecordError> for BadFile {
     }
 }
 
+/// What one file's transaction wrote.
+#[derive(Debug, Clone, Copy)]
+struct Applied {
+    rows: u64,
+    deleted: u64,
+}
+
 /// Why a COPY attempt stopped.
 enum CopyFail {
     Bad(BadFile),
@@ -157,28 +171,41 @@ impl Ingest {
                 .transaction()
                 .map_err(|e| db::classify(e, "starting the file's transaction"))?;
             if manifest::ingested_by(&mut tx, &self.names, &sha)?.is_some() {
-                manifest::done(&mut tx, &self.names, &key, 0, healed, true)
-                    .map_err(|e| db::classify(e, "recording the duplicate"))?;
+                manifest::done(
+                    &mut tx,
+                    &self.names,
+                    &key,
+                    &manifest::Done::duplicate(healed),
+                )
+                .map_err(|e| db::classify(e, "recording the duplicate"))?;
                 tx.commit()
                     .map_err(|e| db::classify(e, "committing the duplicate"))?;
                 return Ok((
                     FileOutcome::Ingested {
                         rows: 0,
+                        deleted: 0,
                         healed,
                         duplicate: true,
                     },
                     attempt,
                 ));
             }
-            let failure = match self.copy_rows(&mut tx, tag, &bytes, ingest_time) {
-                Ok(rows) => {
-                    let committed =
-                        manifest::done(&mut tx, &self.names, &key, rows as i64, healed, false)
-                            .and_then(|()| tx.commit());
+            let failure = match self.copy_rows(&mut tx, tag, file.seq, &bytes, ingest_time) {
+                Ok(applied) => {
+                    let done = manifest::Done {
+                        rows: applied.rows as i64,
+                        deleted: applied.deleted as i64,
+                        seq: Some(file.seq),
+                        healed,
+                        duplicate: false,
+                    };
+                    let committed = manifest::done(&mut tx, &self.names, &key, &done)
+                        .and_then(|()| tx.commit());
                     match committed {
                         Ok(()) => {
                             let outcome = FileOutcome::Ingested {
-                                rows,
+                                rows: applied.rows,
+                                deleted: applied.deleted,
                                 healed,
                                 duplicate: false,
                             };
@@ -187,7 +214,8 @@ impl Ingest {
                         // Another process committed the same content first: go round
                         // again and record this file as its duplicate.
                         Err(e)
-                            if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) =>
+                            if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+                                || is_conflict(&e) =>
                         {
                             continue;
                         }
@@ -200,6 +228,8 @@ impl Ingest {
             let bad = match failure {
                 CopyFail::Temp(e) => return Err(e),
                 CopyFail::Bad(bad) => bad,
+                // Two files of one document met in a deadlock: go round again.
+                CopyFail::Db(e) if is_conflict(&e) => continue,
                 CopyFail::Db(e) if partition::is_no_partition(&e) && !healed => {
                     match self.heal(client, &bytes, ingest_time)? {
                         None => {
@@ -247,67 +277,104 @@ impl Ingest {
             // A crash after commit and before archive: the file is in already.
             return Ok(Some(FileOutcome::Ingested {
                 rows: 0,
+                deleted: 0,
                 healed: false,
                 duplicate: true,
             }));
         }
         manifest::open(client, &self.names, key, sha, len as i64, &self.host)?;
-        manifest::done(client, &self.names, key, 0, false, true)
+        manifest::done(client, &self.names, key, &manifest::Done::duplicate(false))
             .map_err(|e| db::classify(e, "recording the duplicate"))?;
         Ok(Some(FileOutcome::Ingested {
             rows: 0,
+            deleted: 0,
             healed: false,
             duplicate: true,
         }))
     }
 
-    /// Streams the file's records into a binary COPY; returns the rows copied.
+    /// Streams the file's records into a binary COPY, then applies its change set.
     fn copy_rows(
         &self,
         tx: &mut postgres::Transaction<'_>,
         tag: &BatchTag,
+        seq: i64,
         bytes: &[u8],
         ingest_time: i64,
-    ) -> std::result::Result<u64, CopyFail> {
+    ) -> std::result::Result<Applied, CopyFail> {
         let stmt = format!(
             "COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)",
             self.names.table
         );
+        let storage = self.names.storage;
+        let replace = storage.doc_mode == DocMode::Replace;
+        let mut docs = DocSet::default();
         let mut writer = tx.copy_in(&stmt).map_err(CopyFail::Db)?;
-        let mut enc = CopyEncoder::new();
+        let mut enc = CopyEncoder::new(storage.embedding);
         let mut pending: Vec<Record<'_>> = Vec::new();
-        for record in Decoder::new(bytes, self.embed_dim) {
+        let meta = RowMeta {
+            created_at: ingest_time,
+            batch_tag: tag.as_str(),
+            embedding_model: None,
+            seq,
+        };
+        for (index, record) in Decoder::new(bytes, self.embed_dim).enumerate() {
             let record = record.map_err(|e| CopyFail::Bad(e.into()))?;
-            if record.embedding.is_none() && self.embedder.is_some() {
+            if record.delete {
+                docs.remove(record.doc_id);
+                continue;
+            }
+            docs.add(record.doc_id, replace);
+            if let Some(v) = &record.embedding {
+                self.check_vector(v, index as u64)?;
+            } else if self.embedder.is_some() {
                 pending.push(record);
                 if pending.len() == embed::BATCH {
-                    self.embed_into(&mut pending, &mut enc, tag, ingest_time)?;
+                    self.embed_into(&mut pending, &mut enc, &meta)?;
                 }
                 continue;
             }
-            enc.row(
-                &record,
-                record.created_at.unwrap_or(ingest_time),
-                tag.as_str(),
-            );
+            let meta = RowMeta {
+                created_at: record.created_at.unwrap_or(ingest_time),
+                ..meta
+            };
+            enc.row(&record, &meta);
             if enc.len() >= COPY_CHUNK && !send(&mut writer, &mut enc) {
                 return Err(broken(writer));
             }
         }
-        self.embed_into(&mut pending, &mut enc, tag, ingest_time)?;
+        self.embed_into(&mut pending, &mut enc, &meta)?;
         enc.finish();
         if !send(&mut writer, &mut enc) {
             return Err(broken(writer));
         }
-        writer.finish().map_err(CopyFail::Db)
+        let copied = writer.finish().map_err(CopyFail::Db)?;
+        let change = changeset::apply(tx, &self.names, &docs, seq).map_err(CopyFail::Db)?;
+        Ok(Applied {
+            rows: copied - change.withdrawn,
+            deleted: change.deleted,
+        })
+    }
+
+    /// Under cosine distance an all-zero vector has no direction: the file fails.
+    fn check_vector(&self, v: &[f32], index: u64) -> std::result::Result<(), CopyFail> {
+        if self.names.storage.refuses_zero_vectors() && v.iter().all(|x| *x == 0.0) {
+            return Err(CopyFail::Bad(BadFile {
+                record_index: Some(index),
+                ..BadFile::new(
+                    Reason::Failed,
+                    "embedding is all zeros, which has no cosine distance (VECTOR_METRIC=cosine)",
+                )
+            }));
+        }
+        Ok(())
     }
 
     fn embed_into(
         &self,
         pending: &mut Vec<Record<'_>>,
         enc: &mut CopyEncoder,
-        tag: &BatchTag,
-        ingest_time: i64,
+        meta: &RowMeta<'_>,
     ) -> std::result::Result<(), CopyFail> {
         let Some(embedder) = &self.embedder else {
             return Ok(());
@@ -322,11 +389,12 @@ impl Ingest {
         })?;
         for (mut record, vector) in pending.drain(..).zip(vectors) {
             record.embedding = Some(vector);
-            enc.row(
-                &record,
-                record.created_at.unwrap_or(ingest_time),
-                tag.as_str(),
-            );
+            let meta = RowMeta {
+                created_at: record.created_at.unwrap_or(meta.created_at),
+                embedding_model: Some(embedder.model()),
+                ..*meta
+            };
+            enc.row(&record, &meta);
         }
         Ok(())
     }
@@ -336,12 +404,13 @@ impl Ingest {
     fn heal(&self, client: &mut Client, bytes: &[u8], ingest_time: i64) -> Result<Option<String>> {
         let days: BTreeSet<time::Date> = Decoder::new(bytes, None)
             .filter_map(|r| r.ok())
+            .filter(|r| !r.delete)
             .filter_map(|r| partition::day_of(r.created_at.unwrap_or(ingest_time)))
             .collect();
         let (ranges, _) = partition::coverage(client, &self.names)?;
         let missing = partition::missing(&ranges, days);
         let today = time::OffsetDateTime::now_utc().date();
-        if let Some(why) = partition::heal_refusal(&missing, today) {
+        if let Some(why) = partition::heal_refusal(&self.names, &missing, today) {
             return Ok(Some(why));
         }
         let created = partition::create_days(client, &self.names, &missing)?;
@@ -351,6 +420,14 @@ impl Ingest {
         );
         Ok(None)
     }
+}
+
+/// A deadlock or serialization failure between two files' transactions.
+fn is_conflict(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+            || *c == postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+    })
 }
 
 /// Data exceptions and integrity violations are the file's fault; others are not.
