@@ -74,8 +74,10 @@ pub(crate) fn manager(client: &mut impl GenericClient, names: &Names) -> Result<
 /// When the pg_partman extension is installed in the database and the table has no
 /// partition yet and is not registered, registers it with `create_parent` at
 /// PARTITION_INTERVAL, with a premake that covers `window`. pg_partman 4.x takes
-/// `p_type => 'native'`; 5.x dropped that value and takes `'range'`. Returns
-/// whether it registered the table.
+/// `p_type => 'native'`; 5.x dropped that value and takes `'range'`. No default
+/// partition: a row without its partition must reach self-heal, not hide in a
+/// default that would then block creating the partition. Returns whether it
+/// registered the table.
 pub(crate) fn register_with_partman(
     client: &mut postgres::Client,
     names: &Names,
@@ -93,10 +95,12 @@ pub(crate) fn register_with_partman(
     if manager(client, names)? != Manager::Native || !children(client, names)?.is_empty() {
         return Ok(false);
     }
-    let p_type = if version.starts_with("4.") {
-        "native"
+    // 4.x always makes a default partition (dropped below, while it is empty); 5.x
+    // takes p_default_table.
+    let (p_type, no_default) = if version.starts_with("4.") {
+        ("native", "")
     } else {
-        "range"
+        ("range", ", p_default_table => false")
     };
     let premake = periods(names, window).len().max(1) as i32;
     let parent: String = client
@@ -110,17 +114,25 @@ pub(crate) fn register_with_partman(
     client
         .execute(
             &format!(
-                "SELECT {schema}.create_parent(p_parent_table => $1, p_control => 'created_at', \
-                 p_type => $2, p_interval => $3, p_premake => $4)"
+                "SELECT {schema}.create_parent(p_parent_table => $1::text, p_control => 'created_at', \
+                 p_type => $2::text, p_interval => $3::text, p_premake => $4::int{no_default})"
             ),
-            &[
-                &parent,
-                &p_type,
-                &names.storage.interval.partman(),
-                &premake,
-            ],
+            &[&parent, &p_type, &names.storage.interval.partman(), &premake],
         )
         .map_err(|e| db::classify(e, "registering the table with pg_partman"))?;
+    let default: Option<String> = client
+        .query_opt(
+            "SELECT c.oid::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = to_regclass($1) AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'",
+            &[&names.table],
+        )
+        .map_err(|e| db::classify(e, "finding pg_partman's default partition"))?
+        .map(|r| r.get(0));
+    if let Some(default) = default {
+        client
+            .batch_execute(&format!("DROP TABLE {default}"))
+            .map_err(|e| db::classify(e, "dropping pg_partman's empty default partition"))?;
+    }
     client
         .execute(
             &format!(

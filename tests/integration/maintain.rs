@@ -258,3 +258,55 @@ fn pg_partman_maintenance_is_run_and_counted() {
     env.run(&["process"]).output().code(0);
     assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 5);
 }
+
+#[test]
+fn migrate_hands_the_table_to_pg_partman_by_month_and_self_heal_goes_through_it() {
+    ensure_partman();
+    let mut env = TestEnv::new().with_db();
+    env.set("PARTITION_INTERVAL", "month");
+    pg(&env.db_url())
+        .batch_execute("CREATE SCHEMA partman; CREATE EXTENSION pg_partman SCHEMA partman;")
+        .expect("pg_partman");
+    env.run(&["init"]).output().code(0);
+    env.run(&["migrate"])
+        .output()
+        .code(0)
+        .stdout_has("table handed to pg_partman");
+    let interval: String = pg(&env.db_url())
+        .query_one(
+            "SELECT partition_interval FROM partman.part_config WHERE parent_table = 'public.rag_chunks'",
+            &[],
+        )
+        .expect("part_config")
+        .get(0);
+    assert!(
+        interval.contains("mon") || interval.contains("1 month"),
+        "{interval}"
+    );
+    // A document from 1999 has no partition: self-heal asks pg_partman for it.
+    crate::ingest::drop_file(
+        &env,
+        "old.msgpack",
+        &crate::ingest::record(&[
+            ("doc_id", crate::ingest::Val::Str("old")),
+            ("chunk_index", crate::ingest::Val::UInt(0)),
+            ("content", crate::ingest::Val::Str("x")),
+            ("created_at", crate::ingest::Val::UInt(915_148_800)),
+        ]),
+    );
+    env.run(&["process"]).output().code(0);
+    assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 1);
+    assert_eq!(
+        count(
+            &env.db_url(),
+            "SELECT count(*) FROM pg_class WHERE relname = 'rag_chunks_p1999_01' \
+             AND reloptions @> ARRAY['toast_tuple_target=8160']"
+        ),
+        1,
+        "pg_partman's partition for 1999-01, with the storage parameter"
+    );
+    env.run(&["maintain"])
+        .output()
+        .code(0)
+        .stdout_has("(pg_partman)");
+}

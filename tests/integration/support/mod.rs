@@ -118,14 +118,18 @@ impl TestEnv {
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    // Dotfiles are the spool's bookkeeping (claim order), not spooled files.
-                    .filter(|n| !n.starts_with('.'))
+                    .filter(|n| !is_bookkeeping(n))
                     .collect()
             })
             .unwrap_or_default();
         names.sort();
         names
     }
+}
+
+/// The spool's own claim-order records, not spooled files.
+fn is_bookkeeping(name: &str) -> bool {
+    name == ".seq" || name == ".claim"
 }
 
 fn list(root: &Path, dir: &Path, out: &mut Vec<String>) {
@@ -136,7 +140,7 @@ fn list(root: &Path, dir: &Path, out: &mut Vec<String>) {
         let p = e.path();
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             list(root, &p, out);
-        } else if !e.file_name().to_string_lossy().starts_with('.') {
+        } else if !is_bookkeeping(&e.file_name().to_string_lossy()) {
             out.push(p.strip_prefix(root).unwrap_or(&p).display().to_string());
         }
     }
