@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+VECTOR = {"EMBEDDING_TYPE": "vector", "EMBED_DIM": "384"}
 COLUMNS = "doc_id, chunk_index, content, embedding, metadata, source, created_at, batch_tag"
 
 
@@ -28,8 +29,9 @@ def sh(cmd, env=None, check=True, capture=False):
     return r.stdout if capture else r.returncode
 
 
-def timed(cmd, env):
-    """Runs cmd; returns (seconds, peak RSS in MiB) of that child alone."""
+def timed(cmd, env, cpu=None):
+    """Runs cmd; returns (seconds, peak RSS in MiB) of that child alone, and appends
+    its CPU seconds (user + system) to `cpu` when given."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -37,6 +39,8 @@ def timed(cmd, env):
     code = os.waitstatus_to_exitcode(status)
     if code not in (0, 1):
         raise SystemExit(f"{' '.join(map(str, cmd))} exited {code}")
+    if cpu is not None:
+        cpu.append(usage.ru_utime + usage.ru_stime)
     return elapsed, usage.ru_maxrss / 1024.0
 
 
@@ -77,9 +81,9 @@ class Bench:
         self.bin = os.environ.get("RAGSPOOL_BENCH_BIN") or str(ROOT / "target" / "release" / "ragspool")
         self.results = []
 
-    def psql(self, sql, capture=False):
+    def psql(self, sql, capture=False, db=None):
         return sh(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres",
-                   "-d", "bench", "-At", "-c", sql], capture=capture)
+                   "-d", db or self.db, "-At", "-c", sql], capture=capture)
 
     def setup(self):
         shutil.rmtree(self.work, ignore_errors=True)
@@ -90,16 +94,22 @@ class Bench:
         out = subprocess.run(["bash", str(ROOT / "scripts/servers.sh"), "start", str(self.work / "servers"), "pg"],
                              env=penv, check=True, text=True, stdout=subprocess.PIPE).stdout
         vals = dict(line.split("=", 1) for line in out.split())
-        self.port, pg_bin = vals["PG_PORT"], vals["PG_BIN"]
-        sh([f"{pg_bin}/createdb", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", "bench"])
-        self.env = {
+        self.port, self.pg_bin = vals["PG_PORT"], vals["PG_BIN"]
+        self.base_env = {
             "PATH": os.environ.get("PATH", ""),
             "SPOOL_DIR": str(self.work / "spool"),
             "RAG_LOG_FILE": str(self.work / "ragspool.log"),
-            "DATABASE_URL": f"postgres://postgres@127.0.0.1:{self.port}/bench",
             "WORKERS": str(self.args.workers),
         }
+        self.use_db("bench", {})
         sh([self.bin, "init"], env=self.env)
+
+    def use_db(self, name, extra):
+        """A fresh database `name`, migrated with the settings `extra`, for what follows."""
+        sh([f"{self.pg_bin}/dropdb", "--if-exists", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", name])
+        sh([f"{self.pg_bin}/createdb", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", name])
+        self.db = name
+        self.env = dict(self.base_env, DATABASE_URL=f"postgres://postgres@127.0.0.1:{self.port}/{name}", **extra)
         sh([self.bin, "-q", "migrate"], env=self.env)
 
     def stop(self):
@@ -110,7 +120,7 @@ class Bench:
 
     def reset(self, source):
         """Empties the table, the manifest and the spool, then puts `source`'s files back in incoming/."""
-        self.psql("TRUNCATE rag_chunks, ragspool_manifest")
+        self.psql("TRUNCATE rag_chunks, ragspool_manifest, ragspool_docs")
         for sub in ("incoming", "processing", "archive", "failed", "outbox", "tmp"):
             d = self.spool(sub)
             shutil.rmtree(d)
@@ -120,9 +130,9 @@ class Bench:
             shutil.copyfile(f, tmp)
             os.rename(tmp, self.spool("incoming") / f.name)
 
-    def generate(self, name, files, records, dim=384):
+    def generate(self, name, files, records, dim=384, days=1):
         """A pristine spool of sample files kept aside for every run."""
-        sh([self.bin, "gen", "--files", str(files), "--records", str(records), "--dim", str(dim), "--days", "1"],
+        sh([self.bin, "gen", "--files", str(files), "--records", str(records), "--dim", str(dim), "--days", str(days)],
            env=self.env)
         keep = self.work / name
         shutil.rmtree(keep, ignore_errors=True)
@@ -131,24 +141,48 @@ class Bench:
         return keep
 
     def copy_in(self, path, fmt="binary"):
-        return ["psql", "-X", "-q", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", "-d", "bench", "-c",
+        return ["psql", "-X", "-q", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", "-d", self.db, "-c",
                 f"\\copy rag_chunks ({COLUMNS}) FROM '{path}' WITH (FORMAT {fmt})"]
 
     def run(self):
         a = self.args
         self.setup()
         try:
-            self.throughput(a)
+            source = self.generate("big", a.files, a.records)
+            self.spool_bytes = sum(f.stat().st_size for f in source.iterdir())
+            self.rows = a.files * a.records
+            self.modes = {}
+            self.modes["array"] = self.throughput(a, source, "bench", {}, csv=True)
+            self.modes["vector"] = self.throughput(a, source, "benchvec", VECTOR)
+            self.modes["hnsw sealed"] = self.throughput(a, source, "benchhnsw", dict(VECTOR, VECTOR_INDEX="hnsw"),
+                                                        limits=False)
+            self.index_build(a)
+            self.replace(a, source)
             self.latency(a)
             self.memory(a)
         finally:
             self.stop()
         self.report()
 
-    def throughput(self, a):
-        source = self.generate("big", a.files, a.records)
-        rows = a.files * a.records
-        spool_bytes = sum(f.stat().st_size for f in source.iterdir())
+    def process_runs(self, a, source, env, runs=None):
+        """`ragspool process` over `source`, `runs` times: (rows/s list, peak RSS list, CPU s list)."""
+        rates, rss, cpu = [], [], []
+        for _ in range(runs or a.runs):
+            self.reset(source)
+            t, r = timed([self.bin, "-q", "process"], env, cpu)
+            got = int(self.psql("SELECT count(*) FROM rag_chunks", capture=True))
+            rows = a.files * a.records
+            if got != rows:
+                raise SystemExit(f"process ingested {got} rows, expected {rows}")
+            rates.append(rows / t)
+            rss.append(r)
+        return rates, rss, cpu
+
+    def throughput(self, a, source, db, extra, limits=True, csv=False):
+        """One storage mode: process end to end, then PostgreSQL's binary COPY limit on
+        the same rows into ragspool's own table (toast_tuple_target set) and into the
+        table as PostgreSQL defaults its partitions, on 1 and WORKERS connections."""
+        self.use_db(db, extra)
         gate_port = free_port()
         events = self.work / "gate-events.jsonl"
         genv = dict(self.env, GATE_TOKEN="bench-token")
@@ -156,52 +190,107 @@ class Bench:
                                  str(events), "--rate", "1000", "--burst", "1000"], env=genv)
         penv = dict(self.env, GATE_URL=f"http://127.0.0.1:{gate_port}/", GATE_TOKEN="bench-token",
                     BATCH_MAX_FILES="50", BATCH_MAX_BYTES=str(1 << 40))
-        proc_t, proc_rss = [], []
         try:
-            for _ in range(a.runs):
-                self.reset(source)
-                t, rss = timed([self.bin, "-q", "process"], penv)
-                got = int(self.psql("SELECT count(*) FROM rag_chunks", capture=True))
-                if got != rows:
-                    raise SystemExit(f"process ingested {got} rows, expected {rows}")
-                proc_t.append(t)
-                proc_rss.append(rss)
+            rates, rss, cpu = self.process_runs(a, source, penv)
         finally:
             gate.terminate()
             gate.wait()
+        out = {"process": rates, "rss": rss, "cpu": cpu}
+        if not limits:
+            return out
         # The limit: the same rows, dumped once and loaded back by psql.
-        dump, csv = self.work / "dump.bin", self.work / "dump.csv"
+        dump, csv_path = self.work / "dump.bin", self.work / "dump.csv"
         w = a.workers
         select = f"SELECT {COLUMNS} FROM rag_chunks"
         self.psql(f"\\copy ({select}) TO '{dump}' WITH (FORMAT binary)")
-        self.psql(f"\\copy ({select}) TO '{csv}' WITH (FORMAT csv)")
         parts = []
         for i in range(w):
             p = self.work / f"dump-{i}.bin"
             self.psql(f"\\copy ({select} WHERE abs(hashtext(doc_id)) % {w} = {i}) TO '{p}' WITH (FORMAT binary)")
             parts.append(p)
-        one, par, csv_t = [], [], []
+        partitions = self.psql("SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'rag_chunks'::regclass",
+                               capture=True).split()
+        for table in ("own", "default"):
+            if table == "default":
+                for part in partitions:
+                    self.psql(f"ALTER TABLE {part} RESET (toast_tuple_target)")
+            one, par = [], []
+            for _ in range(a.runs):
+                self.psql("TRUNCATE rag_chunks")
+                one.append(self.rows / timed(self.copy_in(dump), self.env)[0])
+                self.psql("TRUNCATE rag_chunks")
+                start = time.monotonic()
+                procs = [subprocess.Popen(self.copy_in(p), stdout=subprocess.DEVNULL) for p in parts]
+                for p in procs:
+                    p.wait()
+                par.append(self.rows / (time.monotonic() - start))
+            out[f"{table}1"], out[f"{table}N"] = one, par
+        if csv:
+            self.psql(f"\\copy ({select}) TO '{csv_path}' WITH (FORMAT csv)")
+            c = []
+            for _ in range(a.runs):
+                self.psql("TRUNCATE rag_chunks")
+                c.append(self.rows / timed(self.copy_in(csv_path, "csv"), self.env)[0])
+            out["csv"] = c
+        return out
+
+    def index_build(self, a):
+        """VECTOR_INDEX_BUILD=always on a smaller load (COPY into an indexed partition is
+        slow), and the time `maintain` takes to index one sealed partition."""
+        files = max(1, a.files // 10)
+        source = self.generate("always", files, a.records, days=2)
+        self.use_db("benchalways", dict(VECTOR, VECTOR_INDEX="hnsw", VECTOR_INDEX_BUILD="always"))
+        saved = (a.files, a.runs)
+        a.files, a.runs = files, 1
+        try:
+            rates, _, _ = self.process_runs(a, source, self.env)
+        finally:
+            a.files, a.runs = saved
+        self.always = {"rows": files * a.records, "rate": rates[0]}
+        # Sealed partitions: the rows dated before today, indexed by maintain.
+        self.use_db("benchseal", dict(VECTOR, VECTOR_INDEX="hnsw", VECTOR_INDEX_QUIET_SECS="0"))
+        self.reset(source)
+        sh([self.bin, "-q", "process"], env=self.env)
+        self.psql("VACUUM ANALYZE rag_chunks")
+        sealed = int(self.psql("SELECT count(*) FROM rag_chunks WHERE created_at < date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+                               capture=True))
+        start = time.monotonic()
+        sh([self.bin, "-q", "maintain"], env=self.env)
+        self.seal = {"rows": sealed, "secs": time.monotonic() - start}
+
+    def replace(self, a, source):
+        """DOC_MODE=replace: a first load (every document new) and a second load that
+        replaces every document, against append mode in the same database."""
+        self.use_db("benchreplace", dict(DOC_MODE="replace"))
+        first, _, _ = self.process_runs(a, source, self.env)
+        second = []
         for _ in range(a.runs):
-            self.psql("TRUNCATE rag_chunks")
-            one.append(timed(self.copy_in(dump), self.env)[0])
-            self.psql("TRUNCATE rag_chunks")
-            start = time.monotonic()
-            procs = [subprocess.Popen(self.copy_in(p), stdout=subprocess.DEVNULL) for p in parts]
-            for p in procs:
-                p.wait()
-            par.append(time.monotonic() - start)
-            self.psql("TRUNCATE rag_chunks")
-            csv_t.append(timed(self.copy_in(csv, "csv"), self.env)[0])
-        rate = lambda ts: [rows / t for t in ts]
-        self.rows, self.spool_bytes = rows, spool_bytes
-        self.rates = {"process": rate(proc_t), "limit1": rate(one), "limitN": rate(par), "csv": rate(csv_t)}
-        self.proc_rss = proc_rss
+            # The same documents again: a new file name and one byte of content each
+            # make them new files (not duplicates) that replace every document.
+            self.psql("TRUNCATE ragspool_manifest")
+            for sub in ("archive", "incoming", "tmp"):
+                d = self.spool(sub)
+                shutil.rmtree(d)
+                d.mkdir(mode=0o750)
+            for f in sorted(source.iterdir()):
+                tmp = self.spool("tmp") / ("again-" + f.name)
+                shutil.copyfile(f, tmp)
+                with open(tmp, "ab") as fh:
+                    fh.write(b"\x90")  # an empty MessagePack array: no record, new sha256
+                os.rename(tmp, self.spool("incoming") / tmp.name)
+            t, _ = timed([self.bin, "-q", "process"], self.env)
+            got = int(self.psql("SELECT count(*) FROM rag_chunks", capture=True))
+            if got != self.rows:
+                raise SystemExit(f"replace left {got} rows, expected {self.rows}")
+            second.append(self.rows / t)
+        self.replace_rates = {"first": first, "second": second}
 
     def latency(self, a):
         Gate.arrivals = []
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gate)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         source = self.generate("small", a.latency_files, 10)
+        self.use_db("bench", {})
         env = dict(self.env, GATE_URL=f"http://127.0.0.1:{server.server_address[1]}/", BATCH_MAX_AGE_SECS="0")
         empty = self.work / "empty"
         empty.mkdir(exist_ok=True)
@@ -244,24 +333,58 @@ class Bench:
         self.rss_growth.append((10000, 2, rss))
 
     def report(self):
-        r = self.rates
-        med = lambda k: statistics.median(r[k])
+        med = statistics.median
+        w = self.args.workers
         lines = [
             "# ragspool benchmark",
             "",
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, WORKERS={self.args.workers}, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, WORKERS={w}, "
             f"{self.rows:,} rows ({self.args.files} files × {self.args.records} records, 384-dim embeddings, "
-            f"~800-byte texts), spool {self.spool_bytes / 2**20:,.0f} MiB, {self.args.runs} runs each: median (min–max).",
+            f"~800-byte texts), spool {self.spool_bytes / 2**20:,.0f} MiB, {self.args.runs} runs each: median (min–max). "
+            "Limits are PostgreSQL's own binary COPY (`psql \\copy`) of the same rows replayed into ragspool's table "
+            "(partitions with toast_tuple_target=8160) and into the table as PostgreSQL defaults its partitions.",
             "",
-            "| measure | rows/s | ratio to limit-1-conn |",
+            "| mode | measure | rows/s | ÷ own limit, 1 conn | ÷ own limit, "
+            f"{w} conn | ÷ default-table limit, {w} conn |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name in ("array", "vector"):
+            m = self.modes[name]
+            for key, label in (("default1", "limit, default table, 1 conn"), ("defaultN", f"limit, default table, {w} conn"),
+                               ("own1", "limit, ragspool's table, 1 conn"), ("ownN", f"limit, ragspool's table, {w} conn")):
+                lines.append(f"| {name} | {label} | {fmt(m[key])} | {med(m[key]) / med(m['own1']):.2f} | "
+                             f"{med(m[key]) / med(m['ownN']):.2f} | {med(m[key]) / med(m['defaultN']):.2f} |")
+            p = m["process"]
+            lines.append(f"| {name} | **ragspool process** (end to end, gate events) | {fmt(p)} | "
+                         f"{med(p) / med(m['own1']):.2f} | **{med(p) / med(m['ownN']):.2f}** | "
+                         f"**{med(p) / med(m['defaultN']):.2f}** |")
+            if "csv" in m:
+                lines.append(f"| {name} | psql \\copy CSV, 1 conn (reference) | {fmt(m['csv'])} | "
+                             f"{med(m['csv']) / med(m['own1']):.2f} | | |")
+        vec, sealed = self.modes["vector"], self.modes["hnsw sealed"]
+        lines += [
+            "",
+            "| client CPU (ragspool process, user + system) | s per 100k rows | µs per row |",
             "|---|---|---|",
-            f"| limit: psql \\copy binary, 1 connection | {fmt(r['limit1'])} | 1.00 |",
-            f"| limit: psql \\copy binary, {self.args.workers} connections | {fmt(r['limitN'])} | {med('limitN') / med('limit1'):.2f} |",
-            f"| psql \\copy CSV, 1 connection (reference) | {fmt(r['csv'])} | {med('csv') / med('limit1'):.2f} |",
-            f"| **ragspool process** (end to end, gate events to `gate serve`) | {fmt(r['process'])} | **{med('process') / med('limit1'):.2f}** |",
+        ]
+        for name in ("array", "vector", "hnsw sealed"):
+            cpu = med(self.modes[name]["cpu"])
+            lines.append(f"| {name} | {cpu * 1e5 / self.rows:.2f} | {cpu * 1e6 / self.rows:.1f} |")
+        r = self.replace_rates
+        array = self.modes["array"]["process"]
+        lines += [
             "",
-            f"process / limit-1-conn = **{med('process') / med('limit1'):.2f}**, "
-            f"process / limit-parallel = **{med('process') / med('limitN'):.2f}**",
+            "| vector index and document replace | rows/s | ratio |",
+            "|---|---|---|",
+            f"| VECTOR_INDEX=hnsw, `sealed` (no index during ingest) | {fmt(sealed['process'])} | "
+            f"{med(sealed['process']) / med(vec['process']):.2f} × vector without index |",
+            f"| VECTOR_INDEX=hnsw, `always` ({self.always['rows']:,} rows, 1 run) | {self.always['rate']:,.0f} | "
+            f"{self.always['rate'] / med(vec['process']):.3f} × vector without index |",
+            f"| `maintain` indexing the sealed partition (yesterday's {self.seal['rows']:,} rows) | {self.seal['secs']:.1f} s | |",
+            f"| DOC_MODE=replace, first load (every document new) | {fmt(r['first'])} | "
+            f"{med(r['first']) / med(array):.2f} × append |",
+            f"| DOC_MODE=replace, second load (every document replaced) | {fmt(r['second'])} | "
+            f"{med(r['second']) / med(array):.2f} × append |",
             "",
             "| latency, rename into incoming/ → gate.done received (BATCH_MAX_AGE_SECS=0) | ms |",
             "|---|---|",
@@ -270,8 +393,10 @@ class Bench:
             "",
             "| memory | peak RSS MiB |",
             "|---|---|",
-            f"| process, {self.args.files} × {self.args.records} records | {fmt(self.proc_rss)} |",
         ]
+        for name in ("array", "vector", "hnsw sealed"):
+            lines.append(f"| process, {self.args.files} × {self.args.records} records, {name} | "
+                         f"{fmt(self.modes[name]['rss'])} |")
         for files, records, rss in self.rss_growth:
             lines.append(f"| process, {files:,} files × {records} records | {rss:.1f} |")
         lines += [
