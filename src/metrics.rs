@@ -1,5 +1,11 @@
-//! Prometheus textfile-collector output (SPEC §9): counters kept in process,
-//! gauges read when written, the file replaced atomically (temp file + rename).
+//! Prometheus textfile-collector output (SPEC §9). Counters add up across every
+//! command that writes the file and across restarts: under an flock on
+//! `<METRICS_FILE>.lock`, a writer reads the file, adds what it counted since its
+//! own last write, and replaces the file atomically (temp file + rename). So
+//! `maintain` never lowers an ingest counter, `process` runs add up, a restarted
+//! `watch` goes on from the file, and two writers at once lose no increment.
+//! Gauges (spool and outbox depth, maintenance, unindexed partitions) are read
+//! afresh by every writer; one it cannot read keeps the file's last value.
 
 use crate::batch::Reason;
 use crate::error::Result;
@@ -8,22 +14,139 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A process-wide counter.
-pub(crate) struct Counter(AtomicU64);
+/// A process-wide counter, with what of it the metrics file already holds.
+pub(crate) struct Counter {
+    value: AtomicU64,
+    flushed: AtomicU64,
+}
 
 impl Counter {
     const fn new() -> Counter {
-        Counter(AtomicU64::new(0))
+        Counter {
+            value: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+        }
     }
 
     /// Adds `n`.
     pub(crate) fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.value.fetch_add(n, Ordering::Relaxed);
     }
 
     fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.value.load(Ordering::Relaxed)
     }
+}
+
+/// One counter series of the file: its name with labels, its counter, and the
+/// factor from the counter's unit to the exported one.
+struct Series {
+    key: String,
+    counter: &'static Counter,
+    scale: f64,
+}
+
+/// Every counter series, in the order the file lists them.
+fn counter_series() -> Vec<Series> {
+    let series = |key: String, counter: &'static Counter, scale: f64| Series {
+        key,
+        counter,
+        scale,
+    };
+    let mut all: Vec<Series> = Reason::ALL
+        .iter()
+        .zip(&BATCHES)
+        .map(|(r, c)| {
+            series(
+                format!("ragspool_batches_total{{reason=\"{}\"}}", r.as_str()),
+                c,
+                1.0,
+            )
+        })
+        .collect();
+    all.extend([
+        series("ragspool_rows_total".into(), &ROWS, 1.0),
+        series(
+            "ragspool_files_total{outcome=\"ok\"}".into(),
+            &FILES_OK,
+            1.0,
+        ),
+        series(
+            "ragspool_files_total{outcome=\"failed\"}".into(),
+            &FILES_FAILED,
+            1.0,
+        ),
+        series(
+            "ragspool_batch_duration_seconds_sum".into(),
+            &BATCH_MS,
+            0.001,
+        ),
+        series(
+            "ragspool_gate_deliveries_total{outcome=\"delivered\"}".into(),
+            &DELIVERED,
+            1.0,
+        ),
+        series(
+            "ragspool_gate_deliveries_total{outcome=\"retried\"}".into(),
+            &RETRIED,
+            1.0,
+        ),
+        series(
+            "ragspool_gate_deliveries_total{outcome=\"dead\"}".into(),
+            &DEAD,
+            1.0,
+        ),
+        series(
+            "ragspool_partitions_created_total".into(),
+            &PARTITIONS_CREATED,
+            1.0,
+        ),
+        series("ragspool_cache_hits_total".into(), &CACHE_HITS, 1.0),
+        series("ragspool_cache_misses_total".into(), &CACHE_MISSES, 1.0),
+        series(
+            "ragspool_build_updates_unheard_total".into(),
+            &PUBLISH_UNHEARD,
+            1.0,
+        ),
+    ]);
+    all
+}
+
+/// The samples of a metrics file: series (name with labels) → value.
+pub(crate) type Samples = std::collections::HashMap<String, f64>;
+
+/// Reads the samples of the file at `path` (none when it is missing or unreadable).
+fn read_samples(path: &Path) -> Samples {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The file's counters plus what this process counted since its last write;
+/// returns them with the counter values they include.
+fn merged(previous: &Samples) -> (Samples, Vec<(&'static Counter, u64)>) {
+    let mut out = Samples::new();
+    let mut taken = Vec::new();
+    for s in counter_series() {
+        let now = s.counter.get();
+        let delta = now.saturating_sub(s.counter.flushed.load(Ordering::Relaxed));
+        let before = previous.get(&s.key).copied().unwrap_or(0.0);
+        out.insert(s.key, before + delta as f64 * s.scale);
+        taken.push((s.counter, now));
+    }
+    let batches: f64 = out
+        .iter()
+        .filter(|(k, _)| k.starts_with("ragspool_batches_total"))
+        .map(|(_, v)| v)
+        .sum();
+    out.insert("ragspool_batch_duration_seconds_count".into(), batches);
+    (out, taken)
 }
 
 /// Batches by reason, in [`Reason::ALL`] order.
@@ -88,53 +211,61 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     }
 }
 
-/// The metrics text.
-pub(crate) fn render(spool: &Spool, gauges: &Gauges) -> String {
-    let mut out = String::new();
-    let by_reason: Vec<(String, f64)> = Reason::ALL
+/// Samples of one family from `values`, by label suffix (`""`, `{reason="x"}`, `_sum`).
+fn pick(values: &Samples, name: &str, suffixes: &[String]) -> Vec<(String, f64)> {
+    suffixes
         .iter()
-        .zip(&BATCHES)
-        .map(|(r, c)| (format!("{{reason=\"{}\"}}", r.as_str()), c.get() as f64))
-        .collect();
-    family(
+        .map(|sfx| {
+            let key = format!("ragspool_{name}{sfx}");
+            (sfx.clone(), values.get(&key).copied().unwrap_or(0.0))
+        })
+        .collect()
+}
+
+fn labels(key: &str, values: &[&str]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| format!("{{{key}=\"{v}\"}}"))
+        .collect()
+}
+
+/// The metrics text: `counters` merged with the file's, gauges read now, and for a
+/// gauge this writer cannot read, the value `previous` (the file) had.
+pub(crate) fn render(
+    spool: &Spool,
+    gauges: &Gauges,
+    counters: &Samples,
+    previous: &Samples,
+) -> String {
+    let mut out = String::new();
+    let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    let counter = |out: &mut String, name: &str, help: &str, sfx: &[String]| {
+        family(out, name, "counter", help, &pick(counters, name, sfx));
+    };
+    let plain = [String::new()];
+    counter(
         &mut out,
         "batches_total",
-        "counter",
         "Batches by gate.done reason.",
-        &by_reason,
+        &labels("reason", &reasons),
     );
-    family(
-        &mut out,
-        "rows_total",
-        "counter",
-        "Rows inserted.",
-        &[(String::new(), ROWS.get() as f64)],
-    );
-    let files = [
-        ("{outcome=\"ok\"}".to_string(), FILES_OK.get() as f64),
-        (
-            "{outcome=\"failed\"}".to_string(),
-            FILES_FAILED.get() as f64,
-        ),
-    ];
-    family(
+    counter(&mut out, "rows_total", "Rows inserted.", &plain);
+    counter(
         &mut out,
         "files_total",
-        "counter",
         "Files by outcome.",
-        &files,
+        &labels("outcome", &["ok", "failed"]),
     );
-    let count: u64 = BATCHES.iter().map(Counter::get).sum();
-    let duration = [
-        ("_sum".to_string(), BATCH_MS.get() as f64 / 1000.0),
-        ("_count".to_string(), count as f64),
-    ];
     family(
         &mut out,
         "batch_duration_seconds",
         "summary",
         "Batch wall time.",
-        &duration,
+        &pick(
+            counters,
+            "batch_duration_seconds",
+            &["_sum".into(), "_count".into()],
+        ),
     );
     if let Ok(depth) = spool.depth() {
         let files: Vec<_> = depth
@@ -160,20 +291,11 @@ pub(crate) fn render(spool: &Spool, gauges: &Gauges) -> String {
             &bytes,
         );
     }
-    let deliveries = [
-        (
-            "{outcome=\"delivered\"}".to_string(),
-            DELIVERED.get() as f64,
-        ),
-        ("{outcome=\"retried\"}".to_string(), RETRIED.get() as f64),
-        ("{outcome=\"dead\"}".to_string(), DEAD.get() as f64),
-    ];
-    family(
+    counter(
         &mut out,
         "gate_deliveries_total",
-        "counter",
         "Webhook delivery attempts by outcome.",
-        &deliveries,
+        &labels("outcome", &["delivered", "retried", "dead"]),
     );
     let (waiting, dead) = crate::gate::outbox_depth(spool.root());
     family(
@@ -190,54 +312,42 @@ pub(crate) fn render(spool: &Spool, gauges: &Gauges) -> String {
         "Events in outbox/dead/.",
         &[(String::new(), dead as f64)],
     );
-    let created = [(String::new(), PARTITIONS_CREATED.get() as f64)];
-    family(
+    counter(
         &mut out,
         "partitions_created_total",
-        "counter",
         "Partitions created.",
-        &created,
+        &plain,
     );
-    if let Some(t) = gauges.last_maintenance_success {
-        let last = [(String::new(), t as f64)];
+    let kept = |name: &str, now: Option<f64>| {
+        now.or_else(|| previous.get(&format!("ragspool_{name}")).copied())
+    };
+    let last = "last_maintenance_success_timestamp_seconds";
+    if let Some(t) = kept(last, gauges.last_maintenance_success.map(|t| t as f64)) {
         family(
             &mut out,
-            "last_maintenance_success_timestamp_seconds",
+            last,
             "gauge",
             "Unix time of the last good maintenance run.",
-            &last,
+            &[(String::new(), t)],
         );
     }
-    if let Some(n) = gauges.partitions_unindexed {
+    let unindexed = "partitions_unindexed";
+    if let Some(n) = kept(unindexed, gauges.partitions_unindexed.map(|n| n as f64)) {
         family(
             &mut out,
-            "partitions_unindexed",
+            unindexed,
             "gauge",
             "Partitions still waiting for their HNSW index.",
-            &[(String::new(), n as f64)],
+            &[(String::new(), n)],
         );
     }
-    family(
-        &mut out,
-        "cache_hits_total",
-        "counter",
-        "Cache hits in this process.",
-        &[(String::new(), CACHE_HITS.get() as f64)],
-    );
-    family(
-        &mut out,
-        "cache_misses_total",
-        "counter",
-        "Cache misses in this process.",
-        &[(String::new(), CACHE_MISSES.get() as f64)],
-    );
-    let unheard = [(String::new(), PUBLISH_UNHEARD.get() as f64)];
-    family(
+    counter(&mut out, "cache_hits_total", "Cache hits.", &plain);
+    counter(&mut out, "cache_misses_total", "Cache misses.", &plain);
+    counter(
         &mut out,
         "build_updates_unheard_total",
-        "counter",
         "Build updates no subscriber received.",
-        &unheard,
+        &plain,
     );
     out
 }
@@ -269,7 +379,8 @@ pub(crate) fn write_configured(config: &crate::config::Config) {
     }
 }
 
-/// Writes the metrics to `path` atomically.
+/// Merges this process's counts into the file at `path` and replaces it atomically,
+/// under an flock on `<path>.lock` so that concurrent writers lose no increment.
 pub(crate) fn write(path: &Path, spool: &Spool, gauges: &Gauges) -> Result<()> {
     let dir = path
         .parent()
@@ -279,5 +390,19 @@ pub(crate) fn write(path: &Path, spool: &Spool, gauges: &Gauges) -> Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("ragspool.prom");
-    crate::spool::write_atomic(dir, name, render(spool, gauges).as_bytes(), 0o644)
+    let lock_path = dir.join(format!("{name}.lock"));
+    let lock = crate::spool::open_append(&lock_path, 0o644).map_err(|e| {
+        crate::error::Error::from(e).context(format!("cannot open `{}`", lock_path.display()))
+    })?;
+    lock.lock().map_err(|e| {
+        crate::error::Error::from(e).context(format!("cannot lock `{}`", lock_path.display()))
+    })?;
+    let previous = read_samples(path);
+    let (counters, taken) = merged(&previous);
+    let text = render(spool, gauges, &counters, &previous);
+    crate::spool::write_atomic(dir, name, text.as_bytes(), 0o644)?;
+    for (counter, value) in taken {
+        counter.flushed.store(value, Ordering::Relaxed);
+    }
+    Ok(())
 }

@@ -88,6 +88,12 @@ pub(crate) fn apply(
         .copied()
         .collect();
     let mut change = Change::default();
+    if !removers.is_empty() || !superseded.is_empty() {
+        // Right after a bulk load the partitions' statistics can be stale enough for
+        // the planner to scan whole partitions: a document's rows are always few, so
+        // the (doc_id, ragspool_seq) index is the plan (for this transaction only).
+        tx.batch_execute("SET LOCAL enable_seqscan = off")?;
+    }
     if !removers.is_empty() {
         change.deleted = tx.execute(
             &format!(

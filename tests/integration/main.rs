@@ -12,6 +12,7 @@ mod gate;
 mod harness;
 mod ingest;
 mod maintain;
+mod metrics;
 mod rag;
 mod reliability;
 mod settings;
