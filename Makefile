@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug/ragspool
 
-.PHONY: all build release deps tools test fuzz lint man man-lint man-gz readme demo bench deb rpm clean
+.PHONY: all build release deps tools test fuzz lint audit man man-lint man-gz readme demo bench deb rpm clean
 
 all: build
 
@@ -33,6 +33,10 @@ fuzz: deps
 lint: deps man-lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# RustSec advisories (offline snapshot), licences and duplicate versions (deny.toml).
+audit:
+	bash scripts/audit.sh
 
 man-lint:
 	@out=$$(groff -man -ww -z man/ragspool.1 2>&1); if [ -n "$$out" ]; then echo "$$out"; exit 1; fi

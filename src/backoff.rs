@@ -52,7 +52,7 @@ impl Backoff {
 /// `d` scaled by a random factor in [0.5, 1.0).
 fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];
-    let r = if getrandom::getrandom(&mut b).is_ok() {
+    let r = if getrandom::fill(&mut b).is_ok() {
         u16::from_le_bytes(b)
     } else {
         0

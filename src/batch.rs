@@ -14,7 +14,7 @@ impl BatchTag {
     /// A new tag for a batch starting now.
     pub(crate) fn new() -> Result<BatchTag> {
         let mut random = [0u8; 4];
-        getrandom::getrandom(&mut random)
+        getrandom::fill(&mut random)
             .map_err(|e| Error::temp(format!("cannot read random bytes for a batch tag: {e}")))?;
         Ok(BatchTag::at(OffsetDateTime::now_utc(), random))
     }

@@ -324,6 +324,6 @@ impl Outbox {
 /// A new webhook-id.
 pub(crate) fn new_id() -> String {
     let mut b = [0u8; 12];
-    let _ = getrandom::getrandom(&mut b);
+    let _ = getrandom::fill(&mut b);
     format!("msg_{}", crate::digest::hex(&b))
 }

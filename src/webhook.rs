@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::redact::Secret;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 use crate::support::http::{HttpServer, Request, Response};
 use crate::support::{TestEnv, mode, wait_with_deadline};
 use base64::Engine;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
