@@ -20,8 +20,26 @@ CREATE TABLE IF NOT EXISTS {schema}ragspool_docs (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- Lineage (SPEC §12): one row per committed file and document it changed, written
+-- in the file's transaction, so it never disagrees with the table and a deletion
+-- stays provable after the rows are gone. `trace` reads it by (doc_id, seq).
+CREATE TABLE IF NOT EXISTS {schema}ragspool_doc_events (
+    doc_id       text        NOT NULL,
+    seq          bigint      NOT NULL,
+    sha256       text        NOT NULL,
+    batch_tag    text        NOT NULL,
+    file_name    text        NOT NULL,
+    action       text        NOT NULL CHECK (action IN ('upsert', 'delete')),
+    rows_added   bigint      NOT NULL,
+    rows_removed bigint      NOT NULL,
+    committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (doc_id, seq)
+);
+
 ALTER TABLE {schema}ragspool_manifest ADD COLUMN IF NOT EXISTS deleted bigint NOT NULL DEFAULT 0;
 ALTER TABLE {schema}ragspool_manifest ADD COLUMN IF NOT EXISTS seq bigint;
+ALTER TABLE {schema}ragspool_manifest ADD COLUMN IF NOT EXISTS embedded bigint NOT NULL DEFAULT 0;
+ALTER TABLE {schema}ragspool_manifest ADD COLUMN IF NOT EXISTS reused bigint NOT NULL DEFAULT 0;
 
 CREATE OR REPLACE FUNCTION {schema}ragspool_manifest_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$

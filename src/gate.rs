@@ -213,6 +213,32 @@ impl Notifier {
 }
 
 /// Events waiting in a spool's outbox and dead letters.
+/// Where a batch's gate.done stands: `waiting` in outbox/, `dead` in outbox/dead/,
+/// else `delivered` (or `no gate` when GATE_URL is unset).
+pub(crate) fn done_state(spool_dir: &Path, batch_tag: &str, gate: bool) -> &'static str {
+    if !gate {
+        return "no gate";
+    }
+    let outbox = spool_dir.join("outbox");
+    let holds = |dir: &Path| {
+        std::fs::read_dir(dir).is_ok_and(|rd| {
+            rd.flatten().any(|e| {
+                std::fs::read(e.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<crate::outbox::Stored>(&b).ok())
+                    .is_some_and(|s| s.event == "gate.done" && s.batch_tag == batch_tag)
+            })
+        })
+    };
+    if holds(&outbox.join("dead")) {
+        "dead"
+    } else if holds(&outbox) {
+        "waiting"
+    } else {
+        "delivered"
+    }
+}
+
 pub(crate) fn outbox_depth(spool_dir: &Path) -> (usize, usize) {
     Outbox::depth(&spool_dir.join("outbox"))
 }

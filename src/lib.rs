@@ -41,6 +41,7 @@ pub(crate) mod gate;
 pub(crate) mod gate_server;
 pub(crate) mod http;
 pub(crate) mod ingest;
+pub(crate) mod lineage;
 pub(crate) mod log;
 pub(crate) mod maintenance;
 pub(crate) mod manifest;

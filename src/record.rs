@@ -34,6 +34,8 @@ pub(crate) struct Record<'a> {
     pub(crate) created_at: Option<i64>,
     /// A delete record (`{"doc_id": X, "delete": true}`): removes the doc's rows, adds none.
     pub(crate) delete: bool,
+    /// The number of chunks the whole document has, when the record declares it.
+    pub(crate) chunk_count: Option<u32>,
 }
 
 /// Why a file failed to decode, and where.
@@ -257,6 +259,7 @@ impl<'a> Decoder<'a> {
             source: None,
             created_at: None,
             delete: false,
+            chunk_count: None,
         };
         // The first row field seen, to refuse a delete record that also carries one.
         let mut row_field: Option<&'static str> = None;
@@ -279,6 +282,7 @@ impl<'a> Decoder<'a> {
                 b"doc_id" => doc_id = Some(self.text("doc_id")?),
                 b"delete" => rec.delete = self.delete_flag()?,
                 b"chunk_index" => chunk_index = Some(self.chunk_index()?),
+                b"chunk_count" => rec.chunk_count = Some(self.chunk_count()?),
                 b"content" => content = Some(self.text("content")?),
                 b"embedding" => rec.embedding = self.embedding()?,
                 b"metadata" => rec.metadata = self.metadata()?,
@@ -311,6 +315,30 @@ impl<'a> Decoder<'a> {
         rec.chunk_index = chunk_index.ok_or_else(|| missing(start, "chunk_index"))?;
         rec.content = content.ok_or_else(|| missing(start, "content"))?;
         Ok(rec)
+    }
+
+    fn chunk_count(&mut self) -> Step<u32> {
+        let at = self.pos;
+        let value = match self.head()? {
+            Head::UInt(n) => Some(n),
+            Head::Int(n) => u64::try_from(n).ok(),
+            other => {
+                return fault(
+                    at,
+                    format!(
+                        "chunk_count must be an unsigned integer, found {}",
+                        other.kind()
+                    ),
+                );
+            }
+        };
+        match value
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n >= 1 && *n <= i32::MAX as u32)
+        {
+            Some(n) => Ok(n),
+            None => fault(at, "chunk_count must be a whole number from 1 to 2^31-1"),
+        }
     }
 
     fn delete_flag(&mut self) -> Step<bool> {

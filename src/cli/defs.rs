@@ -268,6 +268,14 @@ pub(crate) static COMMANDS: &[Command] = &[
         flags: &[switch("all", "requeue every failed batch")],
     },
     Command {
+        name: "trace",
+        summary: "a document's history: every file that changed it, and its rows now",
+        usage: "<DOC_ID> [--json]",
+        doc: "Prints, in claim order, every committed file that changed the document (action, rows added and removed, batch, file, sha256, when it committed, and whether its batch's gate.done was delivered, is waiting or dead), then what the table holds for it now (rows, partitions, embedding models). Exits 1 when the document was never seen.",
+        positionals: (1, 1),
+        flags: &[switch("json", "print one JSON object")],
+    },
+    Command {
         name: "gen",
         summary: "write sample .msgpack files into incoming/ (--bad N for broken ones)",
         usage: "[--files N] [--records M] [--dim D] [--days K] [--seed S] [--bad B]",

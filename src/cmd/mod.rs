@@ -11,6 +11,7 @@ mod notify;
 mod process;
 mod requeue;
 mod status;
+mod trace;
 mod watch;
 
 use crate::cli::Invocation;
@@ -21,7 +22,7 @@ use std::io::Write;
 /// Whether a command writes RAG_LOG_FILE. Read-only commands log to stderr only,
 /// and so does `init`, which must create the log directory with its owner itself.
 pub(crate) fn logs_to_file(command: &str) -> bool {
-    !matches!(command, "status" | "check" | "cache" | "init")
+    !matches!(command, "status" | "check" | "cache" | "init" | "trace")
 }
 
 /// Runs the command of `inv` with `config`.
@@ -39,6 +40,7 @@ pub(crate) fn dispatch(inv: &Invocation, config: &Config) -> Result<Outcome> {
         "status" => status::run(config, args),
         "check" => check::run(config, args),
         "requeue" => requeue::run(config, args),
+        "trace" => trace::run(config, args),
         "gen" => generate::run(config, args),
         // Every registered command is run by the integration tests, so a gap shows there.
         other => Err(Error::usage(format!(

@@ -1,7 +1,8 @@
-//! A file's change set (SPEC §10): the documents it removes (delete records, and in
-//! replace mode every doc_id it carries) and adds, applied in the file's
+//! A file's change set (SPEC §10, §12): the documents it removes (delete records,
+//! and in replace mode every doc_id it carries) and adds, applied in the file's
 //! transaction after its COPY so that the table ends as if files had been applied
-//! one at a time in claim order, whatever order their transactions commit in.
+//! one at a time in claim order, whatever order their transactions commit in; its
+//! whole-document checks (`chunk_count`); and its lineage rows.
 //!
 //! Every row carries its file's claim sequence (`ragspool_seq`) and
 //! `ragspool_docs` keeps, per document, the highest sequence of a file that removed
@@ -13,38 +14,144 @@
 
 use crate::schema::Names;
 use postgres::Transaction;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+
+/// What one file does to one document.
+#[derive(Debug, Default)]
+struct DocEntry {
+    /// Rows the file adds.
+    rows: u64,
+    /// The file holds a delete record for it.
+    deleted: bool,
+    /// chunk_index of each row, for the whole-document check.
+    chunks: Vec<i32>,
+    /// The chunk_count its records declare, if any does.
+    declared: Option<u32>,
+    /// Some rows declare a chunk_count and some another or none.
+    inconsistent: bool,
+}
 
 /// The documents one file touches, borrowed from its buffer.
 #[derive(Debug, Default)]
 pub(crate) struct DocSet<'a> {
-    adds: BTreeSet<&'a str>,
-    removes: BTreeSet<&'a str>,
-    last_add: Option<&'a str>,
+    docs: Vec<(&'a str, DocEntry)>,
+    index: HashMap<&'a str, usize>,
+    last: Option<usize>,
 }
 
 impl<'a> DocSet<'a> {
-    /// A row of `doc_id`; in replace mode the document's earlier rows go too.
-    pub(crate) fn add(&mut self, doc_id: &'a str, replace: bool) {
-        // Chunks of one document usually come together: skip the set lookups then.
-        if self.last_add == Some(doc_id) {
-            return;
-        }
-        self.last_add = Some(doc_id);
-        self.adds.insert(doc_id);
-        if replace {
-            self.removes.insert(doc_id);
+    fn entry(&mut self, doc_id: &'a str) -> &mut DocEntry {
+        // Chunks of one document usually come together: skip the hash lookup then.
+        let at = match self.last {
+            Some(i) if self.docs[i].0 == doc_id => i,
+            _ => {
+                let next = self.docs.len();
+                let i = *self.index.entry(doc_id).or_insert(next);
+                if i == next {
+                    self.docs.push((doc_id, DocEntry::default()));
+                }
+                i
+            }
+        };
+        self.last = Some(at);
+        &mut self.docs[at].1
+    }
+
+    /// A row of `doc_id`.
+    pub(crate) fn add(&mut self, doc_id: &'a str, chunk_index: i32, chunk_count: Option<u32>) {
+        let e = self.entry(doc_id);
+        e.rows += 1;
+        e.chunks.push(chunk_index);
+        match (e.declared, chunk_count) {
+            (None, Some(n)) if e.rows == 1 => e.declared = Some(n),
+            (Some(d), Some(n)) if d == n => {}
+            (None, None) => {}
+            _ => e.inconsistent = true,
         }
     }
 
     /// A delete record for `doc_id`.
     pub(crate) fn remove(&mut self, doc_id: &'a str) {
-        self.removes.insert(doc_id);
+        self.entry(doc_id).deleted = true;
     }
 
-    fn all(&self) -> Vec<&'a str> {
-        self.adds.union(&self.removes).copied().collect()
+    /// SPEC §12's whole-document rule: a document whose records declare
+    /// chunk_count must have exactly chunk_index 0..chunk_count-1, each once, all
+    /// with the same chunk_count. Returns why not for the first that breaks it.
+    pub(crate) fn check_whole(&mut self) -> Result<(), String> {
+        for (doc, e) in &mut self.docs {
+            let Some(expected) = e.declared else {
+                continue;
+            };
+            if e.inconsistent {
+                return Err(format!(
+                    "document `{doc}`: its records do not all carry the same chunk_count (first seen: {expected})"
+                ));
+            }
+            e.chunks.sort_unstable();
+            let mut missing = Vec::new();
+            let mut repeated = Vec::new();
+            let mut next = 0i64;
+            for (i, c) in e.chunks.iter().enumerate() {
+                if i > 0 && e.chunks[i - 1] == *c {
+                    repeated.push(i64::from(*c));
+                    continue;
+                }
+                while next < i64::from(*c).min(i64::from(expected)) {
+                    missing.push(next);
+                    next += 1;
+                }
+                next = i64::from(*c) + 1;
+            }
+            missing.extend(next..i64::from(expected));
+            let beyond: Vec<i64> = e
+                .chunks
+                .iter()
+                .map(|c| i64::from(*c))
+                .filter(|c| *c >= i64::from(expected))
+                .collect();
+            if missing.is_empty() && repeated.is_empty() && beyond.is_empty() {
+                continue;
+            }
+            let mut why = format!(
+                "document `{doc}` declares chunk_count {expected} but the file holds {} chunk(s)",
+                e.chunks.len()
+            );
+            for (label, list) in [
+                ("missing", &missing),
+                ("repeated", &repeated),
+                ("beyond the count", &beyond),
+            ] {
+                if !list.is_empty() {
+                    why.push_str(&format!("; {label} chunk_index {}", short_list(list)));
+                }
+            }
+            return Err(why);
+        }
+        Ok(())
     }
+}
+
+/// `0, 1, 2, ... (N more)` for an error message.
+fn short_list(values: &[i64]) -> String {
+    let shown: Vec<String> = values.iter().take(10).map(i64::to_string).collect();
+    match values.len() {
+        n if n > 10 => format!("{} ... ({} more)", shown.join(", "), n - 10),
+        _ => shown.join(", "),
+    }
+}
+
+/// Which file a change set belongs to, for its lineage rows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileRef<'a> {
+    /// Its content's sha256.
+    pub(crate) sha256: &'a str,
+    /// Its batch.
+    pub(crate) batch_tag: &'a str,
+    /// Its base name.
+    pub(crate) name: &'a str,
+    /// Its claim sequence.
+    pub(crate) seq: i64,
 }
 
 /// What the change set did besides the COPY.
@@ -56,18 +163,21 @@ pub(crate) struct Change {
     pub(crate) withdrawn: u64,
 }
 
-/// Applies the removals and the order check for a file of claim sequence `seq`
-/// whose rows were just copied.
+/// Applies the removals, the order check and the lineage rows for `file`, whose
+/// rows were just copied; `replace` is DOC_MODE=replace.
 pub(crate) fn apply(
     tx: &mut Transaction<'_>,
     names: &Names,
     docs: &DocSet<'_>,
-    seq: i64,
+    replace: bool,
+    file: FileRef<'_>,
 ) -> Result<Change, postgres::Error> {
-    let all = docs.all();
+    let seq = file.seq;
+    let mut all: Vec<&str> = docs.docs.iter().map(|(d, _)| *d).collect();
     if all.is_empty() {
         return Ok(Change::default());
     }
+    all.sort_unstable();
     let locked = tx.query(
         &format!(
             "INSERT INTO {docs} AS d (doc_id) SELECT x FROM unnest($1::text[]) AS x ORDER BY x COLLATE \"C\" \
@@ -81,27 +191,38 @@ pub(crate) fn apply(
         .filter(|r| r.get::<_, i64>(1) > seq)
         .map(|r| r.get(0))
         .collect();
-    let removers: Vec<&str> = docs
-        .removes
-        .iter()
-        .filter(|d| !superseded.contains(**d))
-        .copied()
+    let live = || docs.docs.iter().filter(|(d, _)| !superseded.contains(*d));
+    let removers: Vec<&str> = live()
+        .filter(|(_, e)| e.deleted || (replace && e.rows > 0))
+        .map(|(d, _)| *d)
         .collect();
-    let mut change = Change::default();
-    if !removers.is_empty() || !superseded.is_empty() {
+    let withdrawn: Vec<&str> = docs
+        .docs
+        .iter()
+        .filter(|(d, e)| e.rows > 0 && superseded.contains(*d))
+        .map(|(d, _)| *d)
+        .collect();
+    if !removers.is_empty() || !withdrawn.is_empty() {
         // Right after a bulk load the partitions' statistics can be stale enough for
         // the planner to scan whole partitions: a document's rows are always few, so
         // the (doc_id, ragspool_seq) index is the plan (for this transaction only).
         tx.batch_execute("SET LOCAL enable_seqscan = off")?;
     }
+    let mut change = Change::default();
+    let mut removed: HashMap<String, i64> = HashMap::new();
     if !removers.is_empty() {
-        change.deleted = tx.execute(
+        for r in tx.query(
             &format!(
-                "DELETE FROM {} WHERE doc_id = ANY($1) AND ragspool_seq < $2",
+                "WITH gone AS (DELETE FROM {} WHERE doc_id = ANY($1) AND ragspool_seq < $2 RETURNING doc_id) \
+                 SELECT doc_id, count(*) FROM gone GROUP BY doc_id",
                 names.table
             ),
             &[&removers, &seq],
-        )?;
+        )? {
+            let n: i64 = r.get(1);
+            change.deleted += n as u64;
+            removed.insert(r.get(0), n);
+        }
         tx.execute(
             &format!(
                 "UPDATE {} SET removed_seq = $2, updated_at = now() WHERE doc_id = ANY($1)",
@@ -110,12 +231,6 @@ pub(crate) fn apply(
             &[&removers, &seq],
         )?;
     }
-    let withdrawn: Vec<&str> = docs
-        .adds
-        .iter()
-        .filter(|d| superseded.contains(**d))
-        .copied()
-        .collect();
     if !withdrawn.is_empty() {
         change.withdrawn = tx.execute(
             &format!(
@@ -125,7 +240,54 @@ pub(crate) fn apply(
             &[&withdrawn, &seq],
         )?;
     }
+    lineage(tx, names, docs, &superseded, &removed, file)?;
     Ok(change)
+}
+
+/// One `ragspool_doc_events` row per document the file changed (a document a later
+/// file already superseded is not changed by this one).
+fn lineage(
+    tx: &mut Transaction<'_>,
+    names: &Names,
+    docs: &DocSet<'_>,
+    superseded: &BTreeSet<String>,
+    removed: &HashMap<String, i64>,
+    file: FileRef<'_>,
+) -> Result<(), postgres::Error> {
+    let mut ids = Vec::new();
+    let mut actions = Vec::new();
+    let mut added = Vec::new();
+    let mut gone = Vec::new();
+    for (doc, e) in &docs.docs {
+        if superseded.contains(*doc) {
+            continue;
+        }
+        ids.push(*doc);
+        actions.push(if e.rows > 0 { "upsert" } else { "delete" });
+        added.push(e.rows as i64);
+        gone.push(removed.get(*doc).copied().unwrap_or(0));
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO {}ragspool_doc_events (doc_id, seq, sha256, batch_tag, file_name, action, rows_added, rows_removed) \
+             SELECT d, $5, $6, $7, $8, a, n, r FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS u(d, a, n, r)",
+            names.prefix()
+        ),
+        &[
+            &ids,
+            &actions,
+            &added,
+            &gone,
+            &file.seq,
+            &file.sha256,
+            &file.batch_tag,
+            &file.name,
+        ],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -133,16 +295,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn replace_mode_removes_what_it_adds_and_deletes_stay_deletes() {
+    fn documents_are_tracked_with_their_rows_and_deletes() {
         let mut d = DocSet::default();
-        d.add("a", true);
-        d.add("a", true);
-        d.add("b", false);
+        d.add("a", 0, None);
+        d.add("a", 1, None);
+        d.add("b", 0, None);
         d.remove("c");
-        assert_eq!(d.all(), vec!["a", "b", "c"]);
-        assert_eq!(
-            d.removes.iter().copied().collect::<Vec<_>>(),
-            vec!["a", "c"]
-        );
+        d.add("a", 2, None);
+        let seen: Vec<(&str, u64, bool)> = d
+            .docs
+            .iter()
+            .map(|(k, e)| (*k, e.rows, e.deleted))
+            .collect();
+        assert_eq!(seen, vec![("a", 3, false), ("b", 1, false), ("c", 0, true)]);
+    }
+
+    #[test]
+    fn whole_documents_name_what_is_missing_or_repeated() {
+        let mut d = DocSet::default();
+        for i in [0, 1, 2] {
+            d.add("ok", i, Some(3));
+        }
+        assert_eq!(d.check_whole(), Ok(()));
+        for i in [0, 2, 2, 5] {
+            d.add("cut", i, Some(4));
+        }
+        let why = d.check_whole().err().unwrap_or_default();
+        assert!(why.contains("`cut` declares chunk_count 4"), "{why}");
+        assert!(why.contains("missing chunk_index 1, 3"), "{why}");
+        assert!(why.contains("repeated chunk_index 2"), "{why}");
+        assert!(why.contains("beyond the count chunk_index 5"), "{why}");
+        let mut d = DocSet::default();
+        d.add("mixed", 0, Some(2));
+        d.add("mixed", 1, None);
+        assert!(d.check_whole().is_err());
     }
 }

@@ -16,7 +16,7 @@ use crate::record::{Decoder, Record, RecordError};
 use crate::schema::Names;
 use crate::spool::{self, Claimed, Unreadable};
 use crate::storage::DocMode;
-use changeset::DocSet;
+use changeset::{DocSet, FileRef};
 use postgres::Client;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -190,7 +190,13 @@ impl Ingest {
                     attempt,
                 ));
             }
-            let failure = match self.copy_rows(&mut tx, tag, file.seq, &bytes, ingest_time) {
+            let file_ref = FileRef {
+                sha256: &sha,
+                batch_tag: tag.as_str(),
+                name: &file.name,
+                seq: file.seq,
+            };
+            let failure = match self.copy_rows(&mut tx, file_ref, &bytes, ingest_time) {
                 Ok(applied) => {
                     let done = manifest::Done {
                         rows: applied.rows as i64,
@@ -297,8 +303,7 @@ impl Ingest {
     fn copy_rows(
         &self,
         tx: &mut postgres::Transaction<'_>,
-        tag: &BatchTag,
-        seq: i64,
+        file: FileRef<'_>,
         bytes: &[u8],
         ingest_time: i64,
     ) -> std::result::Result<Applied, CopyFail> {
@@ -314,9 +319,9 @@ impl Ingest {
         let mut pending: Vec<Record<'_>> = Vec::new();
         let meta = RowMeta {
             created_at: ingest_time,
-            batch_tag: tag.as_str(),
+            batch_tag: file.batch_tag,
             embedding_model: None,
-            seq,
+            seq: file.seq,
         };
         for (index, record) in Decoder::new(bytes, self.embed_dim).enumerate() {
             let record = record.map_err(|e| CopyFail::Bad(e.into()))?;
@@ -324,7 +329,7 @@ impl Ingest {
                 docs.remove(record.doc_id);
                 continue;
             }
-            docs.add(record.doc_id, replace);
+            docs.add(record.doc_id, record.chunk_index, record.chunk_count);
             if let Some(v) = &record.embedding {
                 self.check_vector(v, index as u64)?;
             } else if self.embedder.is_some() {
@@ -344,12 +349,15 @@ impl Ingest {
             }
         }
         self.embed_into(&mut pending, &mut enc, &meta)?;
+        docs.check_whole()
+            .map_err(|why| CopyFail::Bad(BadFile::new(Reason::Failed, why)))?;
         enc.finish();
         if !send(&mut writer, &mut enc) {
             return Err(broken(writer));
         }
         let copied = writer.finish().map_err(CopyFail::Db)?;
-        let change = changeset::apply(tx, &self.names, &docs, seq).map_err(CopyFail::Db)?;
+        let change =
+            changeset::apply(tx, &self.names, &docs, replace, file).map_err(CopyFail::Db)?;
         Ok(Applied {
             rows: copied - change.withdrawn,
             deleted: change.deleted,

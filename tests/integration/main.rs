@@ -11,6 +11,7 @@ mod cli;
 mod gate;
 mod harness;
 mod ingest;
+mod lineage;
 mod maintain;
 mod metrics;
 mod rag;
