@@ -72,6 +72,10 @@ pub(crate) struct Done {
     pub(crate) healed: bool,
     /// Its content was already ingested.
     pub(crate) duplicate: bool,
+    /// Vectors fetched from the embeddings endpoint.
+    pub(crate) embedded: i64,
+    /// Vectors reused from rows it replaced.
+    pub(crate) reused: i64,
 }
 
 impl Done {
@@ -83,6 +87,8 @@ impl Done {
             seq: None,
             healed,
             duplicate: true,
+            embedded: 0,
+            reused: 0,
         }
     }
 }
@@ -103,7 +109,7 @@ pub(crate) fn done(
     };
     let sql = format!(
         "UPDATE {} SET status = 'done', rows = $3, healed = $4, duplicate = $5, reason = $6, deleted = $7, \
-         seq = $8, finished_at = now() WHERE batch_tag = $1 AND file_name = $2",
+         seq = $8, embedded = $9, reused = $10, finished_at = now() WHERE batch_tag = $1 AND file_name = $2",
         names.manifest
     );
     client
@@ -118,9 +124,28 @@ pub(crate) fn done(
                 &reason,
                 &d.deleted,
                 &d.seq,
+                &d.embedded,
+                &d.reused,
             ],
         )
         .map(|_| ())
+}
+
+/// Counts `n` more attempts for the file (endpoint faults before its transaction).
+pub(crate) fn add_attempts(
+    client: &mut impl GenericClient,
+    names: &Names,
+    key: &FileKey<'_>,
+    n: u32,
+) -> Result<()> {
+    let sql = format!(
+        "UPDATE {} SET attempts = attempts + $3 WHERE batch_tag = $1 AND file_name = $2",
+        names.manifest
+    );
+    client
+        .execute(&sql, &[&key.tag.as_str(), &key.name, &(n as i32)])
+        .map(|_| ())
+        .map_err(|e| db::classify(e, "counting attempts in the manifest"))
 }
 
 /// Marks the file failed with its reason code and the error.

@@ -101,6 +101,21 @@ fn counter_series() -> Vec<Series> {
             &PARTITIONS_CREATED,
             1.0,
         ),
+        series(
+            "ragspool_embeddings_total{source=\"fetched\"}".into(),
+            &EMBEDDINGS_FETCHED,
+            1.0,
+        ),
+        series(
+            "ragspool_embeddings_total{source=\"reused\"}".into(),
+            &EMBEDDINGS_REUSED,
+            1.0,
+        ),
+        series(
+            "ragspool_embeddings_total{source=\"record\"}".into(),
+            &EMBEDDINGS_RECORD,
+            1.0,
+        ),
         series("ragspool_cache_hits_total".into(), &CACHE_HITS, 1.0),
         series("ragspool_cache_misses_total".into(), &CACHE_MISSES, 1.0),
         series(
@@ -177,6 +192,12 @@ pub(crate) static PARTITIONS_CREATED: Counter = Counter::new();
 pub(crate) static CACHE_HITS: Counter = Counter::new();
 /// Cache misses.
 pub(crate) static CACHE_MISSES: Counter = Counter::new();
+/// Vectors fetched from the embeddings endpoint.
+pub(crate) static EMBEDDINGS_FETCHED: Counter = Counter::new();
+/// Vectors reused from rows a file replaced.
+pub(crate) static EMBEDDINGS_REUSED: Counter = Counter::new();
+/// Vectors the records brought.
+pub(crate) static EMBEDDINGS_RECORD: Counter = Counter::new();
 /// PUBLISHes that reached no subscriber.
 pub(crate) static PUBLISH_UNHEARD: Counter = Counter::new();
 
@@ -341,6 +362,12 @@ pub(crate) fn render(
             &[(String::new(), n)],
         );
     }
+    counter(
+        &mut out,
+        "embeddings_total",
+        "Vectors by source: fetched from the endpoint, reused, or brought by the record.",
+        &labels("source", &["fetched", "reused", "record"]),
+    );
     counter(&mut out, "cache_hits_total", "Cache hits.", &plain);
     counter(&mut out, "cache_misses_total", "Cache misses.", &plain);
     counter(

@@ -81,6 +81,10 @@ fn dim(raw: &str) -> Result<(), String> {
     in_range(raw, 1, 65536)
 }
 
+fn embed_batch(raw: &str) -> Result<(), String> {
+    in_range(raw, 1, 2048)
+}
+
 fn one_of(raw: &str, allowed: &[&str]) -> Result<(), String> {
     if allowed.contains(&raw) {
         Ok(())
@@ -290,6 +294,30 @@ pub(crate) static SETTINGS: &[Setting] = &[
         Unset,
         "expected embedding length; a mismatch is a bad record",
         dim,
+    ),
+    s(
+        "EMBED_BATCH",
+        Value("64"),
+        "most texts in one embeddings request",
+        embed_batch,
+    ),
+    s(
+        "EMBED_BATCH_BYTES",
+        Value("1000000"),
+        "most UTF-8 bytes of text in one embeddings request; a longer text goes alone",
+        positive,
+    ),
+    s(
+        "EMBED_MAX_RPS",
+        Value("0"),
+        "embeddings requests per second, shared by every worker (0: no limit); a 429's Retry-After pauses all",
+        whole,
+    ),
+    s(
+        "EMBED_REUSE",
+        Value("true"),
+        "replace mode: a chunk whose content equals a row its file removes, embedded by the same EMBED_MODEL, keeps that vector",
+        boolean,
     ),
     s(
         "EMBEDDING_TYPE",

@@ -82,6 +82,14 @@ pub(crate) struct EmbedSettings {
     pub(crate) model: String,
     /// EMBED_API_KEY.
     pub(crate) api_key: Option<Secret>,
+    /// EMBED_BATCH.
+    pub(crate) batch: usize,
+    /// EMBED_BATCH_BYTES.
+    pub(crate) batch_bytes: usize,
+    /// EMBED_MAX_RPS; 0 for no limit.
+    pub(crate) max_rps: u32,
+    /// EMBED_REUSE.
+    pub(crate) reuse: bool,
 }
 
 /// Every setting, checked and typed.
@@ -288,6 +296,13 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
             base_url: base.trim_end_matches('/').to_string(),
             model,
             api_key: secret("EMBED_API_KEY"),
+            batch: num("EMBED_BATCH").map_or(64, |n| n as usize),
+            batch_bytes: num("EMBED_BATCH_BYTES").map_or(1_000_000, |n| n as usize),
+            max_rps: num("EMBED_MAX_RPS").map_or(0, |n| n.min(u64::from(u32::MAX)) as u32),
+            reuse: raw
+                .get("EMBED_REUSE")
+                .and_then(defs::parse_bool)
+                .unwrap_or(true),
         }),
         (Some(_), None) => {
             problems.push("`EMBED_MODEL` must be set when EMBED_BASE_URL is set".into());

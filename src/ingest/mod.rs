@@ -4,15 +4,16 @@
 //! triggers one bounded self-heal and one retry (SPEC §5, §10).
 
 mod changeset;
+mod vectors;
 
 use crate::batch::{BatchTag, Reason};
 use crate::copy::{COLUMNS, CopyEncoder, RowMeta};
 use crate::db::{self, Db};
-use crate::embed::{self, EmbedError, Embedder};
+use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::manifest::{self, FileKey};
 use crate::partition;
-use crate::record::{Decoder, Record, RecordError};
+use crate::record::{Decoder, RecordError};
 use crate::schema::Names;
 use crate::spool::{self, Claimed, Unreadable};
 use crate::storage::DocMode;
@@ -114,6 +115,8 @@ impl From<RecordError> for BadFile {
 struct Applied {
     rows: u64,
     deleted: u64,
+    /// Rows whose record brought its vector.
+    brought: u64,
 }
 
 /// Why a COPY attempt stopped.
@@ -165,6 +168,13 @@ impl Ingest {
             &self.host,
         )?;
         let ingest_time = now_micros();
+        let mut vectors = match self.prefetch(client, &key, &bytes, &file.path)? {
+            Ok(v) => v,
+            Err(bad) => {
+                manifest::failed(client, &self.names, &key, bad.reason.as_str(), false)?;
+                return Ok((FileOutcome::Bad(bad), attempt));
+            }
+        };
         let mut healed = false;
         for _ in 0..3 {
             let mut tx = client
@@ -196,7 +206,12 @@ impl Ingest {
                 name: &file.name,
                 seq: file.seq,
             };
-            let failure = match self.copy_rows(&mut tx, file_ref, &bytes, ingest_time) {
+            if let Some(v) = &mut vectors {
+                v.rewind()
+                    .map_err(|e| e.context(format!("ingesting {}", file.name)))?;
+            }
+            let copied = self.copy_rows(&mut tx, file_ref, &bytes, ingest_time, vectors.as_mut());
+            let failure = match copied {
                 Ok(applied) => {
                     let done = manifest::Done {
                         rows: applied.rows as i64,
@@ -204,11 +219,18 @@ impl Ingest {
                         seq: Some(file.seq),
                         healed,
                         duplicate: false,
+                        embedded: vectors.as_ref().map_or(0, |v| v.fetched as i64),
+                        reused: vectors.as_ref().map_or(0, |v| v.reused as i64),
                     };
                     let committed = manifest::done(&mut tx, &self.names, &key, &done)
                         .and_then(|()| tx.commit());
                     match committed {
                         Ok(()) => {
+                            if let Some(v) = &vectors {
+                                crate::metrics::EMBEDDINGS_FETCHED.add(v.fetched);
+                                crate::metrics::EMBEDDINGS_REUSED.add(v.reused);
+                            }
+                            crate::metrics::EMBEDDINGS_RECORD.add(applied.brought);
                             let outcome = FileOutcome::Ingested {
                                 rows: applied.rows,
                                 deleted: applied.deleted,
@@ -299,6 +321,40 @@ impl Ingest {
         }))
     }
 
+    /// The file's missing vectors, before its transaction opens; `Ok(Err(bad))`
+    /// when the file fails for a record or the endpoint's refusal of one.
+    fn prefetch(
+        &self,
+        client: &mut Client,
+        key: &FileKey<'_>,
+        bytes: &[u8],
+        path: &std::path::Path,
+    ) -> Result<std::result::Result<Option<vectors::Vectors>, BadFile>> {
+        let Some(embedder) = &self.embedder else {
+            return Ok(Ok(None));
+        };
+        let reuse = embedder.reuse() && self.names.storage.doc_mode == DocMode::Replace;
+        let mut faults = 0u32;
+        let input = vectors::FileInput {
+            bytes,
+            embed_dim: self.embed_dim,
+            reuse,
+            path,
+        };
+        let got = vectors::prefetch(client, &self.names, embedder, &input, &mut || faults += 1);
+        if faults > 0 {
+            manifest::add_attempts(client, &self.names, key, faults)?;
+        }
+        match got {
+            Ok(v) => Ok(Ok(Some(v))),
+            Err(vectors::Prefetch::Stop(e)) => Err(e),
+            Err(vectors::Prefetch::Bad(record_index, error)) => Ok(Err(BadFile {
+                record_index,
+                ..BadFile::new(Reason::Failed, error)
+            })),
+        }
+    }
+
     /// Streams the file's records into a binary COPY, then applies its change set.
     fn copy_rows(
         &self,
@@ -306,6 +362,7 @@ impl Ingest {
         file: FileRef<'_>,
         bytes: &[u8],
         ingest_time: i64,
+        mut vectors: Option<&mut vectors::Vectors>,
     ) -> std::result::Result<Applied, CopyFail> {
         let stmt = format!(
             "COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)",
@@ -316,39 +373,38 @@ impl Ingest {
         let mut docs = DocSet::default();
         let mut writer = tx.copy_in(&stmt).map_err(CopyFail::Db)?;
         let mut enc = CopyEncoder::new(storage.embedding);
-        let mut pending: Vec<Record<'_>> = Vec::new();
-        let meta = RowMeta {
-            created_at: ingest_time,
-            batch_tag: file.batch_tag,
-            embedding_model: None,
-            seq: file.seq,
-        };
+        let model = self.embedder.as_ref().map(Embedder::model);
+        let mut brought = 0u64;
         for (index, record) in Decoder::new(bytes, self.embed_dim).enumerate() {
-            let record = record.map_err(|e| CopyFail::Bad(e.into()))?;
+            let mut record = record.map_err(|e| CopyFail::Bad(e.into()))?;
             if record.delete {
                 docs.remove(record.doc_id);
                 continue;
             }
             docs.add(record.doc_id, record.chunk_index, record.chunk_count);
-            if let Some(v) = &record.embedding {
-                self.check_vector(v, index as u64)?;
-            } else if self.embedder.is_some() {
-                pending.push(record);
-                if pending.len() == embed::BATCH {
-                    self.embed_into(&mut pending, &mut enc, &meta)?;
+            let mut embedding_model = None;
+            match (&record.embedding, vectors.as_deref_mut()) {
+                (Some(v), _) => {
+                    self.check_vector(v, index as u64)?;
+                    brought += 1;
                 }
-                continue;
+                (None, Some(store)) => {
+                    record.embedding = Some(store.next().map_err(CopyFail::Temp)?);
+                    embedding_model = model;
+                }
+                (None, None) => {}
             }
             let meta = RowMeta {
                 created_at: record.created_at.unwrap_or(ingest_time),
-                ..meta
+                batch_tag: file.batch_tag,
+                embedding_model,
+                seq: file.seq,
             };
             enc.row(&record, &meta);
             if enc.len() >= COPY_CHUNK && !send(&mut writer, &mut enc) {
                 return Err(broken(writer));
             }
         }
-        self.embed_into(&mut pending, &mut enc, &meta)?;
         docs.check_whole()
             .map_err(|why| CopyFail::Bad(BadFile::new(Reason::Failed, why)))?;
         enc.finish();
@@ -361,6 +417,7 @@ impl Ingest {
         Ok(Applied {
             rows: copied - change.withdrawn,
             deleted: change.deleted,
+            brought,
         })
     }
 
@@ -374,35 +431,6 @@ impl Ingest {
                     "embedding is all zeros, which has no cosine distance (VECTOR_METRIC=cosine)",
                 )
             }));
-        }
-        Ok(())
-    }
-
-    fn embed_into(
-        &self,
-        pending: &mut Vec<Record<'_>>,
-        enc: &mut CopyEncoder,
-        meta: &RowMeta<'_>,
-    ) -> std::result::Result<(), CopyFail> {
-        let Some(embedder) = &self.embedder else {
-            return Ok(());
-        };
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let texts: Vec<&str> = pending.iter().map(|r| r.content).collect();
-        let vectors = embedder.embed(&texts).map_err(|e| match e {
-            EmbedError::Rejected(m) => CopyFail::Bad(BadFile::new(Reason::Failed, m)),
-            EmbedError::Unavailable(e) => CopyFail::Temp(e),
-        })?;
-        for (mut record, vector) in pending.drain(..).zip(vectors) {
-            record.embedding = Some(vector);
-            let meta = RowMeta {
-                created_at: record.created_at.unwrap_or(meta.created_at),
-                embedding_model: Some(embedder.model()),
-                ..*meta
-            };
-            enc.row(&record, &meta);
         }
         Ok(())
     }

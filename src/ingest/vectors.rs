@@ -1,0 +1,312 @@
+//! A file's missing vectors, obtained before its transaction opens (SPEC §12): no
+//! transaction, COPY or lock is held across an embeddings request. Reused vectors
+//! (EMBED_REUSE) come from the rows the file will replace; the rest are fetched in
+//! budgeted requests. They are kept in record order for the COPY pass to take one
+//! by one: in memory up to [`MEMORY_BOUND`] bytes, beyond that spilled to a file
+//! beside the claimed one in processing/, read back sequentially.
+
+use crate::embed::{EmbedError, Embedder};
+use crate::error::{Context, Error, Result};
+use crate::record::Decoder;
+use crate::schema::Names;
+use crate::storage::EmbeddingType;
+use postgres::types::{FromSql, Type};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Vectors kept in memory before the rest spill to disk.
+pub(crate) const MEMORY_BOUND: usize = 16 << 20;
+
+/// Where a file's prefetched vectors wait for its COPY.
+pub(crate) struct Vectors {
+    memory: Vec<f32>,
+    spill_path: PathBuf,
+    spill: Option<(PathBuf, BufWriter<File>)>,
+    reader: Option<BufReader<File>>,
+    read_at: usize,
+    dim: usize,
+    /// Vectors fetched from the endpoint.
+    pub(crate) fetched: u64,
+    /// Vectors reused from rows the file replaces.
+    pub(crate) reused: u64,
+}
+
+impl Vectors {
+    fn new(spill_path: PathBuf) -> Vectors {
+        // The spill file is created only when needed: most files never spill.
+        Vectors {
+            memory: Vec::new(),
+            spill_path,
+            spill: None,
+            reader: None,
+            read_at: 0,
+            dim: 0,
+            fetched: 0,
+            reused: 0,
+        }
+    }
+
+    fn push(&mut self, v: &[f32]) -> Result<()> {
+        if self.dim == 0 {
+            self.dim = v.len();
+        }
+        if self.spill.is_none() && (self.memory.len() + v.len()) * 4 <= MEMORY_BOUND {
+            self.memory.extend_from_slice(v);
+            return Ok(());
+        }
+        if self.spill.is_none() {
+            let path = self.spill_path.clone();
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .with_context(|| format!("cannot create `{}`", path.display()))?;
+            self.spill = Some((path, BufWriter::new(file)));
+        }
+        if let Some((path, w)) = &mut self.spill {
+            for x in v {
+                w.write_all(&x.to_le_bytes())
+                    .with_context(|| format!("cannot write `{}`", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ready for reading from the first vector (again, when a transaction is retried).
+    pub(crate) fn rewind(&mut self) -> Result<()> {
+        if let Some((path, w)) = &mut self.spill {
+            w.flush()
+                .with_context(|| format!("cannot write `{}`", path.display()))?;
+            let file =
+                File::open(&*path).with_context(|| format!("cannot read `{}`", path.display()))?;
+            self.reader = Some(BufReader::with_capacity(1 << 20, file));
+        }
+        self.read_at = 0;
+        Ok(())
+    }
+
+    /// The next vector in record order.
+    pub(crate) fn next(&mut self) -> Result<Vec<f32>> {
+        let dim = self.dim;
+        if self.read_at + dim <= self.memory.len() {
+            let v = self.memory[self.read_at..self.read_at + dim].to_vec();
+            self.read_at += dim;
+            return Ok(v);
+        }
+        let Some(reader) = &mut self.reader else {
+            return Err(Error::failed("ran out of prefetched vectors"));
+        };
+        let mut bytes = vec![0u8; dim * 4];
+        reader
+            .read_exact(&mut bytes)
+            .context("reading spilled vectors")?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+}
+
+impl Drop for Vectors {
+    fn drop(&mut self) {
+        if let Some((path, _)) = self.spill.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The file whose vectors are prefetched.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileInput<'a> {
+    /// Its bytes.
+    pub(crate) bytes: &'a [u8],
+    /// EMBED_DIM.
+    pub(crate) embed_dim: Option<usize>,
+    /// Whether vectors of rows it replaces may be reused.
+    pub(crate) reuse: bool,
+    /// Where it lies in processing/ (the spill file goes beside it).
+    pub(crate) path: &'a Path,
+}
+
+/// Why prefetching stopped.
+pub(crate) enum Prefetch {
+    /// The file is bad: this record (index) and why.
+    Bad(Option<u64>, String),
+    /// Not the file's fault: it stays in processing/.
+    Stop(Error),
+}
+
+/// A vector as pgvector or `real[]` sends it in binary.
+struct Stored(Vec<f32>);
+
+impl<'a> FromSql<'a> for Stored {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Stored, Box<dyn std::error::Error + Sync + Send>> {
+        if ty.name() == "vector" {
+            // int16 dimension, int16 unused, big-endian float4s.
+            let body = raw.get(4..).ok_or("short vector")?;
+            return Ok(Stored(
+                body.chunks_exact(4)
+                    .map(|c| f32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ));
+        }
+        Vec::<f32>::from_sql(ty, raw).map(Stored)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        ty.name() == "vector" || <Vec<f32> as FromSql>::accepts(ty)
+    }
+}
+
+/// Obtains the vectors of every record of `bytes` that lacks one, in record order:
+/// reused from rows of its documents with byte-identical content and the same
+/// model (`reuse`: replace mode with EMBED_REUSE), else fetched. `on_fault` counts
+/// endpoint faults in the file's attempts.
+pub(crate) fn prefetch(
+    client: &mut postgres::Client,
+    names: &Names,
+    embedder: &Embedder,
+    file: &FileInput<'_>,
+    on_fault: &mut dyn FnMut(),
+) -> std::result::Result<Vectors, Prefetch> {
+    let FileInput {
+        bytes,
+        embed_dim,
+        reuse,
+        path: spill_beside,
+    } = *file;
+    let mut pending: Vec<(u64, &str, &str)> = Vec::new();
+    for (index, record) in Decoder::new(bytes, embed_dim).enumerate() {
+        let record = record.map_err(|e| Prefetch::Bad(Some(e.record_index), e.message))?;
+        if !record.delete && record.embedding.is_none() {
+            pending.push((index as u64, record.doc_id, record.content));
+        }
+    }
+    let name = spill_beside
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut out = Vectors::new(spill_beside.with_file_name(format!(".{name}.vectors")));
+    if pending.is_empty() {
+        return Ok(out);
+    }
+    let known = if reuse {
+        reusable(client, names, embedder.model(), &pending).map_err(Prefetch::Stop)?
+    } else {
+        HashMap::new()
+    };
+    let fetch: Vec<usize> = (0..pending.len())
+        .filter(|i| !known.contains_key(&key(pending[*i].1, pending[*i].2)))
+        .collect();
+    let texts: Vec<&str> = fetch.iter().map(|i| pending[*i].2).collect();
+    let check = Check {
+        names,
+        zero_refused: names.storage.refuses_zero_vectors(),
+    };
+    // Vectors go to `out` in record order as each request returns, so that no more
+    // than one request's answer is held beside what `out` bounds.
+    let mut cursor = 0;
+    let mut next_fetch = 0;
+    let take_reused = |out: &mut Vectors, cursor: usize| {
+        let (index, doc, content) = pending[cursor];
+        let v = known.get(&key(doc, content)).cloned().unwrap_or_default();
+        out.reused += 1;
+        check.push(out, index, &v)
+    };
+    for group in embedder.groups(&texts) {
+        let vectors = embedder
+            .embed(&texts[group.clone()], on_fault)
+            .map_err(|e| match e {
+                EmbedError::Rejected { index, message } => {
+                    Prefetch::Bad(Some(pending[fetch[group.start + index]].0), message)
+                }
+                EmbedError::Unavailable(e) => Prefetch::Stop(e),
+            })?;
+        for v in vectors {
+            while cursor < fetch[next_fetch] {
+                take_reused(&mut out, cursor)?;
+                cursor += 1;
+            }
+            out.fetched += 1;
+            check.push(&mut out, pending[cursor].0, &v)?;
+            cursor += 1;
+            next_fetch += 1;
+        }
+    }
+    while cursor < pending.len() {
+        take_reused(&mut out, cursor)?;
+        cursor += 1;
+    }
+    out.rewind().map_err(Prefetch::Stop)?;
+    Ok(out)
+}
+
+/// The checks every prefetched vector passes before it is kept.
+struct Check<'a> {
+    names: &'a Names,
+    zero_refused: bool,
+}
+
+impl Check<'_> {
+    fn push(&self, out: &mut Vectors, index: u64, v: &[f32]) -> std::result::Result<(), Prefetch> {
+        if let EmbeddingType::Vector(dim) = self.names.storage.embedding
+            && v.len() != dim
+        {
+            return Err(Prefetch::Stop(Error::temp(format!(
+                "a vector of {} values for a vector({dim}) column",
+                v.len()
+            ))));
+        }
+        if self.zero_refused && v.iter().all(|x| *x == 0.0) {
+            return Err(Prefetch::Bad(
+                Some(index),
+                "the embeddings endpoint answered an all-zero vector, which has no cosine distance"
+                    .into(),
+            ));
+        }
+        out.push(v).map_err(Prefetch::Stop)
+    }
+}
+
+/// (doc_id, md5 of content) of a chunk.
+fn key(doc: &str, content: &str) -> (String, String) {
+    use md5::{Digest, Md5};
+    (
+        doc.to_string(),
+        crate::digest::hex(&Md5::digest(content.as_bytes())),
+    )
+}
+
+/// Vectors of rows of the pending chunks' documents that `model` made, by
+/// (doc_id, md5 of content): what replace mode would delete, reusable as they are.
+fn reusable(
+    client: &mut postgres::Client,
+    names: &Names,
+    model: &str,
+    pending: &[(u64, &str, &str)],
+) -> Result<HashMap<(String, String), Vec<f32>>> {
+    let mut docs: Vec<&str> = pending.iter().map(|p| p.1).collect();
+    docs.sort_unstable();
+    docs.dedup();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT doc_id, md5(content), embedding FROM {} \
+                 WHERE doc_id = ANY($1) AND embedding_model = $2 AND embedding IS NOT NULL",
+                names.table
+            ),
+            &[&docs, &model],
+        )
+        .map_err(|e| crate::db::classify(e, "reading vectors to reuse"))?;
+    Ok(rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get::<_, Stored>(2).0))
+        .collect())
+}
