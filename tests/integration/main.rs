@@ -8,6 +8,7 @@ mod support;
 
 mod cache;
 mod cli;
+mod embeddings;
 mod gate;
 mod harness;
 mod ingest;
