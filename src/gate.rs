@@ -72,12 +72,24 @@ impl Notifier {
     }
 
     fn enqueue(&self, target: Target, event: &str, tag: &str, body: String) -> Result<()> {
+        self.enqueue_with(target, event, tag, body, Vec::new())
+    }
+
+    fn enqueue_with(
+        &self,
+        target: Target,
+        event: &str,
+        tag: &str,
+        body: String,
+        mtimes: Vec<f64>,
+    ) -> Result<()> {
         self.outbox.enqueue(&Stored {
             id: outbox::new_id(),
             target,
             event: event.to_string(),
             batch_tag: tag.to_string(),
             body,
+            mtimes,
         })
     }
 
@@ -109,11 +121,12 @@ impl Notifier {
         v.insert("files_ok", r.files_ok.to_string());
         v.insert("files_failed", r.files_failed.to_string());
         v.insert("duration_ms", r.duration_ms.to_string());
-        self.enqueue(
+        self.enqueue_with(
             Target::Gate,
             "gate.done",
             r.tag.as_str(),
             self.done.render(&v)?,
+            r.mtimes.clone(),
         )
     }
 

@@ -38,6 +38,97 @@ impl Counter {
     }
 }
 
+/// Bucket bounds of the lag histograms, in seconds (SPEC §12).
+pub(crate) const LAG_BUCKETS: [f64; 11] =
+    [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+/// The bounds as the `le` label spells them.
+const LAG_LABELS: [&str; 11] = [
+    "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300",
+];
+
+/// A histogram whose buckets are cumulative counters, so that it merges into the
+/// file like every other counter.
+pub(crate) struct Histogram {
+    buckets: [Counter; 11],
+    count: Counter,
+    sum_micros: Counter,
+}
+
+impl Histogram {
+    const fn new() -> Histogram {
+        Histogram {
+            buckets: [
+                Counter::new(),
+                Counter::new(),
+                Counter::new(),
+                Counter::new(),
+                Counter::new(),
+                Counter::new(),
+                Counter::new(),
+                Counter::new(),
+                Counter::new(),
+                Counter::new(),
+                Counter::new(),
+            ],
+            count: Counter::new(),
+            sum_micros: Counter::new(),
+        }
+    }
+
+    /// Counts one observation of `secs` seconds (negative ones as 0).
+    pub(crate) fn observe(&self, secs: f64) {
+        let secs = secs.max(0.0);
+        for (bound, bucket) in LAG_BUCKETS.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                bucket.add(1);
+            }
+        }
+        self.count.add(1);
+        self.sum_micros.add((secs * 1e6) as u64);
+    }
+
+    fn series(&'static self, name: &str) -> Vec<Series> {
+        let mut all: Vec<Series> = LAG_LABELS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(le, b)| Series {
+                key: format!("ragspool_{name}_bucket{{le=\"{le}\"}}"),
+                counter: b,
+                scale: 1.0,
+            })
+            .collect();
+        all.push(Series {
+            key: format!("ragspool_{name}_bucket{{le=\"+Inf\"}}"),
+            counter: &self.count,
+            scale: 1.0,
+        });
+        all.push(Series {
+            key: format!("ragspool_{name}_sum"),
+            counter: &self.sum_micros,
+            scale: 1e-6,
+        });
+        all.push(Series {
+            key: format!("ragspool_{name}_count"),
+            counter: &self.count,
+            scale: 1.0,
+        });
+        all
+    }
+}
+
+/// File mtime to its commit.
+pub(crate) static INGEST_LAG: Histogram = Histogram::new();
+/// File mtime to its batch's gate.done delivered.
+pub(crate) static SEARCHABLE_LAG: Histogram = Histogram::new();
+
+/// Seconds from `mtime` (unix seconds) to now.
+pub(crate) fn since(mtime: f64) -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+        - mtime
+}
+
 /// One counter series of the file: its name with labels, its counter, and the
 /// factor from the counter's unit to the exported one.
 struct Series {
@@ -124,6 +215,8 @@ fn counter_series() -> Vec<Series> {
             1.0,
         ),
     ]);
+    all.extend(INGEST_LAG.series("ingest_lag_seconds"));
+    all.extend(SEARCHABLE_LAG.series("searchable_lag_seconds"));
     all
 }
 
@@ -368,6 +461,27 @@ pub(crate) fn render(
         "Vectors by source: fetched from the endpoint, reused, or brought by the record.",
         &labels("source", &["fetched", "reused", "record"]),
     );
+    for (name, help) in [
+        ("ingest_lag_seconds", "File mtime to its rows committed."),
+        (
+            "searchable_lag_seconds",
+            "File mtime to its batch's gate.done delivered.",
+        ),
+    ] {
+        let mut sfx: Vec<String> = LAG_LABELS
+            .iter()
+            .chain(["+Inf"].iter())
+            .map(|le| format!("_bucket{{le=\"{le}\"}}"))
+            .collect();
+        sfx.extend(["_sum".to_string(), "_count".to_string()]);
+        family(
+            &mut out,
+            name,
+            "histogram",
+            help,
+            &pick(counters, name, &sfx),
+        );
+    }
     counter(&mut out, "cache_hits_total", "Cache hits.", &plain);
     counter(&mut out, "cache_misses_total", "Cache misses.", &plain);
     counter(

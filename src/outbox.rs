@@ -38,6 +38,10 @@ pub(crate) struct Stored {
     pub(crate) batch_tag: String,
     /// The rendered JSON body, sent byte for byte.
     pub(crate) body: String,
+    /// For gate.done: the mtimes (unix seconds) of the batch's ingested files, for
+    /// the searchable-lag histogram when it is delivered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) mtimes: Vec<f64>,
 }
 
 /// What a flush did.
@@ -173,6 +177,9 @@ impl Outbox {
             match self.deliver(endpoint, &stored) {
                 Attempt::Delivered => {
                     crate::metrics::DELIVERED.add(1);
+                    for m in &stored.mtimes {
+                        crate::metrics::SEARCHABLE_LAG.observe(crate::metrics::since(*m));
+                    }
                     std::fs::remove_file(&path)
                         .with_context(|| format!("cannot remove `{}`", path.display()))?;
                     fsync_dir(&self.dir)?;

@@ -32,6 +32,8 @@ pub(crate) struct BatchReport {
     pub(crate) rows: u64,
     /// Earlier rows removed by replaces and deletes.
     pub(crate) deleted: u64,
+    /// Mtimes (unix seconds) of the files whose rows went in.
+    pub(crate) mtimes: Vec<f64>,
     /// The gate.done reason.
     pub(crate) reason: Reason,
     /// Whether a self-heal happened.
@@ -71,6 +73,7 @@ struct Totals {
     files_failed: usize,
     rows: u64,
     deleted: u64,
+    mtimes: Vec<f64>,
     reason: Option<Reason>,
     healed: bool,
     error: Option<ErrorSummary>,
@@ -252,6 +255,7 @@ impl Runner {
             files_failed: t.files_failed,
             rows: t.rows,
             deleted: t.deleted,
+            mtimes: t.mtimes,
             reason: t.reason.unwrap_or(Reason::Success),
             healed: t.healed,
             duration_ms: started.elapsed().as_millis() as u64,
@@ -372,7 +376,16 @@ impl Runner {
                 healed,
                 duplicate,
             } => {
+                let mtime = std::fs::symlink_metadata(&file.path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs_f64());
                 self.spool.archive(tag, file, &today())?;
+                let mtime = mtime.filter(|_| !*duplicate);
+                if let Some(m) = mtime {
+                    crate::metrics::INGEST_LAG.observe(crate::metrics::since(m));
+                }
                 if *duplicate {
                     log::info!(
                         "batch {tag}: {} already ingested; archived as a duplicate",
@@ -394,6 +407,7 @@ impl Runner {
                 t.files_ok += 1;
                 t.rows += rows;
                 t.deleted += deleted;
+                t.mtimes.extend(mtime);
                 t.healed |= healed;
                 t.reason(if *healed {
                     Reason::HealedPartition

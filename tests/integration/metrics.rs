@@ -181,4 +181,18 @@ fn counters_add_up_across_commands_and_restarts_and_never_go_down() {
         assert_eq!(got.get(k).copied().unwrap_or(0.0), *v, "{k}");
     }
     assert!(want["ragspool_rows_total"] > 0.0);
+    // Every file whose rows went in was observed once in the ingest-lag histogram.
+    let ingested = crate::support::count(
+        &url,
+        "SELECT count(*) FROM ragspool_manifest WHERE status = 'done' AND NOT duplicate",
+    );
+    assert_eq!(
+        got.get("ragspool_ingest_lag_seconds_count").copied(),
+        Some(ingested as f64)
+    );
+    assert_eq!(
+        got.get("ragspool_ingest_lag_seconds_bucket{le=\"+Inf\"}")
+            .copied(),
+        Some(ingested as f64)
+    );
 }
