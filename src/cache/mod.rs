@@ -6,7 +6,10 @@
 //! - namespaced MessagePack: `rag:<ns>:m:<md5 hex of ns + key>` ([`msgpack_key`]).
 //!
 //! Values are written with one atomic `SET … EX` (no expiry when the TTL is 0).
-//! A connection that hit a timeout or an I/O error is dropped, never reused.
+//! The client is the `redis` crate, on one server, a Redis Cluster or the master
+//! that Sentinels name ([`Topology`]); a connection that hit any error (a timeout
+//! above all) is dropped, never reused, so a late reply is never read as the
+//! answer to the next command.
 //! Hits and misses are counted in process and added to the `rag:cache_metrics`
 //! hash by [`Cache::flush_stats`].
 //!
@@ -18,12 +21,11 @@
 //! # Ok::<(), ragspool::cache::CacheError>(())
 //! ```
 
-pub mod resp;
+mod conn;
 
 use crate::digest::hex;
+use conn::Conn;
 use md5::Md5;
-pub use resp::Reply;
-use resp::{Connection, Fault, Tls};
 use sha1::{Digest, Sha1};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -33,9 +35,63 @@ pub const METRICS_KEY: &str = "rag:cache_metrics";
 /// Counter behind [`Cache::publish_build_update`]'s generation.
 pub const GENERATION_KEY: &str = "rag:build_generation";
 
+/// Which Redis deployment the cache talks to (SPEC §11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One server at `host:port` of [`CacheConfig`].
+    Standalone,
+    /// REDIS_CLUSTER_NODES: seed nodes of a Redis Cluster.
+    Cluster(Vec<(String, u16)>),
+    /// REDIS_SENTINELS and REDIS_SENTINEL_MASTER: the master the sentinels name.
+    Sentinel {
+        /// The sentinels, asked in order.
+        sentinels: Vec<(String, u16)>,
+        /// The service name.
+        master: String,
+        /// REDIS_SENTINEL_USERNAME (else REDIS_USERNAME).
+        username: Option<String>,
+        /// REDIS_SENTINEL_PASSWORD (else REDIS_PASSWORD); never printed.
+        password: Option<String>,
+    },
+}
+
+/// A reply to a raw [`Cache::command`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// A status such as `OK` or `PONG`.
+    Status(String),
+    /// An integer.
+    Int(i64),
+    /// A bulk string, or nil.
+    Bulk(Option<Vec<u8>>),
+    /// An array.
+    Array(Vec<Reply>),
+    /// Anything else, as text.
+    Other(String),
+}
+
+impl From<redis::Value> for Reply {
+    fn from(v: redis::Value) -> Reply {
+        match v {
+            redis::Value::Nil => Reply::Bulk(None),
+            redis::Value::Int(n) => Reply::Int(n),
+            redis::Value::BulkString(b) => Reply::Bulk(Some(b)),
+            redis::Value::SimpleString(s) => Reply::Status(s),
+            redis::Value::Okay => Reply::Status("OK".into()),
+            redis::Value::Array(items) | redis::Value::Set(items) => {
+                Reply::Array(items.into_iter().map(Reply::from).collect())
+            }
+            redis::Value::VerbatimString { text, .. } => Reply::Bulk(Some(text.into_bytes())),
+            other => Reply::Other(format!("{other:?}")),
+        }
+    }
+}
+
 /// How to reach Redis and the cache's defaults.
 #[derive(Clone)]
 pub struct CacheConfig {
+    /// The deployment: standalone (`host`, `port`), cluster or sentinel.
+    pub topology: Topology,
     /// REDIS_HOST.
     pub host: String,
     /// REDIS_PORT.
@@ -61,6 +117,7 @@ pub struct CacheConfig {
 impl std::fmt::Debug for CacheConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheConfig")
+            .field("topology", &topology_shown(&self.topology))
             .field("host", &self.host)
             .field("port", &self.port)
             .field("db", &self.db)
@@ -71,10 +128,22 @@ impl std::fmt::Debug for CacheConfig {
     }
 }
 
+/// A topology for display, the sentinels' password as `***`.
+fn topology_shown(t: &Topology) -> String {
+    match t {
+        Topology::Standalone => "standalone".into(),
+        Topology::Cluster(nodes) => format!("cluster {nodes:?}"),
+        Topology::Sentinel {
+            sentinels, master, ..
+        } => format!("sentinel {master} via {sentinels:?}"),
+    }
+}
+
 impl CacheConfig {
     /// Defaults of SPEC §2 for `host:port`.
     pub fn new(host: &str, port: u16) -> CacheConfig {
         CacheConfig {
+            topology: Topology::Standalone,
             host: host.to_string(),
             port,
             db: 0,
@@ -142,6 +211,8 @@ pub struct Probe {
     pub latency: Duration,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// `standalone`, `cluster N masters` or `sentinel master HOST:PORT`.
+    pub topology: String,
 }
 
 /// A published build update.
@@ -158,7 +229,8 @@ pub struct BuildUpdate {
 /// A cache client: one reused connection, dropped after any error.
 pub struct Cache {
     config: CacheConfig,
-    conn: Option<Connection>,
+    conn: Option<Conn>,
+    master: Option<String>,
     hits: u64,
     misses: u64,
 }
@@ -169,6 +241,7 @@ impl Cache {
         Cache {
             config,
             conn: None,
+            master: None,
             hits: 0,
             misses: 0,
         }
@@ -179,67 +252,39 @@ impl Cache {
         given.unwrap_or(self.config.default_ttl)
     }
 
-    fn connect(&self) -> Result<Connection, CacheError> {
-        let pem;
-        let tls = if self.config.ssl {
-            pem = match &self.config.ca_cert {
-                Some(path) => Some(std::fs::read(path).map_err(|e| {
-                    CacheError::Invalid(format!(
-                        "cannot read REDIS_CA_CERT `{}`: {e}",
-                        path.display()
-                    ))
-                })?),
-                None => None,
-            };
-            Some(Tls {
-                ca_pem: pem.as_deref(),
-            })
-        } else {
-            None
-        };
-        let mut conn = Connection::open(
-            &self.config.host,
-            self.config.port,
-            self.config.timeout,
-            tls,
-        )
-        .map_err(|f| match f {
-            Fault::Tls(m) => CacheError::Invalid(format!("TLS to redis failed: {m}")),
-            other => CacheError::Unavailable(other.to_string()),
-        })?;
-        if let Some(password) = &self.config.password {
-            let mut args: Vec<&[u8]> = vec![b"AUTH"];
-            if let Some(user) = &self.config.username {
-                args.push(user.as_bytes());
-            }
-            args.push(password.as_bytes());
-            match conn.call(&args) {
-                Ok(Reply::Error(e)) => return Err(CacheError::Auth(e)),
-                Ok(_) => {}
-                Err(f) => return Err(CacheError::Unavailable(f.to_string())),
-            }
+    /// Runs one command on the reused connection (connecting when needed). Any
+    /// error drops the connection. Under Sentinel, a connection error or a READONLY
+    /// reply (a demoted master) asks the sentinels again and retries once.
+    fn call(&mut self, args: &[&[u8]]) -> Result<redis::Value, CacheError> {
+        let mut cmd = redis::Cmd::new();
+        for a in args {
+            cmd.arg(*a);
         }
-        if self.config.db != 0 {
-            let db = self.config.db.to_string();
-            check(conn.call(&[b"SELECT", db.as_bytes()]))?;
+        match self.call_once(&cmd) {
+            Err(e)
+                if matches!(self.config.topology, Topology::Sentinel { .. })
+                    && conn::needs_new_master(&e) =>
+            {
+                log::warn!("redis: {e}; asking the sentinels for the master again");
+                self.call_once(&cmd)
+            }
+            other => other,
         }
-        Ok(conn)
     }
 
-    /// Runs one command on the reused connection (connecting when needed); the
-    /// connection is dropped on any transport error.
-    fn call(&mut self, args: &[&[u8]]) -> Result<Reply, CacheError> {
-        if self.conn.as_ref().is_none_or(Connection::is_poisoned) {
-            self.conn = Some(self.connect()?);
+    fn call_once(&mut self, cmd: &redis::Cmd) -> Result<redis::Value, CacheError> {
+        if self.conn.is_none() {
+            let (conn, master) = conn::open(&self.config)?;
+            self.conn = Some(conn);
+            self.master = master;
         }
         let Some(conn) = self.conn.as_mut() else {
             return Err(CacheError::Unavailable("no connection".into()));
         };
-        let result = conn.call(args);
-        if conn.is_poisoned() {
+        conn.query(cmd).map_err(|e| {
             self.conn = None;
-        }
-        check(result)
+            conn::map_error(e)
+        })
     }
 
     fn set_raw(&mut self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<(), CacheError> {
@@ -254,7 +299,7 @@ impl Cache {
     }
 
     fn get_raw(&mut self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
-        let value = match self.call(&[b"GET", key.as_bytes()])? {
+        let value = match Reply::from(self.call(&[b"GET", key.as_bytes()])?) {
             Reply::Bulk(v) => v,
             other => {
                 return Err(CacheError::Server(format!(
@@ -333,7 +378,7 @@ impl Cache {
 
     /// Deletes a key; true when it existed.
     pub fn delete(&mut self, key: &str) -> Result<bool, CacheError> {
-        match self.call(&[b"DEL", key.as_bytes()])? {
+        match Reply::from(self.call(&[b"DEL", key.as_bytes()])?) {
             Reply::Int(n) => Ok(n > 0),
             other => Err(CacheError::Server(format!(
                 "unexpected reply to DEL: {other:?}"
@@ -348,7 +393,7 @@ impl Cache {
         &mut self,
         fields: &serde_json::Value,
     ) -> Result<BuildUpdate, CacheError> {
-        let generation = match self.call(&[b"INCR", GENERATION_KEY.as_bytes()])? {
+        let generation = match Reply::from(self.call(&[b"INCR", GENERATION_KEY.as_bytes()])?) {
             Reply::Int(n) => n,
             other => {
                 return Err(CacheError::Server(format!(
@@ -362,11 +407,11 @@ impl Cache {
             envelope[name] = fields.get(name).cloned().unwrap_or(serde_json::Value::Null);
         }
         let channel = self.config.build_channel.clone();
-        let receivers = match self.call(&[
+        let receivers = match Reply::from(self.call(&[
             b"PUBLISH",
             channel.as_bytes(),
             envelope.to_string().as_bytes(),
-        ])? {
+        ])?) {
             Reply::Int(n) => n,
             other => {
                 return Err(CacheError::Server(format!(
@@ -385,7 +430,7 @@ impl Cache {
     pub fn probe(&mut self) -> Result<Probe, CacheError> {
         self.conn = None;
         let started = Instant::now();
-        match self.call(&[b"PING"])? {
+        match Reply::from(self.call(&[b"PING"])?) {
             Reply::Status(s) if s == "PONG" => {}
             other => {
                 return Err(CacheError::Server(format!(
@@ -394,17 +439,22 @@ impl Cache {
             }
         }
         let latency = started.elapsed();
-        let version = match self.call(&[b"INFO", b"server"])? {
+        let version = match Reply::from(self.call(&[b"INFO", b"server"])?) {
             Reply::Bulk(Some(info)) => String::from_utf8_lossy(&info)
                 .lines()
                 .find_map(|l| l.strip_prefix("redis_version:").map(str::to_string))
                 .unwrap_or_default(),
             _ => String::new(),
         };
+        let masters = match (&self.config.topology, self.conn.as_mut()) {
+            (Topology::Cluster(_), Some(c)) => conn::cluster_masters(c),
+            _ => 0,
+        };
         Ok(Probe {
             version,
             latency,
             tls: self.config.ssl,
+            topology: conn::describe(&self.config, self.master.as_deref(), masters),
         })
     }
 
@@ -435,7 +485,7 @@ impl Cache {
     /// Hits and misses summed in `rag:cache_metrics`.
     pub fn stats(&mut self) -> Result<(u64, u64), CacheError> {
         let field = |cache: &mut Cache, name: &[u8]| -> Result<u64, CacheError> {
-            match cache.call(&[b"HGET", METRICS_KEY.as_bytes(), name])? {
+            match Reply::from(cache.call(&[b"HGET", METRICS_KEY.as_bytes(), name])?) {
                 Reply::Bulk(Some(v)) => Ok(String::from_utf8_lossy(&v).parse().unwrap_or(0)),
                 _ => Ok(0),
             }
@@ -443,22 +493,10 @@ impl Cache {
         Ok((field(self, b"hits")?, field(self, b"misses")?))
     }
 
-    /// Runs a raw command (for tools and tests); transport errors drop the connection.
+    /// Runs a raw command (for tools and tests); any error drops the connection.
     pub fn command(&mut self, args: &[&str]) -> Result<Reply, CacheError> {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        self.call(&args)
-    }
-}
-
-/// Maps transport faults and server errors.
-fn check(result: Result<Reply, Fault>) -> Result<Reply, CacheError> {
-    match result {
-        Ok(Reply::Error(e)) if e.starts_with("NOAUTH") || e.starts_with("WRONGPASS") => {
-            Err(CacheError::Auth(e))
-        }
-        Ok(Reply::Error(e)) => Err(CacheError::Server(e)),
-        Ok(reply) => Ok(reply),
-        Err(f) => Err(CacheError::Unavailable(f.to_string())),
+        self.call(&args).map(Reply::from)
     }
 }
 

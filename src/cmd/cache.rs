@@ -23,8 +23,9 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         return super::emit(&format!("{}\n", query_key(rest[0], top_k))).map(|()| Outcome::Clean);
     }
     let settings = config.cache().ok_or_else(|| {
-        Error::config("`REDIS_HOST` is not set, so there is no cache")
-            .with_note("set REDIS_HOST (and REDIS_PORT, REDIS_DB…)")
+        Error::config("`REDIS_HOST` is not set, so there is no cache").with_note(
+            "set REDIS_HOST (and REDIS_PORT, REDIS_DB…), REDIS_CLUSTER_NODES or REDIS_SENTINELS",
+        )
     })?;
     let mut cache = Cache::new(settings);
     let msgpack = args.has("msgpack");
@@ -144,8 +145,9 @@ fn probe(cache: &mut Cache) -> Result<Outcome> {
     match cache.probe() {
         Ok(p) => {
             super::emit(&format!(
-                "ok: redis {} latency {:.2} ms tls {}\n",
+                "ok: redis {} {} latency {:.2} ms tls {}\n",
                 p.version,
+                p.topology,
                 p.latency.as_secs_f64() * 1000.0,
                 if p.tls { "yes" } else { "no" }
             ))?;

@@ -93,10 +93,22 @@ fn redis(config: &Config) -> Finding {
             problem: None,
         },
         Some(settings) => {
-            let what = format!(
-                "redis {}:{} db {}",
-                settings.host, settings.port, settings.db
-            );
+            let what = match &settings.topology {
+                crate::cache::Topology::Standalone => format!(
+                    "redis {}:{} db {}",
+                    settings.host, settings.port, settings.db
+                ),
+                crate::cache::Topology::Cluster(nodes) => {
+                    format!("redis cluster via {} seed node(s)", nodes.len())
+                }
+                crate::cache::Topology::Sentinel {
+                    sentinels, master, ..
+                } => format!(
+                    "redis master `{master}` via {} sentinel(s), db {}",
+                    sentinels.len(),
+                    settings.db
+                ),
+            };
             let problem = crate::cache::Cache::new(settings)
                 .probe()
                 .err()

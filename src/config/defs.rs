@@ -81,6 +81,39 @@ fn dim(raw: &str) -> Result<(), String> {
     in_range(raw, 1, 65536)
 }
 
+/// `host:port[,host:port...]`.
+pub(crate) fn parse_host_ports(raw: &str) -> Result<Vec<(String, u16)>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (host, port) = p
+                .rsplit_once(':')
+                .ok_or_else(|| format!("`{p}` is not host:port"))?;
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("`{p}` has no valid port"))?;
+            if host.is_empty() {
+                return Err(format!("`{p}` has no host"));
+            }
+            Ok((host.trim_matches(['[', ']']).to_string(), port))
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .and_then(|v| {
+            if v.is_empty() {
+                Err("must list at least one host:port".into())
+            } else {
+                Ok(v)
+            }
+        })
+}
+
+fn host_ports(raw: &str) -> Result<(), String> {
+    parse_host_ports(raw).map(|_| ())
+}
+
 fn embed_batch(raw: &str) -> Result<(), String> {
     in_range(raw, 1, 2048)
 }
@@ -498,6 +531,40 @@ pub(crate) static SETTINGS: &[Setting] = &[
         "PEM CA certificate added to the system's for TLS to Redis",
         not_empty,
     ),
+    s(
+        "REDIS_CLUSTER_NODES",
+        Unset,
+        "comma-separated host:port seed nodes of a Redis Cluster (REDIS_HOST/PORT then ignored, REDIS_DB must be 0)",
+        host_ports,
+    ),
+    s(
+        "REDIS_SENTINELS",
+        Unset,
+        "comma-separated host:port of Redis Sentinels naming the master (with REDIS_SENTINEL_MASTER)",
+        host_ports,
+    ),
+    s(
+        "REDIS_SENTINEL_MASTER",
+        Unset,
+        "the sentinel service name; required with REDIS_SENTINELS",
+        not_empty,
+    ),
+    Setting {
+        name: "REDIS_SENTINEL_USERNAME",
+        fallback: None,
+        default: Computed("REDIS_USERNAME"),
+        doc: "ACL user for the sentinels themselves",
+        secret: false,
+        check: not_empty,
+    },
+    Setting {
+        name: "REDIS_SENTINEL_PASSWORD",
+        fallback: None,
+        default: Computed("REDIS_PASSWORD"),
+        doc: "password for the sentinels themselves",
+        secret: true,
+        check: any,
+    },
     s(
         "REDIS_TIMEOUT_MS",
         Value("2000"),

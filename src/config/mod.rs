@@ -52,9 +52,12 @@ pub(crate) struct Shown {
     pub(crate) doc: &'static str,
 }
 
-/// Redis connection settings; present only when REDIS_HOST is set.
+/// Redis connection settings; present only when REDIS_HOST or a SPEC §11
+/// topology is set.
 #[derive(Debug, Clone)]
 pub(crate) struct RedisSettings {
+    /// Standalone, REDIS_CLUSTER_NODES or REDIS_SENTINELS.
+    pub(crate) topology: crate::cache::Topology,
     /// REDIS_HOST.
     pub(crate) host: String,
     /// REDIS_PORT.
@@ -325,23 +328,26 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
     {
         problems.push(e.to_string());
     }
-    let redis = text("REDIS_HOST").map(|host| RedisSettings {
-        host,
-        port: num("REDIS_PORT")
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(6379),
-        db: num("REDIS_DB")
-            .and_then(|d| i64::try_from(d).ok())
-            .unwrap_or(0),
-        username: text("REDIS_USERNAME"),
-        password: secret("REDIS_PASSWORD"),
-        ssl: raw
-            .get("REDIS_SSL")
-            .and_then(defs::parse_bool)
-            .unwrap_or(false),
-        ca_cert: text("REDIS_CA_CERT").map(PathBuf::from),
-        timeout_ms: num("REDIS_TIMEOUT_MS").unwrap_or(2000),
-    });
+    let topology = topology(raw, problems);
+    let redis = (text("REDIS_HOST").is_some() || topology != crate::cache::Topology::Standalone)
+        .then(|| RedisSettings {
+            topology: topology.clone(),
+            host: text("REDIS_HOST").unwrap_or_default(),
+            port: num("REDIS_PORT")
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(6379),
+            db: num("REDIS_DB")
+                .and_then(|d| i64::try_from(d).ok())
+                .unwrap_or(0),
+            username: text("REDIS_USERNAME"),
+            password: secret("REDIS_PASSWORD"),
+            ssl: raw
+                .get("REDIS_SSL")
+                .and_then(defs::parse_bool)
+                .unwrap_or(false),
+            ca_cert: text("REDIS_CA_CERT").map(PathBuf::from),
+            timeout_ms: num("REDIS_TIMEOUT_MS").unwrap_or(2000),
+        });
     let workers = num("WORKERS")
         .map(|w| w as usize)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -388,6 +394,52 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
             .iter()
             .map(|(k, (v, _))| (*k, Secret::new(v.clone())))
             .collect(),
+    }
+}
+
+/// SPEC §11's topology, with the rules that tie its settings together.
+fn topology(raw: &Raw, problems: &mut Vec<String>) -> crate::cache::Topology {
+    use crate::cache::Topology;
+    let list = |name: &str| raw.get(name).and_then(|v| defs::parse_host_ports(v).ok());
+    match (list("REDIS_CLUSTER_NODES"), list("REDIS_SENTINELS")) {
+        (Some(_), Some(_)) => {
+            problems.push(
+                "`REDIS_CLUSTER_NODES` and `REDIS_SENTINELS` are both set; a cache is one or the other"
+                    .into(),
+            );
+            Topology::Standalone
+        }
+        (Some(nodes), None) => {
+            if raw.get("REDIS_DB").is_some_and(|d| d != "0") {
+                problems.push(
+                    "`REDIS_DB` must be 0 with REDIS_CLUSTER_NODES (a Redis Cluster has one database)"
+                        .into(),
+                );
+            }
+            Topology::Cluster(nodes)
+        }
+        (None, Some(sentinels)) => match raw.get("REDIS_SENTINEL_MASTER") {
+            Some(master) => Topology::Sentinel {
+                sentinels,
+                master: master.to_string(),
+                username: raw
+                    .get("REDIS_SENTINEL_USERNAME")
+                    .or(raw.get("REDIS_USERNAME"))
+                    .map(str::to_string),
+                password: raw
+                    .get("REDIS_SENTINEL_PASSWORD")
+                    .or(raw.get("REDIS_PASSWORD"))
+                    .map(str::to_string),
+            },
+            None => {
+                problems.push(
+                    "`REDIS_SENTINEL_MASTER` must name the sentinel service when REDIS_SENTINELS is set"
+                        .into(),
+                );
+                Topology::Standalone
+            }
+        },
+        (None, None) => Topology::Standalone,
     }
 }
 
@@ -463,6 +515,7 @@ impl Config {
     /// The cache client's settings, when REDIS_HOST is set.
     pub(crate) fn cache(&self) -> Option<crate::cache::CacheConfig> {
         self.redis.as_ref().map(|r| crate::cache::CacheConfig {
+            topology: r.topology.clone(),
             host: r.host.clone(),
             port: r.port,
             db: r.db,
