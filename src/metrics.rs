@@ -1,4 +1,5 @@
-//! Prometheus textfile-collector output (SPEC §9). Counters add up across every
+//! Prometheus textfile-collector output (SPEC §9). A leaf: the modules that count
+//! report to it, and `gauges.rs` reads what it shows from the database and spool. Counters add up across every
 //! command that writes the file and across restarts: under an flock on
 //! `<METRICS_FILE>.lock`, a writer reads the file, adds what it counted since its
 //! own last write, and replaces the file atomically (temp file + rename). So
@@ -312,6 +313,8 @@ pub(crate) struct Gauges {
     pub(crate) last_maintenance_success: Option<i64>,
     /// Partitions still waiting for their HNSW index (with VECTOR_INDEX=hnsw).
     pub(crate) partitions_unindexed: Option<usize>,
+    /// Events waiting in outbox/ and in outbox/dead/.
+    pub(crate) outbox: (usize, usize),
 }
 
 /// One metric family: HELP, TYPE and its samples (`labels` may be a suffix like `_sum`).
@@ -411,7 +414,7 @@ pub(crate) fn render(
         "Webhook delivery attempts by outcome.",
         &labels("outcome", &["delivered", "retried", "dead"]),
     );
-    let (waiting, dead) = crate::gate::outbox_depth(spool.root());
+    let (waiting, dead) = gauges.outbox;
     family(
         &mut out,
         "outbox_depth",
@@ -491,33 +494,6 @@ pub(crate) fn render(
         &plain,
     );
     out
-}
-
-/// Writes METRICS_FILE, when set, with gauges read from the database (one
-/// attempt; an unreachable database leaves them out rather than delaying).
-pub(crate) fn write_configured(config: &crate::config::Config) {
-    let Some(path) = &config.metrics_file else {
-        return;
-    };
-    let names = crate::schema::Names::from_config(config);
-    let mut client = crate::db::Db::from_config(config)
-        .ok()
-        .and_then(|db| db.connect_once().ok());
-    let last_maintenance_success = client
-        .as_mut()
-        .and_then(|c| crate::maintenance::last_success(c, &names).ok().flatten());
-    let partitions_unindexed = match (&names.storage.index, client.as_mut()) {
-        (Some(_), Some(c)) => crate::partition::unindexed(c, &names).ok().map(|p| p.len()),
-        _ => None,
-    };
-    let gauges = Gauges {
-        last_maintenance_success,
-        partitions_unindexed,
-    };
-    let spool = Spool::new(&config.spool_dir);
-    if let Err(e) = write(path, &spool, &gauges) {
-        log::warn!("cannot write METRICS_FILE `{}`: {e}", path.display());
-    }
 }
 
 /// Merges this process's counts into the file at `path` and replaces it atomically,

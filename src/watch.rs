@@ -349,7 +349,7 @@ impl Watcher<'_> {
 
     fn write_metrics(&mut self) {
         self.last_metrics = Instant::now();
-        crate::metrics::write_configured(self.config);
+        crate::gauges::write_configured(self.config);
     }
 }
 

@@ -171,6 +171,20 @@ pub(crate) fn open(config: &CacheConfig) -> Result<(Conn, Option<String>), Cache
     }
 }
 
+/// The master's `host:port` the sentinels name now (Sentinel topology only).
+pub(crate) fn current_master(config: &CacheConfig) -> Result<String, CacheError> {
+    match &config.topology {
+        Topology::Sentinel {
+            sentinels,
+            master,
+            username,
+            password,
+        } => ask_sentinels(config, sentinels, master, username, password)
+            .map(|(h, p)| format!("{h}:{p}")),
+        _ => Err(CacheError::Invalid("not a sentinel topology".into())),
+    }
+}
+
 /// Asks the sentinels, in order, for the current master of `master`. The crate's
 /// own SentinelClientBuilder takes a CA certificate only with rustls, and this
 /// binary's one TLS stack is native-tls (which PostgreSQL and the webhooks use

@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 
 /// Hash where hits and misses are summed across processes.
 pub const METRICS_KEY: &str = "rag:cache_metrics";
+/// How often a Sentinel client checks that its master is still the master.
+const MASTER_RECHECK: Duration = Duration::from_secs(1);
 /// Counter behind [`Cache::publish_build_update`]'s generation.
 pub const GENERATION_KEY: &str = "rag:build_generation";
 
@@ -231,6 +233,7 @@ pub struct Cache {
     config: CacheConfig,
     conn: Option<Conn>,
     master: Option<String>,
+    master_checked: Instant,
     hits: u64,
     misses: u64,
 }
@@ -242,6 +245,7 @@ impl Cache {
             config,
             conn: None,
             master: None,
+            master_checked: Instant::now(),
             hits: 0,
             misses: 0,
         }
@@ -273,10 +277,12 @@ impl Cache {
     }
 
     fn call_once(&mut self, cmd: &redis::Cmd) -> Result<redis::Value, CacheError> {
+        self.recheck_master();
         if self.conn.is_none() {
             let (conn, master) = conn::open(&self.config)?;
             self.conn = Some(conn);
             self.master = master;
+            self.master_checked = Instant::now();
         }
         let Some(conn) = self.conn.as_mut() else {
             return Err(CacheError::Unavailable("no connection".into()));
@@ -285,6 +291,31 @@ impl Cache {
             self.conn = None;
             conn::map_error(e)
         })
+    }
+
+    /// Under Sentinel, asks the sentinels at most once a second whether the master
+    /// moved, and drops the connection when it did: after a failover the old
+    /// master may take writes for seconds before the sentinels demote it, and
+    /// those writes would be lost.
+    fn recheck_master(&mut self) {
+        if self.conn.is_none()
+            || !matches!(self.config.topology, Topology::Sentinel { .. })
+            || self.master_checked.elapsed() < MASTER_RECHECK
+        {
+            return;
+        }
+        self.master_checked = Instant::now();
+        match conn::current_master(&self.config) {
+            Ok(now) if Some(&now) != self.master.as_ref() => {
+                log::warn!(
+                    "redis: the sentinels name {now} as master now (was {}); reconnecting",
+                    self.master.as_deref().unwrap_or("?")
+                );
+                self.conn = None;
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("redis: cannot ask the sentinels: {e}"),
+        }
     }
 
     fn set_raw(&mut self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<(), CacheError> {

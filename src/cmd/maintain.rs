@@ -50,7 +50,7 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
             report.created
         );
     }
-    crate::metrics::write_configured(config);
+    crate::gauges::write_configured(config);
     Ok(Outcome::failed_if(stalled))
 }
 

@@ -25,7 +25,7 @@ pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
         }
     }
     runner.flush();
-    crate::metrics::write_configured(config);
+    crate::gauges::write_configured(config);
     summarize(&reports, runner.undelivered())
 }
 

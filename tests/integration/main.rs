@@ -20,4 +20,5 @@ mod reliability;
 mod settings;
 mod spool_commands;
 mod tls;
+mod topology;
 mod watch;

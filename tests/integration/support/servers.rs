@@ -439,3 +439,155 @@ impl OwnRedis {
         OwnRedis { dir, port }
     }
 }
+
+/// `redis-cli -p PORT ARGS...`'s output (redis-tools comes with redis-server).
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// A three-master Redis Cluster on loopback, created with `redis-cli --cluster`.
+pub struct OwnCluster {
+    /// Its masters.
+    pub nodes: Vec<OwnRedis>,
+}
+
+impl OwnCluster {
+    /// Starts three cluster-enabled servers (each with an explicit bus port, since
+    /// port + 10000 may be taken) and joins them into one cluster.
+    #[track_caller]
+    pub fn start() -> OwnCluster {
+        let nodes: Vec<OwnRedis> = (0..3)
+            .map(|_| {
+                let bus = free_port().unwrap_or_else(|e| panic!("{e}")).to_string();
+                OwnRedis::start(
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-port",
+                        &bus,
+                    ],
+                    false,
+                    |_| {},
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .arg("--cluster-yes")
+            .output()
+            .unwrap_or_else(|e| panic!("redis-cli (redis-tools) is needed: {e}"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            while !redis_cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the cluster never became ok"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        OwnCluster { nodes }
+    }
+
+    /// `host:port,host:port,...` for REDIS_CLUSTER_NODES.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A master, its replica and a sentinel watching them as `mymaster`.
+pub struct OwnSentinel {
+    /// The master at start.
+    pub master: OwnRedis,
+    /// Its replica.
+    pub replica: OwnRedis,
+    /// The sentinel's port.
+    pub port: u16,
+}
+
+impl OwnSentinel {
+    /// Starts the three and waits until the sentinel sees the replica.
+    #[track_caller]
+    pub fn start() -> OwnSentinel {
+        let master = OwnRedis::start(&[], false, |_| {});
+        let mport = master.port.to_string();
+        let replica = OwnRedis::start(&["--replicaof", "127.0.0.1", &mport], false, |_| {});
+        let port = free_port().unwrap_or_else(|e| panic!("{e}"));
+        let dir = master.dir.join("sentinel");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let d = dir.display();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize yes\npidfile {d}/sentinel.pid\nlogfile {d}/sentinel.log\n\
+                 dir {d}\nsentinel monitor mymaster 127.0.0.1 {mport} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let ok = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "redis-server --sentinel did not start");
+        let script = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 0.5; done; kill $(cat {d}/sentinel.pid) 2>/dev/null",
+            std::process::id()
+        );
+        let _ = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !redis_cli(port, &["SENTINEL", "REPLICAS", "mymaster"])
+            .contains(&replica.port.to_string())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sentinel never saw the replica"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        OwnSentinel {
+            master,
+            replica,
+            port,
+        }
+    }
+
+    /// The master's port as the sentinel names it now.
+    pub fn master_port(&self) -> Option<u16> {
+        redis_cli(
+            self.port,
+            &["SENTINEL", "get-master-addr-by-name", "mymaster"],
+        )
+        .lines()
+        .nth(1)
+        .and_then(|p| p.trim().parse().ok())
+    }
+}

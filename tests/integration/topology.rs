@@ -1,0 +1,132 @@
+//! The cache in a Redis Cluster and behind Sentinels (SPEC §11), on real servers.
+
+use crate::support::TestEnv;
+use crate::support::servers::{OwnCluster, OwnSentinel, redis_cli};
+use ragspool::cache::{Cache, CacheConfig, Topology};
+use std::time::{Duration, Instant};
+
+fn addrs(list: &str) -> Vec<(String, u16)> {
+    list.split(',')
+        .filter_map(|a| a.rsplit_once(':'))
+        .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(0)))
+        .collect()
+}
+
+#[test]
+fn a_cluster_spreads_keys_over_every_master_and_takes_build_updates() {
+    let cluster = OwnCluster::start();
+    let mut cfg = CacheConfig::new("unused", 1);
+    cfg.topology = Topology::Cluster(addrs(&cluster.seeds()));
+    let mut cache = Cache::new(cfg);
+    for i in 0..60 {
+        let key = format!("q{i}");
+        cache
+            .set_json_namespace("answers", &key, &serde_json::json!({ "n": i }), None)
+            .expect("set in the cluster");
+    }
+    for i in 0..60 {
+        let key = format!("q{i}");
+        assert_eq!(
+            cache.get_json_namespace("answers", &key).ok().flatten(),
+            Some(serde_json::json!({ "n": i }))
+        );
+    }
+    for node in &cluster.nodes {
+        let keys: u64 = redis_cli(node.port, &["DBSIZE"])
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        assert!(keys > 0, "master {} holds none of the keys", node.port);
+    }
+    let mut env = TestEnv::new().with_db();
+    env.set("REDIS_CLUSTER_NODES", cluster.seeds());
+    env.run(&["cache", "probe"])
+        .output()
+        .code(0)
+        .stdout_has("cluster 3 masters");
+    env.ready();
+    env.generate(2, 5, 0);
+    env.run(&["process"]).output().code(0);
+    let generation = cache
+        .command(&["GET", "rag:build_generation"])
+        .expect("generation");
+    assert_eq!(
+        generation,
+        ragspool::cache::Reply::Bulk(Some(b"1".to_vec())),
+        "one build update for the one batch"
+    );
+    env.run(&["cache", "get", "answers", "q7"])
+        .output()
+        .code(0)
+        .stdout_has("{\"n\":7}");
+    env.run(&["check"])
+        .env("REDIS_DB", "3")
+        .output()
+        .code(78)
+        .stderr_has("`REDIS_DB` must be 0");
+}
+
+#[test]
+fn sentinels_name_the_master_and_the_cache_follows_a_failover() {
+    let s = OwnSentinel::start();
+    let mut cfg = CacheConfig::new("unused", 1);
+    cfg.timeout = Duration::from_millis(500);
+    cfg.topology = Topology::Sentinel {
+        sentinels: vec![("127.0.0.1".into(), s.port)],
+        master: "mymaster".into(),
+        username: None,
+        password: None,
+    };
+    let mut cache = Cache::new(cfg);
+    let probe = cache.probe().expect("probe");
+    assert_eq!(
+        probe.topology,
+        format!("sentinel master 127.0.0.1:{}", s.master.port)
+    );
+    let mut env = TestEnv::new();
+    env.set("REDIS_SENTINELS", format!("127.0.0.1:{}", s.port));
+    env.set("REDIS_SENTINEL_MASTER", "mymaster");
+    env.run(&["cache", "probe"])
+        .output()
+        .code(0)
+        .stdout_has(&format!("sentinel master 127.0.0.1:{}", s.master.port));
+    env.run(&["check"])
+        .env_remove("REDIS_SENTINEL_MASTER")
+        .output()
+        .code(78)
+        .stderr_has("`REDIS_SENTINEL_MASTER`");
+    // Cache commands go on through a failover: every value read back is the one
+    // just written (no stale reply), and the commands reach the new master.
+    let _ = redis_cli(s.port, &["SENTINEL", "FAILOVER", "mymaster"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ok_after_failover = 0;
+    let mut i = 0;
+    // The sentinels may leave the old master taking writes for seconds; the cache
+    // checks the master once a second, so 40 rounds (2 s) after the switch its
+    // writes land on the new master.
+    while ok_after_failover < 40 {
+        assert!(
+            Instant::now() < deadline,
+            "the cache never followed the failover"
+        );
+        i += 1;
+        let value = serde_json::json!({ "i": i });
+        if cache.set_json_namespace("fo", "k", &value, None).is_ok()
+            && let Ok(got) = cache.get_json_namespace("fo", "k")
+        {
+            assert_eq!(got, Some(value), "a stale or misplaced reply");
+            if s.master_port() == Some(s.replica.port) {
+                ok_after_failover += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        cache.probe().expect("probe").topology,
+        format!("sentinel master 127.0.0.1:{}", s.replica.port)
+    );
+    assert!(
+        redis_cli(s.replica.port, &["GET", "rag:fo:k"]).contains("\"i\""),
+        "the value lives on the promoted replica"
+    );
+}
