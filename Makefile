@@ -17,6 +17,7 @@ release: deps
 
 test: deps
 	$(CARGO) test --all-targets --no-fail-fast
+	$(CARGO) test --doc
 	$(MAKE) fuzz
 
 # Each fuzz target for FUZZ_SECS on the committed seed corpus (new finds go under

@@ -221,3 +221,24 @@ fn packaged_env_file_names_every_setting_and_parses() {
         "packaging/ragspool.env does not parse: {entries:?}"
     );
 }
+
+#[test]
+fn readme_cache_example_is_the_compiled_doc_test() {
+    let readme = read("README.md");
+    let source = read("src/cache/mod.rs");
+    let block = source
+        .split("//! ```no_run\n")
+        .nth(2)
+        .and_then(|b| b.split("//! ```").next())
+        .unwrap_or("");
+    for line in block.lines() {
+        let line = line.trim_start_matches("//!").trim_start();
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        assert!(
+            readme.contains(line),
+            "README lacks the doc test's line: {line}"
+        );
+    }
+}

@@ -42,6 +42,7 @@ pub(crate) mod gate_server;
 pub(crate) mod gauges;
 pub(crate) mod http;
 pub(crate) mod ingest;
+pub(crate) mod invalidation;
 pub(crate) mod lineage;
 pub(crate) mod log;
 pub(crate) mod maintenance;

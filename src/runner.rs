@@ -34,6 +34,8 @@ pub(crate) struct BatchReport {
     pub(crate) deleted: u64,
     /// Mtimes (unix seconds) of the files whose rows went in.
     pub(crate) mtimes: Vec<f64>,
+    /// Documents the batch replaced or deleted.
+    pub(crate) changed_docs: Vec<String>,
     /// The gate.done reason.
     pub(crate) reason: Reason,
     /// Whether a self-heal happened.
@@ -74,6 +76,7 @@ struct Totals {
     rows: u64,
     deleted: u64,
     mtimes: Vec<f64>,
+    changed_docs: std::collections::BTreeSet<String>,
     reason: Option<Reason>,
     healed: bool,
     error: Option<ErrorSummary>,
@@ -124,6 +127,8 @@ pub(crate) struct Runner {
     max_files: usize,
     max_bytes: u64,
     undelivered: AtomicUsize,
+    invalidations: crate::invalidation::Invalidations,
+    redelete: std::time::Duration,
 }
 
 impl Runner {
@@ -146,6 +151,11 @@ impl Runner {
             max_files: config.batch_max_files.max(1),
             max_bytes: config.batch_max_bytes.max(1),
             undelivered: AtomicUsize::new(0),
+            invalidations: crate::invalidation::Invalidations::new(
+                &config.spool_dir,
+                std::time::Duration::from_millis(config.cache_redelete_ms),
+            ),
+            redelete: std::time::Duration::from_millis(config.cache_redelete_ms),
         }
     }
 
@@ -256,6 +266,7 @@ impl Runner {
             rows: t.rows,
             deleted: t.deleted,
             mtimes: t.mtimes,
+            changed_docs: t.changed_docs.into_iter().collect(),
             reason: t.reason.unwrap_or(Reason::Success),
             healed: t.healed,
             duration_ms: started.elapsed().as_millis() as u64,
@@ -289,8 +300,49 @@ impl Runner {
             log::error!("batch {tag}: cannot queue gate.done: {e}");
         }
         self.flush();
+        self.invalidate(&report);
         self.publish_build_update(&report);
         report
+    }
+
+    /// Queues the invalidation of the cached answers of every document the batch
+    /// replaced or deleted, and applies what is due, before the build update.
+    fn invalidate(&self, r: &BatchReport) {
+        let Some(cache) = &self.cache else { return };
+        if let Err(e) = self
+            .invalidations
+            .queue(r.tag.as_str(), r.changed_docs.clone())
+        {
+            log::error!("batch {}: {e}", r.tag);
+        }
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        self.invalidations.apply_due(&mut cache);
+    }
+
+    /// How long until a queued second invalidation pass is due, when one waits
+    /// and Redis is configured.
+    pub(crate) fn invalidations_due(&self) -> Option<std::time::Duration> {
+        self.cache.as_ref()?;
+        self.invalidations.next_due()
+    }
+
+    /// Runs the cache invalidations that are due (a later turn of `watch`); with
+    /// `wait`, first waits for the queued second passes (`process` before it exits).
+    pub(crate) fn settle_invalidations(&self, wait: bool) {
+        let Some(cache) = &self.cache else { return };
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut left = self.invalidations.apply_due(&mut cache);
+        while wait && left > 0 {
+            let Some(d) = self.invalidations.next_due() else {
+                return;
+            };
+            std::thread::sleep(d.min(self.redelete));
+            let now = self.invalidations.apply_due(&mut cache);
+            if now >= left {
+                return;
+            }
+            left = now;
+        }
     }
 
     /// Tells query services about the new build (SPEC §8). A Redis outage never
@@ -373,6 +425,7 @@ impl Runner {
             FileOutcome::Ingested {
                 rows,
                 deleted,
+                changed_docs,
                 healed,
                 duplicate,
             } => {
@@ -408,6 +461,7 @@ impl Runner {
                 t.rows += rows;
                 t.deleted += deleted;
                 t.mtimes.extend(mtime);
+                t.changed_docs.extend(changed_docs.iter().cloned());
                 t.healed |= healed;
                 t.reason(if *healed {
                     Reason::HealedPartition

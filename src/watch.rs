@@ -253,6 +253,11 @@ impl Watcher<'_> {
         {
             t = t.min(OUTBOX_TICK);
         }
+        if let Action::Ingest(runner) = &self.action
+            && let Some(due) = runner.invalidations_due()
+        {
+            t = t.min(due);
+        }
         if self.config.metrics_file.is_some() {
             t = t.min(METRICS_TICK.saturating_sub(self.last_metrics.elapsed()));
         }
@@ -271,6 +276,9 @@ impl Watcher<'_> {
             && runner.undelivered() > 0
         {
             runner.flush();
+        }
+        if let Action::Ingest(runner) = &self.action {
+            runner.settle_invalidations(false);
         }
         if self.last_metrics.elapsed() >= METRICS_TICK {
             self.write_metrics();

@@ -20,6 +20,20 @@
 //! let hit = cache.get_json_namespace("answers", "q1")?;
 //! # Ok::<(), ragspool::cache::CacheError>(())
 //! ```
+//!
+//! An answer computed from documents names them, so that it goes when ragspool
+//! replaces or deletes any of them (README.md shows this same example):
+//!
+//! ```no_run
+//! use ragspool::cache::{Cache, CacheConfig};
+//! let mut cache = Cache::new(CacheConfig::new("127.0.0.1", 6379));
+//! let answer = serde_json::json!({"text": "Refunds take 14 days.", "sources": ["policy-7", "faq-2"]});
+//! cache.set_json_namespace_deps("answers", "refund-time", &answer, Some(3600), &["policy-7", "faq-2"])?;
+//! // After a batch replaces policy-7, this is a miss and the service answers afresh.
+//! let cached = cache.get_json_namespace("answers", "refund-time")?;
+//! # let _ = cached;
+//! # Ok::<(), ragspool::cache::CacheError>(())
+//! ```
 
 mod conn;
 
@@ -202,6 +216,11 @@ pub fn msgpack_key(ns: &str, key: &str) -> String {
     md5.update(ns.as_bytes());
     md5.update(key.as_bytes());
     format!("rag:{ns}:m:{}", hex(&md5.finalize()))
+}
+
+/// The set of cache keys whose values were computed from document `doc_id`.
+pub fn dep_key(doc_id: &str) -> String {
+    format!("rag:dep:{doc_id}")
 }
 
 /// What a health probe found.
@@ -394,6 +413,99 @@ impl Cache {
         let bytes = rmp_serde::to_vec_named(value)
             .map_err(|e| CacheError::Invalid(format!("cannot encode MessagePack: {e}")))?;
         self.set_raw(&msgpack_key(ns, key), &bytes, ttl)
+    }
+
+    /// Stores `value` as JSON under `rag:<ns>:<key>` and records the key in the
+    /// set `rag:dep:<doc_id>` of every document it was computed from, so that
+    /// replacing or deleting one of them deletes the value (SPEC §12).
+    pub fn set_json_namespace_deps(
+        &mut self,
+        ns: &str,
+        key: &str,
+        value: &serde_json::Value,
+        ttl: Option<u64>,
+        doc_ids: &[&str],
+    ) -> Result<(), CacheError> {
+        let full = json_key(ns, key);
+        self.set_raw(&full, value.to_string().as_bytes(), ttl)?;
+        self.add_deps(&full, ttl, doc_ids)
+    }
+
+    /// The MessagePack twin of [`Cache::set_json_namespace_deps`].
+    pub fn set_msgpack_namespace_deps(
+        &mut self,
+        ns: &str,
+        key: &str,
+        value: &serde_json::Value,
+        ttl: Option<u64>,
+        doc_ids: &[&str],
+    ) -> Result<(), CacheError> {
+        self.set_msgpack_namespace(ns, key, value, ttl)?;
+        self.add_deps(&msgpack_key(ns, key), ttl, doc_ids)
+    }
+
+    /// Adds `key` to each document's dep set, whose TTL becomes at least the
+    /// value's (no expiry when the value has none).
+    fn add_deps(
+        &mut self,
+        key: &str,
+        ttl: Option<u64>,
+        doc_ids: &[&str],
+    ) -> Result<(), CacheError> {
+        let ttl = self.ttl(ttl);
+        for doc in doc_ids {
+            let set = dep_key(doc);
+            let before = match Reply::from(self.call(&[b"TTL", set.as_bytes()])?) {
+                Reply::Int(t) => t,
+                _ => -2,
+            };
+            self.call(&[b"SADD", set.as_bytes(), key.as_bytes()])?;
+            let secs = match (ttl, before) {
+                (0, _) => {
+                    self.call(&[b"PERSIST", set.as_bytes()])?;
+                    continue;
+                }
+                // It existed without expiry: keep it so.
+                (_, -1) => continue,
+                (t, b) if b > 0 => t.max(b as u64),
+                (t, _) => t,
+            };
+            self.call(&[b"EXPIRE", set.as_bytes(), secs.to_string().as_bytes()])?;
+        }
+        Ok(())
+    }
+
+    /// The keys recorded as computed from `doc_id`.
+    pub fn deps(&mut self, doc_id: &str) -> Result<Vec<String>, CacheError> {
+        let mut keys: Vec<String> =
+            match Reply::from(self.call(&[b"SMEMBERS", dep_key(doc_id).as_bytes()])?) {
+                Reply::Array(items) => items
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        Reply::Bulk(Some(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Deletes every key in `doc_id`'s dep set and removes it from the set (an
+    /// emptied set vanishes); returns how many cached values went. Members are
+    /// removed one by one rather than the set deleted, so that a key added while
+    /// this runs stays recorded for the next pass.
+    pub fn invalidate(&mut self, doc_id: &str) -> Result<usize, CacheError> {
+        let set = dep_key(doc_id);
+        let mut gone = 0;
+        for key in self.deps(doc_id)? {
+            if self.delete(&key)? {
+                gone += 1;
+            }
+            self.call(&[b"SREM", set.as_bytes(), key.as_bytes()])?;
+        }
+        Ok(gone)
     }
 
     /// The MessagePack value under `rag:<ns>:m:<md5(ns+key)>`, counting a hit or a miss.

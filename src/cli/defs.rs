@@ -207,8 +207,8 @@ pub(crate) static COMMANDS: &[Command] = &[
     Command {
         name: "cache",
         summary: "probe | get | set | del | key | publish | stats  (Redis)",
-        usage: "probe | get NS KEY [--msgpack] | set NS KEY JSON [--ttl SECS] [--msgpack] | del NS KEY | key QUERY TOP_K | publish JSON | stats",
-        doc: "Works the Redis query cache: health probe, namespaced JSON and MessagePack values, legacy query keys, build-update publishing and hit/miss statistics.",
+        usage: "probe | get NS KEY [--msgpack] | set NS KEY JSON [--ttl SECS] [--msgpack] | del NS KEY | key QUERY TOP_K | publish JSON | stats | deps DOC_ID",
+        doc: "Works the Redis query cache: health probe (naming the topology), namespaced JSON and MessagePack values, legacy query keys, build-update publishing, hit/miss statistics, and the cached keys recorded as computed from a document (deps), which go when the document is replaced or deleted.",
         positionals: (1, 4),
         flags: &[
             valued(

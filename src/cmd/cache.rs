@@ -123,14 +123,25 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
             ))?;
             Outcome::Clean
         }
+        "deps" => {
+            arity(1, "deps DOC_ID")?;
+            let keys = cache.deps(rest[0]).map_err(error)?;
+            let mut out = String::new();
+            for k in &keys {
+                out.push_str(k);
+                out.push('\n');
+            }
+            super::emit(&out)?;
+            Outcome::Clean
+        }
         "" => {
             return Err(Error::usage(
-                "`cache` needs an action: probe, get, set, del, key, publish or stats",
+                "`cache` needs an action: probe, get, set, del, key, publish, stats or deps",
             ));
         }
         other => {
             return Err(Error::usage(format!(
-                "unknown cache action `{other}`; valid: probe, get, set, del, key, publish, stats"
+                "unknown cache action `{other}`; valid: probe, get, set, del, key, publish, stats, deps"
             )));
         }
     };

@@ -25,6 +25,9 @@ pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
         }
     }
     runner.flush();
+    // The second pass of this run's cache invalidations (CACHE_REDELETE_MS after
+    // the build updates) before exiting; a Redis outage leaves it queued.
+    runner.settle_invalidations(true);
     crate::gauges::write_configured(config);
     summarize(&reports, runner.undelivered())
 }

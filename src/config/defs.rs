@@ -578,6 +578,12 @@ pub(crate) static SETTINGS: &[Setting] = &[
         whole,
     ),
     s(
+        "CACHE_REDELETE_MS",
+        Value("1000"),
+        "after a batch replaces or deletes documents, their cached answers are deleted again this long after the build update",
+        whole,
+    ),
+    s(
         "REDIS_BUILD_CHANNEL",
         Value("build_updates"),
         "build-update channel",

@@ -158,6 +158,8 @@ pub(crate) struct Config {
     pub(crate) default_ttl_seconds: u64,
     /// REDIS_BUILD_CHANNEL.
     pub(crate) redis_build_channel: String,
+    /// CACHE_REDELETE_MS.
+    pub(crate) cache_redelete_ms: u64,
     /// Every setting with its display value and origin.
     pub(crate) shown: Vec<Shown>,
     /// Every set value, unredacted but never printable, for `watch --exec`.
@@ -388,6 +390,7 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         redis,
         default_ttl_seconds: num("DEFAULT_TTL_SECONDS").unwrap_or(3600),
         redis_build_channel: text("REDIS_BUILD_CHANNEL").unwrap_or_default(),
+        cache_redelete_ms: num("CACHE_REDELETE_MS").unwrap_or(1000),
         shown: shown(raw, workers),
         effective: raw
             .values

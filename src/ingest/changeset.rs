@@ -155,12 +155,14 @@ pub(crate) struct FileRef<'a> {
 }
 
 /// What the change set did besides the COPY.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Change {
     /// Earlier rows removed (the manifest's `deleted`).
     pub(crate) deleted: u64,
     /// Rows of this file withdrawn because a later file already removed their document.
     pub(crate) withdrawn: u64,
+    /// Documents whose earlier rows it replaced or deleted: their cached answers go.
+    pub(crate) removed_docs: Vec<String>,
 }
 
 /// Applies the removals, the order check and the lineage rows for `file`, whose
@@ -241,6 +243,7 @@ pub(crate) fn apply(
         )?;
     }
     lineage(tx, names, docs, &superseded, &removed, file)?;
+    change.removed_docs = removers.iter().map(|d| d.to_string()).collect();
     Ok(change)
 }
 

@@ -51,6 +51,8 @@ pub(crate) enum FileOutcome {
         rows: u64,
         /// Earlier rows its change set removed.
         deleted: u64,
+        /// Documents it replaced or deleted (their cached answers go).
+        changed_docs: Vec<String>,
         /// A partition was created for it.
         healed: bool,
         /// Its content was already ingested; no rows inserted.
@@ -111,10 +113,11 @@ impl From<RecordError> for BadFile {
 }
 
 /// What one file's transaction wrote.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Applied {
     rows: u64,
     deleted: u64,
+    changed_docs: Vec<String>,
     /// Rows whose record brought its vector.
     brought: u64,
 }
@@ -194,6 +197,7 @@ impl Ingest {
                     FileOutcome::Ingested {
                         rows: 0,
                         deleted: 0,
+                        changed_docs: Vec::new(),
                         healed,
                         duplicate: true,
                     },
@@ -234,6 +238,7 @@ impl Ingest {
                             let outcome = FileOutcome::Ingested {
                                 rows: applied.rows,
                                 deleted: applied.deleted,
+                                changed_docs: applied.changed_docs,
                                 healed,
                                 duplicate: false,
                             };
@@ -306,6 +311,7 @@ impl Ingest {
             return Ok(Some(FileOutcome::Ingested {
                 rows: 0,
                 deleted: 0,
+                changed_docs: Vec::new(),
                 healed: false,
                 duplicate: true,
             }));
@@ -316,6 +322,7 @@ impl Ingest {
         Ok(Some(FileOutcome::Ingested {
             rows: 0,
             deleted: 0,
+            changed_docs: Vec::new(),
             healed: false,
             duplicate: true,
         }))
@@ -417,6 +424,7 @@ impl Ingest {
         Ok(Applied {
             rows: copied - change.withdrawn,
             deleted: change.deleted,
+            changed_docs: change.removed_docs,
             brought,
         })
     }

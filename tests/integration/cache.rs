@@ -12,7 +12,7 @@ fn redis_env() -> TestEnv {
     TestEnv::new().with_redis()
 }
 
-fn api(env: &TestEnv) -> Cache {
+pub(crate) fn api(env: &TestEnv) -> Cache {
     let mut cfg = CacheConfig::new(
         &env.vars["REDIS_HOST"],
         env.vars["REDIS_PORT"].parse().unwrap_or(6379),

@@ -8,6 +8,7 @@ mod support;
 
 mod cache;
 mod cli;
+mod deps;
 mod embeddings;
 mod gate;
 mod harness;
