@@ -40,5 +40,6 @@ fn run_inner() -> Result<Outcome> {
         None
     };
     crate::log::init(inv.globals.verbosity, log_file)?;
+    crate::progress::set_quiet(inv.globals.verbosity < 0);
     crate::cmd::dispatch(&inv, &config)
 }

@@ -23,13 +23,44 @@ pub(crate) fn write_configured(config: &Config) {
         (Some(_), Some(c)) => crate::partition::unindexed(c, &names).ok().map(|p| p.len()),
         _ => None,
     };
+    let partitions_ahead_days = client
+        .as_mut()
+        .and_then(|c| crate::partition::coverage(c, &names).ok())
+        .map(|(ranges, _)| days_ahead(&ranges));
+    let spool = Spool::new(&config.spool_dir);
+    let oldest_waiting_secs = spool.waiting().ok().map(|w| {
+        w.iter()
+            .filter_map(|f| f.modified.elapsed().ok())
+            .map(|d| d.as_secs_f64())
+            .fold(0.0, f64::max)
+    });
+    let build_generation = config.cache().and_then(|c| {
+        match crate::cache::Cache::new(c).command(&["GET", crate::cache::GENERATION_KEY]) {
+            Ok(crate::cache::Reply::Bulk(Some(b))) => String::from_utf8_lossy(&b).parse().ok(),
+            Ok(_) => Some(0),
+            Err(_) => None,
+        }
+    });
     let gauges = Gauges {
         last_maintenance_success,
         partitions_unindexed,
         outbox: crate::gate::outbox_depth(&config.spool_dir),
+        oldest_waiting_secs,
+        partitions_ahead_days,
+        build_generation,
     };
-    let spool = Spool::new(&config.spool_dir);
     if let Err(e) = crate::metrics::write(path, &spool, &gauges) {
         log::warn!("cannot write METRICS_FILE `{}`: {e}", path.display());
     }
+}
+
+/// Days from today (UTC) covered by `ranges` without a gap: 0 when today has no
+/// partition, 1 when only today, and so on.
+fn days_ahead(ranges: &[(time::Date, time::Date)]) -> i64 {
+    let today = time::OffsetDateTime::now_utc().date();
+    let mut day = today;
+    while let Some((_, to)) = ranges.iter().find(|(from, to)| *from <= day && day < *to) {
+        day = *to;
+    }
+    (day - today).whole_days()
 }

@@ -315,6 +315,12 @@ pub(crate) struct Gauges {
     pub(crate) partitions_unindexed: Option<usize>,
     /// Events waiting in outbox/ and in outbox/dead/.
     pub(crate) outbox: (usize, usize),
+    /// Age in seconds of the oldest file waiting in incoming/ (0 when none waits).
+    pub(crate) oldest_waiting_secs: Option<f64>,
+    /// Days from today (UTC) that the partitions cover without a gap.
+    pub(crate) partitions_ahead_days: Option<i64>,
+    /// `rag:build_generation` as Redis holds it.
+    pub(crate) build_generation: Option<i64>,
 }
 
 /// One metric family: HELP, TYPE and its samples (`labels` may be a suffix like `_sum`).
@@ -448,6 +454,27 @@ pub(crate) fn render(
             &[(String::new(), t)],
         );
     }
+    for (name, help, now) in [
+        (
+            "oldest_waiting_seconds",
+            "Age of the oldest file waiting in incoming/.",
+            gauges.oldest_waiting_secs,
+        ),
+        (
+            "partitions_ahead_days",
+            "Days from today (UTC) the partitions cover without a gap.",
+            gauges.partitions_ahead_days.map(|d| d as f64),
+        ),
+        (
+            "build_generation",
+            "rag:build_generation in Redis.",
+            gauges.build_generation.map(|g| g as f64),
+        ),
+    ] {
+        if let Some(v) = kept(name, now) {
+            family(&mut out, name, "gauge", help, &[(String::new(), v)]);
+        }
+    }
     let unindexed = "partitions_unindexed";
     if let Some(n) = kept(unindexed, gauges.partitions_unindexed.map(|n| n as f64)) {
         family(
@@ -522,4 +549,78 @@ pub(crate) fn write(path: &Path, spool: &Spool, gauges: &Gauges) -> Result<()> {
         counter.flushed.store(value, Ordering::Relaxed);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family the file can hold, from a render with every gauge present.
+    fn families() -> std::collections::BTreeSet<String> {
+        let dir = std::env::temp_dir();
+        let gauges = Gauges {
+            last_maintenance_success: Some(1),
+            partitions_unindexed: Some(0),
+            outbox: (0, 0),
+            oldest_waiting_secs: Some(0.0),
+            partitions_ahead_days: Some(4),
+            build_generation: Some(1),
+        };
+        let text = render(
+            &Spool::new(dir),
+            &gauges,
+            &merged(&Samples::new()).0,
+            &Samples::new(),
+        );
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_dashboard_queries_only_metrics_the_program_writes_and_imports() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/packaging/grafana/ragspool-dashboard.json"
+        ))
+        .unwrap_or_default();
+        let dash: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        for field in [
+            "uid",
+            "title",
+            "schemaVersion",
+            "panels",
+            "time",
+            "templating",
+        ] {
+            assert!(!dash[field].is_null(), "the dashboard lacks `{field}`");
+        }
+        let known = families();
+        let panels = dash["panels"].as_array().cloned().unwrap_or_default();
+        assert!(panels.len() >= 12);
+        for panel in &panels {
+            for field in ["id", "type", "title", "gridPos", "targets"] {
+                assert!(!panel[field].is_null(), "a panel lacks `{field}`: {panel}");
+            }
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap_or("");
+                for (at, _) in expr.match_indices("ragspool_") {
+                    let name: String = expr[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    let family = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or(&name);
+                    assert!(
+                        known.contains(family),
+                        "{name} in `{expr}` is not written by ragspool"
+                    );
+                }
+            }
+        }
+    }
 }

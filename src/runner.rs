@@ -129,6 +129,7 @@ pub(crate) struct Runner {
     undelivered: AtomicUsize,
     invalidations: crate::invalidation::Invalidations,
     redelete: std::time::Duration,
+    progress: Option<crate::progress::Progress>,
 }
 
 impl Runner {
@@ -156,7 +157,13 @@ impl Runner {
                 std::time::Duration::from_millis(config.cache_redelete_ms),
             ),
             redelete: std::time::Duration::from_millis(config.cache_redelete_ms),
+            progress: None,
         }
+    }
+
+    /// Shows each settled file on `progress` (`process` on a terminal).
+    pub(crate) fn set_progress(&mut self, progress: crate::progress::Progress) {
+        self.progress = Some(progress);
     }
 
     /// Delivers what waits in the outbox; remembers how many events stayed.
@@ -421,6 +428,14 @@ impl Runner {
         attempt: u32,
     ) -> Result<()> {
         let tag = flight.tag;
+        if let Some(p) = &self.progress {
+            let bytes = std::fs::symlink_metadata(&file.path).map_or(0, |m| m.len());
+            let (rows, failed) = match outcome {
+                FileOutcome::Ingested { rows, .. } => (*rows, false),
+                FileOutcome::Bad(_) => (0, true),
+            };
+            p.file_done(bytes, rows, failed);
+        }
         match outcome {
             FileOutcome::Ingested {
                 rows,

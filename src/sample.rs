@@ -124,7 +124,7 @@ pub(crate) fn generate(spool: &Spool, plan: &Plan) -> Result<Written> {
     let stamp = crate::batch::BatchTag::at(now, [0; 4]).as_str()[..16].to_string();
     let mut rng = Rng(plan.seed ^ 0x5eed_5eed_5eed_5eed);
     let mut written = Written::default();
-    let mut progress = crate::progress::Progress::new("gen", plan.files + plan.bad);
+    let progress = crate::progress::Progress::new("gen", plan.files + plan.bad);
     for i in 0..plan.files {
         let bytes = good_file(&mut rng, plan, i, now);
         let name = format!("sample-{stamp}-s{}-{i:05}.msgpack", plan.seed);

@@ -9,7 +9,7 @@ use crate::error::{Context, Error, Result};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -220,11 +220,25 @@ pub(crate) fn make_dir(dir: &Path) -> Result<bool> {
     if fs::symlink_metadata(dir).is_ok() {
         return Ok(false);
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .with_context(|| format!("cannot create directory `{}`", dir.display()))?;
+    // Level by level, each with its mode set explicitly: the service runs with
+    // UMask=0077, and the spool's directories are group-readable on purpose.
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && fs::symlink_metadata(a).is_err())
+        .collect();
+    for d in missing.into_iter().rev() {
+        match fs::DirBuilder::new().mode(DIR_MODE).create(d) {
+            Ok(()) => fs::set_permissions(d, fs::Permissions::from_mode(DIR_MODE))
+                .with_context(|| format!("cannot set the mode of `{}`", d.display()))?,
+            // Another process made it meanwhile.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(
+                    Error::from(e).context(format!("cannot create directory `{}`", d.display()))
+                );
+            }
+        }
+    }
     Ok(true)
 }
 
@@ -240,6 +254,9 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> R
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&tmp)
         .with_context(|| format!("cannot create `{}`", tmp.display()))?;
+    // The mode exactly, whatever the umask (the service runs with UMask=0077).
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of `{}`", tmp.display()))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write `{}`", tmp.display()))?;

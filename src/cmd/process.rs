@@ -12,7 +12,14 @@ use crate::schema::{self, Names};
 use std::time::Duration;
 
 pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
-    let runner = runner(config)?;
+    let mut runner = runner(config)?;
+    let depth = runner.spool.depth()?;
+    let (files, bytes) = depth
+        .iter()
+        .filter(|(dir, _)| matches!(*dir, "incoming" | "processing"))
+        .fold((0, 0), |(f, b), (_, d)| (f + d.files, b + d.bytes));
+    let progress = crate::progress::Progress::ingest(files, bytes);
+    runner.set_progress(progress.clone());
     runner.flush();
     let mut reports = runner.recover()?;
     if reports.iter().all(|r| r.error.is_none()) {
@@ -24,6 +31,7 @@ pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
             }
         }
     }
+    progress.finish();
     runner.flush();
     // The second pass of this run's cache invalidations (CACHE_REDELETE_MS after
     // the build updates) before exiting; a Redis outage leaves it queued.

@@ -16,6 +16,7 @@ mod ingest;
 mod lineage;
 mod maintain;
 mod metrics;
+mod operator;
 mod rag;
 mod reliability;
 mod settings;
