@@ -6,6 +6,8 @@
 #                                                  prints PG_PORT=, PG_BIN=, REDIS_PORT= lines
 #   scripts/servers.sh stop DIR                   stop what DIR holds and remove it
 #   scripts/servers.sh pg-stop DIR | pg-start DIR  stop / restart PostgreSQL on the same port
+#   scripts/servers.sh standby DIR PRIMARY_PORT    a streaming standby (pg_basebackup -R)
+#   scripts/servers.sh pg-promote DIR | pg-stop-fast DIR   promote it; stop a primary cleanly
 #
 # PG_EXTRA_OPTS adds postgres -c options (e.g. "-c ssl=on -c ssl_cert_file=...").
 set -euo pipefail
@@ -110,6 +112,29 @@ start_redis() {
   die "redis-server did not start"
 }
 
+# A streaming standby of the PostgreSQL on PRIMARY_PORT, made by pg_basebackup -R
+# into DIR and started on a free port with the same options.
+start_standby() {
+  local dir=$1 primary=$2 bin port opts
+  bin=$(pg_bin)
+  mkdir -p "$dir/pgsock"
+  if is_root; then chown postgres "$dir" "$dir/pgsock"; fi
+  as_pg "$bin/pg_basebackup" -h 127.0.0.1 -p "$primary" -U postgres -D "$dir/pg" -R -X stream -c fast >/dev/null
+  for _ in 1 2 3; do
+    port=$(free_port)
+    opts="-p $port -k $dir/pgsock -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=on"
+    opts="$opts -c max_connections=300 ${PG_EXTRA_OPTS:-}"
+    if as_pg "$bin/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w -t 60 -o "$opts" start >/dev/null; then
+      printf '%s\n' "$opts" > "$dir/pg.opts"
+      echo "PG_PORT=$port"
+      echo "PG_BIN=$bin"
+      return 0
+    fi
+  done
+  tail -20 "$dir/pg.log" >&2 || true
+  die "the standby did not start"
+}
+
 pg_stop() {
   as_pg "$(pg_bin)/pg_ctl" -D "$1/pg" stop -m immediate >/dev/null
 }
@@ -144,6 +169,9 @@ case "$cmd" in
     ;;
   stop) stop "$dir" ;;
   pg-stop) pg_stop "$dir" ;;
+  pg-stop-fast) as_pg "$(pg_bin)/pg_ctl" -D "$dir/pg" stop -m fast >/dev/null ;;
+  pg-promote) as_pg "$(pg_bin)/pg_ctl" -D "$dir/pg" promote -w >/dev/null ;;
+  standby) mkdir -p "$dir"; dir=$(cd "$dir" && pwd); start_standby "$dir" "${3:?primary port}" ;;
   pg-start) pg_start "$dir" ;;
   *) die "usage: servers.sh start|stop DIR [pg|redis|all]" ;;
 esac

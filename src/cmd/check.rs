@@ -151,12 +151,19 @@ fn gate(config: &Config) -> Vec<Finding> {
 /// The database: reachable (one attempt, no retries) and at the schema version.
 fn database(config: &Config) -> Finding {
     let names = crate::schema::Names::from_config(config);
-    let what = format!("database, table {}", names.table);
+    let mut what = format!("database, table {}", names.table);
     let problem = (|| -> Result<Option<String>> {
         let db = crate::db::Db::from_config(config)?;
         let mut client = db
             .connect_once()
             .map_err(|e| crate::db::classify(e, "connecting"))?;
+        // With a multi-host DATABASE_URL, which host answered (the primary).
+        if let Ok(row) = client.query_one(
+            "SELECT coalesce(host(inet_server_addr()), 'local socket') || ':' || current_setting('port')",
+            &[],
+        ) {
+            what = format!("database {}, table {}", row.get::<_, String>(0), names.table);
+        }
         let version = crate::schema::current_version(&mut client, &names)?;
         Ok((version < crate::schema::VERSION).then(|| {
             format!(

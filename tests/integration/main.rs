@@ -10,6 +10,7 @@ mod cache;
 mod cli;
 mod deps;
 mod embeddings;
+mod failover;
 mod gate;
 mod harness;
 mod ingest;

@@ -108,7 +108,8 @@ fn gen_status_and_check_agree() {
     env.run(&["check"])
         .output()
         .code(0)
-        .stdout_has("ok    database, table rag_chunks");
+        .stdout_has("ok    database 127.0.0.1:")
+        .stdout_has(", table rag_chunks");
     env.run(&["process"]).output().code(1);
     let json = env.run(&["status", "--json"]).output().code(0).json();
     let batches = json["recent_batches"]

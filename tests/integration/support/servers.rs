@@ -315,6 +315,49 @@ impl OwnPg {
         self.ctl("pg-stop");
     }
 
+    /// Stops the server cleanly: its standbys receive all of its WAL first.
+    pub fn stop_fast(&self) {
+        self.ctl("pg-stop-fast");
+    }
+
+    /// Promotes this standby to primary.
+    pub fn promote(&self) {
+        self.ctl("pg-promote");
+    }
+
+    /// A streaming standby of this server (pg_basebackup -R), started.
+    #[track_caller]
+    pub fn standby(&self) -> OwnPg {
+        let n = NEXT_OWN.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("own-pg-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new("bash")
+            .arg(servers_script())
+            .args([
+                "standby",
+                &dir.display().to_string(),
+                &self.port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run scripts/servers.sh: {e}"));
+        assert!(
+            out.status.success(),
+            "standby: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Err(e) = spawn_reaper(&dir) {
+            panic!("{e}");
+        }
+        let port = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("PG_PORT="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no PG_PORT for the standby"));
+        OwnPg { dir, port }
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&self) {
         self.ctl("pg-start");
