@@ -73,6 +73,33 @@ class Gate(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class Embeddings(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible embeddings endpoint with a fixed latency per request."""
+    latency = 0.020
+    requests = 0
+    texts = 0
+    lock = threading.Lock()
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        inputs = body.get("input", [])
+        time.sleep(Embeddings.latency)
+        with Embeddings.lock:
+            Embeddings.requests += 1
+            Embeddings.texts += len(inputs)
+        data = [{"index": i, "embedding": [((len(t) + j) % 97 + 1) / 100.0 for j in range(384)]}
+                for i, t in enumerate(inputs)]
+        out = json.dumps({"data": data}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -158,6 +185,7 @@ class Bench:
                                                         limits=False)
             self.index_build(a)
             self.replace(a, source)
+            self.embeddings(a)
             self.latency(a)
             self.memory(a)
         finally:
@@ -285,6 +313,37 @@ class Bench:
             second.append(self.rows / t)
         self.replace_rates = {"first": first, "second": second}
 
+    def embeddings(self, a):
+        """Records without vectors, fetched from an endpoint of fixed latency (20 ms a
+        request); then the same documents again in replace mode, every chunk
+        unchanged, so that every vector is reused."""
+        files = max(1, a.files // 5)
+        source = self.generate("noembed", files, a.records, dim=0)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Embeddings)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        extra = dict(VECTOR, DOC_MODE="replace", EMBED_BASE_URL=f"http://127.0.0.1:{server.server_address[1]}",
+                     EMBED_MODEL="bench-model")
+        self.use_db("benchembed", extra)
+        rows = files * a.records
+        try:
+            Embeddings.requests = Embeddings.texts = 0
+            self.reset(source)
+            t, rss = timed([self.bin, "-q", "process"], self.env)
+            first = {"rate": rows / t, "requests": Embeddings.requests, "texts": Embeddings.texts, "rss": rss}
+            Embeddings.requests = Embeddings.texts = 0
+            self.psql("TRUNCATE ragspool_manifest")
+            for f in sorted(source.iterdir()):
+                tmp = self.spool("tmp") / ("again-" + f.name)
+                shutil.copyfile(f, tmp)
+                with open(tmp, "ab") as fh:
+                    fh.write(b"\x90")
+                os.rename(tmp, self.spool("incoming") / tmp.name)
+            t, _ = timed([self.bin, "-q", "process"], self.env)
+            second = {"rate": rows / t, "requests": Embeddings.requests, "texts": Embeddings.texts}
+        finally:
+            server.shutdown()
+        self.embed = {"rows": rows, "first": first, "second": second}
+
     def latency(self, a):
         Gate.arrivals = []
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gate)
@@ -385,6 +444,13 @@ class Bench:
             f"{med(r['first']) / med(array):.2f} × append |",
             f"| DOC_MODE=replace, second load (every document replaced) | {fmt(r['second'])} | "
             f"{med(r['second']) / med(array):.2f} × append |",
+            "",
+            "| embeddings from an endpoint answering in 20 ms | rows/s | requests | texts sent |",
+            "|---|---|---|---|",
+            f"| first load, {self.embed['rows']:,} rows, every vector fetched (EMBED_BATCH=64) | "
+            f"{self.embed['first']['rate']:,.0f} | {self.embed['first']['requests']} | {self.embed['first']['texts']:,} |",
+            f"| second load, replace mode, every chunk unchanged (EMBED_REUSE) | "
+            f"{self.embed['second']['rate']:,.0f} | {self.embed['second']['requests']} | {self.embed['second']['texts']:,} |",
             "",
             "| latency, rename into incoming/ → gate.done received (BATCH_MAX_AGE_SECS=0) | ms |",
             "|---|---|",

@@ -71,7 +71,7 @@ ensure_pgvector() {
 as_pg() { if is_root; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 start_pg() {
-  local dir=$1 bin port opts
+  local dir=$1 bin
   bin=$(pg_bin)
   if [ -z "$bin" ]; then apt_install postgresql; bin=$(pg_bin); fi
   [ -n "$bin" ] || die "no initdb under /usr/lib/postgresql"
@@ -79,10 +79,17 @@ start_pg() {
   mkdir -p "$dir/pgsock"
   if is_root; then chown postgres "$dir" "$dir/pgsock"; fi
   as_pg "$bin/initdb" -D "$dir/pg" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+  run_pg "$dir" "$bin" "-c synchronous_commit=off -c full_page_writes=off" || die "PostgreSQL did not start"
+}
+
+# Starts the data directory DIR/pg on a free loopback port with `extra` options
+# (then PG_EXTRA_OPTS) and prints PG_PORT= and PG_BIN=; fails after three ports.
+run_pg() {
+  local dir=$1 bin=$2 extra=$3 port opts
   for _ in 1 2 3; do
     port=$(free_port)
-    opts="-p $port -k $dir/pgsock -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
-    opts="$opts -c full_page_writes=off -c max_connections=300 ${PG_EXTRA_OPTS:-}"
+    opts="-p $port -k $dir/pgsock -c listen_addresses=127.0.0.1 -c fsync=off $extra"
+    opts="$opts -c max_connections=300 ${PG_EXTRA_OPTS:-}"
     if as_pg "$bin/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w -t 60 -o "$opts" start >/dev/null; then
       printf '%s\n' "$opts" > "$dir/pg.opts"
       echo "PG_PORT=$port"
@@ -91,7 +98,7 @@ start_pg() {
     fi
   done
   tail -20 "$dir/pg.log" >&2 || true
-  die "PostgreSQL did not start"
+  return 1
 }
 
 start_redis() {
@@ -115,24 +122,12 @@ start_redis() {
 # A streaming standby of the PostgreSQL on PRIMARY_PORT, made by pg_basebackup -R
 # into DIR and started on a free port with the same options.
 start_standby() {
-  local dir=$1 primary=$2 bin port opts
+  local dir=$1 primary=$2 bin
   bin=$(pg_bin)
   mkdir -p "$dir/pgsock"
   if is_root; then chown postgres "$dir" "$dir/pgsock"; fi
   as_pg "$bin/pg_basebackup" -h 127.0.0.1 -p "$primary" -U postgres -D "$dir/pg" -R -X stream -c fast >/dev/null
-  for _ in 1 2 3; do
-    port=$(free_port)
-    opts="-p $port -k $dir/pgsock -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=on"
-    opts="$opts -c max_connections=300 ${PG_EXTRA_OPTS:-}"
-    if as_pg "$bin/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w -t 60 -o "$opts" start >/dev/null; then
-      printf '%s\n' "$opts" > "$dir/pg.opts"
-      echo "PG_PORT=$port"
-      echo "PG_BIN=$bin"
-      return 0
-    fi
-  done
-  tail -20 "$dir/pg.log" >&2 || true
-  die "the standby did not start"
+  run_pg "$dir" "$bin" "-c synchronous_commit=on" || die "the standby did not start"
 }
 
 pg_stop() {

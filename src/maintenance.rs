@@ -246,26 +246,16 @@ fn warn_about(
     default: bool,
     report: &mut Report,
 ) -> Result<()> {
-    if default {
-        let default_name: Option<String> = client
-            .query_opt(
-                "SELECT c.oid::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-                 WHERE i.inhparent = to_regclass($1) AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'",
-                &[&names.table],
-            )
-            .map_err(|e| db::classify(e, "finding the default partition"))?
-            .map(|r| r.get(0));
-        if let Some(name) = default_name {
-            let rows: bool = client
-                .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {name})"), &[])
-                .map_err(|e| db::classify(e, "looking into the default partition"))?
-                .get(0);
-            report.warnings.push(if rows {
-                format!("default partition {name} holds rows: they block creating the partitions they belong in")
-            } else {
-                format!("default partition {name} exists (empty)")
-            });
-        }
+    if default && let Some(name) = partition::default_partition(client, names)? {
+        let rows: bool = client
+            .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {name})"), &[])
+            .map_err(|e| db::classify(e, "looking into the default partition"))?
+            .get(0);
+        report.warnings.push(if rows {
+            format!("default partition {name} holds rows: they block creating the partitions they belong in")
+        } else {
+            format!("default partition {name} exists (empty)")
+        });
     }
     let tomorrow = OffsetDateTime::now_utc().date() + Duration::days(1);
     if !ranges

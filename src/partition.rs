@@ -33,6 +33,33 @@ pub(crate) enum Manager {
     },
 }
 
+/// `schema.table` of the target table as the catalog names it, if it exists.
+fn qualified_parent(client: &mut impl GenericClient, names: &Names) -> Result<Option<String>> {
+    Ok(client
+        .query_one(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = to_regclass($1)",
+            &[&names.table],
+        )
+        .map_err(|e| db::classify(e, "resolving the target table"))?
+        .get(0))
+}
+
+/// The target table's default partition, if it has one.
+pub(crate) fn default_partition(
+    client: &mut impl GenericClient,
+    names: &Names,
+) -> Result<Option<String>> {
+    Ok(client
+        .query_opt(
+            "SELECT c.oid::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = to_regclass($1) AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'",
+            &[&names.table],
+        )
+        .map_err(|e| db::classify(e, "finding the default partition"))?
+        .map(|r| r.get(0)))
+}
+
 /// Finds out whether pg_partman manages the target table.
 pub(crate) fn manager(client: &mut impl GenericClient, names: &Names) -> Result<Manager> {
     let row = client
@@ -46,15 +73,7 @@ pub(crate) fn manager(client: &mut impl GenericClient, names: &Names) -> Result<
         return Ok(Manager::Native);
     };
     let schema: String = row.get(0);
-    let parent: Option<String> = client
-        .query_one(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.oid = to_regclass($1)",
-            &[&names.table],
-        )
-        .map_err(|e| db::classify(e, "resolving the target table"))?
-        .get(0);
-    let Some(parent) = parent else {
+    let Some(parent) = qualified_parent(client, names)? else {
         return Ok(Manager::Native);
     };
     let managed = client
@@ -103,14 +122,7 @@ pub(crate) fn register_with_partman(
         ("range", ", p_default_table => false")
     };
     let premake = periods(names, window).len().max(1) as i32;
-    let parent: String = client
-        .query_one(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.oid = to_regclass($1)",
-            &[&names.table],
-        )
-        .map_err(|e| db::classify(e, "resolving the target table"))?
-        .get(0);
+    let parent = qualified_parent(client, names)?.unwrap_or_else(|| names.table.clone());
     client
         .execute(
             &format!(
@@ -120,15 +132,7 @@ pub(crate) fn register_with_partman(
             &[&parent, &p_type, &names.storage.interval.partman(), &premake],
         )
         .map_err(|e| db::classify(e, "registering the table with pg_partman"))?;
-    let default: Option<String> = client
-        .query_opt(
-            "SELECT c.oid::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = to_regclass($1) AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'",
-            &[&names.table],
-        )
-        .map_err(|e| db::classify(e, "finding pg_partman's default partition"))?
-        .map(|r| r.get(0));
-    if let Some(default) = default {
+    if let Some(default) = default_partition(client, names)? {
         client
             .batch_execute(&format!("DROP TABLE {default}"))
             .map_err(|e| db::classify(e, "dropping pg_partman's empty default partition"))?;

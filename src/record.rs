@@ -318,27 +318,8 @@ impl<'a> Decoder<'a> {
     }
 
     fn chunk_count(&mut self) -> Step<u32> {
-        let at = self.pos;
-        let value = match self.head()? {
-            Head::UInt(n) => Some(n),
-            Head::Int(n) => u64::try_from(n).ok(),
-            other => {
-                return fault(
-                    at,
-                    format!(
-                        "chunk_count must be an unsigned integer, found {}",
-                        other.kind()
-                    ),
-                );
-            }
-        };
-        match value
-            .and_then(|n| u32::try_from(n).ok())
-            .filter(|n| *n >= 1 && *n <= i32::MAX as u32)
-        {
-            Some(n) => Ok(n),
-            None => fault(at, "chunk_count must be a whole number from 1 to 2^31-1"),
-        }
+        let n = self.below_2_31("chunk_count", 1, "a whole number from 1 to 2^31-1")?;
+        Ok(n as u32)
     }
 
     fn delete_flag(&mut self) -> Step<bool> {
@@ -397,6 +378,12 @@ impl<'a> Decoder<'a> {
     }
 
     fn chunk_index(&mut self) -> Step<i32> {
+        self.below_2_31("chunk_index", 0, "an unsigned integer below 2^31")
+    }
+
+    /// An unsigned integer from `min` to 2^31-1 for `field`; `expected` says what
+    /// the error message asks for.
+    fn below_2_31(&mut self, field: &str, min: i32, expected: &str) -> Step<i32> {
         let at = self.pos;
         let value = match self.head()? {
             Head::UInt(n) => Some(n),
@@ -405,15 +392,18 @@ impl<'a> Decoder<'a> {
                 return fault(
                     at,
                     format!(
-                        "chunk_index must be an unsigned integer, found {}",
+                        "{field} must be an unsigned integer, found {}",
                         other.kind()
                     ),
                 );
             }
         };
-        match value.and_then(|n| i32::try_from(n).ok()) {
+        match value
+            .and_then(|n| i32::try_from(n).ok())
+            .filter(|n| *n >= min)
+        {
             Some(n) => Ok(n),
-            None => fault(at, "chunk_index must be an unsigned integer below 2^31"),
+            None => fault(at, format!("{field} must be {expected}")),
         }
     }
 

@@ -426,9 +426,8 @@ impl Cache {
         ttl: Option<u64>,
         doc_ids: &[&str],
     ) -> Result<(), CacheError> {
-        let full = json_key(ns, key);
-        self.set_raw(&full, value.to_string().as_bytes(), ttl)?;
-        self.add_deps(&full, ttl, doc_ids)
+        self.set_json_namespace(ns, key, value, ttl)?;
+        self.add_deps(&json_key(ns, key), ttl, doc_ids)
     }
 
     /// The MessagePack twin of [`Cache::set_json_namespace_deps`].

@@ -97,8 +97,17 @@ fn sentinels_name_the_master_and_the_cache_follows_a_failover() {
         .stderr_has("`REDIS_SENTINEL_MASTER`");
     // Cache commands go on through a failover: every value read back is the one
     // just written (no stale reply), and the commands reach the new master.
-    let _ = redis_cli(s.port, &["SENTINEL", "FAILOVER", "mymaster"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // The replica in sync, the sentinel asked until it takes the failover on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !redis_cli(s.replica.port, &["INFO", "replication"]).contains("master_link_status:up")
+        || !redis_cli(s.port, &["SENTINEL", "FAILOVER", "mymaster"]).contains("OK")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sentinel never took the failover on"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let mut ok_after_failover = 0;
     let mut i = 0;
     // The sentinels may leave the old master taking writes for seconds; the cache

@@ -461,16 +461,9 @@ impl OwnRedis {
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "redis-server {args:?} did not start");
-        let script = format!(
-            "while kill -0 {} 2>/dev/null; do sleep 0.5; done; kill $(cat {d}/redis.pid) 2>/dev/null; rm -rf {d}",
-            std::process::id()
-        );
-        let _ = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        after_this_test_process(&format!(
+            "kill $(cat {d}/redis.pid) 2>/dev/null; rm -rf {d}"
+        ));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -481,6 +474,20 @@ impl OwnRedis {
         }
         OwnRedis { dir, port }
     }
+}
+
+/// Runs the shell `cleanup` once this test process has exited, however it exits.
+fn after_this_test_process(cleanup: &str) {
+    let script = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 0.5; done; {cleanup}",
+        std::process::id()
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
 }
 
 /// `redis-cli -p PORT ARGS...`'s output (redis-tools comes with redis-server).
@@ -596,16 +603,7 @@ impl OwnSentinel {
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "redis-server --sentinel did not start");
-        let script = format!(
-            "while kill -0 {} 2>/dev/null; do sleep 0.5; done; kill $(cat {d}/sentinel.pid) 2>/dev/null",
-            std::process::id()
-        );
-        let _ = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        after_this_test_process(&format!("kill $(cat {d}/sentinel.pid) 2>/dev/null"));
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while !redis_cli(port, &["SENTINEL", "REPLICAS", "mymaster"])
             .contains(&replica.port.to_string())
