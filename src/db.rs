@@ -37,7 +37,15 @@ impl Db {
                 "set DATABASE_URL=postgres://user@host/db in the environment or the env file",
             )
         })?;
-        Db::from_url(url.expose(), Duration::from_secs(config.retry_max_secs))
+        let mut db = Db::from_url(url.expose(), Duration::from_secs(config.retry_max_secs))?;
+        // A PostgreSQL that hangs (a stopped server, a held lock) must not block a
+        // COPY for ever: every statement and lock wait is bounded, and the expiry is
+        // retried as transient.
+        let (statement, lock) = config.db_timeouts;
+        db.config.options(&format!(
+            "-c TimeZone=UTC -c statement_timeout={statement} -c lock_timeout={lock}"
+        ));
+        Ok(db)
     }
 
     /// From a postgres:// URL.
@@ -209,8 +217,8 @@ fn pem_certificates(pem: &[u8]) -> Vec<Certificate> {
 
 /// SQLSTATEs that mean "try again": connection exceptions, admin or crash
 /// shutdown, cannot connect now, serialization failure, deadlock, too many connections.
-const TRANSIENT_STATES: [&str; 7] = [
-    "57P01", "57P02", "57P03", "40001", "40P01", "53300", "53400",
+const TRANSIENT_STATES: [&str; 9] = [
+    "57P01", "57P02", "57P03", "40001", "40P01", "53300", "53400", "57014", "55P03",
 ];
 
 /// Whether `e` is a TLS verification failure (wrong CA, wrong host name): a

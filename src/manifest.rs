@@ -131,6 +131,53 @@ pub(crate) fn done(
         .map(|_| ())
 }
 
+/// What a committed file did, as the manifest and the lineage record it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Committed {
+    /// Rows it added.
+    pub(crate) rows: u64,
+    /// Earlier rows it removed.
+    pub(crate) deleted: u64,
+    /// A self-heal happened for it.
+    pub(crate) healed: bool,
+    /// Documents whose earlier rows it replaced or deleted.
+    pub(crate) changed_docs: Vec<String>,
+}
+
+/// What the committed file `key` (content `sha256`) did.
+pub(crate) fn committed(
+    client: &mut impl GenericClient,
+    names: &Names,
+    key: &FileKey<'_>,
+    sha256: &str,
+) -> Result<Committed> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT rows, deleted, healed FROM {} WHERE batch_tag = $1 AND file_name = $2",
+                names.manifest
+            ),
+            &[&key.tag.as_str(), &key.name],
+        )
+        .map_err(|e| db::classify(e, "reading the file's manifest row"))?;
+    let docs = client
+        .query(
+            &format!(
+                "SELECT doc_id FROM {}ragspool_doc_events WHERE batch_tag = $1 AND file_name = $2 \
+                 AND sha256 = $3 AND (action = 'delete' OR rows_removed > 0)",
+                names.prefix()
+            ),
+            &[&key.tag.as_str(), &key.name, &sha256],
+        )
+        .map_err(|e| db::classify(e, "reading the file's lineage"))?;
+    Ok(Committed {
+        rows: row.as_ref().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64),
+        deleted: row.as_ref().map_or(0, |r| r.get::<_, i64>(1).max(0) as u64),
+        healed: row.as_ref().is_some_and(|r| r.get(2)),
+        changed_docs: docs.iter().map(|r| r.get(0)).collect(),
+    })
+}
+
 /// Counts `n` more attempts for the file (endpoint faults before its transaction).
 pub(crate) fn add_attempts(
     client: &mut impl GenericClient,

@@ -304,6 +304,12 @@ pub(crate) fn index_sealed(
         return Ok(Vec::new());
     };
     if !dry_run {
+        // An index build on a large partition may rightly outlast
+        // DB_STATEMENT_TIMEOUT_MS; it runs concurrently, holding no lock that
+        // blocks ingest, so this session lifts the bound.
+        client
+            .batch_execute("SET statement_timeout = 0")
+            .map_err(|e| db::classify(e, "lifting statement_timeout for index builds"))?;
         drop_invalid_indexes(client, names)?;
     }
     let mut done = Vec::new();

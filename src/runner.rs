@@ -246,7 +246,26 @@ impl Runner {
             .map(|m| m.len())
             .sum();
         if let Err(e) = self.notifier.gate_open(tag, count, bytes) {
-            log::error!("batch {tag}: cannot queue gate.open: {e}");
+            // A batch never moves past an event it could not queue: its files stay
+            // in processing/ for a later run, which queues gate.open first.
+            log::error!("batch {tag}: cannot queue gate.open: {e}; the batch waits");
+            let e = Error::temp(format!("cannot queue gate.open: {e}"))
+                .with_note("the files stay in processing/; free the outbox's disk and run again");
+            return BatchReport {
+                tag: tag.clone(),
+                files: count,
+                bytes,
+                files_ok: 0,
+                files_failed: 0,
+                rows: 0,
+                deleted: 0,
+                mtimes: Vec::new(),
+                changed_docs: Vec::new(),
+                reason: Reason::OtherError,
+                healed: false,
+                duration_ms: 0,
+                error: Some(ErrorSummary::of(&e)),
+            };
         }
         self.flush();
         let flight = Flight {

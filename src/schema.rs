@@ -109,6 +109,9 @@ pub(crate) fn migrate(client: &mut Client, names: &Names) -> Result<(i32, i32)> 
         .map_err(|e| db::classify(e, "starting the migration"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
         .map_err(|e| db::classify(e, "taking the migration lock"))?;
+    // Indexes over existing partitions may take long; migrate is run by hand.
+    tx.batch_execute("SET LOCAL statement_timeout = 0")
+        .map_err(|e| db::classify(e, "lifting statement_timeout for the migration"))?;
     if let EmbeddingType::Vector(_) = names.storage.embedding {
         create_vector_extension(&mut tx)?;
     }

@@ -450,6 +450,18 @@ pub(crate) static SETTINGS: &[Setting] = &[
         positive,
     ),
     s(
+        "DB_STATEMENT_TIMEOUT_MS",
+        Value("600000"),
+        "statement_timeout of every ingest statement; a statement past it is cancelled and retried as transient (0: none)",
+        whole,
+    ),
+    s(
+        "DB_LOCK_TIMEOUT_MS",
+        Value("60000"),
+        "lock_timeout: a lock wait past it is given up and retried as transient (0: none)",
+        whole,
+    ),
+    s(
         "RETRY_MAX_SECS",
         Value("60"),
         "how long transient database and embedding errors are retried before exit 75",

@@ -140,6 +140,8 @@ pub(crate) struct Config {
     pub(crate) max_file_bytes: u64,
     /// RETRY_MAX_SECS.
     pub(crate) retry_max_secs: u64,
+    /// DB_STATEMENT_TIMEOUT_MS and DB_LOCK_TIMEOUT_MS.
+    pub(crate) db_timeouts: (u64, u64),
     /// PARTITION_PREMAKE_DAYS.
     pub(crate) partition_premake_days: u32,
     /// PARTITION_RETENTION_DAYS.
@@ -315,7 +317,11 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         }
         _ => None,
     };
-    for (url_var, token_var) in [("GATE_URL", "GATE_TOKEN"), ("ALERT_URL", "ALERT_TOKEN")] {
+    for (url_var, token_var) in [
+        ("GATE_URL", "GATE_TOKEN"),
+        ("ALERT_URL", "ALERT_TOKEN"),
+        ("EMBED_BASE_URL", "EMBED_API_KEY"),
+    ] {
         if let (Some(url), Some(_)) = (raw.get(url_var), raw.get(token_var))
             && url.starts_with("http://")
             && !crate::webhook::is_loopback(url)
@@ -377,6 +383,10 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         workers,
         max_file_bytes: num("MAX_FILE_BYTES").unwrap_or(268_435_456),
         retry_max_secs: num("RETRY_MAX_SECS").unwrap_or(60),
+        db_timeouts: (
+            num("DB_STATEMENT_TIMEOUT_MS").unwrap_or(600_000),
+            num("DB_LOCK_TIMEOUT_MS").unwrap_or(60_000),
+        ),
         partition_premake_days: num("PARTITION_PREMAKE_DAYS").map_or(4, |d| d as u32),
         partition_retention_days: num("PARTITION_RETENTION_DAYS")
             .map(|d| d.min(u64::from(u32::MAX)) as u32),
@@ -712,6 +722,16 @@ mod tests {
         assert!(tls.is_ok());
         let secret = load_with(&[], &[("GATE_SECRET", "whsec_***")], None);
         assert!(secret.is_err_and(|e| e.to_string().contains("`GATE_SECRET`")));
+        let key = load_with(
+            &[],
+            &[
+                ("EMBED_BASE_URL", "http://embed.example/v1"),
+                ("EMBED_MODEL", "m"),
+                ("EMBED_API_KEY", "sk"),
+            ],
+            None,
+        );
+        assert!(key.is_err_and(|e| e.to_string().contains("`EMBED_BASE_URL` is plain http")));
     }
 
     #[test]

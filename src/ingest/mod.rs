@@ -307,13 +307,16 @@ impl Ingest {
             return Ok(None);
         };
         if tag == key.tag.as_str() && name == key.name {
-            // A crash after commit and before archive: the file is in already.
+            // A crash after commit and before archive: the file is in already. Its
+            // batch reports the rows the manifest holds for it, and its replaced or
+            // deleted documents still get their cached answers invalidated.
+            let done = manifest::committed(client, &self.names, key, sha)?;
             return Ok(Some(FileOutcome::Ingested {
-                rows: 0,
-                deleted: 0,
-                changed_docs: Vec::new(),
-                healed: false,
-                duplicate: true,
+                rows: done.rows,
+                deleted: done.deleted,
+                changed_docs: done.changed_docs,
+                healed: done.healed,
+                duplicate: false,
             }));
         }
         manifest::open(client, &self.names, key, sha, len as i64, &self.host)?;

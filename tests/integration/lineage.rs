@@ -162,3 +162,32 @@ fn trace_reads_only_indexed_paths_on_a_million_rows() {
         "{plans}"
     );
 }
+
+#[test]
+fn a_file_recovered_after_its_commit_reports_its_rows() {
+    let env = TestEnv::new().with_db();
+    env.ready();
+    let file: Vec<u8> = (0..4).flat_map(|i| chunk("kept", i, None)).collect();
+    drop_file(&env, "kept.msgpack", &file);
+    env.run(&["process"]).output().code(0);
+    // As if the process died after the commit and before the archive rename.
+    let archived = env
+        .listing()
+        .into_iter()
+        .find(|p| p.ends_with("kept.msgpack"))
+        .expect("archived");
+    let tag = std::path::Path::new(&archived)
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .expect("batch tag")
+        .to_string();
+    let back = env.spool_dir("processing").join(&tag);
+    std::fs::create_dir_all(&back).expect("processing/<tag>");
+    std::fs::rename(env.spool().join(&archived), back.join("kept.msgpack")).expect("move back");
+    env.run(&["process"])
+        .output()
+        .code(0)
+        .stdout_has("1 file(s) ingested, 0 failed, 4 row(s)");
+    assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 4);
+}

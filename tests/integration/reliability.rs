@@ -630,3 +630,34 @@ fn rss_mib(pid: u32) -> f64 {
         })
         .map_or(0.0, |kib| kib / 1024.0)
 }
+
+#[test]
+fn a_held_lock_is_a_bounded_wait_then_exit_75_and_a_rerun_is_exact() {
+    let mut env = TestEnv::new().with_db();
+    env.set("DB_LOCK_TIMEOUT_MS", "300");
+    env.set("RETRY_MAX_SECS", "2");
+    env.ready();
+    env.generate(2, 10, 0);
+    // Another session holds the table: a COPY would wait for ever without a bound.
+    let mut holder = crate::support::pg(&env.db_url());
+    let mut tx = holder.transaction().expect("transaction");
+    tx.batch_execute("LOCK TABLE rag_chunks IN ACCESS EXCLUSIVE MODE")
+        .expect("lock");
+    let started = std::time::Instant::now();
+    env.run(&["process"])
+        .output()
+        .code(75)
+        .stderr_has("lock timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(
+        env.count_files("failed", ".msgpack"),
+        0,
+        "an outage fails nothing"
+    );
+    tx.rollback().expect("release");
+    env.run(&["process"]).output().code(0);
+    assert_eq!(
+        crate::support::count(&env.db_url(), "SELECT count(*) FROM rag_chunks"),
+        20
+    );
+}
