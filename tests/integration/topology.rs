@@ -139,3 +139,75 @@ fn sentinels_name_the_master_and_the_cache_follows_a_failover() {
         "the value lives on the promoted replica"
     );
 }
+
+#[test]
+fn watch_publishes_build_updates_through_a_sentinel_failover() {
+    let s = OwnSentinel::start();
+    let mut env = TestEnv::new().with_db();
+    env.set("REDIS_SENTINELS", format!("127.0.0.1:{}", s.port));
+    env.set("REDIS_SENTINEL_MASTER", "mymaster");
+    env.set("REDIS_TIMEOUT_MS", "500");
+    env.set("BATCH_MAX_AGE_SECS", "0");
+    env.ready();
+    let mut watch = env.run(&["watch"]).spawn();
+    let produce = |seed: u32| {
+        let seed = seed.to_string();
+        env.run(&[
+            "gen",
+            "--files",
+            "1",
+            "--records",
+            "5",
+            "--days",
+            "1",
+            "--seed",
+            &seed,
+        ])
+        .output()
+        .code(0);
+    };
+    let drained = |env: &TestEnv| {
+        env.files_in("incoming").is_empty() && env.files_in("processing").is_empty()
+    };
+    produce(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !drained(&env) {
+        assert!(Instant::now() < deadline, "the first file never went in");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !redis_cli(s.replica.port, &["INFO", "replication"]).contains("master_link_status:up")
+        || !redis_cli(s.port, &["SENTINEL", "FAILOVER", "mymaster"]).contains("OK")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sentinel never took the failover on"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    while s.master_port() != Some(s.replica.port) {
+        assert!(Instant::now() < deadline, "the failover never finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Batches after the failover publish to the new master.
+    for seed in 2..6 {
+        produce(seed);
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !drained(&env) {
+        assert!(Instant::now() < deadline, "the spool never drained");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let generation: u64 = redis_cli(s.replica.port, &["GET", "rag:build_generation"])
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        generation >= 4,
+        "the new master took the build updates of the batches after the failover: {generation}"
+    );
+}
