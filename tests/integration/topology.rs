@@ -66,6 +66,21 @@ fn a_cluster_spreads_keys_over_every_master_and_takes_build_updates() {
         .stderr_has("`REDIS_DB` must be 0");
 }
 
+/// Waits for the replica to be in sync, then asks the sentinel until it takes the
+/// failover on.
+fn start_failover(s: &OwnSentinel) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !redis_cli(s.replica.port, &["INFO", "replication"]).contains("master_link_status:up")
+        || !redis_cli(s.port, &["SENTINEL", "FAILOVER", "mymaster"]).contains("OK")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sentinel never took the failover on"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn sentinels_name_the_master_and_the_cache_follows_a_failover() {
     let s = OwnSentinel::start();
@@ -97,17 +112,8 @@ fn sentinels_name_the_master_and_the_cache_follows_a_failover() {
         .stderr_has("`REDIS_SENTINEL_MASTER`");
     // Cache commands go on through a failover: every value read back is the one
     // just written (no stale reply), and the commands reach the new master.
-    // The replica in sync, the sentinel asked until it takes the failover on.
+    start_failover(&s);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !redis_cli(s.replica.port, &["INFO", "replication"]).contains("master_link_status:up")
-        || !redis_cli(s.port, &["SENTINEL", "FAILOVER", "mymaster"]).contains("OK")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the sentinel never took the failover on"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
     let mut ok_after_failover = 0;
     let mut i = 0;
     // The sentinels may leave the old master taking writes for seconds; the cache
@@ -175,16 +181,8 @@ fn watch_publishes_build_updates_through_a_sentinel_failover() {
         assert!(Instant::now() < deadline, "the first file never went in");
         std::thread::sleep(Duration::from_millis(50));
     }
+    start_failover(&s);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !redis_cli(s.replica.port, &["INFO", "replication"]).contains("master_link_status:up")
-        || !redis_cli(s.port, &["SENTINEL", "FAILOVER", "mymaster"]).contains("OK")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the sentinel never took the failover on"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
     while s.master_port() != Some(s.replica.port) {
         assert!(Instant::now() < deadline, "the failover never finished");
         std::thread::sleep(Duration::from_millis(100));
