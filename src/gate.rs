@@ -225,33 +225,29 @@ impl Notifier {
     }
 }
 
-/// Events waiting in a spool's outbox and dead letters.
-/// Where a batch's gate.done stands: `waiting` in outbox/, `dead` in outbox/dead/,
-/// else `delivered` (or `no gate` when GATE_URL is unset).
-pub(crate) fn done_state(spool_dir: &Path, batch_tag: &str, gate: bool) -> &'static str {
-    if !gate {
-        return "no gate";
+/// Where each batch's gate.done stands, from one read of the outbox: `waiting` in
+/// outbox/, `dead` in outbox/dead/, else `delivered` (or `no gate` when GATE_URL is
+/// unset).
+pub(crate) fn done_states(spool_dir: &Path, gate: bool) -> impl Fn(&str) -> &'static str {
+    let mut states = std::collections::HashMap::new();
+    if gate {
+        let outbox = spool_dir.join("outbox");
+        // Dead letters are read last: they win over a stale waiting copy.
+        for (dir, state) in [(outbox.clone(), "waiting"), (outbox.join("dead"), "dead")] {
+            for (_, stored) in outbox::read_queue::<Stored>(&dir).unwrap_or_default() {
+                if stored.event == "gate.done" {
+                    states.insert(stored.batch_tag, state);
+                }
+            }
+        }
     }
-    let outbox = spool_dir.join("outbox");
-    let holds = |dir: &Path| {
-        std::fs::read_dir(dir).is_ok_and(|rd| {
-            rd.flatten().any(|e| {
-                std::fs::read(e.path())
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<crate::outbox::Stored>(&b).ok())
-                    .is_some_and(|s| s.event == "gate.done" && s.batch_tag == batch_tag)
-            })
-        })
-    };
-    if holds(&outbox.join("dead")) {
-        "dead"
-    } else if holds(&outbox) {
-        "waiting"
-    } else {
-        "delivered"
+    move |tag: &str| match gate {
+        false => "no gate",
+        true => states.get(tag).copied().unwrap_or("delivered"),
     }
 }
 
+/// Events waiting in a spool's outbox and dead letters.
 pub(crate) fn outbox_depth(spool_dir: &Path) -> (usize, usize) {
     Outbox::depth(&spool_dir.join("outbox"))
 }

@@ -69,27 +69,10 @@ impl Invalidations {
     }
 
     fn waiting(&self) -> Vec<(String, Pending)> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut names: Vec<String> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
-            .collect();
-        names.sort();
-        names
+        crate::outbox::read_queue(&self.dir)
+            .unwrap_or_default()
             .into_iter()
-            .filter_map(|n| {
-                let bytes = std::fs::read(self.dir.join(&n)).ok()?;
-                match serde_json::from_slice(&bytes) {
-                    Ok(p) => Some((n, p)),
-                    Err(e) => {
-                        log::warn!("outbox/cache: skipping unreadable `{n}`: {e}");
-                        None
-                    }
-                }
-            })
+            .filter_map(|(path, p)| Some((path.file_name()?.to_str()?.to_string(), p)))
             .collect()
     }
 
@@ -132,6 +115,21 @@ impl Invalidations {
             }
         }
         left
+    }
+
+    /// Applies what is due, then waits for each queued second pass and applies it,
+    /// until none is left or Redis stops answering (`process` before it exits).
+    pub(crate) fn drain(&self, cache: &mut Cache) {
+        let mut left = self.apply_due(cache);
+        while left > 0 {
+            let Some(d) = self.next_due() else { return };
+            std::thread::sleep(d.min(self.redelete));
+            let now = self.apply_due(cache);
+            if now >= left {
+                return;
+            }
+            left = now;
+        }
     }
 
     /// How long until the next second pass is due (None when none waits).

@@ -1,8 +1,8 @@
 //! A document's provable history (SPEC §12): the lineage rows its files wrote in
 //! their own transactions, in claim order, and what the table holds for it now.
 //! Every query here is an index lookup: `ragspool_doc_events` by its primary key
-//! (doc_id, seq), the manifest by (batch_tag, file_name), and the target table by
-//! the (doc_id, ragspool_seq) index of each partition.
+//! (doc_id, seq), and the target table by the (doc_id, ragspool_seq) index of each
+//! partition.
 
 use crate::db;
 use crate::error::Result;
@@ -74,8 +74,8 @@ pub(crate) fn trace(
             &format!(
                 "SELECT seq, batch_tag, file_name, sha256, action, rows_added, rows_removed, \
                  to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
-                 FROM {}ragspool_doc_events WHERE doc_id = $1 ORDER BY seq",
-                names.prefix()
+                 FROM {} WHERE doc_id = $1 ORDER BY seq",
+                names.doc_events
             ),
             &[&doc_id],
         )
@@ -100,7 +100,7 @@ pub(crate) fn trace(
     let now = client
         .query_one(
             &format!(
-                "SELECT count(*), coalesce(array_agg(DISTINCT tableoid::regclass::text) FILTER (WHERE true), '{{}}'), \
+                "SELECT count(*), coalesce(array_agg(DISTINCT tableoid::regclass::text), '{{}}'), \
                  coalesce(array_agg(DISTINCT coalesce(embedding_model, 'record')) FILTER (WHERE embedding IS NOT NULL), '{{}}') \
                  FROM {} WHERE doc_id = $1",
                 names.table

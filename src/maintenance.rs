@@ -193,7 +193,12 @@ fn run_locked(
         return Ok(());
     }
     let before = child_count(client, names)?;
-    let children_before = partition::children(client, names)?;
+    // pg_partman does not carry the storage parameter to its partitions: the new
+    // ones get it below.
+    let children_before = match manager {
+        Manager::Partman { .. } => partition::children(client, names)?,
+        Manager::Native => BTreeSet::new(),
+    };
     let made = match manager {
         Manager::Native => {
             let missing: BTreeSet<Date> = report.missing.iter().copied().collect();
@@ -215,7 +220,6 @@ fn run_locked(
     }
     report.created = child_count(client, names)? - before;
     if let Manager::Partman { .. } = manager {
-        // pg_partman does not carry the storage parameter to its partitions.
         let new = partition::children(client, names)?
             .difference(&children_before)
             .cloned()

@@ -163,9 +163,9 @@ pub(crate) fn committed(
     let docs = client
         .query(
             &format!(
-                "SELECT doc_id FROM {}ragspool_doc_events WHERE batch_tag = $1 AND file_name = $2 \
+                "SELECT doc_id FROM {} WHERE batch_tag = $1 AND file_name = $2 \
                  AND sha256 = $3 AND (action = 'delete' OR rows_removed > 0)",
-                names.prefix()
+                names.doc_events
             ),
             &[&key.tag.as_str(), &key.name, &sha256],
         )

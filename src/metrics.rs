@@ -1,6 +1,6 @@
 //! Prometheus textfile-collector output (SPEC §9). A leaf: the modules that count
-//! report to it, and `gauges.rs` reads what it shows from the database and spool. Counters add up across every
-//! command that writes the file and across restarts: under an flock on
+//! report to it, and `gauges.rs` reads what it shows from the database and spool.
+//! Counters add up across every command that writes the file and across restarts: under an flock on
 //! `<METRICS_FILE>.lock`, a writer reads the file, adds what it counted since its
 //! own last write, and replaces the file atomically (temp file + rename). So
 //! `maintain` never lowers an ingest counter, `process` runs add up, a restarted
@@ -42,15 +42,11 @@ impl Counter {
 /// Bucket bounds of the lag histograms, in seconds (SPEC §12).
 pub(crate) const LAG_BUCKETS: [f64; 11] =
     [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
-/// The bounds as the `le` label spells them.
-const LAG_LABELS: [&str; 11] = [
-    "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300",
-];
 
 /// A histogram whose buckets are cumulative counters, so that it merges into the
 /// file like every other counter.
 pub(crate) struct Histogram {
-    buckets: [Counter; 11],
+    buckets: [Counter; LAG_BUCKETS.len()],
     count: Counter,
     sum_micros: Counter,
 }
@@ -58,19 +54,7 @@ pub(crate) struct Histogram {
 impl Histogram {
     const fn new() -> Histogram {
         Histogram {
-            buckets: [
-                Counter::new(),
-                Counter::new(),
-                Counter::new(),
-                Counter::new(),
-                Counter::new(),
-                Counter::new(),
-                Counter::new(),
-                Counter::new(),
-                Counter::new(),
-                Counter::new(),
-                Counter::new(),
-            ],
+            buckets: [const { Counter::new() }; LAG_BUCKETS.len()],
             count: Counter::new(),
             sum_micros: Counter::new(),
         }
@@ -89,7 +73,8 @@ impl Histogram {
     }
 
     fn series(&'static self, name: &str) -> Vec<Series> {
-        let mut all: Vec<Series> = LAG_LABELS
+        // `le` as Prometheus spells it: f64's Display writes 1.0 as `1`.
+        let mut all: Vec<Series> = LAG_BUCKETS
             .iter()
             .zip(&self.buckets)
             .map(|(le, b)| Series {
@@ -498,10 +483,10 @@ pub(crate) fn render(
             "File mtime to its batch's gate.done delivered.",
         ),
     ] {
-        let mut sfx: Vec<String> = LAG_LABELS
+        let mut sfx: Vec<String> = LAG_BUCKETS
             .iter()
-            .chain(["+Inf"].iter())
             .map(|le| format!("_bucket{{le=\"{le}\"}}"))
+            .chain(["_bucket{le=\"+Inf\"}".to_string()])
             .collect();
         sfx.extend(["_sum".to_string(), "_count".to_string()]);
         family(
@@ -577,6 +562,26 @@ mod tests {
             .filter_map(|l| l.split_whitespace().next())
             .map(str::to_string)
             .collect()
+    }
+
+    #[test]
+    fn lag_buckets_are_spelled_as_prometheus_expects() {
+        let keys: Vec<String> = INGEST_LAG
+            .series("ingest_lag_seconds")
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        let le: Vec<&str> = keys
+            .iter()
+            .filter_map(|k| k.split("le=\"").nth(1))
+            .map(|v| v.trim_end_matches("\"}"))
+            .collect();
+        assert_eq!(
+            le,
+            [
+                "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300", "+Inf"
+            ]
+        );
     }
 
     #[test]

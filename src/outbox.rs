@@ -135,29 +135,7 @@ impl Outbox {
 
     /// Events waiting, oldest first.
     pub(crate) fn waiting(&self) -> Result<Vec<(PathBuf, Stored)>> {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .with_context(|| format!("cannot list `{}`", self.dir.display()))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "json")
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| !n.starts_with('.'))
-            })
-            .collect();
-        names.sort();
-        let mut out = Vec::with_capacity(names.len());
-        for path in names {
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue;
-            };
-            match serde_json::from_slice::<Stored>(&bytes) {
-                Ok(s) => out.push((path, s)),
-                Err(e) => log::warn!("outbox: skipping unreadable `{}`: {e}", path.display()),
-            }
-        }
-        Ok(out)
+        read_queue(&self.dir)
     }
 
     /// Delivers what waits, in order per target; returns what happened and any
@@ -326,6 +304,35 @@ impl Outbox {
         };
         (count(dir), count(&dir.join("dead")))
     }
+}
+
+/// The `*.json` entries of a queue directory, oldest name first, decoded. Dotfiles
+/// (write_atomic's temporaries) are left out; an undecodable one is skipped with a
+/// warning. Serves outbox/ and outbox/cache/.
+pub(crate) fn read_queue<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<(PathBuf, T)>> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list `{}`", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "json")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !n.starts_with('.'))
+        })
+        .collect();
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for path in names {
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        match serde_json::from_slice::<T>(&bytes) {
+            Ok(s) => out.push((path, s)),
+            Err(e) => log::warn!("skipping unreadable `{}`: {e}", path.display()),
+        }
+    }
+    Ok(out)
 }
 
 /// A new webhook-id.

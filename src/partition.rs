@@ -60,19 +60,28 @@ pub(crate) fn default_partition(
         .map(|r| r.get(0)))
 }
 
-/// Finds out whether pg_partman manages the target table.
-pub(crate) fn manager(client: &mut impl GenericClient, names: &Names) -> Result<Manager> {
-    let row = client
+/// The schema and version of the pg_partman extension, when it is installed.
+fn partman_extension(client: &mut impl GenericClient) -> Result<Option<(String, String)>> {
+    Ok(client
         .query_opt(
-            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+            "SELECT n.nspname, e.extversion FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
              WHERE e.extname = 'pg_partman'",
             &[],
         )
-        .map_err(|e| db::classify(e, "looking for pg_partman"))?;
-    let Some(row) = row else {
+        .map_err(|e| db::classify(e, "looking for pg_partman"))?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// Finds out whether pg_partman manages the target table.
+pub(crate) fn manager(client: &mut impl GenericClient, names: &Names) -> Result<Manager> {
+    let Some((schema, _)) = partman_extension(client)? else {
         return Ok(Manager::Native);
     };
-    let schema: String = row.get(0);
+    manager_in(client, names, schema)
+}
+
+/// Whether pg_partman, installed in `schema`, manages the target table.
+fn manager_in(client: &mut impl GenericClient, names: &Names, schema: String) -> Result<Manager> {
     let Some(parent) = qualified_parent(client, names)? else {
         return Ok(Manager::Native);
     };
@@ -102,16 +111,12 @@ pub(crate) fn register_with_partman(
     names: &Names,
     window: &BTreeSet<Date>,
 ) -> Result<bool> {
-    let ext = client
-        .query_opt(
-            "SELECT n.nspname, e.extversion FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
-             WHERE e.extname = 'pg_partman'",
-            &[],
-        )
-        .map_err(|e| db::classify(e, "looking for pg_partman"))?;
-    let Some(ext) = ext else { return Ok(false) };
-    let (schema, version): (String, String) = (ext.get(0), ext.get(1));
-    if manager(client, names)? != Manager::Native || !children(client, names)?.is_empty() {
+    let Some((schema, version)) = partman_extension(client)? else {
+        return Ok(false);
+    };
+    if manager_in(client, names, schema.clone())? != Manager::Native
+        || !children(client, names)?.is_empty()
+    {
         return Ok(false);
     }
     // 4.x always makes a default partition (dropped below, while it is empty); 5.x

@@ -128,7 +128,6 @@ pub(crate) struct Runner {
     max_bytes: u64,
     undelivered: AtomicUsize,
     invalidations: crate::invalidation::Invalidations,
-    redelete: std::time::Duration,
     progress: Option<crate::progress::Progress>,
 }
 
@@ -156,7 +155,6 @@ impl Runner {
                 &config.spool_dir,
                 std::time::Duration::from_millis(config.cache_redelete_ms),
             ),
-            redelete: std::time::Duration::from_millis(config.cache_redelete_ms),
             progress: None,
         }
     }
@@ -357,17 +355,10 @@ impl Runner {
     pub(crate) fn settle_invalidations(&self, wait: bool) {
         let Some(cache) = &self.cache else { return };
         let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-        let mut left = self.invalidations.apply_due(&mut cache);
-        while wait && left > 0 {
-            let Some(d) = self.invalidations.next_due() else {
-                return;
-            };
-            std::thread::sleep(d.min(self.redelete));
-            let now = self.invalidations.apply_due(&mut cache);
-            if now >= left {
-                return;
-            }
-            left = now;
+        if wait {
+            self.invalidations.drain(&mut cache);
+        } else {
+            self.invalidations.apply_due(&mut cache);
         }
     }
 
@@ -447,8 +438,11 @@ impl Runner {
         attempt: u32,
     ) -> Result<()> {
         let tag = flight.tag;
+        // Read once, before the file moves: its size for the progress line, its
+        // mtime for the lag histograms.
+        let meta = std::fs::symlink_metadata(&file.path).ok();
         if let Some(p) = &self.progress {
-            let bytes = std::fs::symlink_metadata(&file.path).map_or(0, |m| m.len());
+            let bytes = meta.as_ref().map_or(0, |m| m.len());
             let (rows, failed) = match outcome {
                 FileOutcome::Ingested { rows, .. } => (*rows, false),
                 FileOutcome::Bad(_) => (0, true),
@@ -463,13 +457,13 @@ impl Runner {
                 healed,
                 duplicate,
             } => {
-                let mtime = std::fs::symlink_metadata(&file.path)
-                    .and_then(|m| m.modified())
-                    .ok()
+                let mtime = meta
+                    .as_ref()
+                    .and_then(|m| m.modified().ok())
                     .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_secs_f64());
+                    .map(|d| d.as_secs_f64())
+                    .filter(|_| !*duplicate);
                 self.spool.archive(tag, file, &today())?;
-                let mtime = mtime.filter(|_| !*duplicate);
                 if let Some(m) = mtime {
                     crate::metrics::INGEST_LAG.observe(crate::metrics::since(m));
                 }

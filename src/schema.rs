@@ -36,6 +36,8 @@ pub(crate) struct Names {
     pub(crate) version: String,
     /// Qualified per-document state table (SPEC §10 order).
     pub(crate) docs: String,
+    /// Qualified lineage table (SPEC §12).
+    pub(crate) doc_events: String,
     /// How the table stores chunks and is partitioned.
     pub(crate) storage: Storage,
 }
@@ -54,6 +56,7 @@ impl Names {
             maintenance_runs: format!("{prefix}ragspool_maintenance_runs"),
             version: format!("{prefix}ragspool_schema_version"),
             docs: format!("{prefix}ragspool_docs"),
+            doc_events: format!("{prefix}ragspool_doc_events"),
             storage: Storage::default(),
             schema,
             table_name: name,
@@ -81,7 +84,7 @@ impl Names {
     }
 
     /// `schema.` or nothing.
-    pub(crate) fn prefix(&self) -> String {
+    fn prefix(&self) -> String {
         self.schema
             .as_ref()
             .map(|s| format!("{s}."))

@@ -179,9 +179,12 @@ impl Storage {
             .map(|_| self.metric)
     }
 
-    /// Whether an all-zero vector is refused: a vector column under cosine distance.
-    pub(crate) fn refuses_zero_vectors(&self) -> bool {
-        matches!(self.embedding, EmbeddingType::Vector(_)) && self.metric == Metric::Cosine
+    /// Whether `v` has no direction where one is needed: an all-zero vector for a
+    /// vector column under cosine distance (its file fails, SPEC §12).
+    pub(crate) fn directionless(&self, v: &[f32]) -> bool {
+        matches!(self.embedding, EmbeddingType::Vector(_))
+            && self.metric == Metric::Cosine
+            && v.iter().all(|x| *x == 0.0)
     }
 }
 

@@ -218,20 +218,22 @@ fn ask_sentinels(
 
 /// How many masters a cluster has (`CLUSTER INFO`'s cluster_size).
 pub(crate) fn cluster_masters(conn: &mut Conn) -> usize {
-    let info = conn.query(redis::cmd("CLUSTER").arg("INFO"));
-    match info {
-        Ok(Value::BulkString(b)) => String::from_utf8_lossy(&b)
-            .lines()
-            .find_map(|l| l.strip_prefix("cluster_size:"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0),
-        Ok(Value::VerbatimString { text, .. }) => text
-            .lines()
-            .find_map(|l| l.strip_prefix("cluster_size:"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0),
-        _ => 0,
-    }
+    conn.query(redis::cmd("CLUSTER").arg("INFO"))
+        .ok()
+        .and_then(|info| info_field(info, "cluster_size"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One `field:value` line of an INFO-style reply (a bulk or verbatim string).
+pub(crate) fn info_field(reply: Value, field: &str) -> Option<String> {
+    let text = match super::Reply::from(reply) {
+        super::Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        _ => return None,
+    };
+    let prefix = format!("{field}:");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()).map(str::to_string))
 }
 
 /// The crate's errors as the cache's: refused credentials, unusable TLS or

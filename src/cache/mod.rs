@@ -581,13 +581,8 @@ impl Cache {
             }
         }
         let latency = started.elapsed();
-        let version = match Reply::from(self.call(&[b"INFO", b"server"])?) {
-            Reply::Bulk(Some(info)) => String::from_utf8_lossy(&info)
-                .lines()
-                .find_map(|l| l.strip_prefix("redis_version:").map(str::to_string))
-                .unwrap_or_default(),
-            _ => String::new(),
-        };
+        let version = conn::info_field(self.call(&[b"INFO", b"server"])?, "redis_version")
+            .unwrap_or_default();
         let masters = match (&self.config.topology, self.conn.as_mut()) {
             (Topology::Cluster(_), Some(c)) => conn::cluster_masters(c),
             _ => 0,

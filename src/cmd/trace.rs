@@ -16,9 +16,9 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let names = Names::from_config(config);
     let mut client = db.connect()?;
     schema::require_current(&mut client, &names)?;
-    let gate = config.gate_url.is_some();
+    let gate_done = crate::gate::done_states(&config.spool_dir, config.gate_url.is_some());
     let trace = lineage::trace(&mut client, &names, doc_id, |tag| {
-        crate::gate::done_state(&config.spool_dir, tag, gate).to_string()
+        gate_done(tag).to_string()
     })?;
     if args.has("json") {
         let value = serde_json::to_value(&trace)

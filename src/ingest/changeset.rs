@@ -275,9 +275,9 @@ fn lineage(
     }
     tx.execute(
         &format!(
-            "INSERT INTO {}ragspool_doc_events (doc_id, seq, sha256, batch_tag, file_name, action, rows_added, rows_removed) \
+            "INSERT INTO {} (doc_id, seq, sha256, batch_tag, file_name, action, rows_added, rows_removed) \
              SELECT d, $5, $6, $7, $8, a, n, r FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS u(d, a, n, r)",
-            names.prefix()
+            names.doc_events
         ),
         &[
             &ids,

@@ -358,10 +358,7 @@ impl Ingest {
         match got {
             Ok(v) => Ok(Ok(Some(v))),
             Err(vectors::Prefetch::Stop(e)) => Err(e),
-            Err(vectors::Prefetch::Bad(record_index, error)) => Ok(Err(BadFile {
-                record_index,
-                ..BadFile::new(Reason::Failed, error)
-            })),
+            Err(vectors::Prefetch::Bad(bad)) => Ok(Err(bad)),
         }
     }
 
@@ -434,7 +431,7 @@ impl Ingest {
 
     /// Under cosine distance an all-zero vector has no direction: the file fails.
     fn check_vector(&self, v: &[f32], index: u64) -> std::result::Result<(), CopyFail> {
-        if self.names.storage.refuses_zero_vectors() && v.iter().all(|x| *x == 0.0) {
+        if self.names.storage.directionless(v) {
             return Err(CopyFail::Bad(BadFile {
                 record_index: Some(index),
                 ..BadFile::new(

@@ -5,11 +5,12 @@
 //! by one: in memory up to [`MEMORY_BOUND`] bytes, beyond that spilled to a file
 //! beside the claimed one in processing/, read back sequentially.
 
+use super::BadFile;
+use crate::batch::Reason;
 use crate::embed::{EmbedError, Embedder};
 use crate::error::{Context, Error, Result};
 use crate::record::Decoder;
 use crate::schema::Names;
-use crate::storage::EmbeddingType;
 use postgres::types::{FromSql, Type};
 use std::collections::HashMap;
 use std::fs::File;
@@ -134,8 +135,8 @@ pub(crate) struct FileInput<'a> {
 
 /// Why prefetching stopped.
 pub(crate) enum Prefetch {
-    /// The file is bad: this record (index) and why.
-    Bad(Option<u64>, String),
+    /// The file is bad, for this record and reason.
+    Bad(BadFile),
     /// Not the file's fault: it stays in processing/.
     Stop(Error),
 }
@@ -184,7 +185,7 @@ pub(crate) fn prefetch(
     } = *file;
     let mut pending: Vec<(u64, &str, &str)> = Vec::new();
     for (index, record) in Decoder::new(bytes, embed_dim).enumerate() {
-        let record = record.map_err(|e| Prefetch::Bad(Some(e.record_index), e.message))?;
+        let record = record.map_err(|e| Prefetch::Bad(e.into()))?;
         if !record.delete && record.embedding.is_none() {
             pending.push((index as u64, record.doc_id, record.content));
         }
@@ -202,30 +203,54 @@ pub(crate) fn prefetch(
     } else {
         HashMap::new()
     };
+    // The vector each pending chunk can keep; content is hashed only when some
+    // row could give one.
+    let reused: Vec<Option<&Vec<f32>>> = if known.is_empty() {
+        vec![None; pending.len()]
+    } else {
+        pending
+            .iter()
+            .map(|(_, doc, content)| known.get(&key(doc, content)))
+            .collect()
+    };
     let fetch: Vec<usize> = (0..pending.len())
-        .filter(|i| !known.contains_key(&key(pending[*i].1, pending[*i].2)))
+        .filter(|i| reused[*i].is_none())
         .collect();
     let texts: Vec<&str> = fetch.iter().map(|i| pending[*i].2).collect();
-    let check = Check {
-        names,
-        zero_refused: names.storage.refuses_zero_vectors(),
+    let bad = |index: u64, message: String| {
+        Prefetch::Bad(BadFile {
+            record_index: Some(index),
+            ..BadFile::new(Reason::Failed, message)
+        })
+    };
+    let keep = |out: &mut Vectors, index: u64, v: &[f32]| {
+        if names.storage.directionless(v) {
+            return Err(bad(
+                index,
+                "the embeddings endpoint answered an all-zero vector, which has no cosine distance"
+                    .into(),
+            ));
+        }
+        out.push(v).map_err(Prefetch::Stop)
     };
     // Vectors go to `out` in record order as each request returns, so that no more
     // than one request's answer is held beside what `out` bounds.
     let mut cursor = 0;
     let mut next_fetch = 0;
     let take_reused = |out: &mut Vectors, cursor: usize| {
-        let (index, doc, content) = pending[cursor];
-        let v = known.get(&key(doc, content)).cloned().unwrap_or_default();
         out.reused += 1;
-        check.push(out, index, &v)
+        keep(
+            out,
+            pending[cursor].0,
+            reused[cursor].map_or(&[], Vec::as_slice),
+        )
     };
     for group in embedder.groups(&texts) {
         let vectors = embedder
             .embed(&texts[group.clone()], on_fault)
             .map_err(|e| match e {
                 EmbedError::Rejected { index, message } => {
-                    Prefetch::Bad(Some(pending[fetch[group.start + index]].0), message)
+                    bad(pending[fetch[group.start + index]].0, message)
                 }
                 EmbedError::Unavailable(e) => Prefetch::Stop(e),
             })?;
@@ -235,7 +260,7 @@ pub(crate) fn prefetch(
                 cursor += 1;
             }
             out.fetched += 1;
-            check.push(&mut out, pending[cursor].0, &v)?;
+            keep(&mut out, pending[cursor].0, &v)?;
             cursor += 1;
             next_fetch += 1;
         }
@@ -246,33 +271,6 @@ pub(crate) fn prefetch(
     }
     out.rewind().map_err(Prefetch::Stop)?;
     Ok(out)
-}
-
-/// The checks every prefetched vector passes before it is kept.
-struct Check<'a> {
-    names: &'a Names,
-    zero_refused: bool,
-}
-
-impl Check<'_> {
-    fn push(&self, out: &mut Vectors, index: u64, v: &[f32]) -> std::result::Result<(), Prefetch> {
-        if let EmbeddingType::Vector(dim) = self.names.storage.embedding
-            && v.len() != dim
-        {
-            return Err(Prefetch::Stop(Error::temp(format!(
-                "a vector of {} values for a vector({dim}) column",
-                v.len()
-            ))));
-        }
-        if self.zero_refused && v.iter().all(|x| *x == 0.0) {
-            return Err(Prefetch::Bad(
-                Some(index),
-                "the embeddings endpoint answered an all-zero vector, which has no cosine distance"
-                    .into(),
-            ));
-        }
-        out.push(v).map_err(Prefetch::Stop)
-    }
 }
 
 /// (doc_id, md5 of content) of a chunk.
