@@ -192,6 +192,27 @@ class Bench:
             self.stop()
         self.report()
 
+    def compare(self, a):
+        """--compare OTHER: client CPU per row of this build and OTHER, alternating, on
+        the same files and table (no limits, no report file)."""
+        self.setup()
+        try:
+            source = self.generate("big", a.files, a.records)
+            rows = a.files * a.records
+            for name, extra in (("array", {}), ("vector", VECTOR)):
+                self.use_db(f"cmp{name}", extra)
+                cpu = {self.bin: [], a.compare: []}
+                for _ in range(a.runs):
+                    for binary in cpu:
+                        self.reset(source)
+                        timed([binary, "-q", "process"], self.env, cpu[binary])
+                for binary, secs in cpu.items():
+                    us = [s * 1e6 / rows for s in secs]
+                    print(f"{name:7} {binary}: client CPU {statistics.median(us):.2f} µs/row "
+                          f"({min(us):.2f}–{max(us):.2f}), {statistics.median(secs) * 1e5 / rows:.3f} s per 100k rows")
+        finally:
+            self.stop()
+
     def process_runs(self, a, source, env, runs=None):
         """`ragspool process` over `source`, `runs` times: (rows/s list, peak RSS list, CPU s list)."""
         rates, rss, cpu = [], [], []
@@ -511,7 +532,13 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     p.add_argument("--latency-files", type=int, default=50)
-    Bench(p.parse_args()).run()
+    p.add_argument("--compare", metavar="OTHER_BINARY",
+                   help="only compare client CPU per row of this build and OTHER_BINARY")
+    args = p.parse_args()
+    if args.compare:
+        Bench(args).compare(args)
+    else:
+        Bench(args).run()
 
 
 if __name__ == "__main__":

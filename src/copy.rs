@@ -2,7 +2,7 @@
 //! from decoded records: no text escaping, no per-row statements. The embedding
 //! goes in as `real[]` or in pgvector's own binary format (SPEC §10), never as text.
 
-use crate::record::Record;
+use crate::record::{Embedding, Record};
 use crate::storage::EmbeddingType;
 
 /// Columns in the order rows are encoded.
@@ -128,19 +128,17 @@ fn null(b: &mut Vec<u8>) {
 }
 
 /// pgvector's binary format: dimension (int16), unused (int16), big-endian float4s.
-fn pgvector(b: &mut Vec<u8>, values: &[f32]) {
+fn pgvector(b: &mut Vec<u8>, values: &Embedding<'_>) {
     let len = 4 + values.len() * 4;
     b.reserve(len + 4);
     b.extend_from_slice(&(len as i32).to_be_bytes());
     b.extend_from_slice(&(values.len() as i16).to_be_bytes());
     b.extend_from_slice(&0i16.to_be_bytes());
-    for v in values {
-        b.extend_from_slice(&v.to_bits().to_be_bytes());
-    }
+    values.for_each_bits(|bits| b.extend_from_slice(&bits.to_be_bytes()));
 }
 
-fn float4_array(b: &mut Vec<u8>, values: &[f32]) {
-    if values.is_empty() {
+fn float4_array(b: &mut Vec<u8>, values: &Embedding<'_>) {
+    if values.len() == 0 {
         b.extend_from_slice(&12i32.to_be_bytes());
         b.extend_from_slice(&0i32.to_be_bytes()); // ndim
         b.extend_from_slice(&0i32.to_be_bytes()); // has nulls
@@ -156,10 +154,10 @@ fn float4_array(b: &mut Vec<u8>, values: &[f32]) {
     b.extend_from_slice(&(values.len() as i32).to_be_bytes());
     b.extend_from_slice(&1i32.to_be_bytes()); // lower bound
     // Each element is its length (4) and its big-endian bits: 8 bytes at a time.
-    for v in values {
-        let bits = v.to_bits().to_be_bytes();
+    values.for_each_bits(|bits| {
+        let bits = bits.to_be_bytes();
         b.extend_from_slice(&[0, 0, 0, 4, bits[0], bits[1], bits[2], bits[3]]);
-    }
+    });
 }
 
 #[cfg(test)]
@@ -169,7 +167,7 @@ mod tests {
     #[test]
     fn vectors_use_pgvectors_binary_layout() {
         let mut b = Vec::new();
-        pgvector(&mut b, &[1.0, -2.5]);
+        pgvector(&mut b, &Embedding::Values(vec![1.0, -2.5]));
         let mut want = 12i32.to_be_bytes().to_vec();
         want.extend_from_slice(&2i16.to_be_bytes());
         want.extend_from_slice(&0i16.to_be_bytes());

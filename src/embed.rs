@@ -63,7 +63,7 @@ impl Embedder {
     ) -> Result<Embedder> {
         let now = Instant::now();
         Ok(Embedder {
-            agent: crate::http::agent(Duration::from_secs(60))?,
+            agent: crate::http::agent(Duration::from_secs(60), [settings.base_url.as_str()])?,
             url: format!("{}/embeddings", settings.base_url),
             model: settings.model.clone(),
             key: settings.api_key.clone(),

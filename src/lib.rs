@@ -64,6 +64,7 @@ pub(crate) mod storage;
 pub(crate) mod template;
 pub(crate) mod watch;
 pub(crate) mod webhook;
+pub(crate) mod window;
 
 #[cfg(test)]
 mod docs_test;

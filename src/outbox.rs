@@ -96,11 +96,12 @@ impl Outbox {
         failure_log: Option<Arc<FailureLog>>,
         host: String,
     ) -> Result<Outbox> {
+        let urls = [&gate, &alert].map(|e| e.as_ref().map_or("", |e| e.url.as_str()));
         Ok(Outbox {
+            agent: crate::http::agent(timeout, urls)?,
             dir: dir.to_path_buf(),
             gate,
             alert,
-            agent: crate::http::agent(timeout)?,
             budget,
             failure_log,
             host,

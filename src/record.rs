@@ -24,8 +24,8 @@ pub(crate) struct Record<'a> {
     pub(crate) chunk_index: i32,
     /// Chunk text (borrowed from the file buffer).
     pub(crate) content: &'a str,
-    /// Embedding, if the record carried one.
-    pub(crate) embedding: Option<Vec<f32>>,
+    /// Embedding, if the record carried one (or the endpoint gave one).
+    pub(crate) embedding: Option<Embedding<'a>>,
     /// Metadata as JSON text.
     pub(crate) metadata: Option<String>,
     /// Source, if given (borrowed from the file buffer).
@@ -56,6 +56,115 @@ impl std::fmt::Display for RecordError {
             "record {} at byte {}: {}",
             self.record_index, self.byte_offset, self.message
         )
+    }
+}
+
+/// An embedding as its record carried it, borrowed from the file so that decoding
+/// allocates nothing; the COPY encoder reads the element bits straight from it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Embedding<'a> {
+    /// A bin of little-endian float32s, each checked finite.
+    Le(&'a [u8]),
+    /// The elements of a MessagePack array of float32s only (5 bytes each: the
+    /// 0xca marker and the big-endian bits), each checked finite.
+    F32s(&'a [u8]),
+    /// The elements of a MessagePack array of `len` numbers, each checked finite.
+    Packed {
+        /// The encoded elements.
+        bytes: &'a [u8],
+        /// How many.
+        len: usize,
+    },
+    /// Values from the embeddings endpoint or reused from a stored row.
+    Values(Vec<f32>),
+}
+
+impl Embedding<'_> {
+    /// The number of elements.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Embedding::Le(b) => b.len() / 4,
+            Embedding::F32s(b) => b.len() / 5,
+            Embedding::Packed { len, .. } => *len,
+            Embedding::Values(v) => v.len(),
+        }
+    }
+
+    /// Calls `f` with each element's float32 bits, in order.
+    #[inline]
+    pub(crate) fn for_each_bits(&self, mut f: impl FnMut(u32)) {
+        match self {
+            Embedding::Le(b) => b
+                .chunks_exact(4)
+                .for_each(|c| f(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            Embedding::F32s(b) => b
+                .chunks_exact(5)
+                .for_each(|c| f(u32::from_be_bytes([c[1], c[2], c[3], c[4]]))),
+            Embedding::Packed { bytes, len } => {
+                let mut pos = 0;
+                for _ in 0..*len {
+                    f(packed_bits(bytes, &mut pos));
+                }
+            }
+            Embedding::Values(v) => v.iter().for_each(|x| f(x.to_bits())),
+        }
+    }
+
+    /// Whether every element is zero (either sign).
+    pub(crate) fn all_zero(&self) -> bool {
+        let zero = |b: &[u8]| b.iter().all(|x| *x & 0x7f == 0);
+        match self {
+            Embedding::Le(b) => b.chunks_exact(4).all(|c| zero(&[c[0], c[1], c[2], c[3]])),
+            Embedding::F32s(b) => b.chunks_exact(5).all(|c| zero(&[c[1], c[2], c[3], c[4]])),
+            Embedding::Packed { .. } => {
+                let mut all = true;
+                self.for_each_bits(|b| all &= b << 1 == 0);
+                all
+            }
+            Embedding::Values(v) => v.iter().all(|x| *x == 0.0),
+        }
+    }
+
+    /// The elements as floats.
+    #[cfg(test)]
+    pub(crate) fn to_vec(&self) -> Vec<f32> {
+        let mut v = Vec::with_capacity(self.len());
+        self.for_each_bits(|b| v.push(f32::from_bits(b)));
+        v
+    }
+}
+
+/// Whether float32 `bits` are a finite number (the exponent is not all ones).
+fn finite_bits(bits: u32) -> bool {
+    bits & 0x7f80_0000 != 0x7f80_0000
+}
+
+/// The float32 bits of the number at `bytes[*pos]`, which the decoder checked.
+#[inline]
+fn packed_bits(bytes: &[u8], pos: &mut usize) -> u32 {
+    let marker = bytes[*pos];
+    let width = match marker {
+        0xca | 0xce | 0xd2 => 4,
+        0xcb | 0xcf | 0xd3 => 8,
+        0xcc | 0xd0 => 1,
+        0xcd | 0xd1 => 2,
+        _ => 0,
+    };
+    let mut raw = 0u64;
+    for b in &bytes[*pos + 1..*pos + 1 + width] {
+        raw = (raw << 8) | u64::from(*b);
+    }
+    *pos += 1 + width;
+    match marker {
+        0xca => raw as u32,
+        0xcb => (f64::from_bits(raw) as f32).to_bits(),
+        0xcc..=0xcf => (raw as f32).to_bits(),
+        0xd0 => f32::from(raw as u8 as i8).to_bits(),
+        0xd1 => f32::from(raw as u16 as i16).to_bits(),
+        0xd2 => (raw as u32 as i32 as f32).to_bits(),
+        0xd3 => (raw as i64 as f32).to_bits(),
+        0xe0..=0xff => f32::from(marker as i8).to_bits(),
+        _ => f32::from(marker).to_bits(),
     }
 }
 
@@ -90,10 +199,12 @@ impl Head<'_> {
     }
 }
 
-/// A fault at an offset; the decoder adds the record index.
+/// A fault at an offset; the decoder adds the record index. `more`: not a fault
+/// but the end of a window whose file goes on (see [`Decoder::resume`]).
 struct Fault {
     offset: usize,
     message: String,
+    more: bool,
 }
 
 type Step<T> = Result<T, Fault>;
@@ -102,10 +213,13 @@ fn fault<T>(offset: usize, message: impl Into<String>) -> Step<T> {
     Err(Fault {
         offset,
         message: message.into(),
+        more: false,
     })
 }
 
 /// Decodes the records of one file buffer, in order; stops at the first error.
+/// The buffer may be a window of the file ([`Decoder::resume`]): a record cut by
+/// its end stalls the decoder, and the next window resumes at that record.
 pub(crate) struct Decoder<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -113,6 +227,20 @@ pub(crate) struct Decoder<'a> {
     array_left: u32,
     embed_dim: Option<usize>,
     done: bool,
+    /// File offset of `buf[0]`.
+    base: u64,
+    /// Bytes of the file beyond `buf`.
+    after: u64,
+    stalled: bool,
+}
+
+/// Where decoding of a file stands between two windows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Resume {
+    /// File offset of the next record (or array header).
+    pub(crate) offset: u64,
+    index: u64,
+    array_left: u32,
 }
 
 /// The keys that make a row; a delete record carries none of them.
@@ -129,14 +257,44 @@ const ROW_FIELDS: [&str; 7] = [
 impl<'a> Decoder<'a> {
     /// A decoder over `buf`; `embed_dim`, when set, is the required embedding length.
     pub(crate) fn new(buf: &'a [u8], embed_dim: Option<usize>) -> Decoder<'a> {
+        Decoder::resume(buf, embed_dim, Resume::default(), 0)
+    }
+
+    /// A decoder over a window of a file: `buf` starts at `at.offset`, and `after`
+    /// bytes of the file follow it.
+    pub(crate) fn resume(
+        buf: &'a [u8],
+        embed_dim: Option<usize>,
+        at: Resume,
+        after: u64,
+    ) -> Decoder<'a> {
         Decoder {
             buf,
             pos: 0,
-            index: 0,
-            array_left: 0,
+            index: at.index,
+            array_left: at.array_left,
             embed_dim,
             done: false,
+            base: at.offset,
+            after,
+            stalled: false,
         }
+    }
+
+    /// After the iterator ended: `Some` when it stopped at the end of the window
+    /// with the file going on, with where to resume.
+    pub(crate) fn stalled(&self) -> Option<Resume> {
+        self.stalled.then_some(Resume {
+            offset: self.base + self.pos as u64,
+            index: self.index,
+            array_left: self.array_left,
+        })
+    }
+
+    /// The next record with its index in the file.
+    pub(crate) fn next_indexed(&mut self) -> Option<Result<(u64, Record<'a>), RecordError>> {
+        let index = self.index;
+        self.next().map(|r| r.map(|record| (index, record)))
     }
 
     fn take(&mut self, n: usize) -> Step<&'a [u8]> {
@@ -146,6 +304,11 @@ impl<'a> Decoder<'a> {
                 self.pos = end;
                 Ok(&self.buf[start..end])
             }
+            None if self.after > 0 => Err(Fault {
+                offset: start,
+                message: String::new(),
+                more: true,
+            }),
             None => fault(
                 start,
                 format!(
@@ -166,7 +329,7 @@ impl<'a> Decoder<'a> {
     /// A count of elements that each need at least one byte: more than remain is a lie.
     fn count(&mut self, n: usize, at: usize) -> Step<u32> {
         let count = self.be(n)?;
-        let left = (self.buf.len() - self.pos) as u64;
+        let left = (self.buf.len() - self.pos) as u64 + self.after;
         if count > left {
             return fault(
                 at,
@@ -335,6 +498,7 @@ impl<'a> Decoder<'a> {
 
     fn utf8(&self, bytes: &'a [u8], at: usize, field: &str) -> Step<&'a str> {
         let text = std::str::from_utf8(bytes).map_err(|e| Fault {
+            more: false,
             offset: at,
             message: format!(
                 "{field} is not valid UTF-8 (at byte {} of the string)",
@@ -407,9 +571,9 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    fn embedding(&mut self) -> Step<Option<Vec<f32>>> {
+    fn embedding(&mut self) -> Step<Option<Embedding<'a>>> {
         let at = self.pos;
-        let values = match self.head()? {
+        let embedding = match self.head()? {
             Head::Nil => return Ok(None),
             Head::Bin(b) => {
                 if b.len() % 4 != 0 {
@@ -418,29 +582,27 @@ impl<'a> Decoder<'a> {
                         format!("embedding bin is {} bytes, not a multiple of 4", b.len()),
                     );
                 }
-                b.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
-            }
-            Head::Array(n) => {
-                let mut v = Vec::with_capacity(n as usize);
-                for i in 0..n {
-                    let el_at = self.pos;
-                    let x = match self.head()? {
-                        Head::Float(f) => f as f32,
-                        Head::UInt(u) => u as f32,
-                        Head::Int(i) => i as f32,
-                        other => {
-                            return fault(
-                                el_at,
-                                format!("embedding[{i}] must be a number, found {}", other.kind()),
-                            );
-                        }
-                    };
-                    v.push(x);
+                if let Some(i) = b
+                    .chunks_exact(4)
+                    .position(|c| !finite_bits(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                {
+                    return fault(at, format!("embedding[{i}] is not a finite number"));
                 }
-                v
+                Embedding::Le(b)
             }
+            Head::Array(n) => match self.f32s(n as usize) {
+                Some(f32s) => {
+                    let bad = f32s
+                        .chunks_exact(5)
+                        .position(|c| !finite_bits(u32::from_be_bytes([c[1], c[2], c[3], c[4]])));
+                    if let Some(i) = bad {
+                        return fault(at, format!("embedding[{i}] is not a finite number"));
+                    }
+                    self.pos += f32s.len();
+                    Embedding::F32s(f32s)
+                }
+                None => self.packed(at, n)?,
+            },
             other => {
                 return fault(
                     at,
@@ -451,18 +613,53 @@ impl<'a> Decoder<'a> {
                 );
             }
         };
-        if let Some(i) = values.iter().position(|x: &f32| !x.is_finite()) {
-            return fault(at, format!("embedding[{i}] is not a finite number"));
-        }
         if let Some(dim) = self.embed_dim
-            && values.len() != dim
+            && embedding.len() != dim
         {
             return fault(
                 at,
-                format!("embedding has {} values, EMBED_DIM is {dim}", values.len()),
+                format!(
+                    "embedding has {} values, EMBED_DIM is {dim}",
+                    embedding.len()
+                ),
             );
         }
-        Ok(Some(values))
+        Ok(Some(embedding))
+    }
+
+    /// The next `n` array elements when every one is a float32 (0xca): the common
+    /// case, checked in one pass without decoding each header.
+    fn f32s(&self, n: usize) -> Option<&'a [u8]> {
+        let bytes = self
+            .buf
+            .get(self.pos..self.pos.checked_add(n.checked_mul(5)?)?)?;
+        bytes.chunks_exact(5).all(|c| c[0] == 0xca).then_some(bytes)
+    }
+
+    /// An array of numbers of any MessagePack width, each checked.
+    fn packed(&mut self, at: usize, n: u32) -> Step<Embedding<'a>> {
+        let start = self.pos;
+        for i in 0..n {
+            let el_at = self.pos;
+            let value = match self.head()? {
+                Head::Float(f) => f as f32,
+                Head::UInt(u) => u as f32,
+                Head::Int(i) => i as f32,
+                other => {
+                    return fault(
+                        el_at,
+                        format!("embedding[{i}] must be a number, found {}", other.kind()),
+                    );
+                }
+            };
+            if !value.is_finite() {
+                return fault(at, format!("embedding[{i}] is not a finite number"));
+            }
+        }
+        Ok(Embedding::Packed {
+            bytes: &self.buf[start..self.pos],
+            len: n as usize,
+        })
     }
 
     fn metadata(&mut self) -> Step<Option<String>> {
@@ -602,8 +799,16 @@ impl<'a> Iterator for Decoder<'a> {
         if self.done {
             return None;
         }
+        let (start, array_left) = (self.pos, self.array_left);
         let step = (|| -> Step<Option<Record<'a>>> {
             while self.array_left == 0 {
+                if self.pos == self.buf.len() && self.after > 0 {
+                    return Err(Fault {
+                        offset: self.pos,
+                        message: String::new(),
+                        more: true,
+                    });
+                }
                 if self.pos == self.buf.len() {
                     return Ok(None);
                 }
@@ -637,11 +842,18 @@ impl<'a> Iterator for Decoder<'a> {
                 self.done = true;
                 None
             }
+            Err(f) if f.more => {
+                // The record goes on in the next window: start it again there.
+                (self.pos, self.array_left) = (start, array_left);
+                self.done = true;
+                self.stalled = true;
+                None
+            }
             Err(f) => {
                 self.done = true;
                 Some(Err(RecordError {
                     record_index: self.index,
-                    byte_offset: f.offset as u64,
+                    byte_offset: self.base + f.offset as u64,
                     message: f.message,
                 }))
             }
@@ -653,6 +865,7 @@ fn missing(at: usize, field: &str) -> Fault {
     Fault {
         offset: at,
         message: format!("required key `{field}` is missing"),
+        more: false,
     }
 }
 
@@ -660,6 +873,7 @@ fn bad_timestamp(at: usize) -> Fault {
     Fault {
         offset: at,
         message: "created_at is not a valid timestamp between years 0001 and 9999".into(),
+        more: false,
     }
 }
 

@@ -8,7 +8,7 @@ use crate::batch::BatchTag;
 use crate::error::{Context, Error, Result};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -606,12 +606,12 @@ fn tree_depth(dir: &Path) -> Result<Depth> {
     Ok(depth)
 }
 
-/// Reads a claimed file without following a symlink, refusing anything that is not
-/// a regular file of 1 to `max_bytes` bytes.
-pub(crate) fn read_claimed(
+/// Opens a claimed file without following a symlink, refusing anything that is
+/// not a regular file of 1 to `max_bytes` bytes; returns it with its size.
+pub(crate) fn open_claimed(
     path: &Path,
     max_bytes: u64,
-) -> std::result::Result<Vec<u8>, Unreadable> {
+) -> std::result::Result<(File, u64), Unreadable> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -653,19 +653,7 @@ pub(crate) fn read_claimed(
             meta.size()
         )));
     }
-    let mut buf = Vec::with_capacity(meta.size() as usize);
-    // Read one byte past the limit so a file that grew after fstat is still caught.
-    file.take(max_bytes + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| {
-            Unreadable::Io(Error::from(e).context(format!("cannot read `{}`", path.display())))
-        })?;
-    if buf.len() as u64 > max_bytes {
-        return Err(Unreadable::Bad(format!(
-            "grew past MAX_FILE_BYTES ({max_bytes}) while being read"
-        )));
-    }
-    Ok(buf)
+    Ok((file, meta.size()))
 }
 
 #[cfg(test)]
@@ -736,21 +724,21 @@ mod tests {
     }
 
     #[test]
-    fn read_claimed_refuses_links_empty_and_big_files() -> Result<()> {
+    fn open_claimed_refuses_links_empty_and_big_files() -> Result<()> {
         let (t, _spool) = spool()?;
         let p = t.path().join("f.msgpack");
         fs::write(&p, b"")?;
-        assert!(matches!(read_claimed(&p, 10), Err(Unreadable::Bad(m)) if m.contains("empty")));
+        assert!(matches!(open_claimed(&p, 10), Err(Unreadable::Bad(m)) if m.contains("empty")));
         fs::write(&p, [0u8; 11])?;
         assert!(
-            matches!(read_claimed(&p, 10), Err(Unreadable::Bad(m)) if m.contains("MAX_FILE_BYTES"))
+            matches!(open_claimed(&p, 10), Err(Unreadable::Bad(m)) if m.contains("MAX_FILE_BYTES"))
         );
         let l = t.path().join("l.msgpack");
         symlink(&p, &l)?;
         assert!(
-            matches!(read_claimed(&l, 100), Err(Unreadable::Bad(m)) if m.contains("symbolic link"))
+            matches!(open_claimed(&l, 100), Err(Unreadable::Bad(m)) if m.contains("symbolic link"))
         );
-        assert!(matches!(read_claimed(&p, 100), Ok(b) if b.len() == 11));
+        assert!(matches!(open_claimed(&p, 100), Ok((_, 11))));
         Ok(())
     }
 }

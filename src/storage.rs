@@ -179,12 +179,10 @@ impl Storage {
             .map(|_| self.metric)
     }
 
-    /// Whether `v` has no direction where one is needed: an all-zero vector for a
-    /// vector column under cosine distance (its file fails, SPEC §12).
-    pub(crate) fn directionless(&self, v: &[f32]) -> bool {
-        matches!(self.embedding, EmbeddingType::Vector(_))
-            && self.metric == Metric::Cosine
-            && v.iter().all(|x| *x == 0.0)
+    /// Whether vectors need a direction: a vector column under cosine distance,
+    /// where an all-zero vector fails its file (SPEC §12).
+    pub(crate) fn needs_direction(&self) -> bool {
+        matches!(self.embedding, EmbeddingType::Vector(_)) && self.metric == Metric::Cosine
     }
 }
 

@@ -31,34 +31,36 @@ struct DocEntry {
     inconsistent: bool,
 }
 
-/// The documents one file touches, borrowed from its buffer.
+/// The documents one file touches. Their ids are copied (once per document):
+/// a large file's records outlive no window of it.
 #[derive(Debug, Default)]
-pub(crate) struct DocSet<'a> {
-    docs: Vec<(&'a str, DocEntry)>,
-    index: HashMap<&'a str, usize>,
+pub(crate) struct DocSet {
+    docs: Vec<(String, DocEntry)>,
+    index: HashMap<String, usize>,
     last: Option<usize>,
 }
 
-impl<'a> DocSet<'a> {
-    fn entry(&mut self, doc_id: &'a str) -> &mut DocEntry {
+impl DocSet {
+    fn entry(&mut self, doc_id: &str) -> &mut DocEntry {
         // Chunks of one document usually come together: skip the hash lookup then.
         let at = match self.last {
             Some(i) if self.docs[i].0 == doc_id => i,
-            _ => {
-                let next = self.docs.len();
-                let i = *self.index.entry(doc_id).or_insert(next);
-                if i == next {
-                    self.docs.push((doc_id, DocEntry::default()));
+            _ => match self.index.get(doc_id) {
+                Some(i) => *i,
+                None => {
+                    let i = self.docs.len();
+                    self.index.insert(doc_id.to_string(), i);
+                    self.docs.push((doc_id.to_string(), DocEntry::default()));
+                    i
                 }
-                i
-            }
+            },
         };
         self.last = Some(at);
         &mut self.docs[at].1
     }
 
     /// A row of `doc_id`.
-    pub(crate) fn add(&mut self, doc_id: &'a str, chunk_index: i32, chunk_count: Option<u32>) {
+    pub(crate) fn add(&mut self, doc_id: &str, chunk_index: i32, chunk_count: Option<u32>) {
         let e = self.entry(doc_id);
         e.rows += 1;
         e.chunks.push(chunk_index);
@@ -71,7 +73,7 @@ impl<'a> DocSet<'a> {
     }
 
     /// A delete record for `doc_id`.
-    pub(crate) fn remove(&mut self, doc_id: &'a str) {
+    pub(crate) fn remove(&mut self, doc_id: &str) {
         self.entry(doc_id).deleted = true;
     }
 
@@ -170,12 +172,12 @@ pub(crate) struct Change {
 pub(crate) fn apply(
     tx: &mut Transaction<'_>,
     names: &Names,
-    docs: &DocSet<'_>,
+    docs: &DocSet,
     replace: bool,
     file: FileRef<'_>,
 ) -> Result<Change, postgres::Error> {
     let seq = file.seq;
-    let mut all: Vec<&str> = docs.docs.iter().map(|(d, _)| *d).collect();
+    let mut all: Vec<&str> = docs.docs.iter().map(|(d, _)| d.as_str()).collect();
     if all.is_empty() {
         return Ok(Change::default());
     }
@@ -193,16 +195,20 @@ pub(crate) fn apply(
         .filter(|r| r.get::<_, i64>(1) > seq)
         .map(|r| r.get(0))
         .collect();
-    let live = || docs.docs.iter().filter(|(d, _)| !superseded.contains(*d));
+    let live = || {
+        docs.docs
+            .iter()
+            .filter(|(d, _)| !superseded.contains(d.as_str()))
+    };
     let removers: Vec<&str> = live()
         .filter(|(_, e)| e.deleted || (replace && e.rows > 0))
-        .map(|(d, _)| *d)
+        .map(|(d, _)| d.as_str())
         .collect();
     let withdrawn: Vec<&str> = docs
         .docs
         .iter()
-        .filter(|(d, e)| e.rows > 0 && superseded.contains(*d))
-        .map(|(d, _)| *d)
+        .filter(|(d, e)| e.rows > 0 && superseded.contains(d.as_str()))
+        .map(|(d, _)| d.as_str())
         .collect();
     if !removers.is_empty() || !withdrawn.is_empty() {
         // Right after a bulk load the partitions' statistics can be stale enough for
@@ -252,7 +258,7 @@ pub(crate) fn apply(
 fn lineage(
     tx: &mut Transaction<'_>,
     names: &Names,
-    docs: &DocSet<'_>,
+    docs: &DocSet,
     superseded: &BTreeSet<String>,
     removed: &HashMap<String, i64>,
     file: FileRef<'_>,
@@ -262,13 +268,13 @@ fn lineage(
     let mut added = Vec::new();
     let mut gone = Vec::new();
     for (doc, e) in &docs.docs {
-        if superseded.contains(*doc) {
+        if superseded.contains(doc.as_str()) {
             continue;
         }
-        ids.push(*doc);
+        ids.push(doc.as_str());
         actions.push(if e.rows > 0 { "upsert" } else { "delete" });
         added.push(e.rows as i64);
-        gone.push(removed.get(*doc).copied().unwrap_or(0));
+        gone.push(removed.get(doc.as_str()).copied().unwrap_or(0));
     }
     if ids.is_empty() {
         return Ok(());
@@ -308,7 +314,7 @@ mod tests {
         let seen: Vec<(&str, u64, bool)> = d
             .docs
             .iter()
-            .map(|(k, e)| (*k, e.rows, e.deleted))
+            .map(|(k, e)| (k.as_str(), e.rows, e.deleted))
             .collect();
         assert_eq!(seen, vec![("a", 3, false), ("b", 1, false), ("c", 0, true)]);
     }

@@ -13,10 +13,11 @@ use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::manifest::{self, FileKey};
 use crate::partition;
-use crate::record::{Decoder, RecordError};
+use crate::record::{Embedding, RecordError};
 use crate::schema::Names;
-use crate::spool::{self, Claimed, Unreadable};
+use crate::spool::{Claimed, Unreadable};
 use crate::storage::DocMode;
+use crate::window::{self, FileBytes};
 use changeset::{DocSet, FileRef};
 use postgres::Client;
 use std::collections::BTreeSet;
@@ -127,6 +128,14 @@ enum CopyFail {
     Bad(BadFile),
     Db(postgres::Error),
     Temp(Error),
+    /// Writing to the COPY stream failed; `finish` says why.
+    Broken,
+}
+
+impl From<Error> for CopyFail {
+    fn from(e: Error) -> CopyFail {
+        CopyFail::Temp(e)
+    }
 }
 
 /// Microseconds since the Unix epoch, now.
@@ -144,11 +153,23 @@ impl Ingest {
         tag: &BatchTag,
         file: &Claimed,
     ) -> Result<(FileOutcome, u32)> {
+        window::with_file(&file.path, self.max_file_bytes, |opened| {
+            self.opened(client, tag, file, opened)
+        })
+    }
+
+    fn opened(
+        &self,
+        client: &mut Client,
+        tag: &BatchTag,
+        file: &Claimed,
+        opened: std::result::Result<FileBytes<'_>, Unreadable>,
+    ) -> Result<(FileOutcome, u32)> {
         let key = FileKey {
             tag,
             name: &file.name,
         };
-        let bytes = match spool::read_claimed(&file.path, self.max_file_bytes) {
+        let mut bytes = match opened {
             Ok(b) => b,
             Err(Unreadable::Io(e)) => return Err(e),
             Err(Unreadable::Bad(why)) => {
@@ -158,7 +179,7 @@ impl Ingest {
                 return Ok((FileOutcome::Bad(bad), attempt));
             }
         };
-        let sha = crate::digest::sha256_hex(&bytes);
+        let sha = bytes.sha256_hex()?;
         if let Some(outcome) = self.already_ingested(client, &key, &sha, bytes.len())? {
             return Ok((outcome, 1));
         }
@@ -171,7 +192,7 @@ impl Ingest {
             &self.host,
         )?;
         let ingest_time = now_micros();
-        let mut vectors = match self.prefetch(client, &key, &bytes, &file.path)? {
+        let mut vectors = match self.prefetch(client, &key, &mut bytes, &file.path)? {
             Ok(v) => v,
             Err(bad) => {
                 manifest::failed(client, &self.names, &key, bad.reason.as_str(), false)?;
@@ -214,7 +235,8 @@ impl Ingest {
                 v.rewind()
                     .map_err(|e| e.context(format!("ingesting {}", file.name)))?;
             }
-            let copied = self.copy_rows(&mut tx, file_ref, &bytes, ingest_time, vectors.as_mut());
+            let copied =
+                self.copy_rows(&mut tx, file_ref, &mut bytes, ingest_time, vectors.as_mut());
             let failure = match copied {
                 Ok(applied) => {
                     let done = manifest::Done {
@@ -260,11 +282,14 @@ impl Ingest {
             drop(tx);
             let bad = match failure {
                 CopyFail::Temp(e) => return Err(e),
+                CopyFail::Broken => {
+                    return Err(Error::temp("the COPY stream broke").context("copying rows"));
+                }
                 CopyFail::Bad(bad) => bad,
                 // Two files of one document met in a deadlock: go round again.
                 CopyFail::Db(e) if is_conflict(&e) => continue,
                 CopyFail::Db(e) if partition::is_no_partition(&e) && !healed => {
-                    match self.heal(client, &bytes, ingest_time)? {
+                    match self.heal(client, &mut bytes, ingest_time)? {
                         None => {
                             healed = true;
                             continue;
@@ -301,7 +326,7 @@ impl Ingest {
         client: &mut Client,
         key: &FileKey<'_>,
         sha: &str,
-        len: usize,
+        len: u64,
     ) -> Result<Option<FileOutcome>> {
         let Some((tag, name)) = manifest::ingested_by(client, &self.names, sha)? else {
             return Ok(None);
@@ -337,7 +362,7 @@ impl Ingest {
         &self,
         client: &mut Client,
         key: &FileKey<'_>,
-        bytes: &[u8],
+        bytes: &mut FileBytes<'_>,
         path: &std::path::Path,
     ) -> Result<std::result::Result<Option<vectors::Vectors>, BadFile>> {
         let Some(embedder) = &self.embedder else {
@@ -346,12 +371,13 @@ impl Ingest {
         let reuse = embedder.reuse() && self.names.storage.doc_mode == DocMode::Replace;
         let mut faults = 0u32;
         let input = vectors::FileInput {
-            bytes,
             embed_dim: self.embed_dim,
             reuse,
             path,
         };
-        let got = vectors::prefetch(client, &self.names, embedder, &input, &mut || faults += 1);
+        let got = vectors::prefetch(client, &self.names, embedder, bytes, &input, &mut || {
+            faults += 1
+        });
         if faults > 0 {
             manifest::add_attempts(client, &self.names, key, faults)?;
         }
@@ -367,7 +393,7 @@ impl Ingest {
         &self,
         tx: &mut postgres::Transaction<'_>,
         file: FileRef<'_>,
-        bytes: &[u8],
+        bytes: &mut FileBytes<'_>,
         ingest_time: i64,
         mut vectors: Option<&mut vectors::Vectors>,
     ) -> std::result::Result<Applied, CopyFail> {
@@ -382,35 +408,43 @@ impl Ingest {
         let mut enc = CopyEncoder::new(storage.embedding);
         let model = self.embedder.as_ref().map(Embedder::model);
         let mut brought = 0u64;
-        for (index, record) in Decoder::new(bytes, self.embed_dim).enumerate() {
-            let mut record = record.map_err(|e| CopyFail::Bad(e.into()))?;
-            if record.delete {
-                docs.remove(record.doc_id);
-                continue;
-            }
-            docs.add(record.doc_id, record.chunk_index, record.chunk_count);
-            let mut embedding_model = None;
-            match (&record.embedding, vectors.as_deref_mut()) {
-                (Some(v), _) => {
-                    self.check_vector(v, index as u64)?;
-                    brought += 1;
+        let decoded = bytes.records(self.embed_dim, |records| {
+            while let Some(record) = records.next_indexed() {
+                let (index, mut record) = record.map_err(|e| CopyFail::Bad(e.into()))?;
+                if record.delete {
+                    docs.remove(record.doc_id);
+                    continue;
                 }
-                (None, Some(store)) => {
-                    record.embedding = Some(store.next().map_err(CopyFail::Temp)?);
-                    embedding_model = model;
+                docs.add(record.doc_id, record.chunk_index, record.chunk_count);
+                let mut embedding_model = None;
+                match (&record.embedding, vectors.as_deref_mut()) {
+                    (Some(v), _) => {
+                        self.check_vector(v, index)?;
+                        brought += 1;
+                    }
+                    (None, Some(store)) => {
+                        record.embedding = Some(Embedding::Values(store.next()?));
+                        embedding_model = model;
+                    }
+                    (None, None) => {}
                 }
-                (None, None) => {}
+                let meta = RowMeta {
+                    created_at: record.created_at.unwrap_or(ingest_time),
+                    batch_tag: file.batch_tag,
+                    embedding_model,
+                    seq: file.seq,
+                };
+                enc.row(&record, &meta);
+                if enc.len() >= COPY_CHUNK && !send(&mut writer, &mut enc) {
+                    return Err(CopyFail::Broken);
+                }
             }
-            let meta = RowMeta {
-                created_at: record.created_at.unwrap_or(ingest_time),
-                batch_tag: file.batch_tag,
-                embedding_model,
-                seq: file.seq,
-            };
-            enc.row(&record, &meta);
-            if enc.len() >= COPY_CHUNK && !send(&mut writer, &mut enc) {
-                return Err(broken(writer));
-            }
+            Ok(())
+        });
+        match decoded {
+            Err(CopyFail::Broken) => return Err(broken(writer)),
+            Err(e) => return Err(e),
+            Ok(()) => {}
         }
         docs.check_whole()
             .map_err(|why| CopyFail::Bad(BadFile::new(Reason::Failed, why)))?;
@@ -430,8 +464,8 @@ impl Ingest {
     }
 
     /// Under cosine distance an all-zero vector has no direction: the file fails.
-    fn check_vector(&self, v: &[f32], index: u64) -> std::result::Result<(), CopyFail> {
-        if self.names.storage.directionless(v) {
+    fn check_vector(&self, v: &Embedding<'_>, index: u64) -> std::result::Result<(), CopyFail> {
+        if self.names.storage.needs_direction() && v.all_zero() {
             return Err(CopyFail::Bad(BadFile {
                 record_index: Some(index),
                 ..BadFile::new(
@@ -445,12 +479,21 @@ impl Ingest {
 
     /// Creates the partitions the file's rows need; `Some(why)` when self-heal is
     /// not allowed (SPEC §5 bounds).
-    fn heal(&self, client: &mut Client, bytes: &[u8], ingest_time: i64) -> Result<Option<String>> {
-        let days: BTreeSet<time::Date> = Decoder::new(bytes, None)
-            .filter_map(|r| r.ok())
-            .filter(|r| !r.delete)
-            .filter_map(|r| partition::day_of(r.created_at.unwrap_or(ingest_time)))
-            .collect();
+    fn heal(
+        &self,
+        client: &mut Client,
+        bytes: &mut FileBytes<'_>,
+        ingest_time: i64,
+    ) -> Result<Option<String>> {
+        let mut days = BTreeSet::new();
+        bytes.records(None, |records| {
+            let created = records
+                .map_while(|r| r.ok())
+                .filter(|r| !r.delete)
+                .filter_map(|r| partition::day_of(r.created_at.unwrap_or(ingest_time)));
+            days.extend(created);
+            Ok::<(), Error>(())
+        })?;
         let (ranges, _) = partition::coverage(client, &self.names)?;
         let missing = partition::missing(&ranges, days);
         let today = time::OffsetDateTime::now_utc().date();

@@ -9,8 +9,8 @@ use super::BadFile;
 use crate::batch::Reason;
 use crate::embed::{EmbedError, Embedder};
 use crate::error::{Context, Error, Result};
-use crate::record::Decoder;
 use crate::schema::Names;
+use crate::window::FileBytes;
 use postgres::types::{FromSql, Type};
 use std::collections::HashMap;
 use std::fs::File;
@@ -123,8 +123,6 @@ impl Drop for Vectors {
 /// The file whose vectors are prefetched.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FileInput<'a> {
-    /// Its bytes.
-    pub(crate) bytes: &'a [u8],
     /// EMBED_DIM.
     pub(crate) embed_dim: Option<usize>,
     /// Whether vectors of rows it replaces may be reused.
@@ -139,6 +137,12 @@ pub(crate) enum Prefetch {
     Bad(BadFile),
     /// Not the file's fault: it stays in processing/.
     Stop(Error),
+}
+
+impl From<Error> for Prefetch {
+    fn from(e: Error) -> Prefetch {
+        Prefetch::Stop(e)
+    }
 }
 
 /// A vector as pgvector or `real[]` sends it in binary.
@@ -169,108 +173,138 @@ impl<'a> FromSql<'a> for Stored {
 /// Obtains the vectors of every record of `bytes` that lacks one, in record order:
 /// reused from rows of its documents with byte-identical content and the same
 /// model (`reuse`: replace mode with EMBED_REUSE), else fetched. `on_fault` counts
-/// endpoint faults in the file's attempts.
+/// endpoint faults in the file's attempts. A large file goes window by window.
 pub(crate) fn prefetch(
     client: &mut postgres::Client,
     names: &Names,
     embedder: &Embedder,
+    bytes: &mut FileBytes<'_>,
     file: &FileInput<'_>,
     on_fault: &mut dyn FnMut(),
 ) -> std::result::Result<Vectors, Prefetch> {
-    let FileInput {
-        bytes,
-        embed_dim,
-        reuse,
-        path: spill_beside,
-    } = *file;
-    let mut pending: Vec<(u64, &str, &str)> = Vec::new();
-    for (index, record) in Decoder::new(bytes, embed_dim).enumerate() {
-        let record = record.map_err(|e| Prefetch::Bad(e.into()))?;
-        if !record.delete && record.embedding.is_none() {
-            pending.push((index as u64, record.doc_id, record.content));
-        }
-    }
-    let name = spill_beside
+    let name = file
+        .path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut out = Vectors::new(spill_beside.with_file_name(format!(".{name}.vectors")));
-    if pending.is_empty() {
-        return Ok(out);
-    }
-    let known = if reuse {
-        reusable(client, names, embedder.model(), &pending).map_err(Prefetch::Stop)?
-    } else {
-        HashMap::new()
+    let mut out = Vectors::new(file.path.with_file_name(format!(".{name}.vectors")));
+    let window = Window {
+        names,
+        embedder,
+        reuse: file.reuse,
     };
-    // The vector each pending chunk can keep; content is hashed only when some
-    // row could give one.
-    let reused: Vec<Option<&Vec<f32>>> = if known.is_empty() {
-        vec![None; pending.len()]
-    } else {
-        pending
-            .iter()
-            .map(|(_, doc, content)| known.get(&key(doc, content)))
-            .collect()
-    };
-    let fetch: Vec<usize> = (0..pending.len())
-        .filter(|i| reused[*i].is_none())
-        .collect();
-    let texts: Vec<&str> = fetch.iter().map(|i| pending[*i].2).collect();
-    let bad = |index: u64, message: String| {
-        Prefetch::Bad(BadFile {
-            record_index: Some(index),
-            ..BadFile::new(Reason::Failed, message)
-        })
-    };
-    let keep = |out: &mut Vectors, index: u64, v: &[f32]| {
-        if names.storage.directionless(v) {
-            return Err(bad(
+    bytes.records(file.embed_dim, |records| {
+        let mut pending: Vec<(u64, &str, &str)> = Vec::new();
+        while let Some(record) = records.next_indexed() {
+            let (index, record) = record.map_err(|e| Prefetch::Bad(e.into()))?;
+            if !record.delete && record.embedding.is_none() {
+                pending.push((index, record.doc_id, record.content));
+            }
+        }
+        window.vectors(client, &pending, &mut out, on_fault)
+    })?;
+    out.rewind()?;
+    Ok(out)
+}
+
+/// What one window's pending chunks need to get their vectors.
+struct Window<'a> {
+    names: &'a Names,
+    embedder: &'a Embedder,
+    reuse: bool,
+}
+
+impl Window<'_> {
+    /// Appends to `out` the vectors of `pending` (record index, doc_id, content), in
+    /// order: reused or fetched.
+    fn vectors(
+        &self,
+        client: &mut postgres::Client,
+        pending: &[(u64, &str, &str)],
+        out: &mut Vectors,
+        on_fault: &mut dyn FnMut(),
+    ) -> std::result::Result<(), Prefetch> {
+        let Window {
+            names,
+            embedder,
+            reuse,
+        } = *self;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let known = if reuse {
+            reusable(client, names, embedder.model(), pending)?
+        } else {
+            HashMap::new()
+        };
+        // The vector each pending chunk can keep; content is hashed only when some
+        // row could give one.
+        let reused: Vec<Option<&Vec<f32>>> = if known.is_empty() {
+            vec![None; pending.len()]
+        } else {
+            pending
+                .iter()
+                .map(|(_, doc, content)| known.get(&key(doc, content)))
+                .collect()
+        };
+        let fetch: Vec<usize> = (0..pending.len())
+            .filter(|i| reused[*i].is_none())
+            .collect();
+        let texts: Vec<&str> = fetch.iter().map(|i| pending[*i].2).collect();
+        let bad = |index: u64, message: String| {
+            Prefetch::Bad(BadFile {
+                record_index: Some(index),
+                ..BadFile::new(Reason::Failed, message)
+            })
+        };
+        let keep = |out: &mut Vectors, index: u64, v: &[f32]| {
+            if names.storage.needs_direction() && v.iter().all(|x| *x == 0.0) {
+                return Err(bad(
                 index,
                 "the embeddings endpoint answered an all-zero vector, which has no cosine distance"
                     .into(),
             ));
-        }
-        out.push(v).map_err(Prefetch::Stop)
-    };
-    // Vectors go to `out` in record order as each request returns, so that no more
-    // than one request's answer is held beside what `out` bounds.
-    let mut cursor = 0;
-    let mut next_fetch = 0;
-    let take_reused = |out: &mut Vectors, cursor: usize| {
-        out.reused += 1;
-        keep(
-            out,
-            pending[cursor].0,
-            reused[cursor].map_or(&[], Vec::as_slice),
-        )
-    };
-    for group in embedder.groups(&texts) {
-        let vectors = embedder
-            .embed(&texts[group.clone()], on_fault)
-            .map_err(|e| match e {
-                EmbedError::Rejected { index, message } => {
-                    bad(pending[fetch[group.start + index]].0, message)
-                }
-                EmbedError::Unavailable(e) => Prefetch::Stop(e),
-            })?;
-        for v in vectors {
-            while cursor < fetch[next_fetch] {
-                take_reused(&mut out, cursor)?;
-                cursor += 1;
             }
-            out.fetched += 1;
-            keep(&mut out, pending[cursor].0, &v)?;
-            cursor += 1;
-            next_fetch += 1;
+            out.push(v).map_err(Prefetch::Stop)
+        };
+        // Vectors go to `out` in record order as each request returns, so that no more
+        // than one request's answer is held beside what `out` bounds.
+        let mut cursor = 0;
+        let mut next_fetch = 0;
+        let take_reused = |out: &mut Vectors, cursor: usize| {
+            out.reused += 1;
+            keep(
+                out,
+                pending[cursor].0,
+                reused[cursor].map_or(&[], Vec::as_slice),
+            )
+        };
+        for group in embedder.groups(&texts) {
+            let vectors = embedder
+                .embed(&texts[group.clone()], on_fault)
+                .map_err(|e| match e {
+                    EmbedError::Rejected { index, message } => {
+                        bad(pending[fetch[group.start + index]].0, message)
+                    }
+                    EmbedError::Unavailable(e) => Prefetch::Stop(e),
+                })?;
+            for v in vectors {
+                while cursor < fetch[next_fetch] {
+                    take_reused(out, cursor)?;
+                    cursor += 1;
+                }
+                out.fetched += 1;
+                keep(out, pending[cursor].0, &v)?;
+                cursor += 1;
+                next_fetch += 1;
+            }
         }
+        while cursor < pending.len() {
+            take_reused(out, cursor)?;
+            cursor += 1;
+        }
+        Ok(())
     }
-    while cursor < pending.len() {
-        take_reused(&mut out, cursor)?;
-        cursor += 1;
-    }
-    out.rewind().map_err(Prefetch::Stop)?;
-    Ok(out)
 }
 
 /// (doc_id, md5 of content) of a chunk.

@@ -95,7 +95,7 @@ impl From<Record<'_>> for Owned {
             doc_id: r.doc_id.to_string(),
             chunk_index: r.chunk_index,
             content: r.content.to_string(),
-            embedding: r.embedding,
+            embedding: r.embedding.as_ref().map(Embedding::to_vec),
             metadata: r.metadata,
             source: r.source.map(str::to_string),
             created_at: r.created_at,
@@ -183,11 +183,31 @@ fn every_created_at_form() {
 fn embeddings_as_array_or_le_bin() {
     let arr = decode(&bytes(&[rec(vec![(
         s("embedding"),
-        V::A(vec![V::F(0.5), V::U(1), V::I(-2)]),
+        V::A(vec![
+            V::F(0.5),
+            V::U(1),
+            V::I(-2),
+            V::U(300),
+            V::I(-40000),
+            V::U(1 << 40),
+            V::I(-100),
+            V::U(200),
+            V::Raw([&[0xca][..], &(-0.75f32).to_be_bytes()].concat()),
+        ]),
     )])]));
     assert_eq!(
         arr.map(|r| r[0].embedding.clone()),
-        Ok(Some(vec![0.5, 1.0, -2.0]))
+        Ok(Some(vec![
+            0.5,
+            1.0,
+            -2.0,
+            300.0,
+            -40000.0,
+            (1u64 << 40) as f32,
+            -100.0,
+            200.0,
+            -0.75
+        ]))
     );
     let bin: Vec<u8> = [0.25f32, -1.5]
         .iter()
