@@ -497,13 +497,14 @@ impl<'a> Decoder<'a> {
     }
 
     fn utf8(&self, bytes: &'a [u8], at: usize, field: &str) -> Step<&'a str> {
-        let text = std::str::from_utf8(bytes).map_err(|e| Fault {
-            more: false,
-            offset: at,
-            message: format!(
-                "{field} is not valid UTF-8 (at byte {} of the string)",
-                e.valid_up_to()
-            ),
+        // The fast check says only yes or no; std's says where, for the message.
+        let text = simdutf8::basic::from_utf8(bytes).map_err(|_| {
+            let valid = std::str::from_utf8(bytes).err().map_or(0, |e| e.valid_up_to());
+            Fault {
+                more: false,
+                offset: at,
+                message: format!("{field} is not valid UTF-8 (at byte {valid} of the string)"),
+            }
         })?;
         if text.contains('\0') {
             return fault(
