@@ -411,6 +411,17 @@ class Bench:
         self.reset(source)
         t, rss = timed([self.bin, "-q", "process"], self.env)
         self.rss_growth.append((10000, 2, rss))
+        # Files near MAX_FILE_BYTES, one per worker, in one batch: each worker holds a
+        # 16 MiB window of its file, not the file.
+        records = 240_000
+        source = self.generate("rss-large", 4, records, dim=0)
+        self.large_mib = max(f.stat().st_size for f in source.iterdir()) / (1 << 20)
+        self.reset(source)
+        env = dict(self.env, WORKERS="4", BATCH_MAX_BYTES=str(1 << 40))
+        t, self.large_rss = timed([self.bin, "-q", "process"], env)
+        got = int(self.psql("SELECT count(*) FROM rag_chunks", capture=True))
+        if got != 4 * records:
+            raise SystemExit(f"process ingested {got} rows of the large files, expected {4 * records}")
 
     def report(self):
         med = statistics.median
@@ -486,6 +497,10 @@ class Bench:
                          f"{fmt(self.modes[name]['rss'])} |")
         for files, records, rss in self.rss_growth:
             lines.append(f"| process, {files:,} files × {records} records | {rss:.1f} |")
+        bound = 4 * 16 + 64
+        lines.append(f"| process, 4 files of {self.large_mib:.0f} MiB (small chunks, no vectors), WORKERS=4, one batch "
+                     f"| {self.large_rss:.1f} (bound: 4 workers × 16 MiB window + 64 MiB = {bound}; "
+                     f"{'within' if self.large_rss <= bound else 'OVER'}) |")
         lines += [
             f"| idle watcher after {len(self.latency_ms)} files (RSS) | {self.idle_watch_rss:.1f} |",
             "",

@@ -499,7 +499,9 @@ impl<'a> Decoder<'a> {
     fn utf8(&self, bytes: &'a [u8], at: usize, field: &str) -> Step<&'a str> {
         // The fast check says only yes or no; std's says where, for the message.
         let text = simdutf8::basic::from_utf8(bytes).map_err(|_| {
-            let valid = std::str::from_utf8(bytes).err().map_or(0, |e| e.valid_up_to());
+            let valid = std::str::from_utf8(bytes)
+                .err()
+                .map_or(0, |e| e.valid_up_to());
             Fault {
                 more: false,
                 offset: at,
@@ -592,15 +594,12 @@ impl<'a> Decoder<'a> {
                 Embedding::Le(b)
             }
             Head::Array(n) => match self.f32s(n as usize) {
-                Some(f32s) => {
-                    let bad = f32s
-                        .chunks_exact(5)
-                        .position(|c| !finite_bits(u32::from_be_bytes([c[1], c[2], c[3], c[4]])));
-                    if let Some(i) = bad {
-                        return fault(at, format!("embedding[{i}] is not a finite number"));
-                    }
+                Some(Ok(f32s)) => {
                     self.pos += f32s.len();
                     Embedding::F32s(f32s)
+                }
+                Some(Err(i)) => {
+                    return fault(at, format!("embedding[{i}] is not a finite number"));
                 }
                 None => self.packed(at, n)?,
             },
@@ -628,13 +627,23 @@ impl<'a> Decoder<'a> {
         Ok(Some(embedding))
     }
 
-    /// The next `n` array elements when every one is a float32 (0xca): the common
-    /// case, checked in one pass without decoding each header.
-    fn f32s(&self, n: usize) -> Option<&'a [u8]> {
+    /// The next `n` array elements when every one is a float32 (0xca), the common
+    /// case, checked in one pass without decoding each header: `Err(i)` when
+    /// element `i` is not finite, `None` when some element is another kind.
+    fn f32s(&self, n: usize) -> Option<std::result::Result<&'a [u8], usize>> {
         let bytes = self
             .buf
             .get(self.pos..self.pos.checked_add(n.checked_mul(5)?)?)?;
-        bytes.chunks_exact(5).all(|c| c[0] == 0xca).then_some(bytes)
+        let mut first_bad = None;
+        for (i, c) in bytes.chunks_exact(5).enumerate() {
+            if c[0] != 0xca {
+                return None;
+            }
+            if first_bad.is_none() && !finite_bits(u32::from_be_bytes([c[1], c[2], c[3], c[4]])) {
+                first_bad = Some(i);
+            }
+        }
+        Some(first_bad.map_or(Ok(bytes), Err))
     }
 
     /// An array of numbers of any MessagePack width, each checked.
