@@ -208,6 +208,13 @@ impl Notifier {
                         "the gate refused {stored_event} with {status}; it is in outbox/dead/"
                     ),
                 )?,
+                Notice::Unreadable { name } => self.alert(
+                    "ingest.alert",
+                    "",
+                    Reason::OtherError.as_str(),
+                    false,
+                    &format!("the queued event `{name}` cannot be read; it is in outbox/dead/"),
+                )?,
                 Notice::Recovered => self.alert(
                     "ingest.recovered",
                     "",
@@ -234,7 +241,8 @@ pub(crate) fn done_states(spool_dir: &Path, gate: bool) -> impl Fn(&str) -> &'st
         let outbox = spool_dir.join("outbox");
         // Dead letters are read last: they win over a stale waiting copy.
         for (dir, state) in [(outbox.clone(), "waiting"), (outbox.join("dead"), "dead")] {
-            for (_, stored) in outbox::read_queue::<Stored>(&dir).unwrap_or_default() {
+            let queue = outbox::read_queue::<Stored>(&dir).unwrap_or_default();
+            for stored in queue.into_iter().filter_map(|(_, s)| s.ok()) {
                 if stored.event == "gate.done" {
                     states.insert(stored.batch_tag, state);
                 }

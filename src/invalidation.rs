@@ -72,7 +72,18 @@ impl Invalidations {
         crate::outbox::read_queue(&self.dir)
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|(path, p)| Some((path.file_name()?.to_str()?.to_string(), p)))
+            .filter_map(|(path, p)| {
+                let p = p
+                    .map_err(|why| {
+                        log::error!(
+                            "`{}` cannot be read ({why}); moved to outbox/cache/dead/",
+                            path.display()
+                        );
+                        let _ = crate::outbox::quarantine(&path);
+                    })
+                    .ok()?;
+                Some((path.file_name()?.to_str()?.to_string(), p))
+            })
             .collect()
     }
 

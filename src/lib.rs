@@ -58,6 +58,7 @@ pub(crate) mod runner;
 pub(crate) mod sample;
 pub(crate) mod schema;
 pub(crate) mod sdnotify;
+pub(crate) mod sequence;
 pub(crate) mod signal;
 pub(crate) mod spool;
 pub(crate) mod storage;

@@ -6,12 +6,12 @@
 use crate::backoff::Backoff;
 use crate::error::{Context, Error, Result};
 use crate::failure_log::{Entry, FailureLog};
+use crate::sequence::SeqFile;
 use crate::spool::{fsync_dir, make_dir, write_atomic};
 use crate::webhook::{self, Attempt, Endpoint};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,6 +69,11 @@ pub(crate) enum Notice {
     },
     /// The gate answers again after failures.
     Recovered,
+    /// A queued event could not be read and was moved to outbox/dead/.
+    Unreadable {
+        /// Its file name.
+        name: String,
+    },
 }
 
 /// The outbox of one spool.
@@ -83,7 +88,10 @@ pub(crate) struct Outbox {
     down: Mutex<BTreeSet<Target>>,
 }
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
+/// The last event number handed out, in outbox/.
+const SEQ_FILE: &str = ".seq";
+/// Held by the one process delivering the outbox.
+const FLUSH_LOCK: &str = ".flush";
 
 impl Outbox {
     /// An outbox in `dir` delivering to the given endpoints.
@@ -126,26 +134,33 @@ impl Outbox {
         if !self.wants(stored.target) {
             return Ok(());
         }
-        let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-        let seq = SEQ.fetch_add(1, Ordering::SeqCst);
-        let name = format!("{nanos:020}-{:07}-{seq:06}.json", std::process::id());
         let bytes = serde_json::to_vec(stored)
             .map_err(|e| Error::failed(format!("cannot encode an event: {e}")))?;
+        // Delivery follows the names: a number that only grows, taken and used under
+        // one lock, so that a clock stepped back cannot put gate.done before gate.open.
+        let mut seq = SeqFile::lock(&self.dir.join(SEQ_FILE))?;
+        let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+        let name = format!("{:020}.json", seq.take(1, nanos)?);
         write_atomic(&self.dir, &name, &bytes, 0o640).context("writing an event to the outbox")
     }
 
-    /// Events waiting, oldest first.
-    pub(crate) fn waiting(&self) -> Result<Vec<(PathBuf, Stored)>> {
-        read_queue(&self.dir)
-    }
-
     /// Delivers what waits, in order per target; returns what happened and any
-    /// notices (dead letters, recovery) for the caller to alert on.
+    /// notices (dead letters, recovery) for the caller to alert on. One flusher
+    /// at a time per spool (an flock on outbox/.flush): two daemons, or watch and
+    /// process, never deliver or remove the same event twice.
     pub(crate) fn flush(&self) -> Result<(Flushed, Vec<Notice>)> {
+        let _flushing = SeqFile::lock(&self.dir.join(FLUSH_LOCK))?;
         let mut report = Flushed::default();
         let mut notices = Vec::new();
         let mut blocked: BTreeSet<Target> = BTreeSet::new();
-        for (path, stored) in self.waiting()? {
+        for (path, stored) in read_queue::<Stored>(&self.dir)? {
+            let stored = match stored {
+                Ok(s) => s,
+                Err(why) => {
+                    notices.push(self.bury_unreadable(&path, &why)?);
+                    continue;
+                }
+            };
             let Some(endpoint) = self.endpoint(stored.target) else {
                 continue;
             };
@@ -159,8 +174,7 @@ impl Outbox {
                     for m in &stored.mtimes {
                         crate::metrics::SEARCHABLE_LAG.observe(crate::metrics::since(*m));
                     }
-                    std::fs::remove_file(&path)
-                        .with_context(|| format!("cannot remove `{}`", path.display()))?;
+                    remove_delivered(&path)?;
                     fsync_dir(&self.dir)?;
                     report.delivered += 1;
                     if stored.target == Target::Gate && self.clear_failing()? {
@@ -255,37 +269,54 @@ impl Outbox {
 
     /// Moves a refused event to outbox/dead/ and records it in the failure log.
     fn bury(&self, path: &Path, stored: &Stored, status: u16) -> Result<()> {
-        let dead = self.dir.join("dead");
-        if make_dir(&dead)? {
-            fsync_dir(&self.dir)?;
-        }
-        let name = path.file_name().map(PathBuf::from).unwrap_or_default();
-        std::fs::rename(path, dead.join(&name))
-            .with_context(|| format!("cannot move `{}` to outbox/dead/", path.display()))?;
-        fsync_dir(&dead)?;
-        fsync_dir(&self.dir)?;
+        quarantine(path)?;
         log::error!(
             "outbox: {} for batch {} refused with {status}; moved to outbox/dead/",
             stored.event,
             stored.batch_tag
         );
-        if let Some(log) = &self.failure_log {
-            log.append(Entry {
-                ts: crate::clock::now_rfc3339(),
-                batch_tag: stored.batch_tag.clone(),
-                file: stored.event.clone(),
-                reason: "dead_letter".into(),
-                healed: false,
-                detail: format!(
-                    "{:?} endpoint answered {status}; event moved to outbox/dead/",
-                    stored.target
-                ),
-                attempt: 1,
-                host: self.host.clone(),
-                prev: String::new(),
-            })?;
-        }
-        Ok(())
+        self.record_dead(
+            &stored.batch_tag,
+            &stored.event,
+            format!(
+                "{:?} endpoint answered {status}; event moved to outbox/dead/",
+                stored.target
+            ),
+        )
+    }
+
+    /// Moves an event file that cannot be decoded to outbox/dead/, so that it
+    /// neither warns on every run nor hides among the events that go out.
+    fn bury_unreadable(&self, path: &Path, why: &str) -> Result<Notice> {
+        quarantine(path)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        log::error!("outbox: `{name}` cannot be read ({why}); moved to outbox/dead/");
+        self.record_dead(
+            "",
+            &name,
+            format!("queued event cannot be read ({why}); moved to outbox/dead/"),
+        )?;
+        Ok(Notice::Unreadable { name })
+    }
+
+    fn record_dead(&self, batch_tag: &str, file: &str, detail: String) -> Result<()> {
+        let Some(log) = &self.failure_log else {
+            return Ok(());
+        };
+        log.append(Entry {
+            ts: crate::clock::now_rfc3339(),
+            batch_tag: batch_tag.to_string(),
+            file: file.to_string(),
+            reason: "dead_letter".into(),
+            healed: false,
+            detail,
+            attempt: 1,
+            host: self.host.clone(),
+            prev: String::new(),
+        })
     }
 
     /// Events in outbox/ and in outbox/dead/.
@@ -307,10 +338,36 @@ impl Outbox {
     }
 }
 
-/// The `*.json` entries of a queue directory, oldest name first, decoded. Dotfiles
-/// (write_atomic's temporaries) are left out; an undecodable one is skipped with a
-/// warning. Serves outbox/ and outbox/cache/.
-pub(crate) fn read_queue<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<(PathBuf, T)>> {
+/// Removes a delivered event; one already gone is fine.
+fn remove_delivered(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::from(e).context(format!("cannot remove `{}`", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Moves a queued file into dead/ beside it.
+pub(crate) fn quarantine(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let dead = dir.join("dead");
+    if make_dir(&dead)? {
+        fsync_dir(dir)?;
+    }
+    let name = path.file_name().map(PathBuf::from).unwrap_or_default();
+    std::fs::rename(path, dead.join(&name))
+        .with_context(|| format!("cannot move `{}` to {}", path.display(), dead.display()))?;
+    fsync_dir(&dead)?;
+    fsync_dir(dir)
+}
+
+/// The `*.json` entries of a queue directory, oldest name first, each decoded or
+/// with why not. Dotfiles (write_atomic's temporaries, locks) are left out. Serves
+/// outbox/ and outbox/cache/.
+pub(crate) fn read_queue<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+) -> Result<Vec<(PathBuf, std::result::Result<T, String>)>> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list `{}`", dir.display()))?
         .flatten()
@@ -325,13 +382,12 @@ pub(crate) fn read_queue<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<V
     names.sort();
     let mut out = Vec::with_capacity(names.len());
     for path in names {
+        // Gone since the listing: another flusher delivered it.
         let Ok(bytes) = std::fs::read(&path) else {
             continue;
         };
-        match serde_json::from_slice::<T>(&bytes) {
-            Ok(s) => out.push((path, s)),
-            Err(e) => log::warn!("skipping unreadable `{}`: {e}", path.display()),
-        }
+        let decoded = serde_json::from_slice::<T>(&bytes).map_err(|e| e.to_string());
+        out.push((path, decoded));
     }
     Ok(out)
 }

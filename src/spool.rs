@@ -6,6 +6,7 @@
 
 use crate::batch::BatchTag;
 use crate::error::{Context, Error, Result};
+use crate::sequence::SeqFile;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -101,46 +102,6 @@ pub(crate) type InFlight = (BatchTag, Vec<Claimed>, BatchLock);
 #[derive(Debug, Clone)]
 pub(crate) struct Spool {
     root: PathBuf,
-}
-
-/// Locks processing/.seq for one claim (blocking: claims are short).
-fn open_seq_lock(processing: &Path) -> Result<File> {
-    let path = processing.join(SEQ_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .with_context(|| format!("cannot open `{}`", path.display()))?;
-    file.lock()
-        .with_context(|| format!("cannot lock `{}`", path.display()))?;
-    Ok(file)
-}
-
-/// Hands out `n` claim sequences and returns the first: the current time in
-/// microseconds, or one past the last handed out if the clock is behind it, so
-/// that sequences only grow even across a clock step or a reinstalled spool.
-fn next_sequences(processing: &Path, n: usize) -> Result<i64> {
-    let path = processing.join(SEQ_FILE);
-    let last: i64 = fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0);
-    let base = crate::ingest::now_micros().max(last + 1);
-    let end = base + n.max(1) as i64 - 1;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .with_context(|| format!("cannot open `{}`", path.display()))?;
-    file.write_all(format!("{end}\n").as_bytes())
-        .and_then(|()| file.sync_data())
-        .with_context(|| format!("cannot write `{}`", path.display()))?;
-    Ok(base)
 }
 
 /// processing/<tag>/.claim as name → sequence (empty when missing or unreadable).
@@ -351,8 +312,8 @@ impl Spool {
         fsync_dir(&processing)?;
         // One claim at a time per spool, so that claim order is one total order:
         // sequences are handed out and the files renamed under this lock.
-        let seq_lock = open_seq_lock(&processing)?;
-        let base = next_sequences(&processing, files.len())?;
+        let mut seq_lock = SeqFile::lock(&processing.join(SEQ_FILE))?;
+        let base = seq_lock.take(files.len(), crate::ingest::now_micros())?;
         let order: String = files
             .iter()
             .zip(base..)

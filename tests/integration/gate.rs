@@ -133,7 +133,10 @@ fn gate_open_then_done_with_exact_fields_headers_and_signature() {
             Some(expected_signature(r).as_str())
         );
     }
-    assert!(env.files_in("outbox").is_empty());
+    assert!(
+        env.files_in("outbox").iter().all(|n| n.starts_with('.')),
+        "only the outbox's own bookkeeping stays"
+    );
 }
 
 #[test]
@@ -582,4 +585,97 @@ fn started_as_root_with_user_the_failure_log_stays_root_only() {
         .map(|m| m.uid())
         .unwrap_or(0);
     assert_ne!(rag_log, 0, "the log file is opened after the drop");
+}
+
+/// The outbox's order comes from a number that only grows (outbox/.seq), not from
+/// the clock; an event file that cannot be read goes to outbox/dead/ with a
+/// failure-log record and an alert; two processes flushing one outbox at once
+/// deliver each event once.
+#[test]
+fn outbox_order_survives_a_clock_step_and_two_flushers_deliver_each_event_once() {
+    let up = Arc::new(AtomicBool::new(false));
+    let flag = up.clone();
+    // Slow when up, so that the two flushers below overlap.
+    let gate = HttpServer::start(move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(40));
+            Response::status(200)
+        } else {
+            Response::status(503)
+        }
+    });
+    let alerts = HttpServer::start(|_, _| Response::status(200));
+    let mut env = gate_env(&gate);
+    env.set("RETRY_MAX_SECS", "1");
+    env.set("BATCH_MAX_FILES", "1");
+    env.set("ALERT_URL", format!("{}/alerts", alerts.url));
+    env.set("ALERT_TOKEN", "alert-Tok3n");
+    env.generate(3, 5, 0);
+    env.run(&["process"]).output().code(75);
+    // The clock "was" far ahead when the last event was queued, and has stepped
+    // back since: later events must still sort after the earlier ones.
+    let outbox = env.spool_dir("outbox");
+    std::fs::write(outbox.join(".seq"), "9000000000000000000\n").expect("write .seq");
+    std::fs::write(outbox.join("00000000000000000001.json"), b"{not json").expect("plant");
+    env.generate(3, 5, 0);
+    env.run(&["process"]).output().code(75);
+    let queued: Vec<String> = env
+        .files_in("outbox")
+        .into_iter()
+        .filter(|n| n.ends_with(".json") && n != "00000000000000000001.json")
+        .collect();
+    assert_eq!(queued.len(), 12, "{queued:?}");
+    assert!(
+        queued.iter().filter(|n| n.starts_with("09000")).count() == 6,
+        "{queued:?}"
+    );
+
+    up.store(true, Ordering::SeqCst);
+    let before = gate.requests().len();
+    let a = env.run(&["process"]).spawn();
+    let b = env.run(&["process"]).spawn();
+    for mut child in [a, b] {
+        let (status, _, stderr) = wait_with_deadline(&mut child, Duration::from_secs(60));
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+    }
+    let delivered: Vec<Request> = gate.requests()[before..].to_vec();
+    let mut ids: Vec<&str> = delivered
+        .iter()
+        .filter_map(|r| r.header("webhook-id"))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 12, "each event once");
+    assert_eq!(delivered.len(), 12, "no event twice");
+    // Batch by batch, in the order they were queued: open, done, open, done ...
+    let order: Vec<(String, String)> = delivered
+        .iter()
+        .map(Request::json)
+        .map(|v| {
+            (
+                v["event"].as_str().unwrap_or("").to_string(),
+                v["batch_tag"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for pair in order.chunks(2) {
+        assert_eq!(pair[0].0, "gate.open", "{order:?}");
+        assert_eq!(pair[1].0, "gate.done", "{order:?}");
+        assert_eq!(pair[0].1, pair[1].1, "{order:?}");
+    }
+    assert!(outbox.join("dead/00000000000000000001.json").exists());
+    let log =
+        std::fs::read_to_string(env.dir.path().join("logs/rag_failures.jsonl")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("dead_letter") && l.contains("00000000000000000001.json")),
+        "{log}"
+    );
+    assert!(
+        events(&alerts).iter().any(|a| a["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("00000000000000000001.json"))),
+        "{:?}",
+        events(&alerts)
+    );
 }
