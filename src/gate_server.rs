@@ -310,6 +310,11 @@ mod tests {
             other => good(other),
         };
         assert_eq!(g.handle(&post(body, &stale)).status, 401);
+        let ahead = |n: &str| match n {
+            "webhook-timestamp" => Some((now + 301).to_string()),
+            other => good(other),
+        };
+        assert_eq!(g.handle(&post(body, &ahead)).status, 401);
         let v = g.handle(&post(body, &good));
         assert_eq!((v.status, v.retry_after), (429, Some(1)));
         let mut g = gate(None);

@@ -9,9 +9,18 @@ use crate::gate::Notifier;
 use crate::ingest::Ingest;
 use crate::runner::{BatchReport, Runner, host_name};
 use crate::schema::{self, Names};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// SIGTERM and SIGINT stop it as they stop `watch`: the batch in flight finishes,
+/// the outbox is flushed, and what still waits in incoming/ is left for the next run.
 pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
+    let stop = Arc::new(AtomicBool::new(false));
+    // The receiver lives as long as the run: dropping it would end the signal
+    // thread and give SIGTERM its default action back.
+    let (tx, _requests) = std::sync::mpsc::channel::<crate::signal::Request>();
+    crate::signal::listen(tx, stop.clone())?;
     let mut runner = runner(config)?;
     let depth = runner.spool.depth()?;
     let (files, bytes) = depth
@@ -23,15 +32,23 @@ pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
     runner.flush();
     let mut reports = runner.recover()?;
     if reports.iter().all(|r| r.error.is_none()) {
-        while let Some(report) = runner.next()? {
-            let stop = report.error.is_some();
+        while !stop.load(Ordering::SeqCst) {
+            let Some(report) = runner.next()? else {
+                break;
+            };
+            let failed = report.error.is_some();
             reports.push(report);
-            if stop {
+            if failed {
                 break;
             }
         }
     }
     progress.finish();
+    if stop.load(Ordering::SeqCst) {
+        log::info!(
+            "stopped by a signal after the batch in flight; files still in incoming/ wait for the next run"
+        );
+    }
     runner.flush();
     // The second pass of this run's cache invalidations (CACHE_REDELETE_MS after
     // the build updates) before exiting; a Redis outage leaves it queued.

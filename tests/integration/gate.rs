@@ -495,7 +495,7 @@ fn signed_post(url: &str, token: &str, id: &str, ts: i64, body: &str, sig: Optio
 #[test]
 fn gate_serve_checks_token_signature_window_and_throttles() {
     let env = TestEnv::new();
-    let (mut child, url, events) = start_gate(&env, &["--rate", "1", "--burst", "5"]);
+    let (mut child, url, events) = start_gate(&env, &["--rate", "1", "--burst", "6"]);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let body = r#"{"event":"gate.open","batch_tag":"t"}"#;
     assert_eq!(signed_post(&url, TOKEN, "msg_1", now, body, None), 200);
@@ -515,6 +515,11 @@ fn gate_serve_checks_token_signature_window_and_throttles() {
     assert_eq!(
         signed_post(&url, TOKEN, "msg_4", now - 400, body, None),
         401
+    );
+    assert_eq!(
+        signed_post(&url, TOKEN, "msg_5", now + 400, body, None),
+        401,
+        "a timestamp more than 5 minutes ahead is refused too"
     );
     let codes: Vec<u16> = (0..5)
         .map(|i| signed_post(&url, TOKEN, &format!("msg_b{i}"), now, body, None))

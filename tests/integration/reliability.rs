@@ -661,3 +661,51 @@ fn a_held_lock_is_a_bounded_wait_then_exit_75_and_a_rerun_is_exact() {
         20
     );
 }
+
+/// `process` stops on SIGTERM as `watch` does: the batch in flight finishes with
+/// its gate.done, nothing stays in processing/, the rest waits in incoming/, and
+/// the next run ingests it exactly once.
+#[test]
+fn process_finishes_the_batch_in_flight_on_sigterm() {
+    use crate::support::http::{HttpServer, Response};
+    // A slow gate keeps each batch open long enough to be interrupted.
+    let gate = HttpServer::start(|_, _| {
+        std::thread::sleep(Duration::from_millis(150));
+        Response::status(200)
+    });
+    let mut env = TestEnv::new().with_db();
+    env.set("GATE_URL", format!("{}/hook", gate.url));
+    env.set("BATCH_MAX_FILES", "1");
+    env.ready();
+    env.generate(20, 10, 0);
+    let mut child = env.run(&["process"]).spawn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gate.requests().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let (status, _, stderr) = wait_with_deadline(&mut child, Duration::from_secs(30));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+    let archived = env.count_files("archive", ".msgpack");
+    assert!(
+        (1..20).contains(&archived),
+        "{archived} file(s) archived before the stop"
+    );
+    assert_eq!(env.count_files("processing", ".msgpack"), 0);
+    assert_eq!(env.count_files("incoming", ".msgpack"), 20 - archived);
+    let events: Vec<serde_json::Value> = gate.requests().iter().map(|r| r.json()).collect();
+    let opens = events.iter().filter(|e| e["event"] == "gate.open").count();
+    let dones = events.iter().filter(|e| e["event"] == "gate.done").count();
+    assert_eq!((opens, dones), (archived, archived), "{events:?}");
+    env.run(&["process"]).output().code(0);
+    assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 200);
+    assert_eq!(
+        count(
+            &env.db_url(),
+            "SELECT count(DISTINCT (doc_id, chunk_index)) FROM rag_chunks"
+        ),
+        200
+    );
+}
