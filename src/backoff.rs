@@ -42,6 +42,8 @@ impl Backoff {
         match self.next_delay(hint) {
             Some(d) => {
                 std::thread::sleep(d);
+                // A bounded wait is not a hang (see heartbeat).
+                crate::heartbeat::beat();
                 true
             }
             None => false,

@@ -182,7 +182,9 @@ impl Embedder {
             if let Some(key) = &self.key {
                 req = req.set("Authorization", &format!("Bearer {}", key.expose()));
             }
-            let (why, hint) = match req.send_json(body.clone()) {
+            let sent = req.send_json(body.clone());
+            crate::heartbeat::beat();
+            let (why, hint) = match sent {
                 Ok(resp) => match self.parse(resp, texts.len()) {
                     Ok(Answer::Vectors(v)) => return Ok(v),
                     Ok(Answer::Bad { index, message }) => {

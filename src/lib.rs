@@ -40,6 +40,7 @@ pub(crate) mod failure_log;
 pub(crate) mod gate;
 pub(crate) mod gate_server;
 pub(crate) mod gauges;
+pub(crate) mod heartbeat;
 pub(crate) mod http;
 pub(crate) mod ingest;
 pub(crate) mod invalidation;

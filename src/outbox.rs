@@ -170,6 +170,7 @@ impl Outbox {
             }
             match self.deliver(endpoint, &stored) {
                 Attempt::Delivered => {
+                    crate::heartbeat::beat();
                     crate::metrics::DELIVERED.add(1);
                     for m in &stored.mtimes {
                         crate::metrics::SEARCHABLE_LAG.observe(crate::metrics::since(*m));

@@ -438,6 +438,7 @@ impl Runner {
         attempt: u32,
     ) -> Result<()> {
         let tag = flight.tag;
+        crate::heartbeat::beat();
         // Read once, before the file moves: its size for the progress line, its
         // mtime for the lag histograms.
         let meta = std::fs::symlink_metadata(&file.path).ok();

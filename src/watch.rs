@@ -158,13 +158,16 @@ fn start_inotify(spool: &Spool, tx: mpsc::Sender<Wake>) -> Result<()> {
 impl Watcher<'_> {
     fn run_loop(&mut self, rx: &Receiver<Wake>) -> Result<()> {
         let watchdog = Notify::watchdog_interval();
+        if let Some(interval) = watchdog {
+            // Pinged from its own thread, on progress, so that a long batch keeps
+            // the daemon alive and a hung one does not.
+            crate::heartbeat::watchdog(interval, self.stop.clone());
+        }
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            if watchdog.is_some() {
-                self.notify.send("WATCHDOG=1");
-            }
+            crate::heartbeat::beat();
             let (waiting, unsettled) = self.ready_files()?;
             if self.due(&waiting) {
                 self.fire(waiting);

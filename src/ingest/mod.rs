@@ -529,6 +529,7 @@ fn is_data_error(e: &postgres::Error) -> bool {
 fn send(writer: &mut postgres::CopyInWriter<'_>, enc: &mut CopyEncoder) -> bool {
     let ok = writer.write_all(enc.bytes()).is_ok();
     enc.clear();
+    crate::heartbeat::beat();
     ok
 }
 

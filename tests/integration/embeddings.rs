@@ -265,3 +265,65 @@ fn unchanged_chunks_keep_their_vectors_and_only_changed_ones_are_fetched() {
     fresh.run(&["process"]).output().code(0);
     assert_eq!(table(&env.db_url()), table(&fresh.db_url()), "seed {seed}");
 }
+
+/// systemd's watchdog during a batch far longer than WatchdogSec: `watch` pings
+/// while the batch moves (each embeddings answer is progress) and stops pinging
+/// while it is stuck (one request held for 3 s), so systemd would restart a hung
+/// daemon and never a busy one.
+#[test]
+fn the_watchdog_is_pinged_while_a_long_batch_moves_and_not_while_it_hangs() {
+    use std::os::unix::net::UnixDatagram;
+    let server = HttpServer::start(|req, i| {
+        std::thread::sleep(Duration::from_millis(if i == 12 { 3000 } else { 150 }));
+        answer(req)
+    });
+    let mut env = embedding_env(&server);
+    env.set("EMBED_BATCH", "1");
+    env.set("BATCH_MAX_AGE_SECS", "0");
+    let sock_path = env.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    env.set("NOTIFY_SOCKET", sock_path.display().to_string());
+    // WatchdogSec=1: pings are due every 0.5 s.
+    env.set("WATCHDOG_USEC", "1000000");
+    env.ready();
+    let contents: Vec<&'static str> = (0..30)
+        .map(|i| &*Box::leak(format!("chunk number {i}").into_boxed_str()))
+        .collect();
+    drop_file(&env, "long.msgpack", &chunks("long-doc", &contents));
+    let mut child = env.run(&["watch"]).spawn();
+    let started = Instant::now();
+    let mut pings = Vec::new();
+    let mut buf = [0u8; 512];
+    while env.count_files("archive", ".msgpack") == 0 && started.elapsed() < Duration::from_secs(60)
+    {
+        if let Ok(n) = sock.recv(&mut buf)
+            && &buf[..n] == b"WATCHDOG=1"
+        {
+            pings.push(started.elapsed());
+        }
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = crate::support::wait_with_deadline(&mut child, Duration::from_secs(20));
+    assert_eq!(env.count_files("archive", ".msgpack"), 1);
+    assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 30);
+    let took = started.elapsed();
+    assert!(took > Duration::from_secs(6), "the batch took {took:?}");
+    let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    let long = gaps
+        .iter()
+        .filter(|g| **g > Duration::from_millis(1500))
+        .count();
+    // One silence, the held request; every other gap within twice the interval.
+    assert_eq!(long, 1, "pings at {pings:?}");
+    assert!(
+        gaps.iter()
+            .filter(|g| **g <= Duration::from_millis(1500))
+            .all(|g| *g < Duration::from_millis(1100)),
+        "pings at {pings:?}"
+    );
+    assert!(pings.len() >= 8, "pings at {pings:?}");
+}
