@@ -17,8 +17,16 @@ pub(crate) struct FileKey<'a> {
     pub(crate) name: &'a str,
 }
 
-/// Records that a file is being ingested (status open, one more attempt); returns
-/// the attempt number.
+/// A file's tries so far, as [`open`] counted them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tries {
+    /// This attempt's number.
+    pub(crate) attempt: u32,
+    /// Earlier tries that ended in a fault of the file's own making.
+    pub(crate) faults: u32,
+}
+
+/// Records that a file is being ingested (status open, one more attempt).
 pub(crate) fn open(
     client: &mut impl GenericClient,
     names: &Names,
@@ -26,12 +34,12 @@ pub(crate) fn open(
     sha256: &str,
     bytes: i64,
     host: &str,
-) -> Result<u32> {
+) -> Result<Tries> {
     let sql = format!(
         "INSERT INTO {m} (batch_tag, file_name, sha256, bytes, status, host) VALUES ($1, $2, $3, $4, 'open', $5) \
          ON CONFLICT (batch_tag, file_name) DO UPDATE SET status = 'open', sha256 = EXCLUDED.sha256, \
          bytes = EXCLUDED.bytes, host = EXCLUDED.host, attempts = {m}.attempts + 1, reason = NULL, \
-         started_at = now(), finished_at = NULL WHERE {m}.status <> 'done' RETURNING attempts",
+         started_at = now(), finished_at = NULL WHERE {m}.status <> 'done' RETURNING attempts, faults",
         m = names.manifest
     );
     client
@@ -39,7 +47,10 @@ pub(crate) fn open(
             &sql,
             &[&key.tag.as_str(), &key.name, &sha256, &bytes, &host],
         )
-        .map(|row| row.map_or(1, |r| r.get::<_, i32>(0).max(1) as u32))
+        .map(|row| Tries {
+            attempt: row.as_ref().map_or(1, |r| r.get::<_, i32>(0).max(1) as u32),
+            faults: row.as_ref().map_or(0, |r| r.get::<_, i32>(1).max(0) as u32),
+        })
         .map_err(|e| db::classify(e, "recording the file in the manifest"))
 }
 
@@ -179,14 +190,15 @@ pub(crate) fn committed(
 }
 
 /// Counts `n` more attempts for the file (endpoint faults before its transaction).
-pub(crate) fn add_attempts(
+pub(crate) fn add_faults(
     client: &mut impl GenericClient,
     names: &Names,
     key: &FileKey<'_>,
     n: u32,
 ) -> Result<()> {
     let sql = format!(
-        "UPDATE {} SET attempts = attempts + $3 WHERE batch_tag = $1 AND file_name = $2",
+        "UPDATE {} SET attempts = attempts + $3, faults = faults + $3 \
+         WHERE batch_tag = $1 AND file_name = $2",
         names.manifest
     );
     client

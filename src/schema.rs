@@ -8,12 +8,13 @@ use crate::storage::{EmbeddingType, Storage};
 use postgres::Client;
 
 /// The schema version this build writes and needs.
-pub(crate) const VERSION: i32 = 2;
+pub(crate) const VERSION: i32 = 3;
 
 /// Migrations in order; entry `i` brings the schema to version `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("../sql/001_schema.sql"),
     include_str!("../sql/002_rag_storage.sql"),
+    include_str!("../sql/003_reliability.sql"),
 ];
 
 /// Advisory lock key for migrations ("ragspool" as a number).
@@ -38,6 +39,8 @@ pub(crate) struct Names {
     pub(crate) docs: String,
     /// Qualified lineage table (SPEC §12).
     pub(crate) doc_events: String,
+    /// Qualified failure-log anchor table.
+    pub(crate) failure_log_anchor: String,
     /// How the table stores chunks and is partitioned.
     pub(crate) storage: Storage,
 }
@@ -57,6 +60,7 @@ impl Names {
             version: format!("{prefix}ragspool_schema_version"),
             docs: format!("{prefix}ragspool_docs"),
             doc_events: format!("{prefix}ragspool_doc_events"),
+            failure_log_anchor: format!("{prefix}ragspool_failure_log_anchor"),
             storage: Storage::default(),
             schema,
             table_name: name,

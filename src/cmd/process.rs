@@ -83,6 +83,7 @@ pub(crate) fn ingest(config: &Config) -> Result<Ingest> {
         embedder,
         embed_dim: config.embed_dim,
         max_file_bytes: config.max_file_bytes,
+        max_faults: config.file_max_faults,
         host: host_name(),
     })
 }

@@ -450,6 +450,12 @@ pub(crate) static SETTINGS: &[Setting] = &[
         positive,
     ),
     s(
+        "FILE_MAX_FAULTS",
+        Value("25"),
+        "tries of one file that may end in a fault of its own (the embeddings endpoint's wrong answer for its texts, a statement timeout on its rows) before it fails as bad input; outages never count",
+        positive,
+    ),
+    s(
         "DB_STATEMENT_TIMEOUT_MS",
         Value("600000"),
         "statement_timeout of every ingest statement; a statement past it is cancelled and retried as transient (0: none)",

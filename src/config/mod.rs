@@ -138,6 +138,8 @@ pub(crate) struct Config {
     pub(crate) workers: usize,
     /// MAX_FILE_BYTES.
     pub(crate) max_file_bytes: u64,
+    /// FILE_MAX_FAULTS.
+    pub(crate) file_max_faults: u32,
     /// RETRY_MAX_SECS.
     pub(crate) retry_max_secs: u64,
     /// DB_STATEMENT_TIMEOUT_MS and DB_LOCK_TIMEOUT_MS.
@@ -382,6 +384,7 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         batch_max_age_secs: num("BATCH_MAX_AGE_SECS").unwrap_or(5),
         workers,
         max_file_bytes: num("MAX_FILE_BYTES").unwrap_or(268_435_456),
+        file_max_faults: num("FILE_MAX_FAULTS").map_or(25, |n| n.min(u64::from(u32::MAX)) as u32),
         retry_max_secs: num("RETRY_MAX_SECS").unwrap_or(60),
         db_timeouts: (
             num("DB_STATEMENT_TIMEOUT_MS").unwrap_or(600_000),

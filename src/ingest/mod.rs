@@ -39,6 +39,8 @@ pub(crate) struct Ingest {
     pub(crate) embed_dim: Option<usize>,
     /// MAX_FILE_BYTES.
     pub(crate) max_file_bytes: u64,
+    /// FILE_MAX_FAULTS.
+    pub(crate) max_faults: u32,
     /// This host's name, for the manifest.
     pub(crate) host: String,
 }
@@ -173,7 +175,7 @@ impl Ingest {
             Ok(b) => b,
             Err(Unreadable::Io(e)) => return Err(e),
             Err(Unreadable::Bad(why)) => {
-                let attempt = manifest::open(client, &self.names, &key, "", 0, &self.host)?;
+                let attempt = manifest::open(client, &self.names, &key, "", 0, &self.host)?.attempt;
                 let bad = BadFile::new(Reason::Failed, format!("file {why}"));
                 manifest::failed(client, &self.names, &key, bad.reason.as_str(), false)?;
                 return Ok((FileOutcome::Bad(bad), attempt));
@@ -183,7 +185,7 @@ impl Ingest {
         if let Some(outcome) = self.already_ingested(client, &key, &sha, bytes.len())? {
             return Ok((outcome, 1));
         }
-        let attempt = manifest::open(
+        let tries = manifest::open(
             client,
             &self.names,
             &key,
@@ -191,6 +193,22 @@ impl Ingest {
             bytes.len() as i64,
             &self.host,
         )?;
+        let attempt = tries.attempt;
+        if tries.faults >= self.max_faults {
+            // A poison file: the same fault every try would keep it, and every file
+            // behind it, in processing/ for ever.
+            let bad = BadFile::new(
+                Reason::Failed,
+                format!(
+                    "gave up after {} tries that each ended in a fault of this file's own \
+                     (the embeddings endpoint's answer for its texts, or a statement timeout \
+                     on its rows), FILE_MAX_FAULTS={}",
+                    tries.faults, self.max_faults
+                ),
+            );
+            manifest::failed(client, &self.names, &key, bad.reason.as_str(), false)?;
+            return Ok((FileOutcome::Bad(bad), attempt));
+        }
         let ingest_time = now_micros();
         let mut vectors = match self.prefetch(client, &key, &mut bytes, &file.path)? {
             Ok(v) => v,
@@ -302,6 +320,11 @@ impl Ingest {
                     format!("still no partition after self-heal: {}", db::describe(&e)),
                 ),
                 CopyFail::Db(e) if db::is_transient(&e) => {
+                    if e.code() == Some(&postgres::error::SqlState::QUERY_CANCELED) {
+                        // A statement timeout on this file's rows: its fault, unlike an
+                        // outage, so it counts towards FILE_MAX_FAULTS.
+                        let _ = manifest::add_faults(client, &self.names, &key, 1);
+                    }
                     return Err(db::classify(e, "copying rows"));
                 }
                 CopyFail::Db(e) if is_data_error(&e) => BadFile::new(
@@ -379,7 +402,7 @@ impl Ingest {
             faults += 1
         });
         if faults > 0 {
-            manifest::add_attempts(client, &self.names, key, faults)?;
+            manifest::add_faults(client, &self.names, key, faults)?;
         }
         match got {
             Ok(v) => Ok(Ok(Some(v))),

@@ -327,3 +327,51 @@ fn the_watchdog_is_pinged_while_a_long_batch_moves_and_not_while_it_hangs() {
     );
     assert!(pings.len() >= 8, "pings at {pings:?}");
 }
+
+/// A poison file: the endpoint answers its texts with the wrong number of vectors
+/// every time. Each try counts in the manifest (attempts and faults); at
+/// FILE_MAX_FAULTS the file fails with a reason that says so, and the files behind
+/// it, stalled until then, go on.
+#[test]
+fn a_poison_file_fails_after_file_max_faults_and_the_spool_goes_on() {
+    let server = HttpServer::start(|req, _| {
+        if texts(req).iter().any(|t| t.contains("POISON")) {
+            return Response::json(200, &serde_json::json!({"data": []}));
+        }
+        answer(req)
+    });
+    let mut env = embedding_env(&server);
+    env.set("FILE_MAX_FAULTS", "3");
+    env.set("RETRY_MAX_SECS", "1");
+    env.set("BATCH_MAX_FILES", "1");
+    env.ready();
+    drop_file(&env, "a-poison.msgpack", &chunks("p", &["POISON text"]));
+    drop_file(&env, "b-good.msgpack", &chunks("g", &["good text", "more"]));
+    let mut runs = 0;
+    while env.count_files("failed", ".msgpack") == 0 && runs < 10 {
+        env.run(&["process"]).output();
+        runs += 1;
+    }
+    assert_eq!(env.count_files("failed", ".msgpack"), 1);
+    let reason = env
+        .listing()
+        .iter()
+        .find(|p| p.ends_with("a-poison.msgpack.reason.json"))
+        .and_then(|p| std::fs::read_to_string(env.spool().join(p)).ok())
+        .unwrap_or_default();
+    assert!(reason.contains("FILE_MAX_FAULTS=3"), "{reason}");
+    env.run(&["process"]).output().code(0);
+    assert_eq!(
+        env.count_files("archive", ".msgpack"),
+        1,
+        "{:?}",
+        env.listing()
+    );
+    assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 2);
+    assert!(
+        count(
+            &env.db_url(),
+            "SELECT faults::bigint FROM ragspool_manifest WHERE file_name = 'a-poison.msgpack'"
+        ) >= 3
+    );
+}
