@@ -96,14 +96,30 @@ pub(crate) fn shared(path: &Path) -> Result<std::sync::Arc<FailureLog>> {
     }
 }
 
-/// The open failure log: append-only, hash-chained, fsynced per record.
+/// The open failure log: append-only, hash-chained, fsynced per record, and
+/// anchored in the database ([`FailureLog::anchor`]).
 pub(crate) struct FailureLog {
     path: std::path::PathBuf,
-    state: std::sync::Mutex<(std::fs::File, String)>,
+    state: std::sync::Mutex<Chain>,
+}
+
+/// The log's end as this process knows it.
+struct Chain {
+    file: std::fs::File,
+    /// Hash of the last record ("" hashed when none).
+    head: String,
+    /// Records in the file.
+    records: u64,
+    /// Its length in bytes, for undoing a torn append.
+    len: u64,
+    /// Records at the last anchor written.
+    anchored: u64,
 }
 
 impl FailureLog {
     /// Opens (creating 0600) the log at `path`, refusing a symlink or a wide mode (78).
+    /// A torn last record (a crash or a full disk mid-append) is cut off: its append
+    /// never completed, and the chain goes on from the record before it.
     pub(crate) fn open(path: &Path) -> Result<FailureLog> {
         create(path)?;
         let file = OpenOptions::new()
@@ -115,36 +131,176 @@ impl FailureLog {
                 format!("cannot open failure log `{}` (FAILURE_LOG)", path.display())
             })?;
         check(path)?;
-        let prev = last_line_hash(path)?;
-        Ok(FailureLog {
+        let log = FailureLog {
             path: path.to_path_buf(),
-            state: std::sync::Mutex::new((file, prev)),
+            state: std::sync::Mutex::new(Chain {
+                file,
+                head: sha256_hex(b""),
+                records: 0,
+                len: u64::MAX,
+                anchored: u64::MAX,
+            }),
+        };
+        {
+            let mut chain = log.state.lock().unwrap_or_else(|p| p.into_inner());
+            log.locked(&mut chain, |_| Ok(()))?;
+        }
+        Ok(log)
+    }
+
+    /// Runs `f` under an exclusive lock on the file, after catching up with what
+    /// other processes (a `maintain` beside `watch`) appended, and cutting off a
+    /// torn last record: a crash or a full disk mid-append, whose append never
+    /// completed; the chain goes on from the record before it.
+    fn locked<T>(&self, chain: &mut Chain, f: impl FnOnce(&mut Chain) -> Result<T>) -> Result<T> {
+        let what = || format!("failure log `{}`", self.path.display());
+        chain
+            .file
+            .lock()
+            .with_context(|| format!("cannot lock {}", what()))?;
+        let result = (|| {
+            let len = chain
+                .file
+                .metadata()
+                .with_context(|| format!("cannot stat {}", what()))?
+                .len();
+            if len != chain.len {
+                // Through the descriptor: after a privilege drop the path may not
+                // be readable any more (root's 0600 file).
+                let mut text = vec![0u8; len as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&chain.file, &mut text, 0)
+                    .with_context(|| format!("cannot read {}", what()))?;
+                let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                if whole < text.len() {
+                    log::warn!(
+                        "{}: removing a torn last record ({} bytes without a newline)",
+                        what(),
+                        text.len() - whole
+                    );
+                    chain
+                        .file
+                        .set_len(whole as u64)
+                        .and_then(|()| chain.file.sync_data())
+                        .with_context(|| format!("cannot repair {}", what()))?;
+                }
+                let body = &text[..whole];
+                let last = body
+                    .strip_suffix(b"\n")
+                    .unwrap_or(body)
+                    .rsplit(|b| *b == b'\n')
+                    .next()
+                    .unwrap_or(b"");
+                chain.head = sha256_hex(last);
+                chain.records = body.iter().filter(|b| **b == b'\n').count() as u64;
+                chain.len = whole as u64;
+            }
+            f(chain)
+        })();
+        let _ = chain.file.unlock();
+        result
+    }
+
+    /// Appends one record (its `prev` is filled in) and fsyncs. A write that fails
+    /// part way (a full disk) is undone, so that the next record does not follow
+    /// a torn one.
+    pub(crate) fn append(&self, mut entry: Entry) -> Result<()> {
+        use std::io::Write;
+        let mut chain = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.locked(&mut chain, |chain| {
+            entry.prev = chain.head.clone();
+            let line = serde_json::to_string(&entry)
+                .map_err(|e| Error::failed(format!("cannot encode a failure-log record: {e}")))?;
+            let bytes = format!("{line}\n");
+            let written = chain
+                .file
+                .write_all(bytes.as_bytes())
+                .and_then(|()| chain.file.sync_data());
+            if let Err(e) = written {
+                let _ = chain.file.set_len(chain.len);
+                return Err(Error::from(e).context(format!(
+                    "cannot append to failure log `{}`",
+                    self.path.display()
+                )));
+            }
+            chain.head = sha256_hex(line.as_bytes());
+            chain.records += 1;
+            chain.len += bytes.len() as u64;
+            Ok(())
         })
     }
 
-    /// Appends one record (its `prev` is filled in) and fsyncs.
-    pub(crate) fn append(&self, mut entry: Entry) -> Result<()> {
-        use std::io::Write;
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        entry.prev = state.1.clone();
-        let line = serde_json::to_string(&entry)
-            .map_err(|e| Error::failed(format!("cannot encode a failure-log record: {e}")))?;
-        let (file, prev) = &mut *state;
-        file.write_all(format!("{line}\n").as_bytes())
-            .and_then(|()| file.sync_data())
-            .with_context(|| format!("cannot append to failure log `{}`", self.path.display()))?;
-        *prev = sha256_hex(line.as_bytes());
+    /// Records the log's record count and head in the database, when they changed
+    /// since the last anchor: `check` then catches a cut anywhere in the file, also
+    /// one that leaves a well-formed chain (the tail, or the whole file).
+    pub(crate) fn anchor(
+        &self,
+        client: &mut impl postgres::GenericClient,
+        names: &crate::schema::Names,
+        host: &str,
+    ) -> Result<()> {
+        let mut chain = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if chain.anchored == chain.records {
+            return Ok(());
+        }
+        let path = self.path.display().to_string();
+        let records = chain.records as i64;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {t} AS a (path, host, records, head) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (path) DO UPDATE SET host = EXCLUDED.host, \
+                     records = EXCLUDED.records, head = EXCLUDED.head, updated_at = now() \
+                     WHERE a.records <= EXCLUDED.records",
+                    t = names.failure_log_anchor
+                ),
+                &[&path, &host, &records, &chain.head],
+            )
+            .map_err(|e| crate::db::classify(e, "anchoring the failure log"))?;
+        chain.anchored = chain.records;
         Ok(())
     }
 }
 
-/// Hash of the last line of the file, or of "" when it is empty.
-fn last_line_hash(path: &Path) -> Result<String> {
-    let text = std::fs::read(path)
-        .with_context(|| format!("cannot read failure log `{}`", path.display()))?;
-    let body = text.strip_suffix(b"\n").unwrap_or(&text);
-    let last = body.rsplit(|b| *b == b'\n').next().unwrap_or(b"");
-    Ok(sha256_hex(last))
+/// The anchor of the log at `path`, if the database holds one: (records, head).
+pub(crate) fn read_anchor(
+    client: &mut impl postgres::GenericClient,
+    names: &crate::schema::Names,
+    path: &Path,
+) -> Result<Option<(u64, String)>> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT records, head FROM {} WHERE path = $1",
+                names.failure_log_anchor
+            ),
+            &[&path.display().to_string()],
+        )
+        .map_err(|e| crate::db::classify(e, "reading the failure log's anchor"))?;
+    Ok(row.map(|r| (r.get::<_, i64>(0).max(0) as u64, r.get(1))))
+}
+
+/// Whether the log at `path` still holds the anchored record at its place: `None`
+/// when it does, else what is wrong.
+pub(crate) fn check_anchor(path: &Path, records: u64, head: &str) -> Option<String> {
+    if records == 0 {
+        return None;
+    }
+    let text = std::fs::read(path).unwrap_or_default();
+    let lines: Vec<&[u8]> = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    if (lines.len() as u64) < records {
+        return Some(format!(
+            "holds {} record(s), but {records} were anchored in the database: the log was cut",
+            lines.len()
+        ));
+    }
+    (sha256_hex(lines[records as usize - 1]) != head).then(|| {
+        format!(
+            "record {records} is not the one anchored in the database: the log was cut or replaced"
+        )
+    })
 }
 
 /// What verifying the chain found.
@@ -154,6 +310,9 @@ pub(crate) struct Verified {
     pub(crate) lines: usize,
     /// The first line (1-based) whose `prev` does not match, if any.
     pub(crate) first_broken: Option<usize>,
+    /// The file ends in a torn record (an append that never completed), which the
+    /// next ragspool run to open the log removes.
+    pub(crate) torn: bool,
 }
 
 /// Checks every record's `prev` against the line before it.
@@ -164,6 +323,7 @@ pub(crate) fn verify(path: &Path) -> Result<Verified> {
             return Ok(Verified {
                 lines: 0,
                 first_broken: None,
+                torn: false,
             });
         }
         Err(e) => {
@@ -172,6 +332,9 @@ pub(crate) fn verify(path: &Path) -> Result<Verified> {
             );
         }
     };
+    let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let torn = whole < text.len();
+    let text = &text[..whole];
     let mut expected = sha256_hex(b"");
     let mut lines = 0;
     for (i, line) in text.split(|b| *b == b'\n').enumerate() {
@@ -189,6 +352,7 @@ pub(crate) fn verify(path: &Path) -> Result<Verified> {
             return Ok(Verified {
                 lines,
                 first_broken: Some(i + 1),
+                torn,
             });
         }
         expected = sha256_hex(line);
@@ -196,6 +360,7 @@ pub(crate) fn verify(path: &Path) -> Result<Verified> {
     Ok(Verified {
         lines,
         first_broken: None,
+        torn,
     })
 }
 
@@ -231,7 +396,8 @@ mod tests {
             verify(&path)?,
             Verified {
                 lines: 3,
-                first_broken: None
+                first_broken: None,
+                torn: false
             }
         );
         let text = std::fs::read_to_string(&path)?;
@@ -245,6 +411,36 @@ mod tests {
         assert_eq!(
             std::fs::metadata(&path)?.permissions().mode() & 0o777,
             0o600
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn two_writers_keep_one_chain_and_a_torn_tail_is_cut_off() -> Result<()> {
+        use std::io::Write;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("f.jsonl");
+        // `watch` and `maintain` each hold the log open and append in turn.
+        let a = FailureLog::open(&path)?;
+        let b = FailureLog::open(&path)?;
+        a.append(entry("a1"))?;
+        b.append(entry("b1"))?;
+        a.append(entry("a2"))?;
+        // A crash mid-append leaves half a record without its newline.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)?
+            .write_all(br#"{"ts":"2026-01-01T00:00:00Z","batch"#)?;
+        let v = verify(&path)?;
+        assert_eq!((v.lines, v.first_broken, v.torn), (3, None, true));
+        b.append(entry("b2"))?;
+        assert_eq!(
+            verify(&path)?,
+            Verified {
+                lines: 4,
+                first_broken: None,
+                torn: false
+            }
         );
         Ok(())
     }

@@ -405,7 +405,17 @@ impl Runner {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .pop_front();
-            let Some(file) = next else { return };
+            let Some(file) = next else {
+                // What this batch added to the failure log is anchored in the
+                // database before its workers leave (see FailureLog::anchor).
+                let anchored =
+                    self.failure_log
+                        .anchor(&mut client, &self.ingest.names, &self.ingest.host);
+                if let Err(e) = anchored {
+                    log::warn!("batch {tag}: {e}");
+                }
+                return;
+            };
             let result = self.ingest.file(&mut client, tag, &file).or_else(|e| {
                 if e.class() != Class::TempFail {
                     return Err(e);

@@ -72,12 +72,20 @@ fn findings(config: &Config) -> Vec<Finding> {
         },
     });
     if let Ok(v) = crate::failure_log::verify(log) {
+        let torn = if v.torn {
+            ", then a torn record that the next run removes"
+        } else {
+            ""
+        };
         found.push(Finding {
-            what: format!("failure log chain ({} records)", v.lines),
+            what: format!("failure log chain ({} records{torn})", v.lines),
             problem: v.first_broken.map(|line| {
                 format!("line {line} breaks the hash chain: the log was edited or cut")
             }),
         });
+    }
+    if let Some(finding) = anchor(config) {
+        found.push(finding);
     }
     found.push(database(config));
     found.push(redis(config));
@@ -146,6 +154,21 @@ fn gate(config: &Config) -> Vec<Finding> {
             .then(|| format!("{dead} event(s) in outbox/dead/ were refused by their endpoint")),
     });
     found
+}
+
+/// The failure log against its anchor in the database, when both can be read.
+fn anchor(config: &Config) -> Option<Finding> {
+    let names = crate::schema::Names::from_config(config);
+    let mut client = crate::db::Db::from_config(config)
+        .ok()?
+        .connect_once()
+        .ok()?;
+    let (records, head) =
+        crate::failure_log::read_anchor(&mut client, &names, &config.failure_log).ok()??;
+    Some(Finding {
+        what: format!("failure log anchor ({records} records anchored in the database)"),
+        problem: crate::failure_log::check_anchor(&config.failure_log, records, &head),
+    })
 }
 
 /// The database: reachable (one attempt, no retries) and at the schema version.

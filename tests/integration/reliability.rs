@@ -709,3 +709,53 @@ fn process_finishes_the_batch_in_flight_on_sigterm() {
         200
     );
 }
+
+/// The failure log is anchored in the database: `check` catches a cut at the tail
+/// and a truncation to nothing, which leave a well-formed chain behind, and takes
+/// a torn last record (an append cut short) for what it is.
+#[test]
+fn check_catches_a_cut_failure_log_against_its_anchor() {
+    use std::io::Write;
+    let env = TestEnv::new().with_db();
+    env.ready();
+    env.generate(2, 3, 3);
+    env.run(&["process"]).output().code(1);
+    let log = env.dir.path().join("logs/rag_failures.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    env.run(&["check"])
+        .output()
+        .code(0)
+        .stdout_has("failure log anchor (3 records anchored in the database)");
+    // The tail cut: the two first records still chain.
+    let two: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&log, &two).expect("cut");
+    env.run(&["check"])
+        .output()
+        .code(1)
+        .stdout_has("holds 2 record(s), but 3 were anchored");
+    std::fs::write(&log, "").expect("truncate");
+    env.run(&["check"])
+        .output()
+        .code(1)
+        .stdout_has("holds 0 record(s), but 3 were anchored");
+    // Back whole, then an append cut short: reported, not a break.
+    std::fs::write(&log, &text).expect("restore");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(br#"{"ts":"2026"#))
+        .expect("torn");
+    env.run(&["check"])
+        .output()
+        .code(0)
+        .stdout_has("a torn record that the next run removes");
+    env.generate(0, 0, 1);
+    env.run(&["process"]).output().code(1);
+    let after = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(after.lines().count(), 4, "{after}");
+    env.run(&["check"])
+        .output()
+        .code(0)
+        .stdout_has("failure log anchor (4 records anchored");
+}
