@@ -314,7 +314,7 @@ mod tests {
             "webhook-timestamp" => Some((now + 301).to_string()),
             other => good(other),
         };
-        assert_eq!(g.handle(&post(body, &ahead)).status, 401);
+        assert_eq!(gate(Some("key")).handle(&post(body, &ahead)).status, 401);
         let v = g.handle(&post(body, &good));
         assert_eq!((v.status, v.retry_after), (429, Some(1)));
         let mut g = gate(None);
