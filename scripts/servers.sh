@@ -9,7 +9,8 @@
 #   scripts/servers.sh standby DIR PRIMARY_PORT    a streaming standby (pg_basebackup -R)
 #   scripts/servers.sh pg-promote DIR | pg-stop-fast DIR   promote it; stop a primary cleanly
 #
-# PG_EXTRA_OPTS adds postgres -c options (e.g. "-c ssl=on -c ssl_cert_file=...").
+# PG_EXTRA_OPTS adds postgres -c options (e.g. "-c ssl=on -c ssl_cert_file=..."); they
+# come last, so "-c fsync=on" gives a durable server (the fault campaign's).
 set -euo pipefail
 
 die() { echo "servers.sh: $*" >&2; exit 1; }
@@ -82,12 +83,13 @@ start_pg() {
   run_pg "$dir" "$bin" "-c synchronous_commit=off -c full_page_writes=off" || die "PostgreSQL did not start"
 }
 
-# Starts the data directory DIR/pg on a free loopback port with `extra` options
-# (then PG_EXTRA_OPTS) and prints PG_PORT= and PG_BIN=; fails after three ports.
+# Starts the data directory DIR/pg on a free loopback port (PG_FIXED_PORT when
+# set: a standby rebuilt where the old primary was) with `extra` options (then
+# PG_EXTRA_OPTS) and prints PG_PORT= and PG_BIN=; fails after three ports.
 run_pg() {
   local dir=$1 bin=$2 extra=$3 port opts
   for _ in 1 2 3; do
-    port=$(free_port)
+    port=${PG_FIXED_PORT:-$(free_port)}
     opts="-p $port -k $dir/pgsock -c listen_addresses=127.0.0.1 -c fsync=off $extra"
     opts="$opts -c max_connections=300 ${PG_EXTRA_OPTS:-}"
     if as_pg "$bin/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w -t 60 -o "$opts" start >/dev/null; then

@@ -386,6 +386,10 @@ pub fn ensure_partman() {
         })
         .unwrap_or_else(|| "15".to_string());
     let control = format!("/usr/share/postgresql/{version}/extension/pg_partman.control");
+    // Tests needing it run in parallel: one installs, the others wait for it
+    // (two apt-get at once fight over dpkg's lock and one fails).
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     if Path::new(&control).exists() {
         return;
     }
