@@ -194,6 +194,9 @@ class Campaign:
     def teardown(self):
         self.supervise = False
         self.kill_watch(signal.SIGKILL)
+        if os.environ.get("TORTURE_KEEP"):
+            log(f"kept for inspection: {self.work}, PostgreSQL on {self.primary[1]}")
+            return
         if self.tmpfs:
             self.sh("umount", "-l", self.spool, check=False)
         for d in ("pg-a", "pg-b", "redis"):
@@ -218,7 +221,7 @@ class Campaign:
             if kind == "bad":
                 data = b"\x81\xa6doc_id\xda\xff\xff trunc"
             elif kind == "dup":
-                data = self.prng.choice(self.good_bytes)
+                data, ops = self.prng.choice(self.good_bytes)
             elif kind == "delete":
                 doc = self.prng.choice(self.docs)
                 data = mp({"doc_id": doc, "delete": True})
@@ -239,7 +242,7 @@ class Campaign:
             with self.produced_lock:
                 self.produced[name] = {"kind": kind, "sha": hashlib.sha256(data).hexdigest(), "ops": ops}
             if kind == "good":
-                self.good_bytes.append(data)
+                self.good_bytes.append((data, ops))
                 self.docs.extend(d for d, _, _ in ops)
 
     def drop(self, name, data):
@@ -352,7 +355,14 @@ class Campaign:
         elif kind == "standby switchover":
             # The old primary stops cleanly (its last WAL reaches the standby), the
             # standby is promoted, and the old primary's place gets a new standby.
+            # With asynchronous replication only a standby that is streaming when
+            # the primary stops has every commit (the primary's shutdown waits for
+            # it to confirm): wait for that first, as a switchover tool does.
             old, new = self.primary, self.standby
+            for _ in range(300):
+                if self.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").strip() == "1":
+                    break
+                time.sleep(0.1)
             self.servers("pg-stop-fast", old[0])
             self.servers("pg-promote", new[0])
             time.sleep(hold)
@@ -412,6 +422,9 @@ class Campaign:
             self.check_rows()
 
     def check_chain(self):
+        # The anchor first: read after the file, it could count a record appended
+        # in between.
+        anchor = self.psql("SELECT records || ' ' || head FROM ragspool_failure_log_anchor").split()
         text = self.failure_log.read_bytes() if self.failure_log.exists() else b""
         whole = text[: text.rfind(b"\n") + 1]
         prev = hashlib.sha256(b"").hexdigest()
@@ -425,7 +438,6 @@ class Campaign:
                 self.violation("failure-log chain intact", f"line {i + 1} of {len(lines)}")
                 return
             prev = hashlib.sha256(line).hexdigest()
-        anchor = self.psql("SELECT records || ' ' || head FROM ragspool_failure_log_anchor").split()
         if anchor:
             n, head = int(anchor[0]), anchor[1]
             if n > len(lines) or (n and hashlib.sha256(lines[n - 1]).hexdigest() != head):
@@ -558,14 +570,17 @@ class Campaign:
     def drain(self):
         """Every fault healed: wait until the spool and the outbox are empty."""
         Gate.mode = "ok"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            waiting = (any((self.spool / "incoming").glob("*.msgpack"))
-                       or any(p for p in (self.spool / "processing").rglob("*.msgpack"))
-                       or any((self.spool / "outbox").glob("*.json")))
-            if not waiting:
+        started = time.monotonic()
+        while time.monotonic() - started < 300:
+            waiting = (len(list((self.spool / "incoming").glob("*.msgpack"))),
+                       len(list((self.spool / "processing").rglob("*.msgpack"))),
+                       len(list((self.spool / "outbox").glob("*.json"))))
+            if not any(waiting):
                 break
+            if int(time.monotonic() - started) % 10 == 0:
+                log(f"draining: {waiting[0]} in incoming/, {waiting[1]} in processing/, {waiting[2]} in outbox/")
             time.sleep(0.5)
+        log(f"drained in {time.monotonic() - started:.0f} s")
         self.supervise = False
         self.kill_watch(signal.SIGTERM)
         self.sh(self.bin, "-q", "process", env=self.env, check=False)

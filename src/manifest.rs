@@ -189,6 +189,64 @@ pub(crate) fn committed(
     })
 }
 
+/// What a batch's files came to, from the manifest: for a batch whose every file
+/// was settled but whose gate.done was never queued (a crash in between).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Settled {
+    /// Files done (duplicates included).
+    pub(crate) files_ok: usize,
+    /// Files failed.
+    pub(crate) files_failed: usize,
+    /// Rows inserted.
+    pub(crate) rows: u64,
+    /// Earlier rows removed.
+    pub(crate) deleted: u64,
+    /// Some file self-healed.
+    pub(crate) healed: bool,
+    /// Some failed file's reason was partition_missing.
+    pub(crate) partition_missing: bool,
+    /// Documents replaced or deleted.
+    pub(crate) changed_docs: Vec<String>,
+}
+
+/// The manifest's account of batch `tag`.
+pub(crate) fn settled(
+    client: &mut impl GenericClient,
+    names: &Names,
+    tag: &BatchTag,
+) -> Result<Settled> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'failed'), \
+                 coalesce(sum(rows), 0)::bigint, coalesce(sum(deleted), 0)::bigint, coalesce(bool_or(healed), false), \
+                 coalesce(bool_or(reason = 'partition_missing'), false) FROM {} WHERE batch_tag = $1",
+                names.manifest
+            ),
+            &[&tag.as_str()],
+        )
+        .map_err(|e| db::classify(e, "reading the batch's manifest rows"))?;
+    let docs = client
+        .query(
+            &format!(
+                "SELECT DISTINCT doc_id FROM {} WHERE batch_tag = $1 \
+                 AND (action = 'delete' OR rows_removed > 0)",
+                names.doc_events
+            ),
+            &[&tag.as_str()],
+        )
+        .map_err(|e| db::classify(e, "reading the batch's lineage"))?;
+    Ok(Settled {
+        files_ok: row.get::<_, i64>(0).max(0) as usize,
+        files_failed: row.get::<_, i64>(1).max(0) as usize,
+        rows: row.get::<_, i64>(2).max(0) as u64,
+        deleted: row.get::<_, i64>(3).max(0) as u64,
+        healed: row.get(4),
+        partition_missing: row.get(5),
+        changed_docs: docs.iter().map(|r| r.get(0)).collect(),
+    })
+}
+
 /// Counts `n` more attempts for the file (endpoint faults before its transaction).
 pub(crate) fn add_faults(
     client: &mut impl GenericClient,

@@ -182,7 +182,14 @@ impl Runner {
         let mut reports = Vec::new();
         for (tag, files, lock) in self.spool.in_flight()? {
             if files.is_empty() {
+                // Every file settled; a crash may have come before gate.done.
+                if !self.spool.done_queued(&tag)
+                    && let Some(report) = self.settled(&tag)?
+                {
+                    reports.push(report);
+                }
                 self.spool.forget(&tag);
+                drop(lock);
                 continue;
             }
             log::info!(
@@ -296,10 +303,6 @@ impl Runner {
             duration_ms: started.elapsed().as_millis() as u64,
             error: t.error,
         };
-        if report.error.is_none() {
-            self.spool.forget(tag);
-        }
-        drop(lock);
         log::info!(
             "batch {}: files={} bytes={} ok={} failed={} rows={} deleted={} reason={} healed={} duration_ms={}",
             report.tag,
@@ -320,13 +323,75 @@ impl Runner {
             report.files_failed,
             report.duration_ms,
         );
-        if let Err(e) = self.notifier.gate_done(&report) {
-            log::error!("batch {tag}: cannot queue gate.done: {e}");
-        }
+        let report = self.close(report, lock);
         self.flush();
         self.invalidate(&report);
         self.publish_build_update(&report);
         report
+    }
+
+    /// Queues the batch's gate.done, then lets its directory go. A gate.done that
+    /// cannot be queued keeps the directory: the next run's recovery queues it.
+    fn close(&self, mut report: BatchReport, lock: BatchLock) -> BatchReport {
+        let tag = report.tag.clone();
+        match self.notifier.gate_done(&report) {
+            Ok(()) => {
+                if report.error.is_none() {
+                    if let Err(e) = self.spool.mark_done_queued(&tag) {
+                        log::warn!("batch {tag}: {e}");
+                    }
+                    self.spool.forget(&tag);
+                }
+            }
+            Err(e) => {
+                log::error!("batch {tag}: cannot queue gate.done: {e}; the batch waits");
+                let e = Error::temp(format!("cannot queue gate.done: {e}")).with_note(
+                    "free the outbox's disk and run again: the batch's gate.done is queued then",
+                );
+                report.error.get_or_insert(ErrorSummary::of(&e));
+            }
+        }
+        drop(lock);
+        report
+    }
+
+    /// The report of batch `tag` whose files all settled before a crash and whose
+    /// gate.done was never queued, from the manifest; `None` when no file of it
+    /// reached the manifest (a claim that moved nothing).
+    fn settled(&self, tag: &BatchTag) -> Result<Option<BatchReport>> {
+        let mut client = self.ingest.db.connect()?;
+        let s = crate::manifest::settled(&mut client, &self.ingest.names, tag)?;
+        if s.files_ok + s.files_failed == 0 {
+            return Ok(None);
+        }
+        log::info!("batch {tag}: settled before a stop; queueing its gate.done");
+        let reason = match (s.partition_missing, s.files_failed > 0, s.healed) {
+            (true, _, _) => Reason::PartitionMissing,
+            (_, true, _) => Reason::Failed,
+            (_, _, true) => Reason::HealedPartition,
+            _ => Reason::Success,
+        };
+        let report = BatchReport {
+            tag: tag.clone(),
+            files: s.files_ok + s.files_failed,
+            bytes: 0,
+            files_ok: s.files_ok,
+            files_failed: s.files_failed,
+            rows: s.rows,
+            deleted: s.deleted,
+            mtimes: Vec::new(),
+            changed_docs: s.changed_docs,
+            reason,
+            healed: s.healed,
+            duration_ms: 0,
+            error: None,
+        };
+        self.notifier.gate_done(&report)?;
+        self.spool.mark_done_queued(tag)?;
+        self.flush();
+        self.invalidate(&report);
+        self.publish_build_update(&report);
+        Ok(Some(report))
     }
 
     /// Queues the invalidation of the cached answers of every document the batch

@@ -54,6 +54,8 @@ pub(crate) struct Claimed {
 const CLAIM_FILE: &str = ".claim";
 /// The last claim sequence handed out, in processing/.
 const SEQ_FILE: &str = ".seq";
+/// In a batch directory: the batch's gate.done is queued.
+const DONE_FILE: &str = ".done";
 
 /// Why a claimed file cannot be read as input.
 #[derive(Debug)]
@@ -396,18 +398,35 @@ impl Spool {
         Ok(batches)
     }
 
+    /// Records in processing/<tag>/ that the batch's gate.done is queued, so that
+    /// a crash before the directory goes does not queue it twice.
+    pub(crate) fn mark_done_queued(&self, tag: &BatchTag) -> Result<()> {
+        let dir = self.dir("processing").join(tag.as_str());
+        write_atomic(&dir, DONE_FILE, b"", 0o640)
+    }
+
+    /// Whether the batch's gate.done was queued (see [`Spool::mark_done_queued`]).
+    pub(crate) fn done_queued(&self, tag: &BatchTag) -> bool {
+        self.dir("processing")
+            .join(tag.as_str())
+            .join(DONE_FILE)
+            .exists()
+    }
+
     /// Removes processing/<tag>/ once no file of the batch is left in it (its
-    /// claim-order record goes with it); a directory still holding files stays.
+    /// claim-order record and done marker go with it); a directory still holding
+    /// files stays.
     pub(crate) fn forget(&self, tag: &BatchTag) {
         let dir = self.dir("processing").join(tag.as_str());
         let left = fs::read_dir(&dir).map(|entries| {
             entries
                 .filter_map(|e| e.ok())
-                .any(|e| e.file_name() != CLAIM_FILE)
+                .any(|e| e.file_name() != CLAIM_FILE && e.file_name() != DONE_FILE)
         });
         if left.unwrap_or(true) {
             return;
         }
+        let _ = fs::remove_file(dir.join(DONE_FILE));
         let _ = fs::remove_file(dir.join(CLAIM_FILE));
         if fs::remove_dir(&dir).is_ok() {
             let _ = fsync_dir(&self.dir("processing"));

@@ -759,3 +759,49 @@ fn check_catches_a_cut_failure_log_against_its_anchor() {
         .code(0)
         .stdout_has("failure log anchor (4 records anchored");
 }
+
+/// A crash after a batch's last file settled and before its gate.done was queued
+/// leaves an empty processing/<tag>/: the next run queues that gate.done from the
+/// manifest (rows and files as they were), once.
+#[test]
+fn a_batch_settled_before_a_crash_still_gets_its_gate_done() {
+    let gate = HttpServer::start(|_, _| Response::status(200));
+    let env = TestEnv::new().with_db();
+    env.ready();
+    env.generate(3, 4, 1);
+    // First without a gate: the batch settles and no event is queued.
+    env.run(&["process"]).output().code(1);
+    let tag = env
+        .listing()
+        .iter()
+        .find_map(|p| {
+            p.strip_prefix("archive/")
+                .and_then(|p| p.split('/').nth(1))
+                .map(str::to_string)
+        })
+        .expect("an archived batch");
+    // What a crash right after the last file left behind.
+    std::fs::create_dir(env.spool_dir("processing").join(&tag)).expect("batch dir");
+    let run = |env: &TestEnv| {
+        env.run(&["process"])
+            .env("GATE_URL", format!("{}/hook", gate.url))
+            .output()
+    };
+    // Its report counts the failed file again, as the batch's own run did.
+    run(&env).code(1);
+    let events: Vec<serde_json::Value> = gate.requests().iter().map(Request::json).collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event"], "gate.done");
+    assert_eq!(events[0]["batch_tag"], tag.as_str());
+    assert_eq!(events[0]["rows"], 12);
+    assert_eq!(events[0]["files_ok"], 3);
+    assert_eq!(events[0]["files_failed"], 1);
+    assert_eq!(events[0]["reason"], "failed");
+    assert!(
+        env.files_in("processing")
+            .iter()
+            .all(|n| n.starts_with('.'))
+    );
+    run(&env).code(0);
+    assert_eq!(gate.requests().len(), 1, "queued once");
+}
