@@ -576,18 +576,37 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     let env = TestEnv::new().with_db();
     env.ready();
     env.generate(40, 50, 0);
-    let mut seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(7) as u64;
+    let mut seed = crate::support::test_seed("sigkill_at_random_points");
+    let mut mid_batch = 0;
     for _ in 0..12 {
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         let mut child = env.run(&["process"]).env("BATCH_MAX_FILES", "4").spawn();
-        std::thread::sleep(Duration::from_millis(20 + (seed >> 33) % 250));
+        std::thread::sleep(Duration::from_millis(
+            20 + crate::support::next_random(&mut seed) % 250,
+        ));
+        if crate::support::batch_in_flight(&env) {
+            mid_batch += 1;
+        }
         let _ = child.kill();
         let _ = child.wait();
     }
+    eprintln!("{mid_batch} of 12 kills landed while a batch was in processing/");
+    assert!(mid_batch > 0, "no kill landed mid-batch");
     env.run(&["process"]).output().code(0);
+    // The manifest agrees: every file done once, its rows counted once.
+    assert_eq!(
+        count(
+            &env.db_url(),
+            "SELECT coalesce(sum(rows), 0)::bigint FROM ragspool_manifest WHERE status = 'done'"
+        ),
+        2000
+    );
+    assert_eq!(
+        count(
+            &env.db_url(),
+            "SELECT count(*) FROM ragspool_manifest WHERE status = 'done' AND NOT duplicate"
+        ),
+        40
+    );
     assert_eq!(
         count(&env.db_url(), "SELECT count(*) FROM rag_chunks"),
         2000

@@ -236,8 +236,9 @@ fn sigkill_over_a_stream_of_files_loses_and_duplicates_nothing() {
     env.set("BATCH_MAX_FILES", "7");
     env.set("BATCH_MAX_AGE_SECS", "0");
     env.ready();
-    let mut seed = Instant::now().elapsed().subsec_nanos() as u64 | 1;
+    let mut seed = crate::support::test_seed("watch sigkill_over_a_stream");
     let mut produced = 0;
+    let mut mid_batch = 0;
     for round in 0..14 {
         let mut child = env.run(&["watch"]).spawn();
         env.run(&[
@@ -254,10 +255,12 @@ fn sigkill_over_a_stream_of_files_loses_and_duplicates_nothing() {
         .output()
         .code(0);
         produced += 15;
-        seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        std::thread::sleep(Duration::from_millis(50 + (seed >> 33) % 400));
+        std::thread::sleep(Duration::from_millis(
+            50 + crate::support::next_random(&mut seed) % 400,
+        ));
+        if crate::support::batch_in_flight(&env) {
+            mid_batch += 1;
+        }
         let _ = child.kill();
         let _ = child.wait();
     }
@@ -266,8 +269,44 @@ fn sigkill_over_a_stream_of_files_loses_and_duplicates_nothing() {
         env.files_in("incoming").is_empty() && env.files_in("processing").is_empty()
     });
     stop(child);
+    eprintln!("{mid_batch} of 14 kills landed while a batch was in processing/");
     assert_eq!(produced, 210);
     assert_eq!(env.count_files("archive", ".msgpack"), 210);
+    assert_eq!(
+        count(
+            &env.db_url(),
+            "SELECT coalesce(sum(rows), 0)::bigint FROM ragspool_manifest WHERE status = 'done'"
+        ),
+        840
+    );
+    // Every batch's gate.open reached the gate before its gate.done, and no batch
+    // the manifest knows went without either.
+    let mut opened = std::collections::HashSet::new();
+    let mut done = std::collections::HashSet::new();
+    for e in gate.requests().iter().map(|r| r.json()) {
+        let tag = e["batch_tag"].as_str().unwrap_or("").to_string();
+        match e["event"].as_str() {
+            Some("gate.open") => {
+                opened.insert(tag);
+            }
+            Some("gate.done") => {
+                assert!(
+                    opened.contains(&tag),
+                    "gate.done before gate.open for {tag}"
+                );
+                done.insert(tag);
+            }
+            _ => {}
+        }
+    }
+    let mut client = crate::support::pg(&env.db_url());
+    for row in client
+        .query("SELECT DISTINCT batch_tag FROM ragspool_manifest", &[])
+        .unwrap_or_default()
+    {
+        let tag: String = row.get(0);
+        assert!(done.contains(&tag), "no gate.done for batch {tag}");
+    }
     assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 840);
     assert_eq!(
         count(

@@ -355,6 +355,46 @@ impl Run<'_> {
     }
 }
 
+/// A random seed for a test, printed so that a failure can be rerun with it:
+/// RAGSPOOL_TEST_SEED when set, else from the clock.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("RAGSPOOL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() as u64 | 1)
+                .unwrap_or(7)
+        });
+    eprintln!("{test}: seed {seed} (RAGSPOOL_TEST_SEED={seed} reruns it)");
+    seed
+}
+
+/// The next value of a test's linear congruential sequence.
+pub fn next_random(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    *seed >> 33
+}
+
+/// Whether a batch is in flight: a file in a processing/<batch_tag>/ directory.
+pub fn batch_in_flight(env: &TestEnv) -> bool {
+    std::fs::read_dir(env.spool_dir("processing"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .any(|e| {
+            std::fs::read_dir(e.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|f| f.file_name().to_string_lossy().ends_with(".msgpack"))
+        })
+}
+
 /// Waits for `child`, killing it at the deadline; returns status and both outputs.
 pub fn wait_with_deadline(
     child: &mut Child,
