@@ -375,3 +375,53 @@ fn a_poison_file_fails_after_file_max_faults_and_the_spool_goes_on() {
         ) >= 3
     );
 }
+
+/// A file larger than a worker's 16 MiB window whose records lack vectors: they
+/// are fetched window by window, each row gets its own text's vector, in order.
+#[test]
+fn vectors_of_a_file_larger_than_the_window_land_on_their_rows() {
+    let server = HttpServer::start(|req, _| answer(req));
+    let mut env = embedding_env(&server);
+    env.set("EMBED_BATCH", "2048");
+    env.set("EMBED_BATCH_BYTES", "1000000");
+    env.ready();
+    let n = 260_000u32;
+    let mut data = Vec::new();
+    for i in 0..n {
+        let _ = rmp::encode::write_map_len(&mut data, 3);
+        let _ = rmp::encode::write_str(&mut data, "doc_id");
+        let _ = rmp::encode::write_str(&mut data, &format!("big-{}", i / 10));
+        let _ = rmp::encode::write_str(&mut data, "chunk_index");
+        let _ = rmp::encode::write_uint(&mut data, u64::from(i % 10));
+        let _ = rmp::encode::write_str(&mut data, "content");
+        let _ = rmp::encode::write_str(
+            &mut data,
+            &format!("text {i} {}", "abcdefghij".repeat(1 + (i % 5) as usize)),
+        );
+    }
+    assert!(data.len() > 17 << 20, "{} bytes", data.len());
+    drop_file(&env, "big.msgpack", &data);
+    env.run(&["process"])
+        .timeout(Duration::from_secs(300))
+        .output()
+        .code(0);
+    assert_eq!(
+        count(&env.db_url(), "SELECT count(*) FROM rag_chunks"),
+        i64::from(n)
+    );
+    let texts: usize = server.requests().iter().map(|r| texts(r).len()).sum();
+    assert_eq!(texts, n as usize, "each text sent once");
+    let rows = pg(&env.db_url())
+        .query(
+            "SELECT content, embedding FROM rag_chunks WHERE chunk_index = 3 ORDER BY doc_id",
+            &[],
+        )
+        .expect("rows");
+    assert_eq!(rows.len(), (n / 10) as usize);
+    for row in rows {
+        let content: String = row.get(0);
+        let got: Vec<f32> = row.get(1);
+        let want: Vec<f32> = vector_of(&content).into_iter().map(|x| x as f32).collect();
+        assert_eq!(got, want, "{content}");
+    }
+}
