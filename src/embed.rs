@@ -54,6 +54,9 @@ pub(crate) struct Embedder {
     pace: Arc<Mutex<Pace>>,
 }
 
+/// Timeout of one embeddings request.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Embedder {
     /// From EMBED_* settings.
     pub(crate) fn new(
@@ -63,7 +66,7 @@ impl Embedder {
     ) -> Result<Embedder> {
         let now = Instant::now();
         Ok(Embedder {
-            agent: crate::http::agent(Duration::from_secs(60), [settings.base_url.as_str()])?,
+            agent: crate::http::agent(REQUEST_TIMEOUT, [settings.base_url.as_str()])?,
             url: format!("{}/embeddings", settings.base_url),
             model: settings.model.clone(),
             key: settings.api_key.clone(),

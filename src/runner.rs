@@ -243,6 +243,7 @@ impl Runner {
 
     /// Runs one batch, holding its lock: gate.open, ingest, gate.done.
     pub(crate) fn run(&self, tag: &BatchTag, files: Vec<Claimed>, lock: BatchLock) -> BatchReport {
+        let _busy = crate::heartbeat::busy();
         let started = Instant::now();
         let count = files.len();
         let bytes: u64 = files

@@ -57,13 +57,34 @@ pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
     summarize(&reports, runner.undelivered())
 }
 
-/// A runner with everything a batch needs, from settings.
+/// A runner with everything a batch needs, from settings, and the hang guard.
 pub(crate) fn runner(config: &Config) -> Result<Runner> {
     crate::spool::Spool::new(&config.spool_dir).require()?;
+    if let Some(limit) = hang_limit(config) {
+        crate::heartbeat::hang_guard(limit);
+    }
     let failure_log = crate::failure_log::shared(&config.failure_log)?;
     let host = host_name();
     let notifier = Notifier::new(config, Some(failure_log.clone()), &host)?;
     Ok(Runner::new(config, ingest(config)?, notifier, failure_log))
+}
+
+/// How long a batch may go without progress before the process gives up (exit
+/// 75): from the longest single wait the settings allow; none when statements
+/// may run for ever (DB_STATEMENT_TIMEOUT_MS=0).
+fn hang_limit(config: &Config) -> Option<Duration> {
+    let (statement, lock) = config.db_timeouts;
+    if statement == 0 {
+        return None;
+    }
+    let mut longest = Duration::from_millis(statement.max(lock)).max(Duration::from_secs(10));
+    if config.gate_url.is_some() || config.alert_url.is_some() {
+        longest = longest.max(Duration::from_millis(config.gate_timeout_ms));
+    }
+    if config.embed.is_some() {
+        longest = longest.max(crate::embed::REQUEST_TIMEOUT);
+    }
+    Some(crate::heartbeat::hang_limit(longest))
 }
 
 /// The per-file ingest context from settings, after checking the schema.

@@ -817,3 +817,49 @@ fn a_batch_settled_before_a_crash_still_gets_its_gate_done() {
     run(&env).code(0);
     assert_eq!(gate.requests().len(), 1, "queued once");
 }
+
+/// A PostgreSQL stopped outright mid-run (SIGSTOP: no statement_timeout fires and
+/// its kernel still acknowledges TCP) ends the run by the hang guard with exit 75
+/// after twice the longest single wait plus 10 s, and a rerun is exact.
+#[test]
+fn a_postgres_stopped_outright_ends_the_run_with_75_and_a_rerun_is_exact() {
+    let own = OwnPg::start();
+    let mut env = TestEnv::on_own_pg(&own, "frozen", 20);
+    env.set("DB_STATEMENT_TIMEOUT_MS", "1000");
+    env.set("DB_LOCK_TIMEOUT_MS", "1000");
+    env.set("WORKERS", "1");
+    env.set("BATCH_MAX_FILES", "1");
+    env.generate(60, 1000, 0);
+    let mut child = env.run(&["process"]).spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.count_files("archive", ".msgpack") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    own.signal_all("STOP");
+    let frozen = Instant::now();
+    let (status, _, stderr) = wait_with_deadline(&mut child, Duration::from_secs(120));
+    let waited = frozen.elapsed();
+    own.signal_all("CONT");
+    assert_eq!(status.and_then(|s| s.code()), Some(75), "{stderr}");
+    // The limit: 2 × 10 s (the longest wait: a connection attempt) + 10 s.
+    assert!(
+        waited >= Duration::from_secs(25) && waited < Duration::from_secs(60),
+        "ended after {waited:?}"
+    );
+    let log =
+        std::fs::read_to_string(env.dir.path().join("logs/rag_ingestion.log")).unwrap_or_default();
+    assert!(log.contains("no progress for 30 s"), "{log}");
+    process_until_clean(&env);
+    assert_eq!(
+        count(&env.db_url(), "SELECT count(*) FROM rag_chunks"),
+        60_000
+    );
+    assert_eq!(
+        count(
+            &env.db_url(),
+            "SELECT count(DISTINCT (doc_id, chunk_index)) FROM rag_chunks"
+        ),
+        60_000
+    );
+    assert_eq!(env.count_files("archive", ".msgpack"), 60);
+}

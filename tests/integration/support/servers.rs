@@ -362,6 +362,22 @@ impl OwnPg {
     pub fn restart(&self) {
         self.ctl("pg-start");
     }
+
+    /// Sends `sig` (STOP, CONT) to the postmaster and every backend: STOP is a
+    /// server that hangs outright, which no statement_timeout ends.
+    pub fn signal_all(&self, sig: &str) {
+        let pid = std::fs::read_to_string(self.dir.join("pg/postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().map(str::to_string))
+            .unwrap_or_default();
+        assert!(!pid.is_empty(), "no postmaster.pid");
+        let _ = Command::new("pkill")
+            .args([&format!("-{sig}"), "-P", &pid])
+            .status();
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status();
+    }
 }
 
 /// A free loopback port (the listener closes before the caller binds it).
