@@ -129,6 +129,7 @@ class Campaign:
         self.restarts = 0
         self.tmpfs = False
         self.elapsed = 0.0
+        self.refused = 0
 
     # --- servers ---------------------------------------------------------------
 
@@ -165,7 +166,7 @@ class Campaign:
         spool = self.work / "spool"
         spool.mkdir()
         # The spool on a small filesystem of its own, so that "disk full" is real.
-        if os.geteuid() == 0 and self.sh("mount", "-t", "tmpfs", "-o", "size=96m,mode=0750", "tmpfs", spool,
+        if os.geteuid() == 0 and self.sh("mount", "-t", "tmpfs", "-o", "size=1g,mode=0750", "tmpfs", spool,
                                           check=False) == 0:
             self.tmpfs = True
         self.gate = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gate)
@@ -238,6 +239,7 @@ class Campaign:
                         chunks.append((i, hashlib.md5(content.encode()).hexdigest()))
                     ops.append((doc, "upsert", chunks))
             if not self.drop(name, data):
+                self.refused += 1
                 continue
             with self.produced_lock:
                 self.produced[name] = {"kind": kind, "sha": hashlib.sha256(data).hexdigest(), "ops": ops}
@@ -539,7 +541,8 @@ class Campaign:
                 self.wait_for_db()
                 self.check_live()
                 if n % 50 == 0:
-                    log(f"{n} faults, {len(self.produced)} files produced, {sum(self.violations.values())} violation(s)")
+                    log(f"{n} faults, {len(self.produced)} files produced ({self.refused} refused by a full disk), "
+                        f"{sum(self.violations.values())} violation(s)")
             self.elapsed = time.monotonic() - started
             self.stop_producer.set()
             producer.join()
@@ -594,7 +597,7 @@ class Campaign:
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, seed {self.seed} "
             f"(`TORTURE_SEED={self.seed} make torture` reruns this schedule), {self.elapsed:.0f} s, "
             f"producer at {self.rate:g} files/s, PostgreSQL with fsync on, a streaming standby, "
-            f"spool on a {'96 MiB tmpfs' if self.tmpfs else 'plain directory (not root: no disk-full faults)'}.",
+            f"spool on a {'1 GiB tmpfs' if self.tmpfs else 'plain directory (not root: no disk-full faults)'}.",
             "",
             "| fault | count |",
             "|---|---|",
