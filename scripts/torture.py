@@ -103,6 +103,21 @@ class Gate(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def stopped(pid, timeout=2.0):
+    """Waits until every thread of `pid` is stopped: SIGSTOP is delivered
+    asynchronously, and a thread in a system call may finish a rename first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = [Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                      for t in os.listdir(f"/proc/{pid}/task")]
+        except (OSError, IndexError):
+            return
+        if all(s in ("T", "t", "Z", "X") for s in states):
+            return
+        time.sleep(0.001)
+
+
 class Campaign:
     def __init__(self):
         self.secs = int(os.environ.get("TORTURE_SECS", "600"))
@@ -387,6 +402,7 @@ class Campaign:
             frozen = self.watch if self.watch is not None and self.watch.poll() is None else None
             if frozen:
                 frozen.send_signal(signal.SIGSTOP)
+                stopped(frozen.pid)
             try:
                 places = defaultdict(list)
                 for top in ("incoming", "processing", "archive", "failed"):
