@@ -413,21 +413,25 @@ impl Spool {
             .exists()
     }
 
-    /// Removes processing/<tag>/ once no file of the batch is left in it (its
-    /// claim-order record and done marker go with it); a directory still holding
+    /// Removes processing/<tag>/ once no file of the batch is left in it; its
+    /// bookkeeping (dotfiles: the claim-order record, the done marker, and the
+    /// temporary of one a crash cut short) goes with it. A directory still holding
     /// files stays.
     pub(crate) fn forget(&self, tag: &BatchTag) {
         let dir = self.dir("processing").join(tag.as_str());
-        let left = fs::read_dir(&dir).map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .any(|e| e.file_name() != CLAIM_FILE && e.file_name() != DONE_FILE)
-        });
-        if left.unwrap_or(true) {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
+        let names: Vec<std::ffi::OsString> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        if names.iter().any(|n| !n.to_string_lossy().starts_with('.')) {
             return;
         }
-        let _ = fs::remove_file(dir.join(DONE_FILE));
-        let _ = fs::remove_file(dir.join(CLAIM_FILE));
+        for name in names {
+            let _ = fs::remove_file(dir.join(name));
+        }
         if fs::remove_dir(&dir).is_ok() {
             let _ = fsync_dir(&self.dir("processing"));
         }

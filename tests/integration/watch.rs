@@ -265,9 +265,23 @@ fn sigkill_over_a_stream_of_files_loses_and_duplicates_nothing() {
         let _ = child.wait();
     }
     let child = env.run(&["watch"]).spawn();
-    wait_for(60, "the spool to drain", || {
-        env.files_in("incoming").is_empty() && env.files_in("processing").is_empty()
-    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(env.count_files("incoming", ".msgpack") == 0
+        && env.count_files("processing", ".msgpack") == 0)
+    {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(env.dir.path().join("logs/rag_ingestion.log"))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "the spool did not drain; seed {}\n{:?}\n{}",
+                seed,
+                env.listing(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     stop(child);
     eprintln!("{mid_batch} of 14 kills landed while a batch was in processing/");
     assert_eq!(produced, 210);
