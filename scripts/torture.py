@@ -145,6 +145,7 @@ class Campaign:
         self.tmpfs = False
         self.elapsed = 0.0
         self.refused = 0
+        self.abandoned = 0
 
     # --- servers ---------------------------------------------------------------
 
@@ -370,22 +371,41 @@ class Campaign:
             time.sleep(hold)
             filler.unlink()
         elif kind == "standby switchover":
-            # The old primary stops cleanly (its last WAL reaches the standby), the
-            # standby is promoted, and the old primary's place gets a new standby.
-            # With asynchronous replication only a standby that is streaming when
-            # the primary stops has every commit (the primary's shutdown waits for
-            # it to confirm): wait for that first, as a switchover tool does.
-            old, new = self.primary, self.standby
-            for _ in range(300):
-                if self.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").strip() == "1":
+            self.switchover(hold)
+
+    def switchover(self, hold):
+        """The old primary stops cleanly; the standby is promoted once it has
+        received the old primary's shutdown checkpoint, as a switchover tool checks
+        (with asynchronous replication, promoting a standby that is behind loses
+        commits the old primary acknowledged); a new standby is then built where
+        the old primary was. A standby that does not catch up within 120 s is not
+        promoted: the old primary starts again."""
+        old, new = self.primary, self.standby
+        for _ in range(300):
+            if self.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").strip() == "1":
+                break
+            time.sleep(0.1)
+        self.servers("pg-stop-fast", old[0])
+        control = self.sh(f"{self.pg_bin}/pg_controldata", "-D", old[0] / "pg", capture=True)
+        checkpoint = next(l.split(":", 1)[1].strip() for l in control.splitlines()
+                          if l.startswith("Latest checkpoint location"))
+        for _ in range(1200):
+            try:
+                if self.psql(f"SELECT pg_last_wal_receive_lsn() > '{checkpoint}'::pg_lsn", port=new[1]).strip() == "t":
                     break
-                time.sleep(0.1)
-            self.servers("pg-stop-fast", old[0])
-            self.servers("pg-promote", new[0])
-            time.sleep(hold)
-            self.servers("stop", old[0])
-            self.servers("standby", old[0], new[1], extra={"PG_FIXED_PORT": str(old[1])})
-            self.primary, self.standby = new, old
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass
+            time.sleep(0.1)
+        else:
+            log(f"standby never received {checkpoint}; switchover abandoned")
+            self.abandoned += 1
+            self.servers("pg-start", old[0])
+            return
+        self.servers("pg-promote", new[0])
+        time.sleep(hold)
+        self.servers("stop", old[0])
+        self.servers("standby", old[0], new[1], extra={"PG_FIXED_PORT": str(old[1])})
+        self.primary, self.standby = new, old
 
     # --- invariants ------------------------------------------------------------
 
@@ -621,7 +641,9 @@ class Campaign:
         lines += [f"| {k} | {self.faults[k]} |" for k, _ in self.KINDS if self.faults[k]]
         lines += [f"| **total** | **{total_faults}** |", "",
                   f"Kills that landed while a batch was in processing/: {self.kills_mid_batch}. "
-                  f"watch restarted by the supervisor: {self.restarts} times. Invariant checks: {self.checks}.", "",
+                  f"watch restarted by the supervisor: {self.restarts} times. Invariant checks: {self.checks}. "
+                  f"Switchovers abandoned because the standby did not catch up: {self.abandoned}. "
+                  f"Files the producer could not write (disk full): {self.refused}.", "",
                   "| files produced | count |", "|---|---|"]
         lines += [f"| {k} | {kinds[k]} |" for k in ("good", "bad", "dup", "replace", "delete") if kinds[k]]
         lines += [f"| **total** | **{len(self.produced)}** |", "",
