@@ -36,7 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ROOT / "scripts" / "servers.sh"
-DURABLE = "-c fsync=on -c synchronous_commit=on -c full_page_writes=on -c max_connections=40"
+# wal_keep_size: a standby that fell behind (a restart, a rebuild) can always catch up.
+DURABLE = "-c fsync=on -c synchronous_commit=on -c full_page_writes=on -c max_connections=40 -c wal_keep_size=8192"
 TOKEN = "torture-token"
 
 
