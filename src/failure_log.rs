@@ -170,29 +170,22 @@ impl FailureLog {
                 let mut text = vec![0u8; len as usize];
                 std::os::unix::fs::FileExt::read_exact_at(&chain.file, &mut text, 0)
                     .with_context(|| format!("cannot read {}", what()))?;
-                let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-                if whole < text.len() {
+                let log = Records::of(&text);
+                if log.torn {
                     log::warn!(
                         "{}: removing a torn last record ({} bytes without a newline)",
                         what(),
-                        text.len() - whole
+                        text.len() - log.whole
                     );
                     chain
                         .file
-                        .set_len(whole as u64)
+                        .set_len(log.whole as u64)
                         .and_then(|()| chain.file.sync_data())
                         .with_context(|| format!("cannot repair {}", what()))?;
                 }
-                let body = &text[..whole];
-                let last = body
-                    .strip_suffix(b"\n")
-                    .unwrap_or(body)
-                    .rsplit(|b| *b == b'\n')
-                    .next()
-                    .unwrap_or(b"");
-                chain.head = sha256_hex(last);
-                chain.records = body.iter().filter(|b| **b == b'\n').count() as u64;
-                chain.len = whole as u64;
+                chain.head = sha256_hex(log.lines.last().map_or(&b""[..], |(_, l)| l));
+                chain.records = log.lines.len() as u64;
+                chain.len = log.whole as u64;
             }
             f(chain)
         })();
@@ -286,21 +279,45 @@ pub(crate) fn check_anchor(path: &Path, records: u64, head: &str) -> Option<Stri
         return None;
     }
     let text = std::fs::read(path).unwrap_or_default();
-    let lines: Vec<&[u8]> = text
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
+    let lines = Records::of(&text).lines;
     if (lines.len() as u64) < records {
         return Some(format!(
             "holds {} record(s), but {records} were anchored in the database: the log was cut",
             lines.len()
         ));
     }
-    (sha256_hex(lines[records as usize - 1]) != head).then(|| {
+    (sha256_hex(lines[records as usize - 1].1) != head).then(|| {
         format!(
             "record {records} is not the one anchored in the database: the log was cut or replaced"
         )
     })
+}
+
+/// A log's bytes as its complete records: each with its 1-based line number, blank
+/// lines skipped; a last line without its newline is a torn record, not one of them.
+struct Records<'a> {
+    lines: Vec<(usize, &'a [u8])>,
+    /// Bytes up to and with the last newline.
+    whole: usize,
+    /// Bytes follow the last newline.
+    torn: bool,
+}
+
+impl Records<'_> {
+    fn of(text: &[u8]) -> Records<'_> {
+        let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let lines = text[..whole]
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(i, l)| (i + 1, l))
+            .collect();
+        Records {
+            lines,
+            whole,
+            torn: whole < text.len(),
+        }
+    }
 }
 
 /// What verifying the chain found.
@@ -332,35 +349,25 @@ pub(crate) fn verify(path: &Path) -> Result<Verified> {
             );
         }
     };
-    let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let torn = whole < text.len();
-    let text = &text[..whole];
+    let log = Records::of(&text);
     let mut expected = sha256_hex(b"");
-    let mut lines = 0;
-    for (i, line) in text.split(|b| *b == b'\n').enumerate() {
-        if line.is_empty() && i > 0 {
-            continue;
-        }
-        if line.is_empty() {
-            break;
-        }
-        lines += 1;
+    for (n, (line_no, line)) in log.lines.iter().enumerate() {
         let prev = serde_json::from_slice::<serde_json::Value>(line)
             .ok()
             .and_then(|v| v["prev"].as_str().map(str::to_string));
         if prev.as_deref() != Some(expected.as_str()) {
             return Ok(Verified {
-                lines,
-                first_broken: Some(i + 1),
-                torn,
+                lines: n + 1,
+                first_broken: Some(*line_no),
+                torn: log.torn,
             });
         }
         expected = sha256_hex(line);
     }
     Ok(Verified {
-        lines,
+        lines: log.lines.len(),
         first_broken: None,
-        torn,
+        torn: log.torn,
     })
 }
 

@@ -203,8 +203,8 @@ pub(crate) struct Settled {
     pub(crate) deleted: u64,
     /// Some file self-healed.
     pub(crate) healed: bool,
-    /// Some failed file's reason was partition_missing.
-    pub(crate) partition_missing: bool,
+    /// The reason codes of its failed files.
+    pub(crate) failed_reasons: Vec<String>,
     /// Documents replaced or deleted.
     pub(crate) changed_docs: Vec<String>,
 }
@@ -220,7 +220,8 @@ pub(crate) fn settled(
             &format!(
                 "SELECT count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'failed'), \
                  coalesce(sum(rows), 0)::bigint, coalesce(sum(deleted), 0)::bigint, coalesce(bool_or(healed), false), \
-                 coalesce(bool_or(reason = 'partition_missing'), false) FROM {} WHERE batch_tag = $1",
+                 coalesce(array_agg(DISTINCT reason) FILTER (WHERE status = 'failed' AND reason IS NOT NULL), '{{}}') \
+                 FROM {} WHERE batch_tag = $1",
                 names.manifest
             ),
             &[&tag.as_str()],
@@ -242,7 +243,7 @@ pub(crate) fn settled(
         rows: row.get::<_, i64>(2).max(0) as u64,
         deleted: row.get::<_, i64>(3).max(0) as u64,
         healed: row.get(4),
-        partition_missing: row.get(5),
+        failed_reasons: row.get(5),
         changed_docs: docs.iter().map(|r| r.get(0)).collect(),
     })
 }

@@ -183,13 +183,14 @@ impl Runner {
         for (tag, files, lock) in self.spool.in_flight()? {
             if files.is_empty() {
                 // Every file settled; a crash may have come before gate.done.
-                if !self.spool.done_queued(&tag)
-                    && let Some(report) = self.settled(&tag)?
-                {
-                    reports.push(report);
+                let settled = match self.spool.done_queued(&tag) {
+                    true => None,
+                    false => self.settled(&tag)?,
+                };
+                match settled {
+                    Some(report) => reports.push(self.finish(report, lock)),
+                    None => self.spool.forget(&tag),
                 }
-                self.spool.forget(&tag);
-                drop(lock);
                 continue;
             }
             log::info!(
@@ -324,6 +325,12 @@ impl Runner {
             report.files_failed,
             report.duration_ms,
         );
+        self.finish(report, lock)
+    }
+
+    /// A batch's end: its gate.done queued and delivered with what else waits, then
+    /// its documents' cached answers invalidated and the build update published.
+    fn finish(&self, report: BatchReport, lock: BatchLock) -> BatchReport {
         let report = self.close(report, lock);
         self.flush();
         self.invalidate(&report);
@@ -356,8 +363,8 @@ impl Runner {
         report
     }
 
-    /// The report of batch `tag` whose files all settled before a crash and whose
-    /// gate.done was never queued, from the manifest; `None` when no file of it
+    /// The report, from the manifest, of batch `tag` whose files all settled before
+    /// a crash and whose gate.done was never queued; `None` when no file of it
     /// reached the manifest (a claim that moved nothing).
     fn settled(&self, tag: &BatchTag) -> Result<Option<BatchReport>> {
         let mut client = self.ingest.db.connect()?;
@@ -366,13 +373,13 @@ impl Runner {
             return Ok(None);
         }
         log::info!("batch {tag}: settled before a stop; queueing its gate.done");
-        let reason = match (s.partition_missing, s.files_failed > 0, s.healed) {
-            (true, _, _) => Reason::PartitionMissing,
-            (_, true, _) => Reason::Failed,
-            (_, _, true) => Reason::HealedPartition,
-            _ => Reason::Success,
-        };
-        let report = BatchReport {
+        let reason = s
+            .failed_reasons
+            .iter()
+            .filter_map(|r| Reason::parse(r).ok())
+            .chain(s.healed.then_some(Reason::HealedPartition))
+            .fold(Reason::Success, Reason::combine);
+        Ok(Some(BatchReport {
             tag: tag.clone(),
             files: s.files_ok + s.files_failed,
             bytes: 0,
@@ -386,13 +393,7 @@ impl Runner {
             healed: s.healed,
             duration_ms: 0,
             error: None,
-        };
-        self.notifier.gate_done(&report)?;
-        self.spool.mark_done_queued(tag)?;
-        self.flush();
-        self.invalidate(&report);
-        self.publish_build_update(&report);
-        Ok(Some(report))
+        }))
     }
 
     /// Queues the invalidation of the cached answers of every document the batch

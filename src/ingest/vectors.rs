@@ -207,6 +207,9 @@ pub(crate) fn prefetch(
     Ok(out)
 }
 
+const ZERO_ANSWER: &str =
+    "the embeddings endpoint answered an all-zero vector, which has no cosine distance";
+
 /// What one window's pending chunks need to get their vectors.
 struct Window<'a> {
     names: &'a Names,
@@ -259,11 +262,7 @@ impl Window<'_> {
         };
         let keep = |out: &mut Vectors, index: u64, v: &[f32]| {
             if names.storage.needs_direction() && v.iter().all(|x| *x == 0.0) {
-                return Err(bad(
-                index,
-                "the embeddings endpoint answered an all-zero vector, which has no cosine distance"
-                    .into(),
-            ));
+                return Err(bad(index, ZERO_ANSWER.into()));
             }
             out.push(v).map_err(Prefetch::Stop)
         };
