@@ -100,10 +100,15 @@ impl Embedding<'_> {
             Embedding::F32s(b) => b
                 .chunks_exact(5)
                 .for_each(|c| f(u32::from_be_bytes([c[1], c[2], c[3], c[4]]))),
+            // The decoder checked these elements: each is a finite number.
             Embedding::Packed { bytes, len } => {
-                let mut pos = 0;
+                let mut d = Decoder::new(bytes, None);
                 for _ in 0..*len {
-                    f(packed_bits(bytes, &mut pos));
+                    f(d.head()
+                        .ok()
+                        .and_then(Head::number)
+                        .unwrap_or(0.0)
+                        .to_bits());
                 }
             }
             Embedding::Values(v) => v.iter().for_each(|x| f(x.to_bits())),
@@ -139,35 +144,6 @@ fn finite_bits(bits: u32) -> bool {
     bits & 0x7f80_0000 != 0x7f80_0000
 }
 
-/// The float32 bits of the number at `bytes[*pos]`, which the decoder checked.
-#[inline]
-fn packed_bits(bytes: &[u8], pos: &mut usize) -> u32 {
-    let marker = bytes[*pos];
-    let width = match marker {
-        0xca | 0xce | 0xd2 => 4,
-        0xcb | 0xcf | 0xd3 => 8,
-        0xcc | 0xd0 => 1,
-        0xcd | 0xd1 => 2,
-        _ => 0,
-    };
-    let mut raw = 0u64;
-    for b in &bytes[*pos + 1..*pos + 1 + width] {
-        raw = (raw << 8) | u64::from(*b);
-    }
-    *pos += 1 + width;
-    match marker {
-        0xca => raw as u32,
-        0xcb => (f64::from_bits(raw) as f32).to_bits(),
-        0xcc..=0xcf => (raw as f32).to_bits(),
-        0xd0 => f32::from(raw as u8 as i8).to_bits(),
-        0xd1 => f32::from(raw as u16 as i16).to_bits(),
-        0xd2 => (raw as u32 as i32 as f32).to_bits(),
-        0xd3 => (raw as i64 as f32).to_bits(),
-        0xe0..=0xff => f32::from(marker as i8).to_bits(),
-        _ => f32::from(marker).to_bits(),
-    }
-}
-
 /// A MessagePack value header; strings, binaries and extensions borrow their bytes.
 #[derive(Debug, Clone, Copy)]
 enum Head<'a> {
@@ -184,6 +160,16 @@ enum Head<'a> {
 }
 
 impl Head<'_> {
+    /// A number as an embedding element.
+    fn number(self) -> Option<f32> {
+        match self {
+            Head::Float(f) => Some(f as f32),
+            Head::UInt(u) => Some(u as f32),
+            Head::Int(i) => Some(i as f32),
+            _ => None,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Head::Nil => "nil",
@@ -651,16 +637,12 @@ impl<'a> Decoder<'a> {
         let start = self.pos;
         for i in 0..n {
             let el_at = self.pos;
-            let value = match self.head()? {
-                Head::Float(f) => f as f32,
-                Head::UInt(u) => u as f32,
-                Head::Int(i) => i as f32,
-                other => {
-                    return fault(
-                        el_at,
-                        format!("embedding[{i}] must be a number, found {}", other.kind()),
-                    );
-                }
+            let head = self.head()?;
+            let Some(value) = head.number() else {
+                return fault(
+                    el_at,
+                    format!("embedding[{i}] must be a number, found {}", head.kind()),
+                );
             };
             if !value.is_finite() {
                 return fault(at, format!("embedding[{i}] is not a finite number"));
