@@ -84,10 +84,7 @@ fn findings(config: &Config) -> Vec<Finding> {
             }),
         });
     }
-    if let Some(finding) = anchor(config) {
-        found.push(finding);
-    }
-    found.push(database(config));
+    found.extend(database(config));
     found.push(redis(config));
     found.extend(gate(config));
     found
@@ -156,25 +153,12 @@ fn gate(config: &Config) -> Vec<Finding> {
     found
 }
 
-/// The failure log against its anchor in the database, when both can be read.
-fn anchor(config: &Config) -> Option<Finding> {
-    let names = crate::schema::Names::from_config(config);
-    let mut client = crate::db::Db::from_config(config)
-        .ok()?
-        .connect_once()
-        .ok()?;
-    let (records, head) =
-        crate::failure_log::read_anchor(&mut client, &names, &config.failure_log).ok()??;
-    Some(Finding {
-        what: format!("failure log anchor ({records} records anchored in the database)"),
-        problem: crate::failure_log::check_anchor(&config.failure_log, records, &head),
-    })
-}
-
-/// The database: reachable (one attempt, no retries) and at the schema version.
-fn database(config: &Config) -> Finding {
+/// The database: reachable (one attempt, no retries) and at the schema version;
+/// and, on the same connection, the failure log against its anchor there.
+fn database(config: &Config) -> Vec<Finding> {
     let names = crate::schema::Names::from_config(config);
     let mut what = format!("database, table {}", names.table);
+    let mut anchor = None;
     let problem = (|| -> Result<Option<String>> {
         let db = crate::db::Db::from_config(config)?;
         let mut client = db
@@ -188,6 +172,9 @@ fn database(config: &Config) -> Finding {
             what = format!("database {}, table {}", row.get::<_, String>(0), names.table);
         }
         let version = crate::schema::current_version(&mut client, &names)?;
+        if version >= crate::schema::VERSION {
+            anchor = anchor_finding(&mut client, &names, &config.failure_log);
+        }
         Ok((version < crate::schema::VERSION).then(|| {
             format!(
                 "schema at version {version}, needs {}; run `ragspool migrate`",
@@ -195,8 +182,22 @@ fn database(config: &Config) -> Finding {
             )
         }))
     })();
-    Finding {
+    let database = Finding {
         what,
         problem: problem.unwrap_or_else(|e| Some(e.to_string().replace('\n', "; "))),
-    }
+    };
+    std::iter::once(database).chain(anchor).collect()
+}
+
+/// The failure log against its anchor in the database, when there is one.
+fn anchor_finding(
+    client: &mut postgres::Client,
+    names: &crate::schema::Names,
+    log: &std::path::Path,
+) -> Option<Finding> {
+    let (records, head) = crate::failure_log::read_anchor(client, names, log).ok()??;
+    Some(Finding {
+        what: format!("failure log anchor ({records} records anchored in the database)"),
+        problem: crate::failure_log::check_anchor(log, records, &head),
+    })
 }
