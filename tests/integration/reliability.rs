@@ -10,14 +10,6 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn rng(seed: &mut u64) -> u64 {
-    crate::support::next_random(seed)
-}
-
-fn seed() -> u64 {
-    crate::support::test_seed("reliability")
-}
-
 /// Runs `process` until it exits 0 (an outage may make a run exit 75 first).
 #[track_caller]
 fn process_until_clean(env: &TestEnv) {
@@ -41,9 +33,11 @@ fn postgres_restarted_mid_copy_and_mid_commit_loses_and_duplicates_nothing() {
     let env = TestEnv::on_own_pg(&own, "restarts", 20);
     env.generate(30, 300, 0);
     let mut child = env.run(&["process"]).env("BATCH_MAX_FILES", "5").spawn();
-    let mut s = seed();
+    let mut s = crate::support::test_seed("postgres_restarted_mid_copy_and_mid_commit");
     for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(100 + rng(&mut s) % 300));
+        std::thread::sleep(Duration::from_millis(
+            100 + crate::support::next_random(&mut s) % 300,
+        ));
         own.stop();
         std::thread::sleep(Duration::from_millis(300));
         own.restart();
