@@ -117,16 +117,21 @@ impl Embedding<'_> {
 
     /// Whether every element is zero (either sign).
     pub(crate) fn all_zero(&self) -> bool {
-        let zero = |b: &[u8]| b.iter().all(|x| *x & 0x7f == 0);
+        // Zero of either sign: every bit but the sign bit clear.
+        let zero = |bits: u32| bits << 1 == 0;
         match self {
-            Embedding::Le(b) => b.chunks_exact(4).all(|c| zero(&[c[0], c[1], c[2], c[3]])),
-            Embedding::F32s(b) => b.chunks_exact(5).all(|c| zero(&[c[1], c[2], c[3], c[4]])),
-            Embedding::Packed { .. } => {
+            // The common layouts stop at the first element that is not zero.
+            Embedding::Le(b) => b
+                .chunks_exact(4)
+                .all(|c| zero(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            Embedding::F32s(b) => b
+                .chunks_exact(5)
+                .all(|c| zero(u32::from_be_bytes([c[1], c[2], c[3], c[4]]))),
+            Embedding::Packed { .. } | Embedding::Values(_) => {
                 let mut all = true;
-                self.for_each_bits(|b| all &= b << 1 == 0);
+                self.for_each_bits(|b| all &= zero(b));
                 all
             }
-            Embedding::Values(v) => v.iter().all(|x| *x == 0.0),
         }
     }
 

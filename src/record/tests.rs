@@ -223,6 +223,22 @@ fn embeddings_as_array_or_le_bin() {
 }
 
 #[test]
+fn only_zeros_of_either_sign_are_zero_in_every_layout() {
+    let tiny = f32::from_bits(0x80); // a denormal whose low byte is 0x80
+    for values in [vec![0.0f32, -0.0], vec![0.0, tiny]] {
+        let le: Vec<u8> = values.iter().flat_map(|f| f.to_le_bytes()).collect();
+        let f32s: Vec<u8> = values
+            .iter()
+            .flat_map(|f| [&[0xca][..], &f.to_be_bytes()].concat())
+            .collect();
+        let want = values.iter().all(|x| *x == 0.0);
+        assert_eq!(Embedding::Le(&le).all_zero(), want, "{values:?}");
+        assert_eq!(Embedding::F32s(&f32s).all_zero(), want, "{values:?}");
+        assert_eq!(Embedding::Values(values.clone()).all_zero(), want);
+    }
+}
+
+#[test]
 fn embed_dim_mismatch_is_a_bad_record() {
     let buf = bytes(&[rec(vec![(s("embedding"), V::A(vec![V::F(0.5)]))])]);
     let r: Result<Vec<_>, _> = Decoder::new(&buf, Some(2)).collect();
