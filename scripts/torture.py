@@ -133,6 +133,11 @@ class Campaign:
         self.violations = Counter()
         self.examples = defaultdict(list)
         self.checks = 0
+        self.check_secs = 0.0
+        self.slowest_check = 0.0
+        self.dir_cache = {}  # spool-relative directory -> (mtime_ns, listed at ns, files, subdirs)
+        self.chain = (b"", [])  # failure-log bytes verified, each record's hash
+        self.dup_from = 0  # transactions before this one were checked for duplicated rows
         self.kills_mid_batch = 0
         self.produced = {}  # name -> dict(kind, sha, ops)
         self.produced_lock = threading.Lock()
@@ -427,17 +432,47 @@ class Campaign:
             try:
                 places = defaultdict(list)
                 for top in ("incoming", "processing", "archive", "failed"):
-                    for dirpath, _, files in os.walk(self.spool / top):
+                    for rel, files in self.listing(top):
                         for f in files:
-                            if f.endswith(".msgpack") and not f.startswith("."):
-                                places[f].append(os.path.relpath(dirpath, self.spool))
+                            places[f].append(rel)
             finally:
                 if frozen:
                     frozen.send_signal(signal.SIGCONT)
         return places
 
+    def listing(self, rel):
+        """(directory, its spool files) for `rel` and every directory under it.
+        archive/ and failed/ grow by a directory per batch and their old ones never
+        change, so a directory whose mtime is what it was at an earlier listing is
+        not read again; only when that mtime was over a second old by then, as a
+        directory's mtime ticks coarsely and two changes within one tick leave it
+        equal."""
+        path = self.spool / rel
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        now = time.time_ns()
+        cached = self.dir_cache.get(rel)
+        if cached and cached[0] == st.st_mtime_ns and cached[1] - st.st_mtime_ns > 1_000_000_000:
+            files, subdirs = cached[2], cached[3]
+        else:
+            files, subdirs = [], []
+            for entry in os.scandir(path):
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append(entry.name)
+                elif entry.name.endswith(".msgpack") and not entry.name.startswith("."):
+                    files.append(entry.name)
+            self.dir_cache[rel] = (st.st_mtime_ns, now, files, subdirs)
+        yield rel, files
+        for d in subdirs:
+            yield from self.listing(f"{rel}/{d}")
+
     def check_live(self, final=False):
+        started = time.monotonic()
         self.checks += 1
+        if final:
+            self.dir_cache.clear()
         with self.produced_lock:
             produced = dict(self.produced)
         places = self.where()
@@ -451,36 +486,59 @@ class Campaign:
                 self.violation("every file accounted for exactly once", f"{name} ({info['kind']}) in {got[0]}")
             elif final and info["kind"] == "bad" and not (self.spool / got[0] / f"{name}.reason.json").exists():
                 self.violation("every file accounted for exactly once", f"bad {name} has no reason.json")
-        dup = self.psql("SELECT count(*) FROM (SELECT doc_id, chunk_index FROM rag_chunks "
-                        "GROUP BY 1, 2 HAVING count(*) > 1) d").strip()
-        if dup != "0":
-            self.violation("no duplicated row", f"{dup} (doc_id, chunk_index) pairs twice")
-        self.check_chain()
+        self.check_duplicates(final)
+        self.check_chain(final)
         self.check_gate(final)
         if final:
             self.check_rows()
+        took = time.monotonic() - started
+        self.check_secs += took
+        self.slowest_check = max(self.slowest_check, took)
 
-    def check_chain(self):
+    def check_duplicates(self, final):
+        """No (doc_id, chunk_index) twice. Between faults only the documents that
+        rows of transactions since the last check touch: every transaction older
+        than the oldest one running when that check began had ended before it, so
+        its rows were checked then. The final check reads the whole table."""
+        since = "" if final else (f"WHERE doc_id IN (SELECT doc_id FROM rag_chunks "
+                                  f"WHERE xmin::text::bigint >= {self.dup_from})")
+        out = self.psql("SELECT pg_snapshot_xmin(pg_current_snapshot());"
+                        "SELECT count(*) FROM (SELECT doc_id, chunk_index FROM rag_chunks "
+                        f"{since} GROUP BY 1, 2 HAVING count(*) > 1) d").split()
+        self.dup_from, dup = int(out[0]), out[1]
+        if dup != "0":
+            self.violation("no duplicated row", f"{dup} (doc_id, chunk_index) pairs twice")
+
+    def check_chain(self, final):
+        """Each failure-log record names its predecessor's hash, and the anchor in
+        the database names a record the file holds. Between faults the records
+        verified before are compared as bytes (a cut or a rewrite changes them) and
+        only the new ones are hashed."""
         # The anchor first: read after the file, it could count a record appended
         # in between.
         anchor = self.psql("SELECT records || ' ' || head FROM ragspool_failure_log_anchor").split()
         text = self.failure_log.read_bytes() if self.failure_log.exists() else b""
         whole = text[: text.rfind(b"\n") + 1]
-        prev = hashlib.sha256(b"").hexdigest()
-        lines = [l for l in whole.split(b"\n") if l]
-        for i, line in enumerate(lines):
+        done, hashes = self.chain
+        if final or not whole.startswith(done):
+            done, hashes = b"", []
+        hashes = list(hashes)
+        for line in whole[len(done):].split(b"\n"):
+            if not line:
+                continue
             try:
                 rec_prev = json.loads(line).get("prev")
             except ValueError:
                 rec_prev = None
-            if rec_prev != prev:
-                self.violation("failure-log chain intact", f"line {i + 1} of {len(lines)}")
+            if rec_prev != (hashes[-1] if hashes else hashlib.sha256(b"").hexdigest()):
+                self.violation("failure-log chain intact", f"record {len(hashes) + 1}")
                 return
-            prev = hashlib.sha256(line).hexdigest()
+            hashes.append(hashlib.sha256(line).hexdigest())
+        self.chain = (whole, hashes)
         if anchor:
             n, head = int(anchor[0]), anchor[1]
-            if n > len(lines) or (n and hashlib.sha256(lines[n - 1]).hexdigest() != head):
-                self.violation("failure-log chain intact", f"anchor {n} records, file {len(lines)}")
+            if n > len(hashes) or (n and hashes[n - 1] != head):
+                self.violation("failure-log chain intact", f"anchor {n} records, file {len(hashes)}")
 
     def check_gate(self, final):
         with Gate.lock:
@@ -579,7 +637,8 @@ class Campaign:
                 self.check_live()
                 if n % 50 == 0:
                     log(f"{n} faults, {len(self.produced)} files produced ({self.refused} refused by a full disk), "
-                        f"{sum(self.violations.values())} violation(s)")
+                        f"{sum(self.violations.values())} violation(s), checks {1000 * self.check_secs / self.checks:.0f} ms "
+                        f"on average")
             self.elapsed = time.monotonic() - started
             self.stop_producer.set()
             producer.join()
@@ -642,7 +701,8 @@ class Campaign:
         lines += [f"| {k} | {self.faults[k]} |" for k, _ in self.KINDS if self.faults[k]]
         lines += [f"| **total** | **{total_faults}** |", "",
                   f"Kills that landed while a batch was in processing/: {self.kills_mid_batch}. "
-                  f"watch restarted by the supervisor: {self.restarts} times. Invariant checks: {self.checks}. "
+                  f"watch restarted by the supervisor: {self.restarts} times. Invariant checks: {self.checks} "
+                  f"({self.check_secs:.0f} s in all, the slowest {self.slowest_check:.2f} s). "
                   f"Switchovers abandoned because the standby did not catch up: {self.abandoned}. "
                   f"Files the producer could not write (disk full): {self.refused}.", "",
                   "| files produced | count |", "|---|---|"]
