@@ -45,6 +45,7 @@ pub(crate) mod http;
 pub(crate) mod ingest;
 pub(crate) mod invalidation;
 pub(crate) mod lineage;
+pub(crate) mod lockfile;
 pub(crate) mod log;
 pub(crate) mod maintenance;
 pub(crate) mod manifest;

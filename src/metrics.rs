@@ -520,12 +520,7 @@ pub(crate) fn write(path: &Path, spool: &Spool, gauges: &Gauges) -> Result<()> {
         .and_then(|n| n.to_str())
         .unwrap_or("ragspool.prom");
     let lock_path = dir.join(format!("{name}.lock"));
-    let lock = crate::spool::open_append(&lock_path, 0o644).map_err(|e| {
-        crate::error::Error::from(e).context(format!("cannot open `{}`", lock_path.display()))
-    })?;
-    lock.lock().map_err(|e| {
-        crate::error::Error::from(e).context(format!("cannot lock `{}`", lock_path.display()))
-    })?;
+    let _lock = crate::lockfile::LockFile::acquire(&lock_path, 0o644)?;
     let previous = read_samples(path);
     let (counters, taken) = merged(&previous);
     let text = render(spool, gauges, &counters, &previous);

@@ -6,6 +6,7 @@
 use crate::backoff::Backoff;
 use crate::error::{Context, Error, Result};
 use crate::failure_log::{Entry, FailureLog};
+use crate::lockfile::LockFile;
 use crate::sequence::SeqFile;
 use crate::spool::{fsync_dir, make_dir, write_atomic};
 use crate::webhook::{self, Attempt, Endpoint};
@@ -149,7 +150,7 @@ impl Outbox {
     /// at a time per spool (an flock on outbox/.flush): two daemons, or watch and
     /// process, never deliver or remove the same event twice.
     pub(crate) fn flush(&self) -> Result<(Flushed, Vec<Notice>)> {
-        let _flushing = SeqFile::lock(&self.dir.join(FLUSH_LOCK))?;
+        let _flushing = LockFile::acquire(&self.dir.join(FLUSH_LOCK), 0o640)?;
         let mut report = Flushed::default();
         let mut notices = Vec::new();
         let mut blocked: BTreeSet<Target> = BTreeSet::new();

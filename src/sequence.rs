@@ -4,52 +4,34 @@
 //! (outbox/.seq) come from here, never from the wall clock alone.
 
 use crate::error::{Context, Result};
-use std::fs::{File, OpenOptions};
+use crate::lockfile::LockFile;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A locked sequence file; the lock goes with it.
-pub(crate) struct SeqFile {
-    file: File,
-    path: PathBuf,
-}
+pub(crate) struct SeqFile(LockFile);
 
 impl SeqFile {
     /// Opens (creating) and locks the sequence file at `path`; blocks while another
     /// process holds it, which is never for long.
     pub(crate) fn lock(path: &Path) -> Result<SeqFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o640)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .with_context(|| format!("cannot open `{}`", path.display()))?;
-        file.lock()
-            .with_context(|| format!("cannot lock `{}`", path.display()))?;
-        Ok(SeqFile {
-            file,
-            path: path.to_path_buf(),
-        })
+        LockFile::acquire(path, 0o640).map(SeqFile)
     }
 
     /// Hands out `n` numbers and returns the first: `now`, or one past the last
     /// handed out when `now` is not beyond it.
     pub(crate) fn take(&mut self, n: usize, now: i64) -> Result<i64> {
+        let LockFile { file, path } = &mut self.0;
         let mut text = String::new();
-        let _ = self.file.read_to_string(&mut text);
+        let _ = file.read_to_string(&mut text);
         let last: i64 = text.trim().parse().unwrap_or(0);
         let base = now.max(last.saturating_add(1));
         let end = base + n.max(1) as i64 - 1;
-        self.file
-            .set_len(0)
-            .and_then(|()| self.file.seek(SeekFrom::Start(0)))
-            .and_then(|_| self.file.write_all(format!("{end}\n").as_bytes()))
-            .and_then(|()| self.file.sync_data())
-            .with_context(|| format!("cannot write `{}`", self.path.display()))?;
+        file.set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(format!("{end}\n").as_bytes()))
+            .and_then(|()| file.sync_data())
+            .with_context(|| format!("cannot write `{}`", path.display()))?;
         Ok(base)
     }
 }
