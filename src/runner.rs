@@ -183,9 +183,10 @@ impl Runner {
         for (tag, files, lock) in self.spool.in_flight()? {
             if files.is_empty() {
                 // Every file settled; a crash may have come before gate.done.
-                let settled = match self.spool.done_queued(&tag) {
-                    true => None,
-                    false => self.settled(&tag)?,
+                let settled = if self.spool.done_queued(&tag) {
+                    None
+                } else {
+                    self.settled(&tag)?
                 };
                 match settled {
                     Some(report) => reports.push(self.finish(report, lock)),
