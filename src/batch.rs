@@ -1,7 +1,8 @@
 //! Batch identity and outcome: the `batch_tag` format (SPEC §3) and the gate.done
-//! `Reason` codes with their precedence (SPEC §6), used by process and watch alike.
+//! `Reason` codes with their precedence (SPEC §6), and what a batch did
+//! (`BatchReport`): used by the runner and by notify alike.
 
-use crate::error::{Error, Result};
+use crate::error::{Class, Error, Result};
 use std::fmt;
 use time::OffsetDateTime;
 use time::macros::format_description;
@@ -120,6 +121,81 @@ impl Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchReport {
+    /// The batch.
+    pub(crate) tag: BatchTag,
+    /// Files claimed.
+    pub(crate) files: usize,
+    /// Their bytes.
+    pub(crate) bytes: u64,
+    /// Files archived.
+    pub(crate) files_ok: usize,
+    /// Files moved to failed/.
+    pub(crate) files_failed: usize,
+    /// Rows inserted.
+    pub(crate) rows: u64,
+    /// Earlier rows removed by replaces and deletes.
+    pub(crate) deleted: u64,
+    /// Mtimes (unix seconds) of the files whose rows went in.
+    pub(crate) mtimes: Vec<f64>,
+    /// Documents the batch replaced or deleted.
+    pub(crate) changed_docs: Vec<String>,
+    /// The gate.done reason.
+    pub(crate) reason: Reason,
+    /// Whether a self-heal happened.
+    pub(crate) healed: bool,
+    /// Wall time.
+    pub(crate) duration_ms: u64,
+    /// Why files were left in processing/, if any were.
+    pub(crate) error: Option<ErrorSummary>,
+}
+
+impl BatchReport {
+    /// A batch of `files` files and `bytes` bytes that has done nothing yet.
+    pub(crate) fn new(tag: &BatchTag, files: usize, bytes: u64) -> BatchReport {
+        BatchReport {
+            tag: tag.clone(),
+            files,
+            bytes,
+            files_ok: 0,
+            files_failed: 0,
+            rows: 0,
+            deleted: 0,
+            mtimes: Vec::new(),
+            changed_docs: Vec::new(),
+            reason: Reason::Success,
+            healed: false,
+            duration_ms: 0,
+            error: None,
+        }
+    }
+}
+
+/// An error that stopped part of a batch, kept printable and classed.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorSummary {
+    /// Its class (decides the exit code).
+    pub(crate) class: Class,
+    /// Its text.
+    pub(crate) text: String,
+}
+
+impl ErrorSummary {
+    pub(crate) fn of(e: &Error) -> ErrorSummary {
+        ErrorSummary {
+            class: e.class(),
+            text: e.to_string(),
+        }
+    }
+
+    /// Back to an error for the command's exit.
+    pub(crate) fn to_error(&self) -> Error {
+        Error::new(self.class, self.text.clone())
     }
 }
 

@@ -1,4 +1,5 @@
-//! Wall-clock helpers: RFC 3339 UTC text for payloads and logs.
+//! Wall-clock helpers: RFC 3339 UTC text for payloads and logs, microseconds for
+//! rows and claim sequences.
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -10,4 +11,9 @@ pub(crate) fn now_rfc3339() -> String {
         .unwrap_or(now)
         .format(&Rfc3339)
         .unwrap_or_default()
+}
+
+/// Microseconds since the Unix epoch, now.
+pub(crate) fn now_micros() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }

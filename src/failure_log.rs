@@ -13,10 +13,10 @@ pub(crate) const MODE: u32 = 0o600;
 /// Creates the failure log if missing (mode 0600) and checks it is safe to use.
 pub(crate) fn create(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        crate::spool::make_dir(dir)?;
+        crate::fs::make_dir(dir)?;
     }
     check(path)?;
-    crate::spool::open_append(path, MODE)
+    crate::fs::open_append(path, MODE)
         .with_context(|| format!("cannot open failure log `{}` (FAILURE_LOG)", path.display()))?;
     Ok(())
 }

@@ -5,8 +5,8 @@
 //! repeated webhook-id as delivered without appending it twice.
 
 use crate::error::{Error, Result};
+use crate::notify::webhook;
 use crate::redact::Secret;
-use crate::webhook;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::net::IpAddr;

@@ -44,7 +44,7 @@ pub(crate) fn write_configured(config: &Config) {
     let gauges = Gauges {
         last_maintenance_success,
         partitions_unindexed,
-        outbox: crate::gate::outbox_depth(&config.spool_dir),
+        outbox: crate::notify::gate::outbox_depth(&config.spool_dir),
         oldest_waiting_secs,
         partitions_ahead_days,
         build_generation,

@@ -43,7 +43,7 @@ impl Write for ReopeningFile {
 }
 
 fn open_log(path: &Path) -> std::io::Result<File> {
-    crate::spool::open_append(path, 0o640)
+    crate::fs::open_append(path, 0o640)
 }
 
 /// Stderr level for a verbosity: -1 quiet, 0 normal, 1 debug, 2+ trace.

@@ -520,11 +520,11 @@ pub(crate) fn write(path: &Path, spool: &Spool, gauges: &Gauges) -> Result<()> {
         .and_then(|n| n.to_str())
         .unwrap_or("ragspool.prom");
     let lock_path = dir.join(format!("{name}.lock"));
-    let _lock = crate::lockfile::LockFile::acquire(&lock_path, 0o644)?;
+    let _lock = crate::fs::LockFile::acquire(&lock_path, 0o644)?;
     let previous = read_samples(path);
     let (counters, taken) = merged(&previous);
     let text = render(spool, gauges, &counters, &previous);
-    crate::spool::write_atomic(dir, name, text.as_bytes(), 0o644)?;
+    crate::fs::write_atomic(dir, name, text.as_bytes(), 0o644)?;
     for (counter, value) in taken {
         counter.flushed.store(value, Ordering::Relaxed);
     }

@@ -3,71 +3,17 @@
 //! fail each file only after its transaction committed, alert once on the first
 //! failure, record failures in the failure log, and tell the gate the outcome.
 
-use crate::batch::{BatchTag, Reason};
+use crate::batch::{BatchReport, BatchTag, ErrorSummary, Reason};
 use crate::config::Config;
 use crate::error::{Class, Error, Result};
 use crate::failure_log::{Entry, FailureLog};
-use crate::gate::Notifier;
 use crate::ingest::{BadFile, FileOutcome, Ingest};
+use crate::notify::gate::Notifier;
 use crate::spool::{BatchLock, Claimed, Spool, Waiting};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-/// What one batch did.
-#[derive(Debug, Clone)]
-pub(crate) struct BatchReport {
-    /// The batch.
-    pub(crate) tag: BatchTag,
-    /// Files claimed.
-    pub(crate) files: usize,
-    /// Their bytes.
-    pub(crate) bytes: u64,
-    /// Files archived.
-    pub(crate) files_ok: usize,
-    /// Files moved to failed/.
-    pub(crate) files_failed: usize,
-    /// Rows inserted.
-    pub(crate) rows: u64,
-    /// Earlier rows removed by replaces and deletes.
-    pub(crate) deleted: u64,
-    /// Mtimes (unix seconds) of the files whose rows went in.
-    pub(crate) mtimes: Vec<f64>,
-    /// Documents the batch replaced or deleted.
-    pub(crate) changed_docs: Vec<String>,
-    /// The gate.done reason.
-    pub(crate) reason: Reason,
-    /// Whether a self-heal happened.
-    pub(crate) healed: bool,
-    /// Wall time.
-    pub(crate) duration_ms: u64,
-    /// Why files were left in processing/, if any were.
-    pub(crate) error: Option<ErrorSummary>,
-}
-
-/// An error that stopped part of a batch, kept printable and classed.
-#[derive(Debug, Clone)]
-pub(crate) struct ErrorSummary {
-    /// Its class (decides the exit code).
-    pub(crate) class: Class,
-    /// Its text.
-    pub(crate) text: String,
-}
-
-impl ErrorSummary {
-    fn of(e: &Error) -> ErrorSummary {
-        ErrorSummary {
-            class: e.class(),
-            text: e.to_string(),
-        }
-    }
-
-    /// Back to an error for the command's exit.
-    pub(crate) fn to_error(&self) -> Error {
-        Error::new(self.class, self.text.clone())
-    }
-}
 
 #[derive(Default)]
 struct Totals {
@@ -127,7 +73,7 @@ pub(crate) struct Runner {
     max_files: usize,
     max_bytes: u64,
     undelivered: AtomicUsize,
-    invalidations: crate::invalidation::Invalidations,
+    invalidations: crate::cache::invalidation::Invalidations,
     progress: Option<crate::progress::Progress>,
 }
 
@@ -151,7 +97,7 @@ impl Runner {
             max_files: config.batch_max_files.max(1),
             max_bytes: config.batch_max_bytes.max(1),
             undelivered: AtomicUsize::new(0),
-            invalidations: crate::invalidation::Invalidations::new(
+            invalidations: crate::cache::invalidation::Invalidations::new(
                 &config.spool_dir,
                 std::time::Duration::from_millis(config.cache_redelete_ms),
             ),
@@ -260,19 +206,9 @@ impl Runner {
             let e = Error::temp(format!("cannot queue gate.open: {e}"))
                 .with_note("the files stay in processing/; free the outbox's disk and run again");
             return BatchReport {
-                tag: tag.clone(),
-                files: count,
-                bytes,
-                files_ok: 0,
-                files_failed: 0,
-                rows: 0,
-                deleted: 0,
-                mtimes: Vec::new(),
-                changed_docs: Vec::new(),
                 reason: Reason::OtherError,
-                healed: false,
-                duration_ms: 0,
                 error: Some(ErrorSummary::of(&e)),
+                ..BatchReport::new(tag, count, bytes)
             };
         }
         self.flush();
@@ -292,9 +228,6 @@ impl Runner {
             .into_inner()
             .unwrap_or_else(|p| p.into_inner());
         let report = BatchReport {
-            tag: tag.clone(),
-            files: count,
-            bytes,
             files_ok: t.files_ok,
             files_failed: t.files_failed,
             rows: t.rows,
@@ -305,6 +238,7 @@ impl Runner {
             healed: t.healed,
             duration_ms: started.elapsed().as_millis() as u64,
             error: t.error,
+            ..BatchReport::new(tag, count, bytes)
         };
         log::info!(
             "batch {}: files={} bytes={} ok={} failed={} rows={} deleted={} reason={} healed={} duration_ms={}",
@@ -369,7 +303,7 @@ impl Runner {
     /// reached the manifest (a claim that moved nothing).
     fn settled(&self, tag: &BatchTag) -> Result<Option<BatchReport>> {
         let mut client = self.ingest.db.connect()?;
-        let s = crate::manifest::settled(&mut client, &self.ingest.names, tag)?;
+        let s = crate::ingest::manifest::settled(&mut client, &self.ingest.names, tag)?;
         if s.files_ok + s.files_failed == 0 {
             return Ok(None);
         }
@@ -381,19 +315,14 @@ impl Runner {
             .chain(s.healed.then_some(Reason::HealedPartition))
             .fold(Reason::Success, Reason::combine);
         Ok(Some(BatchReport {
-            tag: tag.clone(),
-            files: s.files_ok + s.files_failed,
-            bytes: 0,
             files_ok: s.files_ok,
             files_failed: s.files_failed,
             rows: s.rows,
             deleted: s.deleted,
-            mtimes: Vec::new(),
             changed_docs: s.changed_docs,
             reason,
             healed: s.healed,
-            duration_ms: 0,
-            error: None,
+            ..BatchReport::new(tag, s.files_ok + s.files_failed, 0)
         }))
     }
 
@@ -649,13 +578,4 @@ fn describe(bad: &BadFile) -> String {
 /// Today's UTC date as `YYYY-MM-DD` (the archive directory).
 fn today() -> String {
     time::OffsetDateTime::now_utc().date().to_string()
-}
-
-/// This machine's host name.
-pub(crate) fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }

@@ -3,7 +3,8 @@
 //! Files are written to tmp/, fsynced, then renamed into incoming/ as producers do.
 
 use crate::error::{Context, Error, Result};
-use crate::spool::{Spool, fsync_dir};
+use crate::fs::fsync_dir;
+use crate::spool::Spool;
 use rmp::encode as mp;
 use std::fs::OpenOptions;
 use std::io::Write;

@@ -4,7 +4,7 @@
 //! (outbox/.seq) come from here, never from the wall clock alone.
 
 use crate::error::{Context, Result};
-use crate::lockfile::LockFile;
+use crate::fs::LockFile;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 

@@ -335,7 +335,7 @@ impl Watcher<'_> {
 
     /// Remembers a batch's outcome; a batch that left files in processing/ makes
     /// the next attempt wait and recover them first.
-    fn count(&mut self, report: &crate::runner::BatchReport) {
+    fn count(&mut self, report: &crate::batch::BatchReport) {
         if report.error.is_some() {
             self.back_off();
         } else {
@@ -351,7 +351,7 @@ impl Watcher<'_> {
     }
 
     fn status(&self, waiting: &[Waiting]) {
-        let (outbox, _) = crate::gate::outbox_depth(self.spool.root());
+        let (outbox, _) = crate::notify::gate::outbox_depth(self.spool.root());
         self.notify.send(&format!(
             "STATUS=waiting {} file(s), outbox {outbox}",
             waiting.len()

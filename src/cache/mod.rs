@@ -36,6 +36,7 @@
 //! ```
 
 mod conn;
+pub(crate) mod invalidation;
 
 use crate::digest::hex;
 use conn::Conn;

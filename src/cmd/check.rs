@@ -3,7 +3,7 @@
 use crate::cli::Args;
 use crate::config::Config;
 use crate::error::{Outcome, Result};
-use crate::spool::{self, DIRS, Spool};
+use crate::spool::{DIRS, Spool};
 use serde_json::json;
 
 /// One check and what it found.
@@ -55,7 +55,7 @@ fn findings(config: &Config) -> Vec<Finding> {
         let problem = if !dir.is_dir() {
             Some("missing; run `ragspool init`".to_string())
         } else {
-            spool::unsafe_reason(&dir, 0o002, None)
+            crate::fs::unsafe_reason(&dir, 0o002, None)
         };
         found.push(Finding {
             what: format!("spool directory {}", dir.display()),
@@ -140,11 +140,11 @@ fn gate(config: &Config) -> Vec<Finding> {
     }
     found.push(Finding {
         what: "templates".into(),
-        problem: crate::template::check_all(config.gate_template_dir.as_deref())
+        problem: crate::notify::template::check_all(config.gate_template_dir.as_deref())
             .err()
             .map(|e| e.to_string().replace('\n', "; ")),
     });
-    let (waiting, dead) = crate::gate::outbox_depth(&config.spool_dir);
+    let (waiting, dead) = crate::notify::gate::outbox_depth(&config.spool_dir);
     found.push(Finding {
         what: format!("outbox ({waiting} waiting)"),
         problem: (dead > 0)

@@ -27,7 +27,7 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         Error::config("`GATE_TOKEN` must be set: it is the token the gate accepts")
     })?;
     let key = match &config.gate_secret {
-        Some(s) => Some(crate::webhook::signing_key(s.expose())?),
+        Some(s) => Some(crate::notify::webhook::signing_key(s.expose())?),
         None => None,
     };
     let rate: f64 = args.parse_or("rate", 50.0, "a positive number")?;
@@ -39,7 +39,7 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     }
     let events: Box<dyn Write> = match args.value("events") {
         Some(path) => Box::new(
-            crate::spool::open_append(std::path::Path::new(path), 0o640)
+            crate::fs::open_append(std::path::Path::new(path), 0o640)
                 .with_context(|| format!("cannot open `--events {path}`"))?,
         ),
         None => Box::new(std::io::stdout()),

@@ -4,7 +4,7 @@ use crate::cli::Args;
 use crate::config::Config;
 use crate::error::{Context, Error, Outcome, Result};
 use crate::privdrop::{self, Owner};
-use crate::spool::{self, DIRS, Spool};
+use crate::spool::{DIRS, Spool};
 use std::path::{Path, PathBuf};
 
 pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
@@ -26,7 +26,14 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let mut spool_dirs: Vec<PathBuf> = vec![spool.root().to_path_buf()];
     spool_dirs.extend(DIRS.iter().map(|d| spool.dir(d)));
     for dir in &spool_dirs {
-        unsafe_paths += ensure(dir, 0o027, Some(uid), owner, &mut report, spool::make_dir)?;
+        unsafe_paths += ensure(
+            dir,
+            0o027,
+            Some(uid),
+            owner,
+            &mut report,
+            crate::fs::make_dir,
+        )?;
     }
     // Log directories may be shared ones like /var/log: only world-writable is unsafe.
     let mut log_dirs: Vec<&Path> = Vec::new();
@@ -43,7 +50,7 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         }
     }
     for dir in log_dirs {
-        unsafe_paths += ensure(dir, 0o002, None, owner, &mut report, spool::make_dir)?;
+        unsafe_paths += ensure(dir, 0o002, None, owner, &mut report, crate::fs::make_dir)?;
     }
     // The log file belongs to the service user, who writes it after a privilege drop.
     if let Some(file) = config.log_file.as_deref() {
@@ -70,7 +77,7 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
 /// Creates RAG_LOG_FILE (mode 0640) when missing; true when it was created.
 fn create_log_file(path: &Path) -> Result<bool> {
     let existed = std::fs::symlink_metadata(path).is_ok();
-    spool::open_append(path, 0o640)
+    crate::fs::open_append(path, 0o640)
         .with_context(|| format!("cannot create log file `{}` (RAG_LOG_FILE)", path.display()))?;
     Ok(!existed)
 }
@@ -84,7 +91,7 @@ fn ensure(
     report: &mut String,
     create: impl FnOnce(&Path) -> Result<bool>,
 ) -> Result<u32> {
-    if let Some(why) = spool::unsafe_reason(path, forbidden, uid) {
+    if let Some(why) = crate::fs::unsafe_reason(path, forbidden, uid) {
         report.push_str(&format!("unsafe  {}: {why}\n", path.display()));
         return Ok(1);
     }

@@ -5,9 +5,9 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::error::{Outcome, Result};
 use crate::failure_log::Entry;
-use crate::gate::Notifier;
+use crate::host::host_name;
 use crate::maintenance::{self, Report, Settings};
-use crate::runner::host_name;
+use crate::notify::gate::Notifier;
 use crate::schema::{self, Names};
 
 pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {

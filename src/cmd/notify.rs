@@ -4,12 +4,12 @@ use crate::batch::{BatchTag, Reason};
 use crate::cli::Args;
 use crate::config::Config;
 use crate::error::{Error, Outcome, Result};
-use crate::gate::Notifier;
-use crate::template::{Event, Vars};
+use crate::notify::gate::Notifier;
+use crate::notify::template::{Event, Vars};
 
 pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     if args.has("check-templates") {
-        let checked = crate::template::check_all(config.gate_template_dir.as_deref())?;
+        let checked = crate::notify::template::check_all(config.gate_template_dir.as_deref())?;
         let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         let mut out = String::new();
         for origin in checked {
@@ -39,7 +39,7 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     })?;
     let vars = vars(event, args)?;
     let failure_log = crate::failure_log::shared(&config.failure_log)?;
-    let notifier = Notifier::new(config, Some(failure_log), &crate::runner::host_name())?;
+    let notifier = Notifier::new(config, Some(failure_log), &crate::host::host_name())?;
     if !notifier.wants(event) {
         let var = if event == Event::Alert {
             "ALERT_URL"

@@ -1,13 +1,15 @@
 //! `ragspool process`: recover, ingest everything waiting in batches, exit.
 
+use crate::batch::BatchReport;
 use crate::cli::Args;
 use crate::config::Config;
 use crate::db::Db;
-use crate::embed::Embedder;
 use crate::error::{Error, Outcome, Result};
-use crate::gate::Notifier;
+use crate::host::host_name;
 use crate::ingest::Ingest;
-use crate::runner::{BatchReport, Runner, host_name};
+use crate::ingest::embed::Embedder;
+use crate::notify::gate::Notifier;
+use crate::runner::Runner;
 use crate::schema::{self, Names};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,7 +84,7 @@ fn hang_limit(config: &Config) -> Option<Duration> {
         longest = longest.max(Duration::from_millis(config.gate_timeout_ms));
     }
     if config.embed.is_some() {
-        longest = longest.max(crate::embed::REQUEST_TIMEOUT);
+        longest = longest.max(crate::ingest::embed::REQUEST_TIMEOUT);
     }
     Some(crate::heartbeat::hang_limit(longest))
 }

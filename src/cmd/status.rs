@@ -3,7 +3,7 @@
 use crate::cli::Args;
 use crate::config::Config;
 use crate::error::{Outcome, Result};
-use crate::manifest::{self, BatchSummary};
+use crate::ingest::manifest::{self, BatchSummary};
 use crate::spool::Spool;
 use serde_json::json;
 use std::time::SystemTime;
@@ -22,7 +22,7 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let last_maintenance = from_db.as_ref().ok().and_then(|v| v.maintenance.clone());
     let empty = Partitions::default();
     let partitions = from_db.as_ref().map_or(&empty, |v| &v.partitions);
-    let (outbox, dead) = crate::gate::outbox_depth(&config.spool_dir);
+    let (outbox, dead) = crate::notify::gate::outbox_depth(&config.spool_dir);
     if args.has("json") {
         let dirs: serde_json::Map<String, serde_json::Value> = depth
             .iter()

@@ -4,7 +4,7 @@ use crate::cli::Args;
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::{Error, Outcome, Result};
-use crate::lineage::{self, Trace};
+use crate::ingest::lineage::{self, Trace};
 use crate::schema::{self, Names};
 
 pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
@@ -16,7 +16,7 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let names = Names::from_config(config);
     let mut client = db.connect()?;
     schema::require_current(&mut client, &names)?;
-    let gate_done = crate::gate::done_states(&config.spool_dir, config.gate_url.is_some());
+    let gate_done = crate::notify::gate::done_states(&config.spool_dir, config.gate_url.is_some());
     let trace = lineage::trace(&mut client, &names, doc_id, |tag| {
         gate_done(tag).to_string()
     })?;

@@ -326,7 +326,7 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
     ] {
         if let (Some(url), Some(_)) = (raw.get(url_var), raw.get(token_var))
             && url.starts_with("http://")
-            && !crate::webhook::is_loopback(url)
+            && !crate::notify::webhook::is_loopback(url)
         {
             problems.push(format!(
                 "`{url_var}` is plain http to a non-loopback host; {token_var} is never sent that way (use https://)"
@@ -334,7 +334,7 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         }
     }
     if let Some(secret) = raw.get("GATE_SECRET")
-        && let Err(e) = crate::webhook::signing_key(secret)
+        && let Err(e) = crate::notify::webhook::signing_key(secret)
     {
         problems.push(e.to_string());
     }

@@ -4,20 +4,25 @@
 //! triggers one bounded self-heal and one retry (SPEC §5, §10).
 
 mod changeset;
+pub(crate) mod copy;
+pub(crate) mod embed;
+pub(crate) mod lineage;
+pub(crate) mod manifest;
 mod vectors;
+pub(crate) mod window;
 
 use crate::batch::{BatchTag, Reason};
-use crate::copy::{COLUMNS, CopyEncoder, RowMeta};
 use crate::db::{self, Db};
-use crate::embed::Embedder;
 use crate::error::{Error, Result};
-use crate::manifest::{self, FileKey};
+use crate::ingest::copy::{COLUMNS, CopyEncoder, RowMeta};
+use crate::ingest::embed::Embedder;
+use crate::ingest::manifest::FileKey;
+use crate::ingest::window::FileBytes;
 use crate::partition;
 use crate::record::{Embedding, RecordError};
 use crate::schema::Names;
 use crate::spool::{Claimed, Unreadable};
 use crate::storage::DocMode;
-use crate::window::{self, FileBytes};
 use changeset::{DocSet, FileRef};
 use postgres::Client;
 use std::collections::BTreeSet;
@@ -140,11 +145,6 @@ impl From<Error> for CopyFail {
     }
 }
 
-/// Microseconds since the Unix epoch, now.
-pub(crate) fn now_micros() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
-}
-
 impl Ingest {
     /// Ingests one claimed file; returns how it ended and which attempt this was.
     /// `Err` means the file must stay in processing/ (an outage or a problem that
@@ -209,7 +209,7 @@ impl Ingest {
             manifest::failed(client, &self.names, &key, bad.reason.as_str(), false)?;
             return Ok((FileOutcome::Bad(bad), attempt));
         }
-        let ingest_time = now_micros();
+        let ingest_time = crate::clock::now_micros();
         let mut vectors = match self.prefetch(client, &key, &mut bytes, &file.path)? {
             Ok(v) => v,
             Err(bad) => {

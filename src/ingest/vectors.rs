@@ -7,10 +7,10 @@
 
 use super::BadFile;
 use crate::batch::Reason;
-use crate::embed::{EmbedError, Embedder};
 use crate::error::{Context, Error, Result};
+use crate::ingest::embed::{EmbedError, Embedder};
+use crate::ingest::window::FileBytes;
 use crate::schema::Names;
-use crate::window::FileBytes;
 use postgres::types::{FromSql, Type};
 use std::collections::HashMap;
 use std::fs::File;

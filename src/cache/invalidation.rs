@@ -8,7 +8,7 @@
 
 use crate::cache::Cache;
 use crate::error::{Context, Error, Result};
-use crate::spool::{make_dir, write_atomic};
+use crate::fs::{make_dir, write_atomic};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,7 +69,7 @@ impl Invalidations {
     }
 
     fn waiting(&self) -> Vec<(String, Pending)> {
-        crate::outbox::read_queue(&self.dir)
+        crate::notify::outbox::read_queue(&self.dir)
             .unwrap_or_default()
             .into_iter()
             .filter_map(|(path, p)| {
@@ -79,7 +79,7 @@ impl Invalidations {
                             "`{}` cannot be read ({why}); moved to outbox/cache/dead/",
                             path.display()
                         );
-                        let _ = crate::outbox::quarantine(&path);
+                        let _ = crate::notify::outbox::quarantine(&path);
                     })
                     .ok()?;
                 Some((path.file_name()?.to_str()?.to_string(), p))

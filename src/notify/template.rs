@@ -72,9 +72,9 @@ impl Event {
 
     fn builtin(self) -> &'static str {
         match self {
-            Event::GateOpen => include_str!("../templates/gate.open.json"),
-            Event::GateDone => include_str!("../templates/gate.done.json"),
-            Event::Alert => include_str!("../templates/alert.json"),
+            Event::GateOpen => include_str!("../../templates/gate.open.json"),
+            Event::GateDone => include_str!("../../templates/gate.done.json"),
+            Event::Alert => include_str!("../../templates/alert.json"),
         }
     }
 }

@@ -3,15 +3,15 @@
 //! ends, ingest.alert once per batch on its first failure, ingest.recovered once
 //! when the gate answers again, maintenance.alert on stalls.
 
+use crate::batch::BatchReport;
 use crate::batch::{BatchTag, Reason};
 use crate::config::Config;
 use crate::error::Result;
 use crate::failure_log::FailureLog;
-use crate::outbox::{self, Flushed, Notice, Outbox, Stored, Target};
+use crate::notify::outbox::{self, Flushed, Notice, Outbox, Stored, Target};
+use crate::notify::template::{Event, Template, Vars};
+use crate::notify::webhook::{self, Endpoint};
 use crate::redact::Secret;
-use crate::runner::BatchReport;
-use crate::template::{Event, Template, Vars};
-use crate::webhook::{self, Endpoint};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,10 +6,10 @@
 use crate::backoff::Backoff;
 use crate::error::{Context, Error, Result};
 use crate::failure_log::{Entry, FailureLog};
-use crate::lockfile::LockFile;
+use crate::fs::LockFile;
+use crate::fs::{fsync_dir, make_dir, write_atomic};
+use crate::notify::webhook::{self, Attempt, Endpoint};
 use crate::sequence::SeqFile;
-use crate::spool::{fsync_dir, make_dir, write_atomic};
-use crate::webhook::{self, Attempt, Endpoint};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,133 @@
+//! File helpers every module may use and that use nothing of ours but errors:
+//! opens that never follow a symlink, atomic writes (temporary, fsync, rename,
+//! fsync the directory), directories created with their mode whatever the umask,
+//! and lock files. The spool, the outbox, the failure log, the metrics file and the
+//! log all write through these.
+
+use crate::error::{Context, Error, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Mode of every spool directory.
+pub(crate) const DIR_MODE: u32 = 0o750;
+
+/// fsyncs a directory so renames into or out of it survive a crash.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot fsync directory `{}`", dir.display()))
+}
+
+/// Opens `path` for appending, creating it with `mode`, never through a symlink.
+pub(crate) fn open_append(path: &Path, mode: u32) -> std::io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Creates `dir` (and missing parents) with the spool mode; true when it was created.
+pub(crate) fn make_dir(dir: &Path) -> Result<bool> {
+    if fs::symlink_metadata(dir).is_ok() {
+        return Ok(false);
+    }
+    // Level by level, each with its mode set explicitly: the service runs with
+    // UMask=0077, and the spool's directories are group-readable on purpose.
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && fs::symlink_metadata(a).is_err())
+        .collect();
+    for d in missing.into_iter().rev() {
+        match fs::DirBuilder::new().mode(DIR_MODE).create(d) {
+            Ok(()) => fs::set_permissions(d, fs::Permissions::from_mode(DIR_MODE))
+                .with_context(|| format!("cannot set the mode of `{}`", d.display()))?,
+            // Another process made it meanwhile.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(
+                    Error::from(e).context(format!("cannot create directory `{}`", d.display()))
+                );
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Writes `bytes` to `dir/name` atomically: a hidden temporary file, fsync, rename, fsync dir.
+pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let target = dir.join(name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .with_context(|| format!("cannot create `{}`", tmp.display()))?;
+    // The mode exactly, whatever the umask (the service runs with UMask=0077).
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of `{}`", tmp.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write `{}`", tmp.display()))?;
+    fs::rename(&tmp, &target)
+        .with_context(|| format!("cannot rename into `{}`", target.display()))?;
+    fsync_dir(dir)
+}
+
+/// What makes an existing path unsafe: a symlink, a mode with any of `forbidden`
+/// bits, or an owner other than `uid` (when given). `None` when it is missing or safe.
+pub(crate) fn unsafe_reason(path: &Path, forbidden: u32, uid: Option<u32>) -> Option<String> {
+    let meta = fs::symlink_metadata(path).ok()?;
+    if meta.file_type().is_symlink() {
+        return Some("is a symbolic link".into());
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & forbidden != 0 {
+        return Some(format!(
+            "has mode {mode:04o}; expected no bits of {forbidden:04o}"
+        ));
+    }
+    match uid {
+        Some(uid) if meta.uid() != uid => {
+            Some(format!("is owned by uid {}, expected {uid}", meta.uid()))
+        }
+        _ => None,
+    }
+}
+
+/// A file that exists to be locked: an exclusive flock, held until the value is
+/// dropped (or the process dies, which the kernel releases for it). The outbox's
+/// one flusher (outbox/.flush), the metrics file's writers (`<file>.lock`) and the
+/// sequence files all serialise through it.
+pub(crate) struct LockFile {
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
+}
+
+impl LockFile {
+    /// Opens (creating with `mode`, never through a symlink) and locks the file at
+    /// `path`; blocks while another process holds it.
+    pub(crate) fn acquire(path: &Path, mode: u32) -> Result<LockFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .with_context(|| format!("cannot open `{}`", path.display()))?;
+        file.lock()
+            .with_context(|| format!("cannot lock `{}`", path.display()))?;
+        Ok(LockFile {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+}
