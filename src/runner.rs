@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::error::{Class, Error, Result};
 use crate::failure_log::{Entry, FailureLog};
 use crate::ingest::{BadFile, FileOutcome, Ingest};
+use crate::notify::alert::AlertKind;
 use crate::notify::gate::Notifier;
 use crate::spool::{BatchLock, Claimed, Spool, Waiting};
 use std::collections::VecDeque;
@@ -57,6 +58,14 @@ impl Flight<'_> {
             t.error = Some(ErrorSummary::of(e));
         }
     }
+}
+
+/// A file whose transaction ended, on its way to archive/ or failed/.
+struct Settled<'f, 'a> {
+    flight: &'f Flight<'a>,
+    file: &'f Claimed,
+    /// Which try of the file this was.
+    attempt: u32,
 }
 
 /// Runs batches over one spool.
@@ -444,7 +453,6 @@ impl Runner {
         outcome: &FileOutcome,
         attempt: u32,
     ) -> Result<()> {
-        let tag = flight.tag;
         crate::heartbeat::beat();
         // Read once, before the file moves: its size for the progress line, its
         // mtime for the lag histograms.
@@ -457,78 +465,86 @@ impl Runner {
             };
             p.file_done(bytes, rows, failed);
         }
+        let settled = Settled {
+            flight,
+            file,
+            attempt,
+        };
         match outcome {
-            FileOutcome::Ingested {
-                rows,
-                deleted,
-                changed_docs,
-                healed,
-                duplicate,
-            } => {
-                let mtime = meta
-                    .as_ref()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_secs_f64())
-                    .filter(|_| !*duplicate);
-                self.spool.archive(tag, file, &today())?;
-                if let Some(m) = mtime {
-                    crate::metrics::INGEST_LAG.observe(crate::metrics::since(m));
-                }
-                if *duplicate {
-                    log::info!(
-                        "batch {tag}: {} already ingested; archived as a duplicate",
-                        file.name
-                    );
-                }
-                if *healed {
-                    let detail = "rows had no partition; created it and retried";
-                    self.record_failure(
-                        flight,
-                        file,
-                        Reason::HealedPartition,
-                        true,
-                        detail,
-                        attempt,
-                    )?;
-                }
-                let mut t = flight.totals();
-                t.files_ok += 1;
-                t.rows += rows;
-                t.deleted += deleted;
-                t.mtimes.extend(mtime);
-                t.changed_docs.extend(changed_docs.iter().cloned());
-                t.healed |= healed;
-                t.reason(if *healed {
-                    Reason::HealedPartition
-                } else {
-                    Reason::Success
-                });
-            }
-            FileOutcome::Bad(bad) => {
-                self.spool.fail(tag, file, &bad.reason_json(&file.name))?;
-                log::warn!(
-                    "batch {tag}: {} failed ({}): {}",
-                    file.name,
-                    bad.reason,
-                    bad.error
-                );
-                self.record_failure(
-                    flight,
-                    file,
-                    bad.reason,
-                    bad.healed,
-                    &describe(bad),
-                    attempt,
-                )?;
-                let mut t = flight.totals();
-                t.files_failed += 1;
-                t.healed |= bad.healed;
-                t.reason(bad.reason);
-                if bad.healed {
-                    t.reason(Reason::HealedPartition);
-                }
-            }
+            FileOutcome::Ingested { .. } => self.archive(&settled, outcome, meta.as_ref()),
+            FileOutcome::Bad(bad) => self.fail(&settled, bad),
+        }
+    }
+
+    /// Archives a file whose rows went in (or that duplicated another) and counts it.
+    fn archive(
+        &self,
+        s: &Settled<'_, '_>,
+        outcome: &FileOutcome,
+        meta: Option<&std::fs::Metadata>,
+    ) -> Result<()> {
+        let FileOutcome::Ingested {
+            rows,
+            deleted,
+            changed_docs,
+            healed,
+            duplicate,
+        } = outcome
+        else {
+            return Ok(());
+        };
+        let (tag, file) = (s.flight.tag, s.file);
+        let mtime = meta
+            .and_then(|m| m.modified().ok())
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64())
+            .filter(|_| !*duplicate);
+        self.spool.archive(tag, file, &today())?;
+        if let Some(m) = mtime {
+            crate::metrics::INGEST_LAG.observe(crate::metrics::since(m));
+        }
+        if *duplicate {
+            log::info!(
+                "batch {tag}: {} already ingested; archived as a duplicate",
+                file.name
+            );
+        }
+        if *healed {
+            let detail = "rows had no partition; created it and retried";
+            self.record_failure(s, Reason::HealedPartition, true, detail)?;
+        }
+        let mut t = s.flight.totals();
+        t.files_ok += 1;
+        t.rows += rows;
+        t.deleted += deleted;
+        t.mtimes.extend(mtime);
+        t.changed_docs.extend(changed_docs.iter().cloned());
+        t.healed |= healed;
+        t.reason(if *healed {
+            Reason::HealedPartition
+        } else {
+            Reason::Success
+        });
+        Ok(())
+    }
+
+    /// Moves a bad file to failed/ with its reason and counts it.
+    fn fail(&self, s: &Settled<'_, '_>, bad: &BadFile) -> Result<()> {
+        let (tag, file) = (s.flight.tag, s.file);
+        self.spool.fail(tag, file, &bad.reason_json(&file.name))?;
+        log::warn!(
+            "batch {tag}: {} failed ({}): {}",
+            file.name,
+            bad.reason,
+            bad.error
+        );
+        self.record_failure(s, bad.reason, bad.healed, &describe(bad))?;
+        let mut t = s.flight.totals();
+        t.files_failed += 1;
+        t.healed |= bad.healed;
+        t.reason(bad.reason);
+        if bad.healed {
+            t.reason(Reason::HealedPartition);
         }
         Ok(())
     }
@@ -536,13 +552,12 @@ impl Runner {
     /// A failure-log record, and the batch's one alert on its first failure event.
     fn record_failure(
         &self,
-        flight: &Flight<'_>,
-        file: &Claimed,
+        s: &Settled<'_, '_>,
         reason: Reason,
         healed: bool,
         detail: &str,
-        attempt: u32,
     ) -> Result<()> {
+        let (flight, file, attempt) = (s.flight, s.file, s.attempt);
         self.failure_log.append(Entry {
             ts: crate::clock::now_rfc3339(),
             batch_tag: flight.tag.to_string(),
@@ -557,7 +572,7 @@ impl Runner {
         if !flight.alerted.swap(true, Ordering::SeqCst) {
             let detail = format!("{}: {detail}", file.name);
             self.notifier.alert(
-                "ingest.alert",
+                AlertKind::Ingest,
                 flight.tag.as_str(),
                 reason.as_str(),
                 healed,

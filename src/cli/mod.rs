@@ -134,15 +134,7 @@ pub(crate) fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Request
         match (flag.long, value) {
             ("help", _) => want_help = true,
             ("version", _) => return Ok(Request::Print(help::version())),
-            ("verbose", _) => globals.verbosity = globals.verbosity.saturating_add(1),
-            ("quiet", _) => globals.verbosity = -1,
-            ("env-file", Some(v)) => globals.env_file = Some(PathBuf::from(v)),
-            (_, Some(v)) => {
-                if let Some(setting) = flag.setting {
-                    globals.settings.push((setting, v));
-                }
-            }
-            _ => {}
+            (_, value) => globals.apply(flag, value),
         }
     }
     if want_help {
@@ -155,8 +147,17 @@ pub(crate) fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Request
         return Err(Error::usage("no command given")
             .with_note("run `ragspool --help` for the list of commands"));
     };
+    check_arity(command, args.positionals.len())?;
+    Ok(Request::Run(Invocation {
+        globals,
+        command,
+        args,
+    }))
+}
+
+/// A usage error unless `command` takes `n` positional arguments.
+fn check_arity(command: &Command, n: usize) -> Result<()> {
     let (min, max) = command.positionals;
-    let n = args.positionals.len();
     if n < min || n > max {
         return Err(Error::usage(format!(
             "`{}` takes {} argument(s), got {n}",
@@ -172,11 +173,24 @@ pub(crate) fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Request
             command.name, command.usage
         )));
     }
-    Ok(Request::Run(Invocation {
-        globals,
-        command,
-        args,
-    }))
+    Ok(())
+}
+
+impl Globals {
+    /// Takes a global flag other than --help and --version.
+    fn apply(&mut self, flag: &Flag, value: Option<String>) {
+        match (flag.long, value) {
+            ("verbose", _) => self.verbosity = self.verbosity.saturating_add(1),
+            ("quiet", _) => self.verbosity = -1,
+            ("env-file", Some(v)) => self.env_file = Some(PathBuf::from(v)),
+            (_, Some(v)) => {
+                if let Some(setting) = flag.setting {
+                    self.settings.push((setting, v));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn lookup(

@@ -7,6 +7,7 @@ use crate::error::{Outcome, Result};
 use crate::failure_log::Entry;
 use crate::host::host_name;
 use crate::maintenance::{self, Report, Settings};
+use crate::notify::alert::AlertKind;
 use crate::notify::gate::Notifier;
 use crate::schema::{self, Names};
 
@@ -139,7 +140,13 @@ fn alert(config: &Config, names: &Names, r: &Report, streak: u32, host: &str) ->
         prev: String::new(),
     })?;
     let notifier = Notifier::new(config, Some(failure_log), host)?;
-    notifier.alert("maintenance.alert", "", "partition_missing", false, &detail)?;
+    notifier.alert(
+        AlertKind::Maintenance,
+        "",
+        "partition_missing",
+        false,
+        &detail,
+    )?;
     notifier.flush()?;
     Ok(())
 }

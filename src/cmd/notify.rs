@@ -24,9 +24,10 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let event = match args.positionals.first() {
         Some(e) => Event::parse(e)?,
         None => {
-            return Err(Error::usage(
-                "`notify` needs an event (gate.open, gate.done, alert) or --check-templates",
-            ));
+            return Err(Error::usage(format!(
+                "`notify` needs an event ({}) or --check-templates",
+                Event::list()
+            )));
         }
     };
     let tag = args

@@ -179,6 +179,26 @@ impl Raw {
     fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(|(v, _)| v.as_str())
     }
+
+    /// The value as text, when set.
+    fn text(&self, name: &str) -> Option<String> {
+        self.get(name).map(str::to_string)
+    }
+
+    /// The value as a whole number, when set (stage one checked its form).
+    fn num(&self, name: &str) -> Option<u64> {
+        self.get(name).and_then(|v| v.parse::<u64>().ok())
+    }
+
+    /// The value kept out of logs and reports.
+    fn secret(&self, name: &str) -> Option<Secret> {
+        self.get(name).map(Secret::new)
+    }
+
+    /// The value as a boolean, `default` when unset.
+    fn flag(&self, name: &str, default: bool) -> bool {
+        self.get(name).and_then(defs::parse_bool).unwrap_or(default)
+    }
 }
 
 /// Where settings come from, so tests can supply them without touching the process.
@@ -290,81 +310,27 @@ fn read_env_file(path: &Path) -> Result<Vec<envfile::Entry>> {
 
 /// Stage two: typed values; cross-setting problems are added to `problems`.
 fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
-    let text = |name: &str| raw.get(name).map(str::to_string);
-    let num = |name: &str| raw.get(name).and_then(|v| v.parse::<u64>().ok());
-    let secret = |name: &str| raw.get(name).map(Secret::new);
-    let spool_dir = PathBuf::from(text("SPOOL_DIR").unwrap_or_default());
+    let (text, num, secret) = (
+        |n: &str| raw.text(n),
+        |n: &str| raw.num(n),
+        |n: &str| raw.secret(n),
+    );
     let log_raw = text("RAG_LOG_FILE").unwrap_or_default();
     let log_file = (log_raw != "-").then(|| PathBuf::from(&log_raw));
     let failure_log = match text("FAILURE_LOG") {
         Some(p) => PathBuf::from(p),
         None => default_failure_log(log_file.as_deref()),
     };
-    let embed = match (text("EMBED_BASE_URL"), text("EMBED_MODEL")) {
-        (Some(base), Some(model)) => Some(EmbedSettings {
-            base_url: base.trim_end_matches('/').to_string(),
-            model,
-            api_key: secret("EMBED_API_KEY"),
-            batch: num("EMBED_BATCH").map_or(64, |n| n as usize),
-            batch_bytes: num("EMBED_BATCH_BYTES").map_or(1_000_000, |n| n as usize),
-            max_rps: num("EMBED_MAX_RPS").map_or(0, |n| n.min(u64::from(u32::MAX)) as u32),
-            reuse: raw
-                .get("EMBED_REUSE")
-                .and_then(defs::parse_bool)
-                .unwrap_or(true),
-        }),
-        (Some(_), None) => {
-            problems.push("`EMBED_MODEL` must be set when EMBED_BASE_URL is set".into());
-            None
-        }
-        _ => None,
-    };
-    for (url_var, token_var) in [
-        ("GATE_URL", "GATE_TOKEN"),
-        ("ALERT_URL", "ALERT_TOKEN"),
-        ("EMBED_BASE_URL", "EMBED_API_KEY"),
-    ] {
-        if let (Some(url), Some(_)) = (raw.get(url_var), raw.get(token_var))
-            && url.starts_with("http://")
-            && !crate::notify::webhook::is_loopback(url)
-        {
-            problems.push(format!(
-                "`{url_var}` is plain http to a non-loopback host; {token_var} is never sent that way (use https://)"
-            ));
-        }
-    }
-    if let Some(secret) = raw.get("GATE_SECRET")
-        && let Err(e) = crate::notify::webhook::signing_key(secret)
-    {
-        problems.push(e.to_string());
-    }
-    let topology = topology(raw, problems);
-    let redis = (text("REDIS_HOST").is_some() || topology != crate::cache::Topology::Standalone)
-        .then(|| RedisSettings {
-            topology: topology.clone(),
-            host: text("REDIS_HOST").unwrap_or_default(),
-            port: num("REDIS_PORT")
-                .and_then(|p| u16::try_from(p).ok())
-                .unwrap_or(6379),
-            db: num("REDIS_DB")
-                .and_then(|d| i64::try_from(d).ok())
-                .unwrap_or(0),
-            username: text("REDIS_USERNAME"),
-            password: secret("REDIS_PASSWORD"),
-            ssl: raw
-                .get("REDIS_SSL")
-                .and_then(defs::parse_bool)
-                .unwrap_or(false),
-            ca_cert: text("REDIS_CA_CERT").map(PathBuf::from),
-            timeout_ms: num("REDIS_TIMEOUT_MS").unwrap_or(2000),
-        });
+    let embed = embed_settings(raw, problems);
+    check_endpoints(raw, problems);
+    let redis = redis_settings(raw, problems);
     let workers = num("WORKERS")
         .map(|w| w as usize)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     let storage = storage(raw, problems);
     Config {
-        spool_dir,
+        spool_dir: PathBuf::from(text("SPOOL_DIR").unwrap_or_default()),
         log_file,
         failure_log,
         database_url: secret("DATABASE_URL"),
@@ -393,10 +359,7 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         partition_premake_days: num("PARTITION_PREMAKE_DAYS").map_or(4, |d| d as u32),
         partition_retention_days: num("PARTITION_RETENTION_DAYS")
             .map(|d| d.min(u64::from(u32::MAX)) as u32),
-        partition_drop: raw
-            .get("PARTITION_DROP")
-            .and_then(defs::parse_bool)
-            .unwrap_or(false),
+        partition_drop: raw.flag("PARTITION_DROP", false),
         maintenance_alert_after: num("MAINTENANCE_ALERT_AFTER").map_or(3, |d| d as u32),
         storage,
         metrics_file: text("METRICS_FILE").map(PathBuf::from),
@@ -411,6 +374,77 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
             .map(|(k, (v, _))| (*k, Secret::new(v.clone())))
             .collect(),
     }
+}
+
+/// The embeddings client's settings, when EMBED_BASE_URL is set.
+fn embed_settings(raw: &Raw, problems: &mut Vec<String>) -> Option<EmbedSettings> {
+    match (raw.text("EMBED_BASE_URL"), raw.text("EMBED_MODEL")) {
+        (Some(base), Some(model)) => Some(EmbedSettings {
+            base_url: base.trim_end_matches('/').to_string(),
+            model,
+            api_key: raw.secret("EMBED_API_KEY"),
+            batch: raw.num("EMBED_BATCH").map_or(64, |n| n as usize),
+            batch_bytes: raw
+                .num("EMBED_BATCH_BYTES")
+                .map_or(1_000_000, |n| n as usize),
+            max_rps: raw
+                .num("EMBED_MAX_RPS")
+                .map_or(0, |n| n.min(u64::from(u32::MAX)) as u32),
+            reuse: raw.flag("EMBED_REUSE", true),
+        }),
+        (Some(_), None) => {
+            problems.push("`EMBED_MODEL` must be set when EMBED_BASE_URL is set".into());
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Tokens are never sent in plain http beyond loopback, and GATE_SECRET must be
+/// usable as a signing key.
+fn check_endpoints(raw: &Raw, problems: &mut Vec<String>) {
+    for (url_var, token_var) in [
+        ("GATE_URL", "GATE_TOKEN"),
+        ("ALERT_URL", "ALERT_TOKEN"),
+        ("EMBED_BASE_URL", "EMBED_API_KEY"),
+    ] {
+        if let (Some(url), Some(_)) = (raw.get(url_var), raw.get(token_var))
+            && url.starts_with("http://")
+            && !crate::notify::webhook::is_loopback(url)
+        {
+            problems.push(format!(
+                "`{url_var}` is plain http to a non-loopback host; {token_var} is never sent that way (use https://)"
+            ));
+        }
+    }
+    if let Some(secret) = raw.get("GATE_SECRET")
+        && let Err(e) = crate::notify::webhook::signing_key(secret)
+    {
+        problems.push(e.to_string());
+    }
+}
+
+/// Redis's settings, when REDIS_HOST or a cluster or sentinel topology is set.
+fn redis_settings(raw: &Raw, problems: &mut Vec<String>) -> Option<RedisSettings> {
+    let topology = topology(raw, problems);
+    let wanted = raw.get("REDIS_HOST").is_some() || topology != crate::cache::Topology::Standalone;
+    wanted.then(|| RedisSettings {
+        topology,
+        host: raw.text("REDIS_HOST").unwrap_or_default(),
+        port: raw
+            .num("REDIS_PORT")
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(6379),
+        db: raw
+            .num("REDIS_DB")
+            .and_then(|d| i64::try_from(d).ok())
+            .unwrap_or(0),
+        username: raw.text("REDIS_USERNAME"),
+        password: raw.secret("REDIS_PASSWORD"),
+        ssl: raw.flag("REDIS_SSL", false),
+        ca_cert: raw.text("REDIS_CA_CERT").map(PathBuf::from),
+        timeout_ms: raw.num("REDIS_TIMEOUT_MS").unwrap_or(2000),
+    })
 }
 
 /// SPEC §11's topology, with the rules that tie its settings together.

@@ -120,6 +120,50 @@ impl From<RecordError> for BadFile {
     }
 }
 
+impl FileOutcome {
+    /// A file whose content another file committed: archived, no rows.
+    fn duplicate(healed: bool) -> FileOutcome {
+        FileOutcome::Ingested {
+            rows: 0,
+            deleted: 0,
+            changed_docs: Vec::new(),
+            healed,
+            duplicate: true,
+        }
+    }
+}
+
+/// One file on its way through its transaction.
+struct Job<'a> {
+    key: FileKey<'a>,
+    file: &'a Claimed,
+    sha: &'a str,
+    /// `ingested_at` of rows without `created_at` (fixed across retries).
+    ingest_time: i64,
+    /// Which try of the file this is (the manifest counts them).
+    attempt: u32,
+}
+
+impl Job<'_> {
+    /// The file as its change set and lineage rows name it.
+    fn file_ref(&self) -> FileRef<'_> {
+        FileRef {
+            sha256: self.sha,
+            batch_tag: self.key.tag.as_str(),
+            name: &self.file.name,
+            seq: self.file.seq,
+        }
+    }
+}
+
+/// What a failed COPY leads to.
+enum Retry {
+    /// The transaction runs again.
+    Again,
+    /// The file fails for this reason.
+    Fail(BadFile),
+}
+
 /// What one file's transaction wrote.
 #[derive(Debug, Clone)]
 struct Applied {
@@ -160,6 +204,9 @@ impl Ingest {
         })
     }
 
+    /// One opened (or refused) file: its manifest row, the vectors it lacks, then
+    /// its transaction. The vectors are fetched before the transaction opens, so
+    /// that no transaction waits on the embeddings endpoint.
     fn opened(
         &self,
         client: &mut Client,
@@ -177,8 +224,7 @@ impl Ingest {
             Err(Unreadable::Bad(why)) => {
                 let attempt = manifest::open(client, &self.names, &key, "", 0, &self.host)?.attempt;
                 let bad = BadFile::new(Reason::Failed, format!("file {why}"));
-                manifest::failed(client, &self.names, &key, bad.reason.as_str(), false)?;
-                return Ok((FileOutcome::Bad(bad), attempt));
+                return self.fail_file(client, &key, bad, attempt);
             }
         };
         let sha = bytes.sha256_hex()?;
@@ -193,154 +239,212 @@ impl Ingest {
             bytes.len() as i64,
             &self.host,
         )?;
-        let attempt = tries.attempt;
         if tries.faults >= self.max_faults {
-            // A poison file: the same fault every try would keep it, and every file
-            // behind it, in processing/ for ever.
-            let bad = BadFile::new(
-                Reason::Failed,
-                format!(
-                    "gave up after {} tries that each ended in a fault of this file's own \
-                     (the embeddings endpoint's answer for its texts, or a statement timeout \
-                     on its rows), FILE_MAX_FAULTS={}",
-                    tries.faults, self.max_faults
-                ),
-            );
-            manifest::failed(client, &self.names, &key, bad.reason.as_str(), false)?;
-            return Ok((FileOutcome::Bad(bad), attempt));
+            let bad = self.poisoned(tries.faults);
+            return self.fail_file(client, &key, bad, tries.attempt);
         }
-        let ingest_time = crate::clock::now_micros();
-        let mut vectors = match self.prefetch(client, &key, &mut bytes, &file.path)? {
-            Ok(v) => v,
-            Err(bad) => {
-                manifest::failed(client, &self.names, &key, bad.reason.as_str(), false)?;
-                return Ok((FileOutcome::Bad(bad), attempt));
-            }
+        let job = Job {
+            key,
+            file,
+            sha: &sha,
+            ingest_time: crate::clock::now_micros(),
+            attempt: tries.attempt,
         };
+        let vectors = match self.prefetch(client, &job.key, &mut bytes, &file.path)? {
+            Ok(v) => v,
+            Err(bad) => return self.fail_file(client, &job.key, bad, job.attempt),
+        };
+        self.transact(client, &job, &mut bytes, vectors)
+    }
+
+    /// A poison file: the same fault every try would keep it, and every file behind
+    /// it, in processing/ for ever.
+    fn poisoned(&self, faults: u32) -> BadFile {
+        BadFile::new(
+            Reason::Failed,
+            format!(
+                "gave up after {} tries that each ended in a fault of this file's own \
+                 (the embeddings endpoint's answer for its texts, or a statement timeout \
+                 on its rows), FILE_MAX_FAULTS={}",
+                faults, self.max_faults
+            ),
+        )
+    }
+
+    /// Records `bad` in the manifest; the file belongs in failed/.
+    fn fail_file(
+        &self,
+        client: &mut Client,
+        key: &FileKey<'_>,
+        bad: BadFile,
+        attempt: u32,
+    ) -> Result<(FileOutcome, u32)> {
+        manifest::failed(client, &self.names, key, bad.reason.as_str(), bad.healed)?;
+        Ok((FileOutcome::Bad(bad), attempt))
+    }
+
+    /// The file's transaction, tried again after a deadlock with another file of
+    /// the same document, a race to commit the same content, or a self-heal.
+    fn transact(
+        &self,
+        client: &mut Client,
+        job: &Job<'_>,
+        bytes: &mut FileBytes<'_>,
+        mut vectors: Option<vectors::Vectors>,
+    ) -> Result<(FileOutcome, u32)> {
         let mut healed = false;
         for _ in 0..3 {
             let mut tx = client
                 .transaction()
                 .map_err(|e| db::classify(e, "starting the file's transaction"))?;
-            if manifest::ingested_by(&mut tx, &self.names, &sha)?.is_some() {
-                manifest::done(
-                    &mut tx,
-                    &self.names,
-                    &key,
-                    &manifest::Done::duplicate(healed),
-                )
-                .map_err(|e| db::classify(e, "recording the duplicate"))?;
-                tx.commit()
-                    .map_err(|e| db::classify(e, "committing the duplicate"))?;
-                return Ok((
-                    FileOutcome::Ingested {
-                        rows: 0,
-                        deleted: 0,
-                        changed_docs: Vec::new(),
-                        healed,
-                        duplicate: true,
-                    },
-                    attempt,
-                ));
+            if manifest::ingested_by(&mut tx, &self.names, job.sha)?.is_some() {
+                return self.commit_duplicate(tx, job, healed);
             }
-            let file_ref = FileRef {
-                sha256: &sha,
-                batch_tag: tag.as_str(),
-                name: &file.name,
-                seq: file.seq,
-            };
             if let Some(v) = &mut vectors {
                 v.rewind()
-                    .map_err(|e| e.context(format!("ingesting {}", file.name)))?;
+                    .map_err(|e| e.context(format!("ingesting {}", job.file.name)))?;
             }
-            let copied =
-                self.copy_rows(&mut tx, file_ref, &mut bytes, ingest_time, vectors.as_mut());
+            let copied = self.copy_rows(
+                &mut tx,
+                job.file_ref(),
+                bytes,
+                job.ingest_time,
+                vectors.as_mut(),
+            );
             let failure = match copied {
-                Ok(applied) => {
-                    let done = manifest::Done {
-                        rows: applied.rows as i64,
-                        deleted: applied.deleted as i64,
-                        seq: Some(file.seq),
-                        healed,
-                        duplicate: false,
-                        embedded: vectors.as_ref().map_or(0, |v| v.fetched as i64),
-                        reused: vectors.as_ref().map_or(0, |v| v.reused as i64),
-                    };
-                    let committed = manifest::done(&mut tx, &self.names, &key, &done)
-                        .and_then(|()| tx.commit());
-                    match committed {
-                        Ok(()) => {
-                            if let Some(v) = &vectors {
-                                crate::metrics::EMBEDDINGS_FETCHED.add(v.fetched);
-                                crate::metrics::EMBEDDINGS_REUSED.add(v.reused);
-                            }
-                            crate::metrics::EMBEDDINGS_RECORD.add(applied.brought);
-                            let outcome = FileOutcome::Ingested {
-                                rows: applied.rows,
-                                deleted: applied.deleted,
-                                changed_docs: applied.changed_docs,
-                                healed,
-                                duplicate: false,
-                            };
-                            return Ok((outcome, attempt));
-                        }
-                        // Another process committed the same content first: go round
-                        // again and record this file as its duplicate.
-                        Err(e)
-                            if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
-                                || is_conflict(&e) =>
-                        {
-                            continue;
-                        }
-                        Err(e) => return Err(db::classify(e, "committing the file")),
-                    }
-                }
+                Ok(applied) => match self.commit(tx, job, applied, healed, vectors.as_ref())? {
+                    Some(outcome) => return Ok((outcome, job.attempt)),
+                    // Another process committed the same content first: go round
+                    // again and record this file as its duplicate.
+                    None => continue,
+                },
                 Err(f) => f,
             };
             drop(tx);
-            let bad = match failure {
-                CopyFail::Temp(e) => return Err(e),
-                CopyFail::Broken => {
-                    return Err(Error::temp("the COPY stream broke").context("copying rows"));
-                }
-                CopyFail::Bad(bad) => bad,
-                // Two files of one document met in a deadlock: go round again.
-                CopyFail::Db(e) if is_conflict(&e) => continue,
-                CopyFail::Db(e) if partition::is_no_partition(&e) && !healed => {
-                    match self.heal(client, &mut bytes, ingest_time)? {
-                        None => {
-                            healed = true;
-                            continue;
-                        }
-                        Some(why) => BadFile::new(Reason::PartitionMissing, why),
-                    }
-                }
-                CopyFail::Db(e) if partition::is_no_partition(&e) => BadFile::new(
-                    Reason::PartitionMissing,
-                    format!("still no partition after self-heal: {}", db::describe(&e)),
-                ),
-                CopyFail::Db(e) if db::is_transient(&e) => {
-                    if e.code() == Some(&postgres::error::SqlState::QUERY_CANCELED) {
-                        // A statement timeout on this file's rows: its fault, unlike an
-                        // outage, so it counts towards FILE_MAX_FAULTS.
-                        let _ = manifest::add_faults(client, &self.names, &key, 1);
-                    }
-                    return Err(db::classify(e, "copying rows"));
-                }
-                CopyFail::Db(e) if is_data_error(&e) => BadFile::new(
-                    Reason::Failed,
-                    format!("the database rejected a row: {}", db::describe(&e)),
-                ),
-                CopyFail::Db(e) => return Err(db::classify(e, "copying rows")),
+            let bad = match self.triage(client, job, bytes, failure, &mut healed)? {
+                Retry::Again => continue,
+                Retry::Fail(bad) => bad,
             };
-            let bad = BadFile { healed, ..bad };
-            manifest::failed(client, &self.names, &key, bad.reason.as_str(), healed)?;
-            return Ok((FileOutcome::Bad(bad), attempt));
+            return self.fail_file(client, &job.key, BadFile { healed, ..bad }, job.attempt);
         }
         Err(
             Error::failed("the file kept conflicting with concurrent ingests")
-                .context(format!("ingesting {}", file.name)),
+                .context(format!("ingesting {}", job.file.name)),
         )
+    }
+
+    /// Records the file as a duplicate of content another file committed.
+    fn commit_duplicate(
+        &self,
+        mut tx: postgres::Transaction<'_>,
+        job: &Job<'_>,
+        healed: bool,
+    ) -> Result<(FileOutcome, u32)> {
+        manifest::done(
+            &mut tx,
+            &self.names,
+            &job.key,
+            &manifest::Done::duplicate(healed),
+        )
+        .map_err(|e| db::classify(e, "recording the duplicate"))?;
+        tx.commit()
+            .map_err(|e| db::classify(e, "committing the duplicate"))?;
+        Ok((FileOutcome::duplicate(healed), job.attempt))
+    }
+
+    /// Commits the file's rows with its manifest `done`; `None` when another
+    /// process committed the same content first.
+    fn commit(
+        &self,
+        mut tx: postgres::Transaction<'_>,
+        job: &Job<'_>,
+        applied: Applied,
+        healed: bool,
+        vectors: Option<&vectors::Vectors>,
+    ) -> Result<Option<FileOutcome>> {
+        let done = manifest::Done {
+            rows: applied.rows as i64,
+            deleted: applied.deleted as i64,
+            seq: Some(job.file.seq),
+            healed,
+            duplicate: false,
+            embedded: vectors.map_or(0, |v| v.fetched as i64),
+            reused: vectors.map_or(0, |v| v.reused as i64),
+        };
+        let committed =
+            manifest::done(&mut tx, &self.names, &job.key, &done).and_then(|()| tx.commit());
+        match committed {
+            Ok(()) => {
+                if let Some(v) = vectors {
+                    crate::metrics::EMBEDDINGS_FETCHED.add(v.fetched);
+                    crate::metrics::EMBEDDINGS_REUSED.add(v.reused);
+                }
+                crate::metrics::EMBEDDINGS_RECORD.add(applied.brought);
+                Ok(Some(FileOutcome::Ingested {
+                    rows: applied.rows,
+                    deleted: applied.deleted,
+                    changed_docs: applied.changed_docs,
+                    healed,
+                    duplicate: false,
+                }))
+            }
+            Err(e)
+                if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+                    || is_conflict(&e) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(db::classify(e, "committing the file")),
+        }
+    }
+
+    /// What a failed COPY means: go round again (a deadlock, a self-heal that
+    /// created the partition), the file's own fault, or an error that keeps the
+    /// file in processing/.
+    fn triage(
+        &self,
+        client: &mut Client,
+        job: &Job<'_>,
+        bytes: &mut FileBytes<'_>,
+        failure: CopyFail,
+        healed: &mut bool,
+    ) -> Result<Retry> {
+        let bad = match failure {
+            CopyFail::Temp(e) => return Err(e),
+            CopyFail::Broken => {
+                return Err(Error::temp("the COPY stream broke").context("copying rows"));
+            }
+            CopyFail::Bad(bad) => bad,
+            // Two files of one document met in a deadlock: go round again.
+            CopyFail::Db(e) if is_conflict(&e) => return Ok(Retry::Again),
+            CopyFail::Db(e) if partition::is_no_partition(&e) && !*healed => {
+                match self.heal(client, bytes, job.ingest_time)? {
+                    None => {
+                        *healed = true;
+                        return Ok(Retry::Again);
+                    }
+                    Some(why) => BadFile::new(Reason::PartitionMissing, why),
+                }
+            }
+            CopyFail::Db(e) if partition::is_no_partition(&e) => BadFile::new(
+                Reason::PartitionMissing,
+                format!("still no partition after self-heal: {}", db::describe(&e)),
+            ),
+            CopyFail::Db(e) if db::is_transient(&e) => {
+                if e.code() == Some(&postgres::error::SqlState::QUERY_CANCELED) {
+                    // A statement timeout on this file's rows: its fault, unlike an
+                    // outage, so it counts towards FILE_MAX_FAULTS.
+                    let _ = manifest::add_faults(client, &self.names, &job.key, 1);
+                }
+                return Err(db::classify(e, "copying rows"));
+            }
+            CopyFail::Db(e) if is_data_error(&e) => BadFile::new(
+                Reason::Failed,
+                format!("the database rejected a row: {}", db::describe(&e)),
+            ),
+            CopyFail::Db(e) => return Err(db::classify(e, "copying rows")),
+        };
+        Ok(Retry::Fail(bad))
     }
 
     /// Recovery and duplicates: content already done is not ingested again.
@@ -370,13 +474,7 @@ impl Ingest {
         manifest::open(client, &self.names, key, sha, len as i64, &self.host)?;
         manifest::done(client, &self.names, key, &manifest::Done::duplicate(false))
             .map_err(|e| db::classify(e, "recording the duplicate"))?;
-        Ok(Some(FileOutcome::Ingested {
-            rows: 0,
-            deleted: 0,
-            changed_docs: Vec::new(),
-            healed: false,
-            duplicate: true,
-        }))
+        Ok(Some(FileOutcome::duplicate(false)))
     }
 
     /// The file's missing vectors, before its transaction opens; `Ok(Err(bad))`

@@ -3,11 +3,11 @@
 //! ends, ingest.alert once per batch on its first failure, ingest.recovered once
 //! when the gate answers again, maintenance.alert on stalls.
 
-use crate::batch::BatchReport;
-use crate::batch::{BatchTag, Reason};
+use crate::batch::{BatchReport, BatchTag, Reason};
 use crate::config::Config;
 use crate::error::Result;
 use crate::failure_log::FailureLog;
+use crate::notify::alert::AlertKind;
 use crate::notify::outbox::{self, Flushed, Notice, Outbox, Stored, Target};
 use crate::notify::template::{Event, Template, Vars};
 use crate::notify::webhook::{self, Endpoint};
@@ -133,7 +133,7 @@ impl Notifier {
     /// Queues an alert (`ingest.alert`, `ingest.recovered`, `maintenance.alert`).
     pub(crate) fn alert(
         &self,
-        event: &str,
+        kind: AlertKind,
         tag: &str,
         reason: &str,
         healed: bool,
@@ -142,6 +142,7 @@ impl Notifier {
         if !self.outbox.wants(Target::Alert) {
             return Ok(());
         }
+        let event = kind.as_str();
         let mut v = self.vars(tag);
         v.insert("event", event.to_string());
         v.insert("reason", reason.to_string());
@@ -163,7 +164,7 @@ impl Notifier {
             let default = match *name {
                 "healed" => "false",
                 "reason" => Reason::Success.as_str(),
-                "event" => "ingest.alert",
+                "event" => AlertKind::Ingest.as_str(),
                 "detail" | "batch_tag" | "host" | "ts" => "",
                 _ => "0",
             };
@@ -200,7 +201,7 @@ impl Notifier {
                     batch_tag,
                     status,
                 } => self.alert(
-                    "ingest.alert",
+                    AlertKind::Ingest,
                     &batch_tag,
                     Reason::OtherError.as_str(),
                     false,
@@ -209,14 +210,14 @@ impl Notifier {
                     ),
                 )?,
                 Notice::Unreadable { name } => self.alert(
-                    "ingest.alert",
+                    AlertKind::Ingest,
                     "",
                     Reason::OtherError.as_str(),
                     false,
                     &format!("the queued event `{name}` cannot be read; it is in outbox/dead/"),
                 )?,
                 Notice::Recovered => self.alert(
-                    "ingest.recovered",
+                    AlertKind::Recovered,
                     "",
                     Reason::Success.as_str(),
                     false,

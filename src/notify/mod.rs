@@ -3,6 +3,7 @@
 //! rendered through templates. A notice is written to the outbox before it is sent,
 //! so that a crash never loses one.
 
+pub(crate) mod alert;
 pub(crate) mod gate;
 pub(crate) mod outbox;
 pub(crate) mod template;

@@ -4,6 +4,7 @@
 
 use crate::batch::Reason;
 use crate::error::{Error, Result};
+use crate::notify::alert::AlertKind;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,11 @@ impl Event {
         }
     }
 
+    /// Every event's name, comma-separated, for messages that list them.
+    pub(crate) fn list() -> String {
+        Event::ALL.map(Event::name).join(", ")
+    }
+
     /// Parses an event name given on the command line.
     pub(crate) fn parse(raw: &str) -> Result<Event> {
         Event::ALL
@@ -38,7 +44,8 @@ impl Event {
             .find(|e| e.name() == raw)
             .ok_or_else(|| {
                 Error::usage(format!(
-                    "unknown event `{raw}`; valid events: gate.open, gate.done, alert"
+                    "unknown event `{raw}`; valid events: {}",
+                    Event::list()
                 ))
             })
     }
@@ -171,7 +178,7 @@ pub(crate) fn sample_vars(event: Event, reason: Reason) -> Vars {
             "batch_tag" => "20260101T000000Z-0badc0de",
             "reason" => reason.as_str(),
             "healed" => "true",
-            "event" => "ingest.alert",
+            "event" => AlertKind::Ingest.as_str(),
             "detail" => "a \"quoted\" detail\nwith a newline",
             "host" => "host.example",
             "ts" => "2026-01-01T00:00:00Z",
@@ -209,6 +216,13 @@ pub(crate) fn check_all(dir: Option<&Path>) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_event_list_names_every_event_as_the_spec_spells_it() {
+        assert_eq!(Event::list(), "gate.open, gate.done, alert");
+        let err = Event::parse("frob").err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("valid events: gate.open, gate.done, alert")));
+    }
 
     #[test]
     fn builtins_render_the_spec_payloads() -> Result<()> {
