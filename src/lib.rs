@@ -63,3 +63,5 @@ pub(crate) mod watch;
 
 #[cfg(test)]
 mod docs_test;
+#[cfg(test)]
+mod layers_test;
