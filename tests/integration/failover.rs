@@ -2,7 +2,7 @@
 //! streaming standby promoted in the middle of a `watch` run.
 
 use crate::support::servers::OwnPg;
-use crate::support::{TestEnv, count};
+use crate::support::{Gen, TestEnv, count};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -24,20 +24,13 @@ fn watch_follows_a_promoted_standby_and_loses_and_duplicates_nothing() {
     let (files, records) = (3u32, 40u32);
     let rounds = 8u32;
     for round in 0..rounds {
-        let seed = (round + 10).to_string();
-        env.run(&[
-            "gen",
-            "--files",
-            &files.to_string(),
-            "--records",
-            &records.to_string(),
-            "--days",
-            "1",
-            "--seed",
-            &seed,
-        ])
-        .output()
-        .code(0);
+        env.generate_with(Gen {
+            files,
+            records,
+            days: Some(1),
+            seed: Some(u64::from(round + 10)),
+            ..Gen::default()
+        });
         if round == 3 {
             // The primary goes away cleanly (its WAL reaches the standby first)
             // and the standby takes over.

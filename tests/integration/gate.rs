@@ -1,8 +1,8 @@
 //! Gate notifications, alerts, the outbox, the failure log and the reference gate
 //! (SPEC §6) against real HTTP endpoints.
 
-use crate::support::http::{HttpServer, Request, Response};
-use crate::support::{TestEnv, mode, wait_with_deadline};
+use crate::support::http::{HttpServer, Receivers, Request, Response};
+use crate::support::{Gen, TestEnv, mode, wait_with_deadline};
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use std::sync::Arc;
@@ -38,18 +38,34 @@ fn gate_env(gate: &HttpServer) -> TestEnv {
     env
 }
 
-/// A gate that answers `down_status` until the returned switch is set, then 200.
-fn switchable_gate(down_status: u16) -> (HttpServer, Arc<AtomicBool>) {
+/// A gate answering through `answer` and an alerts receiver, with a `gate_env`
+/// that also sends alerts there (ALERT_URL, set once migrated).
+fn alerting_env(
+    answer: impl Fn(&Request, usize) -> Response + Send + Sync + 'static,
+) -> (HttpServer, HttpServer, TestEnv) {
+    let Receivers { gate, alerts } = Receivers::start(answer);
+    let mut env = gate_env(&gate);
+    env.set("ALERT_URL", format!("{}/alerts", alerts.url));
+    (gate, alerts, env)
+}
+
+/// A gate's answer: `down_status` until the returned switch is set, then 200.
+fn switchable(
+    down_status: u16,
+) -> (
+    impl Fn(&Request, usize) -> Response + Send + Sync + 'static,
+    Arc<AtomicBool>,
+) {
     let up = Arc::new(AtomicBool::new(false));
     let flag = up.clone();
-    let gate = HttpServer::start(move |_, _| {
+    let answer = move |_: &Request, _: usize| {
         Response::status(if flag.load(Ordering::SeqCst) {
             200
         } else {
             down_status
         })
-    });
-    (gate, up)
+    };
+    (answer, up)
 }
 
 fn events(server: &HttpServer) -> Vec<serde_json::Value> {
@@ -180,7 +196,8 @@ fn retry_after_is_honoured_on_429() {
 
 #[test]
 fn a_gate_that_is_down_keeps_events_for_the_next_run_in_order() {
-    let (gate, up) = switchable_gate(503);
+    let (answer, up) = switchable(503);
+    let gate = HttpServer::start(answer);
     let mut env = gate_env(&gate);
     env.set("RETRY_MAX_SECS", "1");
     env.generate(4, 5, 0);
@@ -228,10 +245,7 @@ fn a_gate_that_is_down_keeps_events_for_the_next_run_in_order() {
 
 #[test]
 fn a_400_goes_to_dead_letters_with_failure_log_and_alert() {
-    let gate = HttpServer::start(|_, _| Response::status(400));
-    let alerts = HttpServer::start(|_, _| Response::status(200));
-    let mut env = gate_env(&gate);
-    env.set("ALERT_URL", format!("{}/alerts", alerts.url));
+    let (_gate, alerts, mut env) = alerting_env(|_, _| Response::status(400));
     env.set("ALERT_TOKEN", "alert-Tok3n");
     env.generate(1, 5, 0);
     env.run(&["process"]).output().code(0);
@@ -270,24 +284,15 @@ fn a_400_goes_to_dead_letters_with_failure_log_and_alert() {
 
 #[test]
 fn self_heal_alerts_once_with_healed_true_and_the_log_stays_clean() {
-    let gate = HttpServer::start(|_, _| Response::status(200));
-    let alerts = HttpServer::start(|_, _| Response::status(200));
-    let mut env = gate_env(&gate);
-    env.set("ALERT_URL", format!("{}/alerts", alerts.url));
+    let (gate, alerts, env) = alerting_env(|_, _| Response::status(200));
     // Three days of data: two days lack partitions, several files heal.
-    env.run(&[
-        "gen",
-        "--files",
-        "4",
-        "--records",
-        "30",
-        "--days",
-        "3",
-        "--bad",
-        "2",
-    ])
-    .output()
-    .code(0);
+    env.generate_with(Gen {
+        files: 4,
+        records: 30,
+        days: Some(3),
+        bad: Some(2),
+        ..Gen::default()
+    });
     let _ = env.run(&["process"]).output().code(1);
     let a = events(&alerts);
     assert_eq!(a.len(), 1, "one alert per batch: {a:?}");
@@ -330,10 +335,8 @@ fn self_heal_alerts_once_with_healed_true_and_the_log_stays_clean() {
 
 #[test]
 fn gate_recovery_sends_one_recovered_alert() {
-    let (gate, up) = switchable_gate(502);
-    let alerts = HttpServer::start(|_, _| Response::status(200));
-    let mut env = gate_env(&gate);
-    env.set("ALERT_URL", format!("{}/alerts", alerts.url));
+    let (answer, up) = switchable(502);
+    let (_gate, alerts, mut env) = alerting_env(answer);
     env.set("RETRY_MAX_SECS", "1");
     env.generate(1, 5, 0);
     env.run(&["process"]).output().code(75);
@@ -601,7 +604,7 @@ fn outbox_order_survives_a_clock_step_and_two_flushers_deliver_each_event_once()
     let up = Arc::new(AtomicBool::new(false));
     let flag = up.clone();
     // Slow when up, so that the two flushers below overlap.
-    let gate = HttpServer::start(move |_, _| {
+    let (gate, alerts, mut env) = alerting_env(move |_, _| {
         if flag.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(40));
             Response::status(200)
@@ -609,11 +612,8 @@ fn outbox_order_survives_a_clock_step_and_two_flushers_deliver_each_event_once()
             Response::status(503)
         }
     });
-    let alerts = HttpServer::start(|_, _| Response::status(200));
-    let mut env = gate_env(&gate);
     env.set("RETRY_MAX_SECS", "1");
     env.set("BATCH_MAX_FILES", "1");
-    env.set("ALERT_URL", format!("{}/alerts", alerts.url));
     env.set("ALERT_TOKEN", "alert-Tok3n");
     env.generate(3, 5, 0);
     env.run(&["process"]).output().code(75);

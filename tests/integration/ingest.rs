@@ -2,7 +2,7 @@
 
 use crate::support::http::{HttpServer, Response};
 use crate::support::servers::OwnPg;
-use crate::support::{TestEnv, count, pg};
+use crate::support::{Gen, TestEnv, count, pg};
 use postgres::fallible_iterator::FallibleIterator;
 use rmp::encode as mp;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -230,18 +230,13 @@ fn large_files_are_ingested_in_bounded_memory() {
     // Both files in one batch, so that both workers hold one at the same time.
     env.set("BATCH_MAX_BYTES", "1000000000");
     env.ready();
-    let args = [
-        "gen",
-        "--files",
-        "2",
-        "--records",
-        "80000",
-        "--dim",
-        "16",
-        "--days",
-        "1",
-    ];
-    env.run(&args).output().code(0);
+    env.generate_with(Gen {
+        files: 2,
+        records: 80_000,
+        dim: Some(16),
+        days: Some(1),
+        ..Gen::default()
+    });
     let bytes: u64 = env
         .files_in("incoming")
         .iter()
@@ -282,9 +277,12 @@ fn large_files_are_ingested_in_bounded_memory() {
 fn duplicates_are_archived_without_rows() {
     let env = TestEnv::new().with_db();
     env.ready();
-    env.run(&["gen", "--files", "2", "--records", "20", "--seed", "5"])
-        .output()
-        .code(0);
+    env.generate_with(Gen {
+        files: 2,
+        records: 20,
+        seed: Some(5),
+        ..Gen::default()
+    });
     env.run(&["process"]).output().code(0);
     // A producer sends the same files again under other names.
     for (i, path) in env
@@ -315,9 +313,12 @@ fn duplicates_are_archived_without_rows() {
 fn bad_files_are_quarantined_while_batch_mates_land() {
     let env = TestEnv::new().with_db();
     env.ready();
-    env.run(&["gen", "--files", "3", "--records", "10", "--bad", "7"])
-        .output()
-        .code(0);
+    env.generate_with(Gen {
+        files: 3,
+        records: 10,
+        bad: Some(7),
+        ..Gen::default()
+    });
     env.run(&["process"])
         .output()
         .code(1)
@@ -416,9 +417,11 @@ fn manifest_changes_are_notified() {
     listener
         .batch_execute("LISTEN ragspool_manifest")
         .expect("listen");
-    env.run(&["gen", "--files", "2", "--records", "5"])
-        .output()
-        .code(0);
+    env.generate_with(Gen {
+        files: 2,
+        records: 5,
+        ..Gen::default()
+    });
     env.run(&["process"]).output().code(0);
     let mut seen = Vec::new();
     let mut notes = listener.notifications();
@@ -506,19 +509,13 @@ fn embeddings_are_fetched_for_records_without_one() {
     env.set("EMBED_API_KEY", "sk-test-key");
     env.set("EMBED_DIM", "4");
     env.ready();
-    env.run(&[
-        "gen",
-        "--files",
-        "1",
-        "--records",
-        "100",
-        "--dim",
-        "0",
-        "--days",
-        "1",
-    ])
-    .output()
-    .code(0);
+    env.generate_with(Gen {
+        files: 1,
+        records: 100,
+        dim: Some(0),
+        days: Some(1),
+        ..Gen::default()
+    });
     env.run(&["process"]).output().code(0);
     let url = env.db_url();
     assert_eq!(
@@ -661,9 +658,11 @@ fn an_outage_exits_75_then_a_rerun_ingests_exactly_once() {
 fn database_down_from_the_start_exits_75() {
     let own = OwnPg::start();
     let env = TestEnv::on_own_pg(&own, "down", 1);
-    env.run(&["gen", "--files", "2", "--records", "5"])
-        .output()
-        .code(0);
+    env.generate_with(Gen {
+        files: 2,
+        records: 5,
+        ..Gen::default()
+    });
     own.stop();
     env.run(&["process"])
         .output()

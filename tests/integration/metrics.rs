@@ -1,7 +1,7 @@
 //! METRICS_FILE (SPEC §9) across commands and restarts: counters only grow and add
 //! up to what the manifest says, and the file parses with Prometheus's own parser.
 
-use crate::support::{TestEnv, pg};
+use crate::support::{Gen, TestEnv, pg};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
@@ -124,23 +124,14 @@ fn counters_add_up_across_commands_and_restarts_and_never_go_down() {
         last = now;
     };
     let produce = |seed: u32, bad: u32| {
-        let seed = seed.to_string();
-        let bad = bad.to_string();
-        env.run(&[
-            "gen",
-            "--files",
-            "3",
-            "--records",
-            "20",
-            "--days",
-            "2",
-            "--seed",
-            &seed,
-            "--bad",
-            &bad,
-        ])
-        .output()
-        .code(0);
+        env.generate_with(Gen {
+            files: 3,
+            records: 20,
+            days: Some(2),
+            seed: Some(u64::from(seed)),
+            bad: Some(bad),
+            ..Gen::default()
+        });
     };
     let drained = |env: &TestEnv| {
         env.files_in("incoming").is_empty() && env.files_in("processing").is_empty()

@@ -1,9 +1,9 @@
 //! The promises, each proved by a test that can fail: nothing lost, nothing
 //! duplicated, bad input gets a clear error, nobody gets in, secrets stay secret.
 
-use crate::support::http::{HttpServer, Request, Response};
+use crate::support::http::{HttpServer, Receivers, Request, Response};
 use crate::support::servers::{OwnPg, OwnRedis};
-use crate::support::{TestEnv, count, wait_with_deadline};
+use crate::support::{Gen, TestEnv, count, wait_with_deadline};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -218,19 +218,13 @@ fn a_file_growing_in_place_or_renamed_during_a_scan_is_taken_whole_and_once() {
     env.set("GATE_URL", gate.url.clone());
     env.set("BATCH_MAX_AGE_SECS", "0");
     env.ready();
-    env.run(&[
-        "gen",
-        "--files",
-        "2",
-        "--records",
-        "40",
-        "--days",
-        "1",
-        "--seed",
-        "3",
-    ])
-    .output()
-    .code(0);
+    env.generate_with(Gen {
+        files: 2,
+        records: 40,
+        days: Some(1),
+        seed: Some(3),
+        ..Gen::default()
+    });
     let samples: Vec<std::path::PathBuf> = {
         let mut v: Vec<_> = std::fs::read_dir(env.spool_dir("incoming"))
             .expect("ls")
@@ -294,19 +288,13 @@ fn hostile_spool_input_is_refused_or_failed_never_followed() {
     let mut env = TestEnv::new().with_db();
     env.set("MAX_FILE_BYTES", "4000");
     env.ready();
-    env.run(&[
-        "gen",
-        "--files",
-        "1",
-        "--records",
-        "2",
-        "--dim",
-        "4",
-        "--days",
-        "1",
-    ])
-    .output()
-    .code(0);
+    env.generate_with(Gen {
+        files: 1,
+        records: 2,
+        dim: Some(4),
+        days: Some(1),
+        ..Gen::default()
+    });
     let inc = env.spool_dir("incoming");
     let outside = env.dir.path().join("outside.msgpack");
     std::fs::copy(inc.join(env.files_in("incoming")[0].clone()), &outside).expect("copy");
@@ -391,8 +379,8 @@ fn secrets_appear_nowhere_but_the_authorization_header() {
         EMBED,
         REDIS,
     ];
-    let gate = HttpServer::start(|_, i| Response::status(if i == 3 { 400 } else { 200 }));
-    let alerts = HttpServer::start(|_, _| Response::status(200));
+    let Receivers { gate, alerts } =
+        Receivers::start(|_, i| Response::status(if i == 3 { 400 } else { 200 }));
     let embed = HttpServer::start(|req, _| {
         let n = req.json()["input"].as_array().map_or(0, Vec::len);
         let data: Vec<_> = (0..n)
@@ -556,27 +544,18 @@ fn soak_under_a_steady_producer_with_faults() {
     while started.elapsed() < Duration::from_secs(secs) {
         round += 1;
         // 5 files every 100 ms is 50 files/s; every tenth round one of them is broken.
-        let bad_now = u64::from(round % 10 == 0);
+        let bad_now = u32::from(round % 10 == 0);
         let files = 5 - bad_now;
-        let seed = (10_000 + round).to_string();
-        let args = [
-            "gen",
-            "--files",
-            &files.to_string(),
-            "--records",
-            "2",
-            "--dim",
-            "8",
-            "--days",
-            "1",
-            "--seed",
-            &seed,
-            "--bad",
-            &bad_now.to_string(),
-        ];
-        env.run(&args).output().code(0);
-        good += files;
-        bad += bad_now;
+        env.generate_with(Gen {
+            files,
+            records: 2,
+            dim: Some(8),
+            days: Some(1),
+            seed: Some(10_000 + round),
+            bad: Some(bad_now),
+        });
+        good += u64::from(files);
+        bad += u64::from(bad_now);
         if !restarted && started.elapsed() > Duration::from_secs(secs / 2) {
             own.stop();
             std::thread::sleep(Duration::from_millis(500));

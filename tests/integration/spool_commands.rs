@@ -1,6 +1,6 @@
 //! init, gen, status and check through the real binary.
 
-use crate::support::{TestEnv, mode};
+use crate::support::{Gen, TestEnv, mode};
 use std::os::unix::fs::PermissionsExt;
 
 #[test]
@@ -76,19 +76,13 @@ fn gen_status_and_check_agree() {
         .code(1)
         .stdout_has("missing; run `ragspool init`");
     env.run(&["init"]).output().code(0);
-    env.run(&[
-        "gen",
-        "--files",
-        "3",
-        "--records",
-        "5",
-        "--dim",
-        "8",
-        "--bad",
-        "7",
-    ])
-    .output()
-    .code(0)
+    env.generate_with(Gen {
+        files: 3,
+        records: 5,
+        dim: Some(8),
+        bad: Some(7),
+        ..Gen::default()
+    })
     .stdout_has("wrote 3 file(s) with 15 record(s) and 7 broken file(s)");
     let incoming = env.files_in("incoming");
     assert_eq!(incoming.len(), 10, "{incoming:?}");
@@ -136,19 +130,13 @@ fn gen_is_deterministic_for_a_seed() {
     let b = TestEnv::new();
     for env in [&a, &b] {
         env.run(&["init"]).output().code(0);
-        env.run(&[
-            "gen",
-            "--files",
-            "2",
-            "--records",
-            "4",
-            "--seed",
-            "42",
-            "--days",
-            "1",
-        ])
-        .output()
-        .code(0);
+        env.generate_with(Gen {
+            files: 2,
+            records: 4,
+            seed: Some(42),
+            days: Some(1),
+            ..Gen::default()
+        });
     }
     let read = |env: &TestEnv| -> Vec<usize> {
         env.files_in("incoming")

@@ -1,7 +1,7 @@
 //! The cache in a Redis Cluster and behind Sentinels (SPEC §11), on real servers.
 
-use crate::support::TestEnv;
 use crate::support::servers::{OwnCluster, OwnSentinel, redis_cli};
+use crate::support::{Gen, TestEnv};
 use ragspool::cache::{Cache, CacheConfig, Topology};
 use std::time::{Duration, Instant};
 
@@ -156,21 +156,14 @@ fn watch_publishes_build_updates_through_a_sentinel_failover() {
     env.set("BATCH_MAX_AGE_SECS", "0");
     env.ready();
     let mut watch = env.run(&["watch"]).spawn();
-    let produce = |seed: u32| {
-        let seed = seed.to_string();
-        env.run(&[
-            "gen",
-            "--files",
-            "1",
-            "--records",
-            "5",
-            "--days",
-            "1",
-            "--seed",
-            &seed,
-        ])
-        .output()
-        .code(0);
+    let produce = |seed: u64| {
+        env.generate_with(Gen {
+            files: 1,
+            records: 5,
+            days: Some(1),
+            seed: Some(seed),
+            ..Gen::default()
+        });
     };
     let drained = |env: &TestEnv| {
         env.files_in("incoming").is_empty() && env.files_in("processing").is_empty()

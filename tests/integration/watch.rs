@@ -2,7 +2,7 @@
 //! names, systemd notifications and --exec, against real servers and processes.
 
 use crate::support::http::{HttpServer, Request, Response};
-use crate::support::{TestEnv, count, wait_with_deadline};
+use crate::support::{Gen, TestEnv, count, wait_with_deadline};
 use std::os::unix::net::UnixDatagram;
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -91,19 +91,13 @@ fn a_batch_runs_by_count_by_age_and_by_bytes() {
     env.generate(5, 2, 0);
     wait_for(20, "a batch by count", || gate_dones(&gate).len() == 1);
     assert_eq!(gate_dones(&gate)[0]["files_ok"], 5);
-    env.run(&[
-        "gen",
-        "--files",
-        "3",
-        "--records",
-        "2",
-        "--days",
-        "1",
-        "--seed",
-        "2",
-    ])
-    .output()
-    .code(0);
+    env.generate_with(Gen {
+        files: 3,
+        records: 2,
+        days: Some(1),
+        seed: Some(2),
+        ..Gen::default()
+    });
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         gate_dones(&gate).len(),
@@ -241,19 +235,13 @@ fn sigkill_over_a_stream_of_files_loses_and_duplicates_nothing() {
     let mut mid_batch = 0;
     for round in 0..14 {
         let mut child = env.run(&["watch"]).spawn();
-        env.run(&[
-            "gen",
-            "--files",
-            "15",
-            "--records",
-            "4",
-            "--days",
-            "1",
-            "--seed",
-            &(round + 100).to_string(),
-        ])
-        .output()
-        .code(0);
+        env.generate_with(Gen {
+            files: 15,
+            records: 4,
+            days: Some(1),
+            seed: Some(round + 100),
+            ..Gen::default()
+        });
         produced += 15;
         std::thread::sleep(Duration::from_millis(
             50 + crate::support::next_random(&mut seed) % 400,
@@ -349,19 +337,13 @@ fn a_flood_of_files_is_all_ingested_even_past_the_inotify_queue() {
     }
     // Frozen, the watcher reads no events while the flood arrives: the queue overflows.
     signal(&child, "STOP");
-    env.run(&[
-        "gen",
-        "--files",
-        "1500",
-        "--records",
-        "1",
-        "--dim",
-        "4",
-        "--days",
-        "1",
-    ])
-    .output()
-    .code(0);
+    env.generate_with(Gen {
+        files: 1500,
+        records: 1,
+        dim: Some(4),
+        days: Some(1),
+        ..Gen::default()
+    });
     signal(&child, "CONT");
     wait_for(120, "the flood to be ingested", || {
         env.count_files("archive", ".msgpack") == 1500

@@ -114,6 +114,26 @@ impl HttpServer {
     }
 }
 
+/// The two endpoints a spool notifies: a gate (GATE_URL) and an alerts receiver
+/// (ALERT_URL); both stop when dropped.
+pub struct Receivers {
+    /// The gate.
+    pub gate: HttpServer,
+    /// The alerts receiver; it answers 200 to everything.
+    pub alerts: HttpServer,
+}
+
+impl Receivers {
+    /// Starts a gate answering with `gate(request, index_of_request)`, and an alerts
+    /// receiver.
+    pub fn start(gate: impl Fn(&Request, usize) -> Response + Send + Sync + 'static) -> Receivers {
+        Receivers {
+            gate: HttpServer::start(gate),
+            alerts: HttpServer::start(|_, _| Response::status(200)),
+        }
+    }
+}
+
 impl Drop for HttpServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);

@@ -461,6 +461,24 @@ pub fn count(url: &str, sql: &str) -> i64 {
     }
 }
 
+/// The flags of one `ragspool gen`: `--files` and `--records` always, each other
+/// flag only when set, so that gen's own default applies to one left `None`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gen {
+    /// Good files (`--files`).
+    pub files: u32,
+    /// Records per good file (`--records`).
+    pub records: u32,
+    /// Broken files besides (`--bad`).
+    pub bad: Option<u32>,
+    /// Embedding length, 0 for none (`--dim`).
+    pub dim: Option<u32>,
+    /// Days that created_at spreads over, back from today (`--days`).
+    pub days: Option<u32>,
+    /// Random seed (`--seed`).
+    pub seed: Option<u64>,
+}
+
 impl TestEnv {
     /// A spool whose DATABASE_URL is database `db` on `own`, retrying for `retry_secs`; migrated.
     #[track_caller]
@@ -481,19 +499,39 @@ impl TestEnv {
     /// `bad` broken files; must succeed.
     #[track_caller]
     pub fn generate(&self, files: u32, records: u32, bad: u32) {
-        let (files, records, bad) = (files.to_string(), records.to_string(), bad.to_string());
-        let args = [
-            "gen",
-            "--files",
-            &files,
-            "--records",
-            &records,
-            "--days",
-            "1",
-            "--bad",
-            &bad,
+        self.generate_with(Gen {
+            files,
+            records,
+            days: Some(1),
+            bad: Some(bad),
+            ..Gen::default()
+        });
+    }
+
+    /// `ragspool gen` with the flags `opts` sets; must succeed.
+    #[track_caller]
+    pub fn generate_with(&self, opts: Gen) -> Output {
+        let mut args = vec![
+            "gen".to_string(),
+            "--files".into(),
+            opts.files.to_string(),
+            "--records".into(),
+            opts.records.to_string(),
         ];
-        self.run(&args).output().code(0);
+        let flags = [
+            ("--dim", opts.dim.map(u64::from)),
+            ("--days", opts.days.map(u64::from)),
+            ("--seed", opts.seed),
+            ("--bad", opts.bad.map(u64::from)),
+        ];
+        for (flag, value) in flags {
+            if let Some(value) = value {
+                args.push(flag.into());
+                args.push(value.to_string());
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&args).output().code(0)
     }
 
     /// init + migrate.
