@@ -42,6 +42,7 @@ pub(crate) mod heartbeat;
 pub(crate) mod host;
 pub(crate) mod http;
 pub(crate) mod ingest;
+pub(crate) mod inspect;
 pub(crate) mod log;
 pub(crate) mod maintenance;
 pub(crate) mod metrics;

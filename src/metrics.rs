@@ -10,7 +10,7 @@
 
 use crate::batch::Reason;
 use crate::error::Result;
-use crate::spool::Spool;
+use crate::spool::{Depth, Spool};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,94 +123,97 @@ struct Series {
     scale: f64,
 }
 
-/// Every counter series, in the order the file lists them.
+/// Every counter series, in the order the file lists them. `merged` walks this
+/// one list, so a counter missing from it would never reach the file.
 fn counter_series() -> Vec<Series> {
-    let series = |key: String, counter: &'static Counter, scale: f64| Series {
-        key,
+    let mut all = batch_series();
+    all.extend(SCALAR_SERIES.iter().map(|&(key, counter, scale)| Series {
+        key: key.to_string(),
         counter,
         scale,
-    };
-    let mut all: Vec<Series> = Reason::ALL
-        .iter()
-        .zip(&BATCHES)
-        .map(|(r, c)| {
-            series(
-                format!("ragspool_batches_total{{reason=\"{}\"}}", r.as_str()),
-                c,
-                1.0,
-            )
-        })
-        .collect();
-    all.extend([
-        series("ragspool_rows_total".into(), &ROWS, 1.0),
-        series(
-            "ragspool_files_total{outcome=\"ok\"}".into(),
-            &FILES_OK,
-            1.0,
-        ),
-        series(
-            "ragspool_files_total{outcome=\"failed\"}".into(),
-            &FILES_FAILED,
-            1.0,
-        ),
-        series(
-            "ragspool_batch_duration_seconds_sum".into(),
-            &BATCH_MS,
-            0.001,
-        ),
-        series(
-            "ragspool_gate_deliveries_total{outcome=\"delivered\"}".into(),
-            &DELIVERED,
-            1.0,
-        ),
-        series(
-            "ragspool_gate_deliveries_total{outcome=\"retried\"}".into(),
-            &RETRIED,
-            1.0,
-        ),
-        series(
-            "ragspool_gate_deliveries_total{outcome=\"dead\"}".into(),
-            &DEAD,
-            1.0,
-        ),
-        series(
-            "ragspool_partitions_created_total".into(),
-            &PARTITIONS_CREATED,
-            1.0,
-        ),
-        series(
-            "ragspool_embeddings_total{source=\"fetched\"}".into(),
-            &EMBEDDINGS_FETCHED,
-            1.0,
-        ),
-        series(
-            "ragspool_embeddings_total{source=\"reused\"}".into(),
-            &EMBEDDINGS_REUSED,
-            1.0,
-        ),
-        series(
-            "ragspool_embeddings_total{source=\"record\"}".into(),
-            &EMBEDDINGS_RECORD,
-            1.0,
-        ),
-        series("ragspool_cache_hits_total".into(), &CACHE_HITS, 1.0),
-        series("ragspool_cache_misses_total".into(), &CACHE_MISSES, 1.0),
-        series(
-            "ragspool_build_updates_unheard_total".into(),
-            &PUBLISH_UNHEARD,
-            1.0,
-        ),
-    ]);
+    }));
     all.extend(INGEST_LAG.series("ingest_lag_seconds"));
     all.extend(SEARCHABLE_LAG.series("searchable_lag_seconds"));
     all
 }
+
+/// Zipped with [`Reason::ALL`], the order [`batch`] indexes [`BATCHES`] by, so
+/// that each key names the reason its counter counts.
+fn batch_series() -> Vec<Series> {
+    Reason::ALL
+        .iter()
+        .zip(&BATCHES)
+        .map(|(r, counter)| Series {
+            key: format!("ragspool_batches_total{{reason=\"{}\"}}", r.as_str()),
+            counter,
+            scale: 1.0,
+        })
+        .collect()
+}
+
+/// The counters of one series each, as (key, counter, scale), in file order. A
+/// table rather than code, so that each key stands next to the static it reads
+/// and a new counter is one more row.
+static SCALAR_SERIES: [(&str, &Counter, f64); 14] = [
+    ("ragspool_rows_total", &ROWS, 1.0),
+    ("ragspool_files_total{outcome=\"ok\"}", &FILES_OK, 1.0),
+    (
+        "ragspool_files_total{outcome=\"failed\"}",
+        &FILES_FAILED,
+        1.0,
+    ),
+    ("ragspool_batch_duration_seconds_sum", &BATCH_MS, 0.001),
+    (
+        "ragspool_gate_deliveries_total{outcome=\"delivered\"}",
+        &DELIVERED,
+        1.0,
+    ),
+    (
+        "ragspool_gate_deliveries_total{outcome=\"retried\"}",
+        &RETRIED,
+        1.0,
+    ),
+    (
+        "ragspool_gate_deliveries_total{outcome=\"dead\"}",
+        &DEAD,
+        1.0,
+    ),
+    (
+        "ragspool_partitions_created_total",
+        &PARTITIONS_CREATED,
+        1.0,
+    ),
+    (
+        "ragspool_embeddings_total{source=\"fetched\"}",
+        &EMBEDDINGS_FETCHED,
+        1.0,
+    ),
+    (
+        "ragspool_embeddings_total{source=\"reused\"}",
+        &EMBEDDINGS_REUSED,
+        1.0,
+    ),
+    (
+        "ragspool_embeddings_total{source=\"record\"}",
+        &EMBEDDINGS_RECORD,
+        1.0,
+    ),
+    ("ragspool_cache_hits_total", &CACHE_HITS, 1.0),
+    ("ragspool_cache_misses_total", &CACHE_MISSES, 1.0),
+    (
+        "ragspool_build_updates_unheard_total",
+        &PUBLISH_UNHEARD,
+        1.0,
+    ),
+];
 
 /// The samples of a metrics file: series (name with labels) → value.
 pub(crate) type Samples = std::collections::HashMap<String, f64>;
 
 /// Reads the samples of the file at `path` (none when it is missing or unreadable).
 fn read_samples(path: &Path) -> Samples {
+    // A missing file is the first write, with nothing to merge; an unreadable one is
+    // treated the same rather than failing a command whose work is already done.
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -310,6 +313,7 @@ pub(crate) struct Gauges {
 
 /// One metric family: HELP, TYPE and its samples (`labels` may be a suffix like `_sum`).
 fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    // Writing to a String cannot fail, so the fmt::Result carries nothing.
     let _ = writeln!(
         out,
         "# HELP ragspool_{name} {help}\n# TYPE ragspool_{name} {kind}"
@@ -330,6 +334,8 @@ fn pick(values: &Samples, name: &str, suffixes: &[String]) -> Vec<(String, f64)>
         .collect()
 }
 
+/// Label suffixes for [`pick`] spelled in one place, so that every labelled
+/// family quotes its values the same way the counter keys do.
 fn labels(key: &str, values: &[&str]) -> Vec<String> {
     values
         .iter()
@@ -346,26 +352,77 @@ pub(crate) fn render(
     previous: &Samples,
 ) -> String {
     let mut out = String::new();
-    let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
-    let counter = |out: &mut String, name: &str, help: &str, sfx: &[String]| {
-        family(out, name, "counter", help, &pick(counters, name, sfx));
-    };
-    let plain = [String::new()];
-    counter(
+    batch_families(&mut out, counters);
+    spool_families(&mut out, spool);
+    delivery_families(&mut out, counters, gauges.outbox);
+    counter_family(
         &mut out,
+        counters,
+        "partitions_created_total",
+        "Partitions created.",
+        &[String::new()],
+    );
+    kept_gauge_families(&mut out, gauges, previous);
+    counter_family(
+        &mut out,
+        counters,
+        "embeddings_total",
+        "Vectors by source: fetched from the endpoint, reused, or brought by the record.",
+        &labels("source", &["fetched", "reused", "record"]),
+    );
+    lag_families(&mut out, counters);
+    for (name, help) in [
+        ("cache_hits_total", "Cache hits."),
+        ("cache_misses_total", "Cache misses."),
+        (
+            "build_updates_unheard_total",
+            "Build updates no subscriber received.",
+        ),
+    ] {
+        counter_family(&mut out, counters, name, help, &[String::new()]);
+    }
+    out
+}
+
+/// A counter family whose samples come from the merged counters, so that the
+/// file shows a series at 0 before anything counted it rather than leaving it out.
+fn counter_family(out: &mut String, counters: &Samples, name: &str, help: &str, sfx: &[String]) {
+    family(out, name, "counter", help, &pick(counters, name, sfx));
+}
+
+/// A gauge with a single unlabelled sample; most gauges are one number, and
+/// spelling the empty label set once keeps the callers to name, help and value.
+fn single_gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    family(out, name, "gauge", help, &[(String::new(), value)]);
+}
+
+/// Batches, rows, files and batch time come first because they describe the
+/// same batches: the summary's `_count` is the sum of the batch counters.
+fn batch_families(out: &mut String, counters: &Samples) {
+    let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    counter_family(
+        out,
+        counters,
         "batches_total",
         "Batches by gate.done reason.",
         &labels("reason", &reasons),
     );
-    counter(&mut out, "rows_total", "Rows inserted.", &plain);
-    counter(
-        &mut out,
+    counter_family(
+        out,
+        counters,
+        "rows_total",
+        "Rows inserted.",
+        &[String::new()],
+    );
+    counter_family(
+        out,
+        counters,
         "files_total",
         "Files by outcome.",
         &labels("outcome", &["ok", "failed"]),
     );
     family(
-        &mut out,
+        out,
         "batch_duration_seconds",
         "summary",
         "Batch wall time.",
@@ -375,71 +432,65 @@ pub(crate) fn render(
             &["_sum".into(), "_count".into()],
         ),
     );
-    if let Ok(depth) = spool.depth() {
-        let files: Vec<_> = depth
+}
+
+/// Spool depth is local and cheap to read, so it is never carried over from the
+/// file: when the spool cannot be listed its families are left out, not guessed.
+fn spool_families(out: &mut String, spool: &Spool) {
+    let Ok(depth) = spool.depth() else {
+        return;
+    };
+    let per_dir = |value: fn(&Depth) -> u64| -> Vec<(String, f64)> {
+        depth
             .iter()
-            .map(|(d, x)| (format!("{{dir=\"{d}\"}}"), x.files as f64))
-            .collect();
-        let bytes: Vec<_> = depth
-            .iter()
-            .map(|(d, x)| (format!("{{dir=\"{d}\"}}"), x.bytes as f64))
-            .collect();
-        family(
-            &mut out,
-            "spool_files",
-            "gauge",
-            "Files per spool directory.",
-            &files,
-        );
-        family(
-            &mut out,
-            "spool_bytes",
-            "gauge",
-            "Bytes per spool directory.",
-            &bytes,
-        );
-    }
-    counter(
-        &mut out,
+            .map(|(d, x)| (format!("{{dir=\"{d}\"}}"), value(x) as f64))
+            .collect()
+    };
+    family(
+        out,
+        "spool_files",
+        "gauge",
+        "Files per spool directory.",
+        &per_dir(|x| x.files),
+    );
+    family(
+        out,
+        "spool_bytes",
+        "gauge",
+        "Bytes per spool directory.",
+        &per_dir(|x| x.bytes),
+    );
+}
+
+/// Delivery attempts and the outbox they drain are one concern, the webhook's
+/// backlog, so their families are written together.
+fn delivery_families(out: &mut String, counters: &Samples, (waiting, dead): (usize, usize)) {
+    counter_family(
+        out,
+        counters,
         "gate_deliveries_total",
         "Webhook delivery attempts by outcome.",
         &labels("outcome", &["delivered", "retried", "dead"]),
     );
-    let (waiting, dead) = gauges.outbox;
-    family(
-        &mut out,
+    single_gauge(
+        out,
         "outbox_depth",
-        "gauge",
         "Events waiting in outbox/.",
-        &[(String::new(), waiting as f64)],
+        waiting as f64,
     );
-    family(
-        &mut out,
-        "outbox_dead",
-        "gauge",
-        "Events in outbox/dead/.",
-        &[(String::new(), dead as f64)],
-    );
-    counter(
-        &mut out,
-        "partitions_created_total",
-        "Partitions created.",
-        &plain,
-    );
-    let kept = |name: &str, now: Option<f64>| {
-        now.or_else(|| previous.get(&format!("ragspool_{name}")).copied())
-    };
-    let last = "last_maintenance_success_timestamp_seconds";
-    if let Some(t) = kept(last, gauges.last_maintenance_success.map(|t| t as f64)) {
-        family(
-            &mut out,
-            last,
-            "gauge",
-            "Unix time of the last good maintenance run.",
-            &[(String::new(), t)],
-        );
-    }
+    single_gauge(out, "outbox_dead", "Events in outbox/dead/.", dead as f64);
+}
+
+/// A gauge this writer could not read (the database or Redis down, or the spool
+/// unreadable) must not blank what another writer read: each keeps the file's
+/// last value, and is left out only when neither has one.
+fn kept_gauge_families(out: &mut String, gauges: &Gauges, previous: &Samples) {
     for (name, help, now) in [
+        (
+            "last_maintenance_success_timestamp_seconds",
+            "Unix time of the last good maintenance run.",
+            gauges.last_maintenance_success.map(|t| t as f64),
+        ),
         (
             "oldest_waiting_seconds",
             "Age of the oldest file waiting in incoming/.",
@@ -455,27 +506,29 @@ pub(crate) fn render(
             "rag:build_generation in Redis.",
             gauges.build_generation.map(|g| g as f64),
         ),
+        (
+            "partitions_unindexed",
+            "Partitions still waiting for their HNSW index.",
+            gauges.partitions_unindexed.map(|n| n as f64),
+        ),
     ] {
-        if let Some(v) = kept(name, now) {
-            family(&mut out, name, "gauge", help, &[(String::new(), v)]);
+        let kept = now.or_else(|| previous.get(&format!("ragspool_{name}")).copied());
+        if let Some(value) = kept {
+            single_gauge(out, name, help, value);
         }
     }
-    let unindexed = "partitions_unindexed";
-    if let Some(n) = kept(unindexed, gauges.partitions_unindexed.map(|n| n as f64)) {
-        family(
-            &mut out,
-            unindexed,
-            "gauge",
-            "Partitions still waiting for their HNSW index.",
-            &[(String::new(), n)],
-        );
-    }
-    counter(
-        &mut out,
-        "embeddings_total",
-        "Vectors by source: fetched from the endpoint, reused, or brought by the record.",
-        &labels("source", &["fetched", "reused", "record"]),
-    );
+}
+
+/// The lag histograms' suffixes are built from [`LAG_BUCKETS`] as
+/// [`Histogram::series`] builds its keys, so the file lists exactly the buckets
+/// that are counted, `+Inf` last as Prometheus requires.
+fn lag_families(out: &mut String, counters: &Samples) {
+    let mut sfx: Vec<String> = LAG_BUCKETS
+        .iter()
+        .map(|le| format!("_bucket{{le=\"{le}\"}}"))
+        .chain(["_bucket{le=\"+Inf\"}".to_string()])
+        .collect();
+    sfx.extend(["_sum".to_string(), "_count".to_string()]);
     for (name, help) in [
         ("ingest_lag_seconds", "File mtime to its rows committed."),
         (
@@ -483,29 +536,8 @@ pub(crate) fn render(
             "File mtime to its batch's gate.done delivered.",
         ),
     ] {
-        let mut sfx: Vec<String> = LAG_BUCKETS
-            .iter()
-            .map(|le| format!("_bucket{{le=\"{le}\"}}"))
-            .chain(["_bucket{le=\"+Inf\"}".to_string()])
-            .collect();
-        sfx.extend(["_sum".to_string(), "_count".to_string()]);
-        family(
-            &mut out,
-            name,
-            "histogram",
-            help,
-            &pick(counters, name, &sfx),
-        );
+        family(out, name, "histogram", help, &pick(counters, name, &sfx));
     }
-    counter(&mut out, "cache_hits_total", "Cache hits.", &plain);
-    counter(&mut out, "cache_misses_total", "Cache misses.", &plain);
-    counter(
-        &mut out,
-        "build_updates_unheard_total",
-        "Build updates no subscriber received.",
-        &plain,
-    );
-    out
 }
 
 /// Merges this process's counts into the file at `path` and replaces it atomically,

@@ -3,49 +3,67 @@
 use crate::cli::Args;
 use crate::config::Config;
 use crate::error::{Outcome, Result};
-use crate::ingest::manifest::{self, BatchSummary};
-use crate::spool::Spool;
+use crate::ingest::manifest::BatchSummary;
+use crate::inspect::{self, DbView, Partitions};
+use crate::maintenance::Run;
+use crate::spool::{Depth, Spool};
 use serde_json::json;
-use std::time::SystemTime;
 
+/// What `status` shows, read once and then printed as text or JSON.
+struct Status {
+    depth: Vec<(&'static str, Depth)>,
+    oldest: Option<u64>,
+    db: DbView,
+    outbox: (usize, usize),
+}
+
+/// Shows the spool, the outbox and what the database knows; a database that
+/// cannot be read is reported, not a failure.
 pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let spool = Spool::new(&config.spool_dir);
     spool.require()?;
-    let depth = spool.depth()?;
-    let oldest = spool.waiting()?.iter().map(|w| w.modified).min().map(|m| {
-        SystemTime::now()
-            .duration_since(m)
-            .map_or(0, |d| d.as_secs())
-    });
-    let from_db = from_database(config);
-    let batches = from_db.as_ref().map(|v| v.batches.clone());
-    let last_maintenance = from_db.as_ref().ok().and_then(|v| v.maintenance.clone());
-    let empty = Partitions::default();
-    let partitions = from_db.as_ref().map_or(&empty, |v| &v.partitions);
-    let (outbox, dead) = crate::notify::gate::outbox_depth(&config.spool_dir);
+    let status = Status {
+        depth: spool.depth()?,
+        oldest: inspect::oldest_waiting_secs(&spool)?,
+        db: inspect::database_view(config),
+        outbox: crate::notify::gate::outbox_depth(&config.spool_dir),
+    };
     if args.has("json") {
-        let dirs: serde_json::Map<String, serde_json::Value> = depth
-            .iter()
-            .map(|(name, d)| {
-                (
-                    name.to_string(),
-                    json!({"files": d.files, "bytes": d.bytes}),
-                )
-            })
-            .collect();
-        return super::emit_json(&json!({
-            "spool_dir": spool.root().display().to_string(),
-            "dirs": dirs,
-            "oldest_waiting_secs": oldest,
-            "outbox": {"waiting": outbox, "dead": dead},
-            "recent_batches": batches.as_ref().ok(),
-            "last_maintenance": last_maintenance,
-            "partitions_unindexed": partitions.unindexed,
-            "partitions_without_toast_tuple_target": partitions.lacking_storage,
-            "database_error": batches.as_ref().err(),
-        }))
-        .map(|()| Outcome::Clean);
+        super::emit_json(&json_report(&spool, &status))?;
+    } else {
+        super::emit(&text_report(&spool, &status))?;
     }
+    Ok(Outcome::Clean)
+}
+
+/// Everything in one JSON object, for scripts.
+fn json_report(spool: &Spool, s: &Status) -> serde_json::Value {
+    let dirs: serde_json::Map<String, serde_json::Value> = s
+        .depth
+        .iter()
+        .map(|(name, d)| {
+            (
+                name.to_string(),
+                json!({"files": d.files, "bytes": d.bytes}),
+            )
+        })
+        .collect();
+    let (outbox, dead) = s.outbox;
+    json!({
+        "spool_dir": spool.root().display().to_string(),
+        "dirs": dirs,
+        "oldest_waiting_secs": s.oldest,
+        "outbox": {"waiting": outbox, "dead": dead},
+        "recent_batches": s.db.batches.as_ref().ok(),
+        "last_maintenance": s.db.maintenance,
+        "partitions_unindexed": s.db.partitions.unindexed,
+        "partitions_without_toast_tuple_target": s.db.partitions.lacking_storage,
+        "database_error": s.db.batches.as_ref().err(),
+    })
+}
+
+/// The spool table, then one section a line or list, for the operator.
+fn text_report(spool: &Spool, s: &Status) -> String {
     let mut out = format!(
         "spool {}\n  {:<11} {:>8} {:>14}\n",
         spool.root().display(),
@@ -53,15 +71,25 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         "files",
         "bytes"
     );
-    for (name, d) in &depth {
+    for (name, d) in &s.depth {
         out.push_str(&format!("  {name:<11} {:>8} {:>14}\n", d.files, d.bytes));
     }
-    match oldest {
-        Some(s) => out.push_str(&format!("oldest waiting file: {s}s old\n")),
+    match s.oldest {
+        Some(secs) => out.push_str(&format!("oldest waiting file: {secs}s old\n")),
         None => out.push_str("oldest waiting file: none waiting\n"),
     }
+    let (outbox, dead) = s.outbox;
     out.push_str(&format!("outbox: {outbox} waiting, {dead} dead\n"));
-    match &last_maintenance {
+    maintenance_lines(&mut out, s.db.maintenance.as_ref());
+    partition_lines(&mut out, &s.db.partitions);
+    batch_lines(&mut out, &s.db.batches);
+    out
+}
+
+/// The last maintenance run with its detail, where the default-partition and
+/// short-window warnings travel.
+fn maintenance_lines(out: &mut String, last: Option<&Run>) {
+    match last {
         Some(m) => out.push_str(&format!(
             "last maintenance: {} {} expected={} created={} finished {}\n",
             m.mode,
@@ -72,10 +100,13 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         )),
         None => out.push_str("last maintenance: none recorded\n"),
     }
-    // Default-partition and short-window warnings travel in the run's detail.
-    if let Some(detail) = last_maintenance.as_ref().and_then(|m| m.detail.as_deref()) {
+    if let Some(detail) = last.and_then(|m| m.detail.as_deref()) {
         out.push_str(&format!("  detail: {detail}\n"));
     }
+}
+
+/// Only partitions that lack something are listed: a healthy table adds no line.
+fn partition_lines(out: &mut String, partitions: &Partitions) {
     if !partitions.unindexed.is_empty() {
         out.push_str(&format!(
             "partitions waiting for their HNSW index: {}\n",
@@ -88,7 +119,11 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
             partitions.lacking_storage.join(", ")
         ));
     }
-    match &batches {
+}
+
+/// The recent batches, or why the database could not give them.
+fn batch_lines(out: &mut String, batches: &std::result::Result<Vec<BatchSummary>, String>) {
+    match batches {
         Ok(list) if list.is_empty() => out.push_str("recent batches: none\n"),
         Ok(list) => {
             out.push_str("recent batches:\n");
@@ -108,53 +143,4 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         }
         Err(e) => out.push_str(&format!("recent batches: unavailable ({e})\n")),
     }
-    super::emit(&out)?;
-    Ok(Outcome::Clean)
-}
-
-/// Partitions that lack what SPEC §10 gives them.
-#[derive(Debug, Default)]
-struct Partitions {
-    unindexed: Vec<String>,
-    lacking_storage: Vec<String>,
-}
-
-/// What the database tells `status`.
-struct DbView {
-    batches: Vec<BatchSummary>,
-    maintenance: Option<crate::maintenance::Run>,
-    partitions: Partitions,
-}
-
-/// The last ten batches, the last maintenance run and the partitions still
-/// waiting for their index or storage parameter, or why they cannot be shown.
-fn from_database(config: &Config) -> std::result::Result<DbView, String> {
-    let names = crate::schema::Names::from_config(config);
-    let read = || -> Result<DbView> {
-        let db = crate::db::Db::from_config(config)?;
-        let mut client = db
-            .connect_once()
-            .map_err(|e| crate::db::classify(e, "connecting"))?;
-        if crate::schema::current_version(&mut client, &names)? == 0 {
-            return Ok(DbView {
-                batches: Vec::new(),
-                maintenance: None,
-                partitions: Partitions::default(),
-            });
-        }
-        Ok(DbView {
-            batches: manifest::recent_batches(&mut client, &names, 10)?,
-            maintenance: crate::maintenance::last_run(&mut client, &names)?,
-            partitions: Partitions {
-                unindexed: crate::partition::unindexed(&mut client, &names)?
-                    .into_iter()
-                    .map(|(p, _)| p)
-                    .collect(),
-                lacking_storage: crate::partition::lacking_storage(&mut client, &names)?
-                    .into_iter()
-                    .collect(),
-            },
-        })
-    };
-    read().map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
 }
