@@ -36,10 +36,13 @@
 //! ```
 
 mod conn;
+mod encoding;
 pub(crate) mod invalidation;
 
 use crate::digest::hex;
+use crate::error::Error;
 use conn::Conn;
+pub(crate) use encoding::Encoding;
 use md5::Md5;
 use sha1::{Digest, Sha1};
 use std::path::PathBuf;
@@ -201,6 +204,22 @@ impl std::fmt::Display for CacheError {
 
 impl std::error::Error for CacheError {}
 
+/// A cache failure as the crate's error, whose kind sets a command's exit status:
+/// unreachable 75 (it may pass), refused credentials or an unusable value or
+/// setting 78 (the operator must act), a server's error 1.
+impl From<CacheError> for Error {
+    fn from(e: CacheError) -> Error {
+        match e {
+            CacheError::Unavailable(_) => Error::temp(e.to_string()),
+            CacheError::Auth(_) => {
+                Error::config(e.to_string()).with_note("check REDIS_USERNAME and REDIS_PASSWORD")
+            }
+            CacheError::Invalid(_) => Error::config(e.to_string()),
+            CacheError::Server(_) => Error::failed(e.to_string()),
+        }
+    }
+}
+
 /// The legacy query key: `rag:q:<sha1 hex of the UTF-8 query>:<top_k>`.
 pub fn query_key(query: &str, top_k: u32) -> String {
     format!("rag:q:{}:{top_k}", hex(&Sha1::digest(query.as_bytes())))
@@ -224,6 +243,16 @@ pub fn dep_key(doc_id: &str) -> String {
     format!("rag:dep:{doc_id}")
 }
 
+/// The share of reads that hit, 0 when there were none (`ragspool cache stats`).
+pub(crate) fn hit_ratio(hits: u64, misses: u64) -> f64 {
+    let total = hits + misses;
+    if total == 0 {
+        0.0
+    } else {
+        hits as f64 / total as f64
+    }
+}
+
 /// What a health probe found.
 #[derive(Debug, Clone)]
 pub struct Probe {
@@ -235,6 +264,20 @@ pub struct Probe {
     pub tls: bool,
     /// `standalone`, `cluster N masters` or `sentinel master HOST:PORT`.
     pub topology: String,
+}
+
+impl Probe {
+    /// What the probe found in one line: `redis <version> <topology> latency
+    /// <ms> ms tls yes|no`.
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "redis {} {} latency {:.2} ms tls {}",
+            self.version,
+            self.topology,
+            self.latency.as_secs_f64() * 1000.0,
+            if self.tls { "yes" } else { "no" }
+        )
+    }
 }
 
 /// A published build update.
@@ -274,6 +317,14 @@ impl Cache {
     /// The TTL rule: the given value, else DEFAULT_TTL_SECONDS; 0 means no expiry.
     pub fn ttl(&self, given: Option<u64>) -> u64 {
         given.unwrap_or(self.config.default_ttl)
+    }
+
+    /// The TTL rule's outcome in words: `ttl <secs>s`, or `no expiry` for 0.
+    pub(crate) fn expiry(&self, given: Option<u64>) -> String {
+        match self.ttl(given) {
+            0 => "no expiry".to_string(),
+            ttl => format!("ttl {ttl}s"),
+        }
     }
 
     /// Runs one command on the reused connection (connecting when needed). Any
@@ -366,18 +417,38 @@ impl Cache {
         Ok(value)
     }
 
-    /// GETs `key` (counting a hit or a miss) and decodes it with `decode`.
-    fn get_decoded(
+    /// Stores `value` in `encoding` under its key in namespace `ns` and records
+    /// the key in the set `rag:dep:<doc_id>` of each of `doc_ids` (none: no dep
+    /// set is touched). The one body of [`Cache::set_json_namespace`],
+    /// [`Cache::set_msgpack_namespace`] and their `_deps` twins.
+    pub(crate) fn set_namespace(
         &mut self,
+        encoding: Encoding,
+        ns: &str,
         key: &str,
-        format: &str,
-        decode: impl FnOnce(&[u8]) -> Result<serde_json::Value, String>,
+        value: &serde_json::Value,
+        ttl: Option<u64>,
+        doc_ids: &[&str],
+    ) -> Result<(), CacheError> {
+        // Encoded first: a value that cannot be encoded sends nothing to Redis.
+        let bytes = encoding.encode(value)?;
+        let key = encoding.key(ns, key);
+        self.set_raw(&key, &bytes, ttl)?;
+        self.add_deps(&key, ttl, doc_ids)
+    }
+
+    /// The value stored in `encoding` under its key in namespace `ns`, counting
+    /// a hit or a miss: the body of [`Cache::get_json_namespace`] and
+    /// [`Cache::get_msgpack_namespace`].
+    pub(crate) fn get_namespace(
+        &mut self,
+        encoding: Encoding,
+        ns: &str,
+        key: &str,
     ) -> Result<Option<serde_json::Value>, CacheError> {
-        match self.get_raw(key)? {
+        match self.get_raw(&encoding.key(ns, key))? {
             None => Ok(None),
-            Some(bytes) => decode(&bytes)
-                .map(Some)
-                .map_err(|e| CacheError::Invalid(format!("cached value is not {format}: {e}"))),
+            Some(bytes) => encoding.decode(&bytes).map(Some),
         }
     }
 
@@ -389,7 +460,7 @@ impl Cache {
         value: &serde_json::Value,
         ttl: Option<u64>,
     ) -> Result<(), CacheError> {
-        self.set_raw(&json_key(ns, key), value.to_string().as_bytes(), ttl)
+        self.set_namespace(Encoding::Json, ns, key, value, ttl, &[])
     }
 
     /// The JSON value under `rag:<ns>:<key>`, counting a hit or a miss.
@@ -398,9 +469,7 @@ impl Cache {
         ns: &str,
         key: &str,
     ) -> Result<Option<serde_json::Value>, CacheError> {
-        self.get_decoded(&json_key(ns, key), "JSON", |b| {
-            serde_json::from_slice(b).map_err(|e| e.to_string())
-        })
+        self.get_namespace(Encoding::Json, ns, key)
     }
 
     /// Stores `value` as MessagePack under `rag:<ns>:m:<md5(ns+key)>`.
@@ -411,9 +480,7 @@ impl Cache {
         value: &serde_json::Value,
         ttl: Option<u64>,
     ) -> Result<(), CacheError> {
-        let bytes = rmp_serde::to_vec_named(value)
-            .map_err(|e| CacheError::Invalid(format!("cannot encode MessagePack: {e}")))?;
-        self.set_raw(&msgpack_key(ns, key), &bytes, ttl)
+        self.set_namespace(Encoding::MessagePack, ns, key, value, ttl, &[])
     }
 
     /// Stores `value` as JSON under `rag:<ns>:<key>` and records the key in the
@@ -427,8 +494,7 @@ impl Cache {
         ttl: Option<u64>,
         doc_ids: &[&str],
     ) -> Result<(), CacheError> {
-        self.set_json_namespace(ns, key, value, ttl)?;
-        self.add_deps(&json_key(ns, key), ttl, doc_ids)
+        self.set_namespace(Encoding::Json, ns, key, value, ttl, doc_ids)
     }
 
     /// The MessagePack twin of [`Cache::set_json_namespace_deps`].
@@ -440,8 +506,7 @@ impl Cache {
         ttl: Option<u64>,
         doc_ids: &[&str],
     ) -> Result<(), CacheError> {
-        self.set_msgpack_namespace(ns, key, value, ttl)?;
-        self.add_deps(&msgpack_key(ns, key), ttl, doc_ids)
+        self.set_namespace(Encoding::MessagePack, ns, key, value, ttl, doc_ids)
     }
 
     /// Adds `key` to each document's dep set, whose TTL becomes at least the
@@ -514,9 +579,7 @@ impl Cache {
         ns: &str,
         key: &str,
     ) -> Result<Option<serde_json::Value>, CacheError> {
-        self.get_decoded(&msgpack_key(ns, key), "MessagePack", |b| {
-            rmp_serde::from_slice(b).map_err(|e| e.to_string())
-        })
+        self.get_namespace(Encoding::MessagePack, ns, key)
     }
 
     /// Deletes a key; true when it existed.
@@ -669,20 +732,6 @@ mod tests {
     }
 
     #[test]
-    fn nested_values_round_trip_through_json_and_msgpack() {
-        let value =
-            serde_json::json!({"a": [1, 2.5, null, {"b": "ü"}], "c": true, "d": {"e": [[]]}});
-        let bytes = rmp_serde::to_vec_named(&value).unwrap_or_default();
-        let back: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap_or_default();
-        assert_eq!(back, value);
-        let text = value.to_string();
-        assert_eq!(
-            serde_json::from_str::<serde_json::Value>(&text).ok(),
-            Some(value)
-        );
-    }
-
-    #[test]
     fn ttl_rule() {
         let mut cfg = CacheConfig::new("h", 1);
         cfg.default_ttl = 60;
@@ -699,5 +748,11 @@ mod tests {
             }
         );
         assert!(!shown.contains("pw-secret"));
+    }
+
+    #[test]
+    fn hit_ratio_of_no_reads_is_zero() {
+        assert_eq!(hit_ratio(0, 0), 0.0);
+        assert_eq!(hit_ratio(3, 1), 0.75);
     }
 }
