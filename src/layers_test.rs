@@ -73,7 +73,7 @@ const LAYERS: &[(u8, &[&str])] = &[
             "gate_server",
         ],
     ),
-    (3, &["runner", "gauges"]),
+    (3, &["runner", "gauges", "inspect"]),
     (4, &["watch"]),
     (5, &["cmd"]),
     (6, &["app", "lib", "main"]),
