@@ -372,3 +372,69 @@ pub(crate) fn last_success(client: &mut impl GenericClient, names: &Names) -> Re
         .map_err(|e| db::classify(e, "reading the last good maintenance run"))?
         .get(0))
 }
+
+impl Report {
+    /// The run in a few lines for the operator.
+    pub(crate) fn describe(&self, names: &Names, s: &Settings) -> String {
+        let r = self;
+        let window = r
+            .window
+            .map(|(a, b)| format!("{a}..{b}"))
+            .unwrap_or_else(|| "-".to_string());
+        let mut out = format!("maintain {} ({}): window {window}\n", names.table, r.mode);
+        let days: Vec<String> = r
+            .missing
+            .iter()
+            .map(|d| names.partition(*d))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if s.dry_run {
+            out.push_str(&format!(
+                "dry run: would create {} partition(s){}\n",
+                days.len(),
+                list(&days)
+            ));
+            if !r.retired.is_empty() {
+                let verb = if s.drop { "drop" } else { "detach" };
+                out.push_str(&format!("dry run: would {verb}{}\n", list(&r.retired)));
+            }
+            if !r.indexed.is_empty() {
+                out.push_str(&format!(
+                    "dry run: would build the HNSW index on{}\n",
+                    list(&r.indexed)
+                ));
+            }
+        } else {
+            out.push_str(&format!(
+                "expected {}, created {}, outcome {}\n",
+                r.missing.len(),
+                r.created,
+                r.outcome
+            ));
+            if !r.retired.is_empty() {
+                let verb = if s.drop { "dropped" } else { "detached" };
+                out.push_str(&format!("{verb}{}\n", list(&r.retired)));
+            }
+            if !r.indexed.is_empty() {
+                out.push_str(&format!("built the HNSW index on{}\n", list(&r.indexed)));
+            }
+        }
+        if let Some(e) = &r.error {
+            out.push_str(&format!("error: {e}\n"));
+        }
+        for w in &r.warnings {
+            out.push_str(&format!("warning: {w}\n"));
+        }
+        out
+    }
+}
+
+/// `: a, b, c`, or nothing for no items.
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", items.join(", "))
+    }
+}

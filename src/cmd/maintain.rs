@@ -24,7 +24,7 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         host: host_name(),
     };
     let report = maintenance::run(&mut client, &names, &settings)?;
-    super::emit(&describe(&names, &report, &settings))?;
+    super::emit(&report.describe(&names, &settings))?;
     if settings.dry_run || report.outcome == "skipped" {
         return Ok(Outcome::Clean);
     }
@@ -53,68 +53,6 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     }
     crate::gauges::write_configured(config);
     Ok(Outcome::failed_if(stalled))
-}
-
-/// The run in a few lines for the operator.
-fn describe(names: &Names, r: &Report, s: &Settings) -> String {
-    let window = r
-        .window
-        .map(|(a, b)| format!("{a}..{b}"))
-        .unwrap_or_else(|| "-".to_string());
-    let mut out = format!("maintain {} ({}): window {window}\n", names.table, r.mode);
-    let days: Vec<String> = r
-        .missing
-        .iter()
-        .map(|d| names.partition(*d))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if s.dry_run {
-        out.push_str(&format!(
-            "dry run: would create {} partition(s){}\n",
-            days.len(),
-            list(&days)
-        ));
-        if !r.retired.is_empty() {
-            let verb = if s.drop { "drop" } else { "detach" };
-            out.push_str(&format!("dry run: would {verb}{}\n", list(&r.retired)));
-        }
-        if !r.indexed.is_empty() {
-            out.push_str(&format!(
-                "dry run: would build the HNSW index on{}\n",
-                list(&r.indexed)
-            ));
-        }
-    } else {
-        out.push_str(&format!(
-            "expected {}, created {}, outcome {}\n",
-            r.missing.len(),
-            r.created,
-            r.outcome
-        ));
-        if !r.retired.is_empty() {
-            let verb = if s.drop { "dropped" } else { "detached" };
-            out.push_str(&format!("{verb}{}\n", list(&r.retired)));
-        }
-        if !r.indexed.is_empty() {
-            out.push_str(&format!("built the HNSW index on{}\n", list(&r.indexed)));
-        }
-    }
-    if let Some(e) = &r.error {
-        out.push_str(&format!("error: {e}\n"));
-    }
-    for w in &r.warnings {
-        out.push_str(&format!("warning: {w}\n"));
-    }
-    out
-}
-
-fn list(items: &[String]) -> String {
-    if items.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", items.join(", "))
-    }
 }
 
 /// maintenance.alert and a failure-log record, once per stall streak.
