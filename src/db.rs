@@ -85,6 +85,11 @@ impl Db {
         }
     }
 
+    /// RETRY_MAX_SECS: how long transient failures are retried.
+    pub(crate) fn retry_budget(&self) -> Duration {
+        self.retry_budget
+    }
+
     /// Connects, retrying transient failures within the retry budget (then exit 75).
     pub(crate) fn connect(&self) -> Result<Client> {
         self.retry("connecting to the database", |db| db.connect_once())

@@ -80,6 +80,38 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> R
     fsync_dir(dir)
 }
 
+/// Renames `from` to `to` unless `to` exists (then `ErrorKind::AlreadyExists`),
+/// in one step: checking first and renaming after would overwrite a file that
+/// landed in between. std has no such rename, hence renameat2(RENAME_NOREPLACE);
+/// where the filesystem lacks it (EINVAL, e.g. NFS), a hard link (which never
+/// replaces) and an unlink of the old name do the same.
+#[allow(unsafe_code)]
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_from = std::ffi::CString::new(from.as_os_str().as_bytes())?;
+    let c_to = std::ffi::CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: both pointers are NUL-terminated strings that outlive the call, and
+    // AT_FDCWD resolves them as rename(2) would; the call reads nothing else.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c_from.as_ptr(),
+            libc::AT_FDCWD,
+            c_to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EINVAL) {
+        return Err(err);
+    }
+    fs::hard_link(from, to)?;
+    fs::remove_file(from)
+}
+
 /// What makes an existing path unsafe: a symlink, a mode with any of `forbidden`
 /// bits, or an owner other than `uid` (when given). `None` when it is missing or safe.
 pub(crate) fn unsafe_reason(path: &Path, forbidden: u32, uid: Option<u32>) -> Option<String> {

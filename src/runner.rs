@@ -7,10 +7,11 @@ use crate::batch::{BatchReport, BatchTag, ErrorSummary, Reason};
 use crate::config::Config;
 use crate::error::{Class, Error, Result};
 use crate::failure_log::{Entry, FailureLog};
+use crate::ingest::manifest::Settled;
 use crate::ingest::{BadFile, FileOutcome, Ingest};
 use crate::notify::alert::AlertKind;
 use crate::notify::gate::Notifier;
-use crate::spool::{BatchLock, Claimed, Spool, Waiting};
+use crate::spool::{BatchLock, Claimed, Owner, Spool, Waiting};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,31 @@ struct Totals {
     reason: Option<Reason>,
     healed: bool,
     error: Option<ErrorSummary>,
+}
+
+impl From<Settled> for Totals {
+    /// What the files of a batch that settled before a stop add up to.
+    fn from(s: Settled) -> Totals {
+        let mut t = Totals {
+            files_ok: s.files_ok,
+            files_failed: s.files_failed,
+            rows: s.rows,
+            deleted: s.deleted,
+            changed_docs: s.changed_docs.into_iter().collect(),
+            healed: s.healed,
+            ..Totals::default()
+        };
+        if s.files_ok + s.files_failed > 0 {
+            let reason = s
+                .failed_reasons
+                .iter()
+                .filter_map(|r| Reason::parse(r).ok())
+                .chain(s.healed.then_some(Reason::HealedPartition))
+                .fold(Reason::Success, Reason::combine);
+            t.reason(reason);
+        }
+        t
+    }
 }
 
 impl Totals {
@@ -60,8 +86,46 @@ impl Flight<'_> {
     }
 }
 
+/// Refreshes a running batch's `.owner` from its own thread, so that a long COPY
+/// or a slow endpoint never makes the batch look orphaned to another host.
+struct OwnerBeat {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OwnerBeat {
+    fn start(spool: &Spool, tag: &BatchTag, every: std::time::Duration) -> OwnerBeat {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (spool, tag) = (spool.clone(), tag.clone());
+        let every = every.max(std::time::Duration::from_millis(500));
+        let thread = std::thread::Builder::new()
+            .name("owner-beat".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(every)
+                {
+                    spool.touch_owner(&tag);
+                }
+            })
+            .ok();
+        OwnerBeat {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for OwnerBeat {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A file whose transaction ended, on its way to archive/ or failed/.
-struct Settled<'f, 'a> {
+struct EndedFile<'f, 'a> {
     flight: &'f Flight<'a>,
     file: &'f Claimed,
     /// Which try of the file this was.
@@ -84,6 +148,9 @@ pub(crate) struct Runner {
     undelivered: AtomicUsize,
     invalidations: crate::cache::invalidation::Invalidations,
     progress: Option<crate::progress::Progress>,
+    owner: Owner,
+    /// How often a running batch refreshes its `.owner` (ORPHAN_RECOVER_SECS / 6).
+    heartbeat: std::time::Duration,
 }
 
 impl Runner {
@@ -94,6 +161,7 @@ impl Runner {
         notifier: Notifier,
         failure_log: Arc<FailureLog>,
     ) -> Runner {
+        let ingest_host = ingest.host.clone();
         Runner {
             ingest,
             spool: Spool::new(&config.spool_dir),
@@ -111,6 +179,11 @@ impl Runner {
                 std::time::Duration::from_millis(config.cache_redelete_ms),
             ),
             progress: None,
+            owner: Owner {
+                host: ingest_host,
+                stale_after: std::time::Duration::from_secs(config.orphan_recover_secs) / 2,
+            },
+            heartbeat: std::time::Duration::from_secs(config.orphan_recover_secs) / 6,
         }
     }
 
@@ -135,7 +208,7 @@ impl Runner {
     /// Runs again every batch a crash left in processing/.
     pub(crate) fn recover(&self) -> Result<Vec<BatchReport>> {
         let mut reports = Vec::new();
-        for (tag, files, lock) in self.spool.in_flight()? {
+        for (tag, files, lock) in self.spool.in_flight(&self.owner)? {
             if files.is_empty() {
                 // Every file settled; a crash may have come before gate.done.
                 let settled = if self.spool.done_queued(&tag) {
@@ -153,7 +226,13 @@ impl Runner {
                 "recovering batch {tag}: {} file(s) left in processing/",
                 files.len()
             );
-            reports.push(self.run(&tag, files, lock));
+            // The files that settled before the stop count in the batch's gate.done
+            // as much as those that run now.
+            let here: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+            let prior = self.with_client(|c| {
+                crate::ingest::manifest::settled(c, &self.ingest.names, &tag, &here)
+            })?;
+            reports.push(self.run_rest(&tag, files, lock, prior));
         }
         Ok(reports)
     }
@@ -191,7 +270,7 @@ impl Runner {
     /// claimed all of them first.
     pub(crate) fn claim_and_run(&self, chosen: &[Waiting]) -> Result<Option<BatchReport>> {
         let tag = BatchTag::new()?;
-        let (claimed, lock) = self.spool.claim(&tag, chosen)?;
+        let (claimed, lock) = self.spool.claim(&tag, chosen, &self.owner)?;
         if claimed.is_empty() {
             return Ok(None);
         }
@@ -200,14 +279,27 @@ impl Runner {
 
     /// Runs one batch, holding its lock: gate.open, ingest, gate.done.
     pub(crate) fn run(&self, tag: &BatchTag, files: Vec<Claimed>, lock: BatchLock) -> BatchReport {
+        self.run_rest(tag, files, lock, Settled::default())
+    }
+
+    /// Runs the files of a batch of which `prior` settled before a stop.
+    fn run_rest(
+        &self,
+        tag: &BatchTag,
+        files: Vec<Claimed>,
+        lock: BatchLock,
+        prior: Settled,
+    ) -> BatchReport {
         let _busy = crate::heartbeat::busy();
+        let _alive = OwnerBeat::start(&self.spool, tag, self.heartbeat);
         let started = Instant::now();
-        let count = files.len();
-        let bytes: u64 = files
-            .iter()
-            .filter_map(|f| std::fs::symlink_metadata(&f.path).ok())
-            .map(|m| m.len())
-            .sum();
+        let count = files.len() + prior.files();
+        let bytes: u64 = prior.bytes
+            + files
+                .iter()
+                .filter_map(|f| std::fs::symlink_metadata(&f.path).ok())
+                .map(|m| m.len())
+                .sum::<u64>();
         if let Err(e) = self.notifier.gate_open(tag, count, bytes) {
             // A batch never moves past an event it could not queue: its files stay
             // in processing/ for a later run, which queues gate.open first.
@@ -223,9 +315,10 @@ impl Runner {
         self.flush();
         let flight = Flight {
             tag,
+            // A failure before the stop already alerted.
+            alerted: AtomicBool::new(prior.files_failed > 0 || prior.healed),
+            totals: Mutex::new(Totals::from(prior)),
             queue: Mutex::new(files.into_iter().collect()),
-            totals: Mutex::new(Totals::default()),
-            alerted: AtomicBool::new(false),
         };
         std::thread::scope(|s| {
             for _ in 0..self.workers.min(count).max(1) {
@@ -272,21 +365,33 @@ impl Runner {
         self.finish(report, lock)
     }
 
-    /// A batch's end: its gate.done queued and delivered with what else waits, then
-    /// its documents' cached answers invalidated and the build update published.
+    /// A batch's end: its cache invalidations and gate.done queued, delivered with
+    /// what else waits, then the invalidations applied and the build update
+    /// published.
     fn finish(&self, report: BatchReport, lock: BatchLock) -> BatchReport {
         let report = self.close(report, lock);
         self.flush();
-        self.invalidate(&report);
+        self.settle_invalidations(false);
         self.publish_build_update(&report);
         report
     }
 
-    /// Queues the batch's gate.done, then lets its directory go. A gate.done that
-    /// cannot be queued keeps the directory: the next run's recovery queues it.
+    /// Queues the batch's cache invalidations and its gate.done, then lets its
+    /// directory go. Both are queued while the directory stays: a crash before it
+    /// goes finds the batch in processing/, and recovery queues them again (the
+    /// gate.done with the same webhook-id). What cannot be queued keeps the
+    /// directory for the next run.
     fn close(&self, mut report: BatchReport, lock: BatchLock) -> BatchReport {
         let tag = report.tag.clone();
-        match self.notifier.gate_done(&report) {
+        let queued = self
+            .queue_invalidations(&report)
+            .map_err(|e| ("its cache invalidations", e))
+            .and_then(|()| {
+                self.notifier
+                    .gate_done(&report)
+                    .map_err(|e| ("gate.done", e))
+            });
+        match queued {
             Ok(()) => {
                 if report.error.is_none() {
                     if let Err(e) = self.spool.mark_done_queued(&tag) {
@@ -295,9 +400,9 @@ impl Runner {
                     self.spool.forget(&tag);
                 }
             }
-            Err(e) => {
-                log::error!("batch {tag}: cannot queue gate.done: {e}; the batch waits");
-                let e = Error::temp(format!("cannot queue gate.done: {e}")).with_note(
+            Err((what, e)) => {
+                log::error!("batch {tag}: cannot queue {what}: {e}; the batch waits");
+                let e = Error::temp(format!("cannot queue {what}: {e}")).with_note(
                     "free the outbox's disk and run again: the batch's gate.done is queued then",
                 );
                 report.error.get_or_insert(ErrorSummary::of(&e));
@@ -311,42 +416,41 @@ impl Runner {
     /// a crash and whose gate.done was never queued; `None` when no file of it
     /// reached the manifest (a claim that moved nothing).
     fn settled(&self, tag: &BatchTag) -> Result<Option<BatchReport>> {
-        let mut client = self.ingest.db.connect()?;
-        let s = crate::ingest::manifest::settled(&mut client, &self.ingest.names, tag)?;
-        if s.files_ok + s.files_failed == 0 {
+        let s = self.with_client(|c| {
+            crate::ingest::manifest::settled(c, &self.ingest.names, tag, &[])
+        })?;
+        if s.files() == 0 {
             return Ok(None);
         }
         log::info!("batch {tag}: settled before a stop; queueing its gate.done");
-        let reason = s
-            .failed_reasons
-            .iter()
-            .filter_map(|r| Reason::parse(r).ok())
-            .chain(s.healed.then_some(Reason::HealedPartition))
-            .fold(Reason::Success, Reason::combine);
+        let (files, bytes) = (s.files(), s.bytes);
+        let t = Totals::from(s);
         Ok(Some(BatchReport {
-            files_ok: s.files_ok,
-            files_failed: s.files_failed,
-            rows: s.rows,
-            deleted: s.deleted,
-            changed_docs: s.changed_docs,
-            reason,
-            healed: s.healed,
-            ..BatchReport::new(tag, s.files_ok + s.files_failed, 0)
+            files_ok: t.files_ok,
+            files_failed: t.files_failed,
+            rows: t.rows,
+            deleted: t.deleted,
+            changed_docs: t.changed_docs.into_iter().collect(),
+            reason: t.reason.unwrap_or(Reason::Success),
+            healed: t.healed,
+            ..BatchReport::new(tag, files, bytes)
         }))
     }
 
-    /// Queues the invalidation of the cached answers of every document the batch
-    /// replaced or deleted, and applies what is due, before the build update.
-    fn invalidate(&self, r: &BatchReport) {
-        let Some(cache) = &self.cache else { return };
-        if let Err(e) = self
-            .invalidations
-            .queue(r.tag.as_str(), r.changed_docs.clone())
-        {
-            log::error!("batch {}: {e}", r.tag);
+    /// Runs `op` on a fresh connection (recovery's few reads).
+    fn with_client<T>(&self, op: impl FnOnce(&mut postgres::Client) -> Result<T>) -> Result<T> {
+        let mut client = self.ingest.db.connect()?;
+        op(&mut client)
+    }
+
+    /// Queues (durably, in outbox/cache/) the invalidation of the cached answers
+    /// of every document the batch replaced or deleted.
+    fn queue_invalidations(&self, r: &BatchReport) -> Result<()> {
+        if self.cache.is_none() {
+            return Ok(());
         }
-        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-        self.invalidations.apply_due(&mut cache);
+        self.invalidations
+            .queue(r.tag.as_str(), r.changed_docs.clone())
     }
 
     /// How long until a queued second invalidation pass is due, when one waits
@@ -465,21 +569,21 @@ impl Runner {
             };
             p.file_done(bytes, rows, failed);
         }
-        let settled = Settled {
+        let ended = EndedFile {
             flight,
             file,
             attempt,
         };
         match outcome {
-            FileOutcome::Ingested { .. } => self.archive(&settled, outcome, meta.as_ref()),
-            FileOutcome::Bad(bad) => self.fail(&settled, bad),
+            FileOutcome::Ingested { .. } => self.archive(&ended, outcome, meta.as_ref()),
+            FileOutcome::Bad(bad) => self.fail(&ended, bad),
         }
     }
 
     /// Archives a file whose rows went in (or that duplicated another) and counts it.
     fn archive(
         &self,
-        s: &Settled<'_, '_>,
+        s: &EndedFile<'_, '_>,
         outcome: &FileOutcome,
         meta: Option<&std::fs::Metadata>,
     ) -> Result<()> {
@@ -529,7 +633,7 @@ impl Runner {
     }
 
     /// Moves a bad file to failed/ with its reason and counts it.
-    fn fail(&self, s: &Settled<'_, '_>, bad: &BadFile) -> Result<()> {
+    fn fail(&self, s: &EndedFile<'_, '_>, bad: &BadFile) -> Result<()> {
         let (tag, file) = (s.flight.tag, s.file);
         self.spool.fail(tag, file, &bad.reason_json(&file.name))?;
         log::warn!(
@@ -552,7 +656,7 @@ impl Runner {
     /// A failure-log record, and the batch's one alert on its first failure event.
     fn record_failure(
         &self,
-        s: &Settled<'_, '_>,
+        s: &EndedFile<'_, '_>,
         reason: Reason,
         healed: bool,
         detail: &str,

@@ -27,9 +27,12 @@ impl SeqFile {
         let last: i64 = text.trim().parse().unwrap_or(0);
         let base = now.max(last.saturating_add(1));
         let end = base + n.max(1) as i64 - 1;
-        file.set_len(0)
-            .and_then(|()| file.seek(SeekFrom::Start(0)))
-            .and_then(|_| file.write_all(format!("{end}\n").as_bytes()))
+        // Overwritten in place at a fixed width, never truncated first: a kill
+        // between a truncate and the write would leave an empty file read as 0,
+        // and the next number would come from the clock, the case this file is
+        // for. One write of 21 bytes lands whole or not at all.
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.write_all(format!("{end:020}\n").as_bytes()))
             .and_then(|()| file.sync_data())
             .with_context(|| format!("cannot write `{}`", path.display()))?;
         Ok(base)
@@ -51,6 +54,20 @@ mod tests {
         assert_eq!(b, 1003);
         let c = SeqFile::lock(&path)?.take(1, 5000)?;
         assert_eq!(c, 5000);
+        Ok(())
+    }
+
+    #[test]
+    fn the_file_is_never_empty_and_older_short_records_still_read() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(".seq");
+        // A record written before the fixed width, shorter than it.
+        std::fs::write(&path, "1234\n")?;
+        assert_eq!(SeqFile::lock(&path)?.take(1, 10)?, 1235);
+        let text = std::fs::read_to_string(&path)?;
+        assert_eq!(text, "00000000000000001235\n");
+        assert_eq!(SeqFile::lock(&path)?.take(2, 10)?, 1236);
+        assert_eq!(std::fs::read_to_string(&path)?.trim().parse::<i64>().ok(), Some(1237));
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// The spool's directories, in the order `status` shows them.
 pub(crate) const DIRS: [&str; 6] = [
@@ -54,6 +54,47 @@ const CLAIM_FILE: &str = ".claim";
 const SEQ_FILE: &str = ".seq";
 /// In a batch directory: the batch's gate.done is queued.
 const DONE_FILE: &str = ".done";
+/// In a batch directory: `<host> <pid>` of its claimer, refreshed while it runs.
+const OWNER_FILE: &str = ".owner";
+/// A batch directory being made, before it is renamed to its tag.
+const STAGING_SUFFIX: &str = ".claiming";
+
+/// Who claims batches in this process, and when another host's claimer counts as
+/// gone. A claimer of this host is gone exactly when its flock is free (the kernel
+/// frees it when the process dies); a spool shared with other hosts may sit on a
+/// filesystem whose flock they do not see, so their claimers are also judged by
+/// how fresh their `.owner` is.
+#[derive(Debug, Clone)]
+pub(crate) struct Owner {
+    /// This host's name.
+    pub(crate) host: String,
+    /// A foreign `.owner` older than this is a claimer gone.
+    pub(crate) stale_after: Duration,
+}
+
+impl Owner {
+    fn record(&self) -> String {
+        format!("{} {}\n", self.host, std::process::id())
+    }
+
+    /// Whether the batch in `dir`, whose flock was free, may be taken over.
+    fn may_take(&self, dir: &Path) -> bool {
+        let path = dir.join(OWNER_FILE);
+        let Ok(text) = fs::read_to_string(&path) else {
+            return true;
+        };
+        let host = text.split_whitespace().next().unwrap_or_default();
+        if host == self.host {
+            return true;
+        }
+        let age = fs::symlink_metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .unwrap_or_default();
+        age >= self.stale_after
+    }
+}
 
 /// Why a claimed file cannot be read as input.
 #[derive(Debug)]
@@ -102,6 +143,28 @@ pub(crate) type InFlight = (BatchTag, Vec<Claimed>, BatchLock);
 #[derive(Debug, Clone)]
 pub(crate) struct Spool {
     root: PathBuf,
+}
+
+/// The files of a batch directory (dotfiles are its bookkeeping); `None` when
+/// the directory went away meanwhile.
+fn batch_files(dir: &Path) -> Result<Option<Vec<(String, PathBuf)>>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::from(e).context(format!("cannot list `{}`", dir.display())));
+        }
+    };
+    let mut names = Vec::new();
+    for f in entries {
+        let f = f.with_context(|| format!("cannot list `{}`", dir.display()))?;
+        if let Some(name) = f.file_name().to_str()
+            && !name.starts_with('.')
+        {
+            names.push((name.to_string(), f.path()));
+        }
+    }
+    Ok(Some(names))
 }
 
 /// processing/<tag>/.claim as name → sequence (empty when missing or unreadable).
@@ -231,17 +294,24 @@ impl Spool {
         &self,
         tag: &BatchTag,
         files: &[Waiting],
+        owner: &Owner,
     ) -> Result<(Vec<Claimed>, BatchLock)> {
         let incoming = self.dir("incoming");
         let processing = self.dir("processing");
         let target = processing.join(tag.as_str());
-        make_dir(&target)?;
-        let lock = BatchLock::try_take(&target)?.ok_or_else(|| {
+        // The directory appears under its tag already locked and owned, so that a
+        // recovery scanning processing/ meanwhile never takes a batch being made.
+        let staging = processing.join(format!(".{tag}{STAGING_SUFFIX}"));
+        make_dir(&staging)?;
+        let lock = BatchLock::try_take(&staging)?.ok_or_else(|| {
             Error::temp(format!(
                 "`{}` is locked by another process",
-                target.display()
+                staging.display()
             ))
         })?;
+        write_atomic(&staging, OWNER_FILE, owner.record().as_bytes(), 0o640)?;
+        fs::rename(&staging, &target)
+            .with_context(|| format!("cannot rename `{}`", staging.display()))?;
         fsync_dir(&processing)?;
         // One claim at a time per spool, so that claim order is one total order:
         // sequences are handed out and the files renamed under this lock.
@@ -281,36 +351,47 @@ impl Spool {
     }
 
     /// Batches a crash left in processing/, with their files, locked for the
-    /// caller; batches a live process still holds are left alone.
-    pub(crate) fn in_flight(&self) -> Result<Vec<InFlight>> {
+    /// caller and recorded as its own; batches a live claimer still holds are
+    /// left alone (see [`Owner`]).
+    pub(crate) fn in_flight(&self, owner: &Owner) -> Result<Vec<InFlight>> {
         let processing = self.dir("processing");
         let mut batches = Vec::new();
         let entries = fs::read_dir(&processing)
             .with_context(|| format!("cannot list `{}`", processing.display()))?;
         for entry in entries {
-            let entry = entry?;
-            let Some(tag) = entry.file_name().to_str().and_then(BatchTag::parse) else {
+            let entry =
+                entry.with_context(|| format!("cannot list `{}`", processing.display()))?;
+            let name = entry.file_name();
+            let Some(tag) = name.to_str().and_then(BatchTag::parse) else {
+                self.clear_staging(&name);
                 continue;
             };
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
             let dir = entry.path();
-            let Some(lock) = BatchLock::try_take(&dir)? else {
-                continue;
+            // Another process may finish the batch and remove its directory
+            // between the listing and these calls: then there is nothing to recover.
+            // (Its remover holds the lock and drops it after the directory went,
+            // so a lock taken does not prove the directory is still there.)
+            let taken = BatchLock::try_take(&dir).and_then(|lock| match lock {
+                Some(lock) if owner.may_take(&dir) => {
+                    let names = batch_files(&dir)?;
+                    write_atomic(&dir, OWNER_FILE, owner.record().as_bytes(), 0o640)?;
+                    Ok(names.map(|n| (lock, n)))
+                }
+                _ => Ok(None),
+            });
+            let (lock, mut names) = match taken {
+                Ok(Some(taken)) => taken,
+                Ok(None) => continue,
+                Err(e) if !dir.exists() => {
+                    log::debug!("batch {tag}: gone while listed ({e})");
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let order = claim_order(&dir);
-            let mut names = Vec::new();
-            for f in
-                fs::read_dir(&dir).with_context(|| format!("cannot list `{}`", dir.display()))?
-            {
-                let f = f?;
-                if let Some(name) = f.file_name().to_str()
-                    && !name.starts_with('.')
-                {
-                    names.push((name.to_string(), f.path()));
-                }
-            }
             names.sort();
             let fallback = tag_micros(&tag);
             let mut files: Vec<Claimed> = names
@@ -327,6 +408,34 @@ impl Spool {
         }
         batches.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(batches)
+    }
+
+    /// Removes a batch directory whose claimer died before it got its tag (it holds
+    /// nothing but its `.owner`: files move in only after the rename).
+    fn clear_staging(&self, name: &OsStr) {
+        let Some(name) = name.to_str() else { return };
+        if !(name.starts_with('.') && name.ends_with(STAGING_SUFFIX)) {
+            return;
+        }
+        let dir = self.dir("processing").join(name);
+        if let Ok(Some(_lock)) = BatchLock::try_take(&dir) {
+            let _ = fs::remove_file(dir.join(OWNER_FILE));
+            let _ = fs::remove_file(dir.join(format!(".{OWNER_FILE}.tmp")));
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+
+    /// Tells other hosts that the claimer of batch `tag` lives (see [`Owner`]).
+    pub(crate) fn touch_owner(&self, tag: &BatchTag) {
+        let path = self.dir("processing").join(tag.as_str()).join(OWNER_FILE);
+        let touched = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now()));
+        if let Err(e) = touched {
+            log::debug!("batch {tag}: cannot refresh `{}`: {e}", path.display());
+        }
     }
 
     /// Records in processing/<tag>/ that the batch's gate.done is queued, so that
@@ -439,14 +548,25 @@ impl Spool {
                 left.push(name);
                 continue;
             }
+            // A producer's file of the same name may land in incoming/ between the
+            // check above and this rename: it is left, never overwritten.
+            match crate::fs::rename_noreplace(&dir.join(&name), &target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    left.push(name);
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Error::from(e)
+                        .context(format!("cannot move `{name}` back to incoming/")));
+                }
+            }
             let reason = dir.join(format!("{name}.reason.json"));
             if reason.exists() {
                 make_dir(&aside)?;
                 fs::rename(&reason, aside.join(format!("{name}.reason.json")))
                     .with_context(|| format!("cannot move `{}` aside", reason.display()))?;
             }
-            fs::rename(dir.join(&name), &target)
-                .with_context(|| format!("cannot move `{name}` back to incoming/"))?;
             moved.push(name);
         }
         if aside.exists() {
@@ -579,26 +699,34 @@ mod tests {
         Ok(())
     }
 
+    fn owner(host: &str) -> Owner {
+        Owner {
+            host: host.into(),
+            stale_after: Duration::from_secs(15),
+        }
+    }
+
     #[test]
     fn claim_archive_fail_move_files_once() -> Result<()> {
         let (_t, spool) = spool()?;
+        let me = owner("here");
         let inc = spool.dir("incoming");
         fs::write(inc.join("a.msgpack"), b"a")?;
         fs::write(inc.join("b.msgpack"), b"b")?;
         let tag = BatchTag::new()?;
         let waiting = spool.waiting()?;
-        let (claimed, lock) = spool.claim(&tag, &waiting)?;
+        let (claimed, lock) = spool.claim(&tag, &waiting, &me)?;
         assert_eq!(claimed.len(), 2);
         // A second claimer of the same listing gets nothing.
-        assert!(spool.claim(&BatchTag::new()?, &waiting)?.0.is_empty());
+        assert!(spool.claim(&BatchTag::new()?, &waiting, &me)?.0.is_empty());
         // Recovery leaves a batch alone while its owner holds the lock.
-        assert_eq!(spool.in_flight()?.len(), 0);
+        assert_eq!(spool.in_flight(&me)?.len(), 0);
         drop(lock);
-        assert_eq!(spool.in_flight()?.len(), 1);
+        assert_eq!(spool.in_flight(&me)?.len(), 1);
         spool.archive(&tag, &claimed[0], "2026-01-02")?;
         spool.fail(&tag, &claimed[1], "{}")?;
         spool.forget(&tag);
-        assert!(spool.in_flight()?.is_empty());
+        assert!(spool.in_flight(&me)?.is_empty());
         assert!(
             spool
                 .dir("archive")
@@ -614,6 +742,65 @@ mod tests {
                 .join("b.msgpack.reason.json")
                 .is_file()
         );
+        Ok(())
+    }
+
+    #[test]
+    fn another_hosts_batch_is_taken_only_once_its_owner_record_is_stale() -> Result<()> {
+        let (_t, spool) = spool()?;
+        fs::write(spool.dir("incoming").join("a.msgpack"), b"a")?;
+        let tag = BatchTag::new()?;
+        let (_, lock) = spool.claim(&tag, &spool.waiting()?, &owner("there"))?;
+        // The flock is free (a filesystem whose locks the other host does not
+        // share), but its claimer refreshed `.owner` just now.
+        drop(lock);
+        assert!(spool.in_flight(&owner("here"))?.is_empty());
+        let record = spool.dir("processing").join(tag.as_str()).join(OWNER_FILE);
+        let old = SystemTime::now() - Duration::from_secs(16);
+        OpenOptions::new().write(true).open(&record)?.set_modified(old)?;
+        let taken = spool.in_flight(&owner("here"))?;
+        assert_eq!(taken.len(), 1);
+        // Taken over: the record now names this host.
+        assert!(fs::read_to_string(&record)?.starts_with("here "));
+        drop(taken);
+        // A claimer of this host whose flock is free has gone, however fresh.
+        assert_eq!(spool.in_flight(&owner("here"))?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_batch_directory_that_vanishes_while_listed_is_not_an_error() -> Result<()> {
+        let (_t, spool) = spool()?;
+        let processing = spool.dir("processing");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (stop, processing) = (stop.clone(), processing.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Ok(tag) = BatchTag::new() {
+                        let dir = processing.join(tag.as_str());
+                        let _ = fs::create_dir(&dir);
+                        let _ = fs::write(dir.join("f.msgpack"), b"x");
+                        let _ = fs::remove_file(dir.join("f.msgpack"));
+                        let _ = fs::remove_dir(&dir);
+                    }
+                }
+            })
+        };
+        let outcome = (0..2000).try_for_each(|_| spool.in_flight(&owner("here")).map(drop));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = churn.join();
+        outcome
+    }
+
+    #[test]
+    fn a_staging_directory_left_by_a_dead_claimer_is_cleared() -> Result<()> {
+        let (_t, spool) = spool()?;
+        let staging = spool.dir("processing").join(format!(".{}{STAGING_SUFFIX}", BatchTag::new()?));
+        make_dir(&staging)?;
+        fs::write(staging.join(OWNER_FILE), "here 1\n")?;
+        assert!(spool.in_flight(&owner("here"))?.is_empty());
+        assert!(!staging.exists());
         Ok(())
     }
 

@@ -67,6 +67,7 @@ struct Watcher<'a> {
     next_retry: Option<Instant>,
     last_metrics: Instant,
     last_rescan: Instant,
+    last_orphan_scan: Instant,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT; exits 0 after finishing the batch in
@@ -91,6 +92,7 @@ pub(crate) fn run(config: &Config, make: impl FnOnce() -> Result<Action>) -> Res
         next_retry: None,
         last_metrics: Instant::now(),
         last_rescan: Instant::now(),
+        last_orphan_scan: Instant::now(),
     };
     if let Action::Ingest(runner) = &w.action {
         runner.flush();
@@ -168,6 +170,7 @@ impl Watcher<'_> {
                 return Ok(());
             }
             crate::heartbeat::beat();
+            self.recover_orphans();
             let (waiting, unsettled) = self.ready_files()?;
             if self.due(&waiting) {
                 self.fire(waiting);
@@ -267,7 +270,46 @@ impl Watcher<'_> {
         if let Some(w) = watchdog {
             t = t.min(w);
         }
+        if let Action::Ingest(_) = &self.action {
+            t = t.min(
+                self.orphan_scan_every()
+                    .saturating_sub(self.last_orphan_scan.elapsed()),
+            );
+        }
         t.max(Duration::from_millis(10))
+    }
+
+    /// How often processing/ is looked at for batches whose claimer has gone: a
+    /// quarter of ORPHAN_RECOVER_SECS, so that one is recovered well within it.
+    fn orphan_scan_every(&self) -> Duration {
+        (Duration::from_secs(self.config.orphan_recover_secs) / 4).max(Duration::from_millis(250))
+    }
+
+    /// Recovers, when a scan is due, the batches of claimers that have gone (a
+    /// killed `process`, a second watch, another host's): without this they would
+    /// wait in processing/ for the next start.
+    fn recover_orphans(&mut self) {
+        let Action::Ingest(runner) = &self.action else {
+            return;
+        };
+        if self.last_orphan_scan.elapsed() < self.orphan_scan_every() {
+            return;
+        }
+        self.last_orphan_scan = Instant::now();
+        match runner.recover() {
+            Ok(reports) => {
+                for report in &reports {
+                    log::info!("recovered orphaned batch {}", report.tag);
+                }
+                for report in reports {
+                    self.count(&report);
+                }
+            }
+            Err(e) => {
+                log::error!("recovering orphaned batches: {e}");
+                self.back_off();
+            }
+        }
     }
 
     /// Periodic work when nothing happened: rescan, outbox retries, metrics.

@@ -438,6 +438,12 @@ pub(crate) static SETTINGS: &[Setting] = &[
         whole,
     ),
     s(
+        "ORPHAN_RECOVER_SECS",
+        Value("30"),
+        "while watch runs, a batch whose claiming process has gone (killed, on this host or another sharing the spool) is recovered within this many seconds",
+        positive,
+    ),
+    s(
         "WORKERS",
         Computed("number of CPUs"),
         "parallel file ingest within a batch (one DB connection each)",

@@ -134,6 +134,8 @@ pub(crate) struct Config {
     pub(crate) batch_max_bytes: u64,
     /// BATCH_MAX_AGE_SECS.
     pub(crate) batch_max_age_secs: u64,
+    /// ORPHAN_RECOVER_SECS.
+    pub(crate) orphan_recover_secs: u64,
     /// WORKERS.
     pub(crate) workers: usize,
     /// MAX_FILE_BYTES.
@@ -348,6 +350,7 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         batch_max_files: num("BATCH_MAX_FILES").map_or(50, to_usize),
         batch_max_bytes: num("BATCH_MAX_BYTES").unwrap_or(67_108_864),
         batch_max_age_secs: num("BATCH_MAX_AGE_SECS").unwrap_or(5),
+        orphan_recover_secs: num("ORPHAN_RECOVER_SECS").unwrap_or(30).max(1),
         workers,
         max_file_bytes: num("MAX_FILE_BYTES").unwrap_or(268_435_456),
         file_max_faults: num("FILE_MAX_FAULTS").map_or(25, |n| n.min(u64::from(u32::MAX)) as u32),

@@ -26,7 +26,9 @@ pub(crate) struct Tries {
     pub(crate) faults: u32,
 }
 
-/// Records that a file is being ingested (status open, one more attempt).
+/// Records that a file is being ingested (status open, one more attempt), with
+/// its claim sequence, so that a later-claimed copy of its content can tell it
+/// came first (see [`earlier_copy`]).
 pub(crate) fn open(
     client: &mut impl GenericClient,
     names: &Names,
@@ -34,18 +36,19 @@ pub(crate) fn open(
     sha256: &str,
     bytes: i64,
     host: &str,
+    seq: i64,
 ) -> Result<Tries> {
     let sql = format!(
-        "INSERT INTO {m} (batch_tag, file_name, sha256, bytes, status, host) VALUES ($1, $2, $3, $4, 'open', $5) \
+        "INSERT INTO {m} (batch_tag, file_name, sha256, bytes, status, host, seq) VALUES ($1, $2, $3, $4, 'open', $5, $6) \
          ON CONFLICT (batch_tag, file_name) DO UPDATE SET status = 'open', sha256 = EXCLUDED.sha256, \
-         bytes = EXCLUDED.bytes, host = EXCLUDED.host, attempts = {m}.attempts + 1, reason = NULL, \
+         bytes = EXCLUDED.bytes, host = EXCLUDED.host, seq = EXCLUDED.seq, attempts = {m}.attempts + 1, reason = NULL, \
          started_at = now(), finished_at = NULL WHERE {m}.status <> 'done' RETURNING attempts, faults",
         m = names.manifest
     );
     client
         .query_opt(
             &sql,
-            &[&key.tag.as_str(), &key.name, &sha256, &bytes, &host],
+            &[&key.tag.as_str(), &key.name, &sha256, &bytes, &host, &seq],
         )
         .map(|row| Tries {
             attempt: row.as_ref().map_or(1, |r| r.get::<_, i32>(0).max(1) as u32),
@@ -68,6 +71,43 @@ pub(crate) fn ingested_by(
         .query_opt(&sql, &[&sha256])
         .map(|r| r.map(|r| (r.get(0), r.get(1))))
         .map_err(|e| db::classify(e, "looking up the file's sha256"))
+}
+
+/// A file claimed before another of the same content and not yet settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EarlierCopy {
+    /// Its batch.
+    pub(crate) tag: BatchTag,
+    /// Its base name.
+    pub(crate) name: String,
+    /// Its claim sequence.
+    pub(crate) seq: i64,
+}
+
+/// The earliest-claimed file of content `sha256` that is still open and was
+/// claimed before `seq`, row-locked for the caller's transaction. By SPEC §3 it
+/// is the original and the caller's file its duplicate, whichever commits first.
+pub(crate) fn earlier_copy(
+    client: &mut impl GenericClient,
+    names: &Names,
+    sha256: &str,
+    seq: i64,
+) -> Result<Option<EarlierCopy>> {
+    let sql = format!(
+        "SELECT batch_tag, file_name, seq FROM {} WHERE sha256 = $1 AND status = 'open' AND seq < $2 \
+         ORDER BY seq LIMIT 1 FOR UPDATE",
+        names.manifest
+    );
+    let row = client
+        .query_opt(&sql, &[&sha256, &seq])
+        .map_err(|e| db::classify(e, "looking for an earlier copy of the file"))?;
+    Ok(row.and_then(|r| {
+        Some(EarlierCopy {
+            tag: BatchTag::parse(r.get::<_, &str>(0))?,
+            name: r.get(1),
+            seq: r.get(2),
+        })
+    }))
 }
 
 /// What a file's `done` row says.
@@ -155,22 +195,22 @@ pub(crate) struct Committed {
     pub(crate) changed_docs: Vec<String>,
 }
 
-/// What the committed file `key` (content `sha256`) did.
+/// What the committed file `key` did.
 pub(crate) fn committed(
     client: &mut impl GenericClient,
     names: &Names,
     key: &FileKey<'_>,
-    sha256: &str,
 ) -> Result<Committed> {
     let row = client
         .query_opt(
             &format!(
-                "SELECT rows, deleted, healed FROM {} WHERE batch_tag = $1 AND file_name = $2",
+                "SELECT rows, deleted, healed, sha256 FROM {} WHERE batch_tag = $1 AND file_name = $2",
                 names.manifest
             ),
             &[&key.tag.as_str(), &key.name],
         )
         .map_err(|e| db::classify(e, "reading the file's manifest row"))?;
+    let sha256: String = row.as_ref().map(|r| r.get(3)).unwrap_or_default();
     let docs = client
         .query(
             &format!(
@@ -197,6 +237,8 @@ pub(crate) struct Settled {
     pub(crate) files_ok: usize,
     /// Files failed.
     pub(crate) files_failed: usize,
+    /// Their bytes.
+    pub(crate) bytes: u64,
     /// Rows inserted.
     pub(crate) rows: u64,
     /// Earlier rows removed.
@@ -209,37 +251,48 @@ pub(crate) struct Settled {
     pub(crate) changed_docs: Vec<String>,
 }
 
-/// The manifest's account of batch `tag`.
+impl Settled {
+    /// Files counted.
+    pub(crate) fn files(&self) -> usize {
+        self.files_ok + self.files_failed
+    }
+}
+
+/// The manifest's account of the settled files of batch `tag`, leaving out the
+/// files named in `except` (those still in processing/, which the caller runs).
 pub(crate) fn settled(
     client: &mut impl GenericClient,
     names: &Names,
     tag: &BatchTag,
+    except: &[&str],
 ) -> Result<Settled> {
     let row = client
         .query_one(
             &format!(
                 "SELECT count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'failed'), \
                  coalesce(sum(rows), 0)::bigint, coalesce(sum(deleted), 0)::bigint, coalesce(bool_or(healed), false), \
-                 coalesce(array_agg(DISTINCT reason) FILTER (WHERE status = 'failed' AND reason IS NOT NULL), '{{}}') \
-                 FROM {} WHERE batch_tag = $1",
+                 coalesce(array_agg(DISTINCT reason) FILTER (WHERE status = 'failed' AND reason IS NOT NULL), '{{}}'), \
+                 coalesce(sum(bytes) FILTER (WHERE status IN ('done', 'failed')), 0)::bigint \
+                 FROM {} WHERE batch_tag = $1 AND NOT (file_name = ANY($2))",
                 names.manifest
             ),
-            &[&tag.as_str()],
+            &[&tag.as_str(), &except],
         )
         .map_err(|e| db::classify(e, "reading the batch's manifest rows"))?;
     let docs = client
         .query(
             &format!(
-                "SELECT DISTINCT doc_id FROM {} WHERE batch_tag = $1 \
+                "SELECT DISTINCT doc_id FROM {} WHERE batch_tag = $1 AND NOT (file_name = ANY($2)) \
                  AND (action = 'delete' OR rows_removed > 0)",
                 names.doc_events
             ),
-            &[&tag.as_str()],
+            &[&tag.as_str(), &except],
         )
         .map_err(|e| db::classify(e, "reading the batch's lineage"))?;
     Ok(Settled {
         files_ok: row.get::<_, i64>(0).max(0) as usize,
         files_failed: row.get::<_, i64>(1).max(0) as usize,
+        bytes: row.get::<_, i64>(6).max(0) as u64,
         rows: row.get::<_, i64>(2).max(0) as u64,
         deleted: row.get::<_, i64>(3).max(0) as u64,
         healed: row.get(4),
@@ -266,23 +319,37 @@ pub(crate) fn add_faults(
         .map_err(|e| db::classify(e, "counting attempts in the manifest"))
 }
 
-/// Marks the file failed with its reason code and the error.
+/// Marks the file failed with its reason code; false when its row is `done`
+/// (committed content never turns into a failure, or `requeue` would insert its
+/// rows again).
 pub(crate) fn failed(
     client: &mut impl GenericClient,
     names: &Names,
     key: &FileKey<'_>,
     reason: &str,
     healed: bool,
-) -> Result<()> {
+) -> Result<bool> {
     let sql = format!(
         "UPDATE {} SET status = 'failed', reason = $3, healed = $4, rows = 0, deleted = 0, finished_at = now() \
-         WHERE batch_tag = $1 AND file_name = $2",
+         WHERE batch_tag = $1 AND file_name = $2 AND status <> 'done'",
         names.manifest
     );
-    client
+    let marked = client
         .execute(&sql, &[&key.tag.as_str(), &key.name, &reason, &healed])
-        .map(|_| ())
-        .map_err(|e| db::classify(e, "recording the failure in the manifest"))
+        .map_err(|e| db::classify(e, "recording the failure in the manifest"))?;
+    if marked > 0 {
+        return Ok(true);
+    }
+    let done = client
+        .query_opt(
+            &format!(
+                "SELECT 1 FROM {} WHERE batch_tag = $1 AND file_name = $2 AND status = 'done'",
+                names.manifest
+            ),
+            &[&key.tag.as_str(), &key.name],
+        )
+        .map_err(|e| db::classify(e, "reading the file's manifest row"))?;
+    Ok(done.is_none())
 }
 
 /// One batch as the manifest summarises it.

@@ -121,6 +121,17 @@ impl From<RecordError> for BadFile {
 }
 
 impl FileOutcome {
+    /// A file whose transaction committed earlier, as its manifest row says.
+    fn committed(done: manifest::Committed) -> FileOutcome {
+        FileOutcome::Ingested {
+            rows: done.rows,
+            deleted: done.deleted,
+            changed_docs: done.changed_docs,
+            healed: done.healed,
+            duplicate: false,
+        }
+    }
+
     /// A file whose content another file committed: archived, no rows.
     fn duplicate(healed: bool) -> FileOutcome {
         FileOutcome::Ingested {
@@ -158,8 +169,10 @@ impl Job<'_> {
 
 /// What a failed COPY leads to.
 enum Retry {
-    /// The transaction runs again.
-    Again,
+    /// The missing partitions were created: the transaction runs again at once.
+    Healed,
+    /// A deadlock or serialization failure: again, after a backoff.
+    Conflict,
     /// The file fails for this reason.
     Fail(BadFile),
 }
@@ -222,13 +235,15 @@ impl Ingest {
             Ok(b) => b,
             Err(Unreadable::Io(e)) => return Err(e),
             Err(Unreadable::Bad(why)) => {
-                let attempt = manifest::open(client, &self.names, &key, "", 0, &self.host)?.attempt;
+                let attempt =
+                    manifest::open(client, &self.names, &key, "", 0, &self.host, file.seq)?
+                        .attempt;
                 let bad = BadFile::new(Reason::Failed, format!("file {why}"));
                 return self.fail_file(client, &key, bad, attempt);
             }
         };
         let sha = bytes.sha256_hex()?;
-        if let Some(outcome) = self.already_ingested(client, &key, &sha, bytes.len())? {
+        if let Some(outcome) = self.already_ingested(client, &key, &sha, bytes.len(), file.seq)? {
             return Ok((outcome, 1));
         }
         let tries = manifest::open(
@@ -238,6 +253,7 @@ impl Ingest {
             &sha,
             bytes.len() as i64,
             &self.host,
+            file.seq,
         )?;
         if tries.faults >= self.max_faults {
             let bad = self.poisoned(tries.faults);
@@ -271,7 +287,9 @@ impl Ingest {
         )
     }
 
-    /// Records `bad` in the manifest; the file belongs in failed/.
+    /// Records `bad` in the manifest; the file belongs in failed/. A file whose
+    /// content was committed meanwhile (on its behalf, by a later-claimed copy)
+    /// stays committed: it is archived with what its row says.
     fn fail_file(
         &self,
         client: &mut Client,
@@ -279,8 +297,15 @@ impl Ingest {
         bad: BadFile,
         attempt: u32,
     ) -> Result<(FileOutcome, u32)> {
-        manifest::failed(client, &self.names, key, bad.reason.as_str(), bad.healed)?;
-        Ok((FileOutcome::Bad(bad), attempt))
+        if manifest::failed(client, &self.names, key, bad.reason.as_str(), bad.healed)? {
+            return Ok((FileOutcome::Bad(bad), attempt));
+        }
+        log::info!(
+            "{}: committed meanwhile; not failed ({})",
+            key.name,
+            bad.error
+        );
+        Ok((FileOutcome::committed(manifest::committed(client, &self.names, key)?), attempt))
     }
 
     /// The file's transaction, tried again after a deadlock with another file of
@@ -293,44 +318,78 @@ impl Ingest {
         mut vectors: Option<vectors::Vectors>,
     ) -> Result<(FileOutcome, u32)> {
         let mut healed = false;
-        for _ in 0..3 {
+        // Deadlocks and serialization failures between files of one document, and
+        // races to commit the same content, are retried within RETRY_MAX_SECS like
+        // any transient error; past it the file stays in processing/ (exit 75).
+        let mut backoff = crate::backoff::Backoff::new(self.db.retry_budget());
+        let mut conflicted = false;
+        loop {
+            if std::mem::take(&mut conflicted) && !backoff.wait(None) {
+                return Err(Error::temp("the file kept conflicting with concurrent ingests")
+                    .context(format!("ingesting {}", job.file.name))
+                    .with_note("nothing was lost: the file stays in processing/; run again later"));
+            }
             let mut tx = client
                 .transaction()
                 .map_err(|e| db::classify(e, "starting the file's transaction"))?;
-            if manifest::ingested_by(&mut tx, &self.names, job.sha)?.is_some() {
-                return self.commit_duplicate(tx, job, healed);
-            }
+            let earlier = match manifest::ingested_by(&mut tx, &self.names, job.sha)? {
+                Some((tag, name)) if tag == job.key.tag.as_str() && name == job.key.name => {
+                    // A later-claimed copy committed this content on this file's
+                    // behalf (see below): the file is in.
+                    drop(tx);
+                    let done = manifest::committed(client, &self.names, &job.key)?;
+                    return Ok((FileOutcome::committed(done), job.attempt));
+                }
+                Some(_) => return self.commit_duplicate(tx, job, healed),
+                None => manifest::earlier_copy(&mut tx, &self.names, job.sha, job.file.seq)?,
+            };
             if let Some(v) = &mut vectors {
                 v.rewind()
                     .map_err(|e| e.context(format!("ingesting {}", job.file.name)))?;
             }
-            let copied = self.copy_rows(
-                &mut tx,
-                job.file_ref(),
-                bytes,
-                job.ingest_time,
-                vectors.as_mut(),
+            // An earlier-claimed copy of this content, still open (waiting on its
+            // embeddings, say), is the original by claim order: its content goes in
+            // now as that file, at its claim sequence, and this file is its duplicate.
+            let as_file = earlier.as_ref().map_or_else(
+                || job.file_ref(),
+                |e| FileRef {
+                    sha256: job.sha,
+                    batch_tag: e.tag.as_str(),
+                    name: &e.name,
+                    seq: e.seq,
+                },
             );
+            let copied = self.copy_rows(&mut tx, as_file, bytes, job.ingest_time, vectors.as_mut());
             let failure = match copied {
-                Ok(applied) => match self.commit(tx, job, applied, healed, vectors.as_ref())? {
+                Ok(applied) => match self.commit(
+                    tx,
+                    job,
+                    earlier.as_ref(),
+                    applied,
+                    healed,
+                    vectors.as_ref(),
+                )? {
                     Some(outcome) => return Ok((outcome, job.attempt)),
-                    // Another process committed the same content first: go round
-                    // again and record this file as its duplicate.
-                    None => continue,
+                    // Another process committed the same content first (go round
+                    // again and record this file as its duplicate), or a conflict.
+                    None => {
+                        conflicted = true;
+                        continue;
+                    }
                 },
                 Err(f) => f,
             };
             drop(tx);
             let bad = match self.triage(client, job, bytes, failure, &mut healed)? {
-                Retry::Again => continue,
+                Retry::Healed => continue,
+                Retry::Conflict => {
+                    conflicted = true;
+                    continue;
+                }
                 Retry::Fail(bad) => bad,
             };
             return self.fail_file(client, &job.key, BadFile { healed, ..bad }, job.attempt);
         }
-        Err(
-            Error::failed("the file kept conflicting with concurrent ingests")
-                .context(format!("ingesting {}", job.file.name)),
-        )
     }
 
     /// Records the file as a duplicate of content another file committed.
@@ -352,12 +411,14 @@ impl Ingest {
         Ok((FileOutcome::duplicate(healed), job.attempt))
     }
 
-    /// Commits the file's rows with its manifest `done`; `None` when another
-    /// process committed the same content first.
+    /// Commits the file's rows with its manifest `done` (or, when they went in as
+    /// `earlier`, that file's `done` and this one's as its duplicate); `None` when
+    /// another process committed the same content first, or on a conflict.
     fn commit(
         &self,
         mut tx: postgres::Transaction<'_>,
         job: &Job<'_>,
+        earlier: Option<&manifest::EarlierCopy>,
         applied: Applied,
         healed: bool,
         vectors: Option<&vectors::Vectors>,
@@ -365,14 +426,32 @@ impl Ingest {
         let done = manifest::Done {
             rows: applied.rows as i64,
             deleted: applied.deleted as i64,
-            seq: Some(job.file.seq),
+            seq: Some(earlier.map_or(job.file.seq, |e| e.seq)),
             healed,
             duplicate: false,
             embedded: vectors.map_or(0, |v| v.fetched as i64),
             reused: vectors.map_or(0, |v| v.reused as i64),
         };
-        let committed =
-            manifest::done(&mut tx, &self.names, &job.key, &done).and_then(|()| tx.commit());
+        let committed = match earlier {
+            None => manifest::done(&mut tx, &self.names, &job.key, &done),
+            Some(e) => {
+                let original = FileKey {
+                    tag: &e.tag,
+                    name: &e.name,
+                };
+                log::info!(
+                    "{}: committed as {}/{}, claimed before it with the same content",
+                    job.file.name,
+                    e.tag,
+                    e.name
+                );
+                manifest::done(&mut tx, &self.names, &original, &done).and_then(|()| {
+                    let dup = manifest::Done::duplicate(healed);
+                    manifest::done(&mut tx, &self.names, &job.key, &dup)
+                })
+            }
+        }
+        .and_then(|()| tx.commit());
         match committed {
             Ok(()) => {
                 if let Some(v) = vectors {
@@ -380,12 +459,15 @@ impl Ingest {
                     crate::metrics::EMBEDDINGS_REUSED.add(v.reused);
                 }
                 crate::metrics::EMBEDDINGS_RECORD.add(applied.brought);
+                // As a duplicate this file adds no rows; the documents its
+                // transaction changed still get their cached answers invalidated.
+                let duplicate = earlier.is_some();
                 Ok(Some(FileOutcome::Ingested {
-                    rows: applied.rows,
-                    deleted: applied.deleted,
+                    rows: if duplicate { 0 } else { applied.rows },
+                    deleted: if duplicate { 0 } else { applied.deleted },
                     changed_docs: applied.changed_docs,
                     healed,
-                    duplicate: false,
+                    duplicate,
                 }))
             }
             Err(e)
@@ -416,12 +498,12 @@ impl Ingest {
             }
             CopyFail::Bad(bad) => bad,
             // Two files of one document met in a deadlock: go round again.
-            CopyFail::Db(e) if is_conflict(&e) => return Ok(Retry::Again),
+            CopyFail::Db(e) if is_conflict(&e) => return Ok(Retry::Conflict),
             CopyFail::Db(e) if partition::is_no_partition(&e) && !*healed => {
                 match self.heal(client, bytes, job.ingest_time)? {
                     None => {
                         *healed = true;
-                        return Ok(Retry::Again);
+                        return Ok(Retry::Healed);
                     }
                     Some(why) => BadFile::new(Reason::PartitionMissing, why),
                 }
@@ -454,6 +536,7 @@ impl Ingest {
         key: &FileKey<'_>,
         sha: &str,
         len: u64,
+        seq: i64,
     ) -> Result<Option<FileOutcome>> {
         let Some((tag, name)) = manifest::ingested_by(client, &self.names, sha)? else {
             return Ok(None);
@@ -462,16 +545,10 @@ impl Ingest {
             // A crash after commit and before archive: the file is in already. Its
             // batch reports the rows the manifest holds for it, and its replaced or
             // deleted documents still get their cached answers invalidated.
-            let done = manifest::committed(client, &self.names, key, sha)?;
-            return Ok(Some(FileOutcome::Ingested {
-                rows: done.rows,
-                deleted: done.deleted,
-                changed_docs: done.changed_docs,
-                healed: done.healed,
-                duplicate: false,
-            }));
+            let done = manifest::committed(client, &self.names, key)?;
+            return Ok(Some(FileOutcome::committed(done)));
         }
-        manifest::open(client, &self.names, key, sha, len as i64, &self.host)?;
+        manifest::open(client, &self.names, key, sha, len as i64, &self.host, seq)?;
         manifest::done(client, &self.names, key, &manifest::Done::duplicate(false))
             .map_err(|e| db::classify(e, "recording the duplicate"))?;
         Ok(Some(FileOutcome::duplicate(false)))

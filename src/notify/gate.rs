@@ -72,11 +72,12 @@ impl Notifier {
     }
 
     fn enqueue(&self, target: Target, event: &str, tag: &str, body: String) -> Result<()> {
-        self.enqueue_with(target, event, tag, body, Vec::new())
+        self.enqueue_with(outbox::new_id(), target, event, tag, body, Vec::new())
     }
 
     fn enqueue_with(
         &self,
+        id: String,
         target: Target,
         event: &str,
         tag: &str,
@@ -84,7 +85,7 @@ impl Notifier {
         mtimes: Vec<f64>,
     ) -> Result<()> {
         self.outbox.enqueue(&Stored {
-            id: outbox::new_id(),
+            id,
             target,
             event: event.to_string(),
             batch_tag: tag.to_string(),
@@ -101,11 +102,13 @@ impl Notifier {
         let mut v = self.vars(tag.as_str());
         v.insert("files", files.to_string());
         v.insert("bytes", bytes.to_string());
-        self.enqueue(
+        self.enqueue_with(
+            outbox::batch_event_id(tag.as_str(), "gate.open"),
             Target::Gate,
             "gate.open",
             tag.as_str(),
             self.open.render(&v)?,
+            Vec::new(),
         )
     }
 
@@ -121,7 +124,15 @@ impl Notifier {
         v.insert("files_ok", r.files_ok.to_string());
         v.insert("files_failed", r.files_failed.to_string());
         v.insert("duration_ms", r.duration_ms.to_string());
+        // The gate.done of a batch that ended is the same event however often a
+        // crash makes it queued; an interim one (files left in processing/ by an
+        // outage, reason other_error) is not that event and gets an id of its own.
+        let id = match r.error {
+            None => outbox::batch_event_id(r.tag.as_str(), "gate.done"),
+            Some(_) => outbox::new_id(),
+        };
         self.enqueue_with(
+            id,
             Target::Gate,
             "gate.done",
             r.tag.as_str(),

@@ -394,6 +394,14 @@ pub(crate) fn read_queue<T: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
+/// The webhook-id of a batch's gate event: the same for every copy of it, so
+/// that a gate.done queued again after a crash (before the batch's `.done` marker
+/// was written) is one the gate can drop as already seen.
+pub(crate) fn batch_event_id(batch_tag: &str, event: &str) -> String {
+    let digest = crate::digest::sha256_hex(format!("{batch_tag} {event}").as_bytes());
+    format!("msg_{}", &digest[..24])
+}
+
 /// A new webhook-id.
 pub(crate) fn new_id() -> String {
     let mut b = [0u8; 12];
