@@ -163,3 +163,25 @@ impl LockFile {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_noreplace_never_replaces_and_keeps_the_source() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, b"mine")?;
+        fs::write(&b, b"theirs")?;
+        let err = rename_noreplace(&a, &b).err().map(|e| e.kind());
+        assert_eq!(err, Some(ErrorKind::AlreadyExists));
+        assert_eq!(fs::read(&a)?, b"mine");
+        assert_eq!(fs::read(&b)?, b"theirs");
+        fs::remove_file(&b)?;
+        rename_noreplace(&a, &b)?;
+        assert!(!a.exists());
+        assert_eq!(fs::read(&b)?, b"mine");
+        Ok(())
+    }
+}

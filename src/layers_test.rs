@@ -14,6 +14,7 @@ const LAYERS: &[(u8, &[&str])] = &[
         0,
         &[
             "error",
+            "failpoint",
             "fs",
             "clock",
             "host",

@@ -34,6 +34,7 @@ pub(crate) mod config;
 pub(crate) mod db;
 pub(crate) mod digest;
 pub(crate) mod error;
+pub(crate) mod failpoint;
 pub(crate) mod failure_log;
 pub(crate) mod fs;
 pub(crate) mod gate_server;

@@ -369,7 +369,9 @@ impl Runner {
     /// what else waits, then the invalidations applied and the build update
     /// published.
     fn finish(&self, report: BatchReport, lock: BatchLock) -> BatchReport {
+        crate::failpoint::hit("batch-settled");
         let report = self.close(report, lock);
+        crate::failpoint::hit("batch-closed");
         self.flush();
         self.settle_invalidations(false);
         self.publish_build_update(&report);
@@ -393,6 +395,7 @@ impl Runner {
             });
         match queued {
             Ok(()) => {
+                crate::failpoint::hit("gate-done-queued");
                 if report.error.is_none() {
                     if let Err(e) = self.spool.mark_done_queued(&tag) {
                         log::warn!("batch {tag}: {e}");
@@ -416,9 +419,8 @@ impl Runner {
     /// a crash and whose gate.done was never queued; `None` when no file of it
     /// reached the manifest (a claim that moved nothing).
     fn settled(&self, tag: &BatchTag) -> Result<Option<BatchReport>> {
-        let s = self.with_client(|c| {
-            crate::ingest::manifest::settled(c, &self.ingest.names, tag, &[])
-        })?;
+        let s = self
+            .with_client(|c| crate::ingest::manifest::settled(c, &self.ingest.names, tag, &[]))?;
         if s.files() == 0 {
             return Ok(None);
         }

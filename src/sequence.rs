@@ -67,7 +67,10 @@ mod tests {
         let text = std::fs::read_to_string(&path)?;
         assert_eq!(text, "00000000000000001235\n");
         assert_eq!(SeqFile::lock(&path)?.take(2, 10)?, 1236);
-        assert_eq!(std::fs::read_to_string(&path)?.trim().parse::<i64>().ok(), Some(1237));
+        assert_eq!(
+            std::fs::read_to_string(&path)?.trim().parse::<i64>().ok(),
+            Some(1237)
+        );
         Ok(())
     }
 }

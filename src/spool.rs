@@ -359,8 +359,7 @@ impl Spool {
         let entries = fs::read_dir(&processing)
             .with_context(|| format!("cannot list `{}`", processing.display()))?;
         for entry in entries {
-            let entry =
-                entry.with_context(|| format!("cannot list `{}`", processing.display()))?;
+            let entry = entry.with_context(|| format!("cannot list `{}`", processing.display()))?;
             let name = entry.file_name();
             let Some(tag) = name.to_str().and_then(BatchTag::parse) else {
                 self.clear_staging(&name);
@@ -557,8 +556,9 @@ impl Spool {
                     continue;
                 }
                 Err(e) => {
-                    return Err(Error::from(e)
-                        .context(format!("cannot move `{name}` back to incoming/")));
+                    return Err(
+                        Error::from(e).context(format!("cannot move `{name}` back to incoming/"))
+                    );
                 }
             }
             let reason = dir.join(format!("{name}.reason.json"));
@@ -757,7 +757,10 @@ mod tests {
         assert!(spool.in_flight(&owner("here"))?.is_empty());
         let record = spool.dir("processing").join(tag.as_str()).join(OWNER_FILE);
         let old = SystemTime::now() - Duration::from_secs(16);
-        OpenOptions::new().write(true).open(&record)?.set_modified(old)?;
+        OpenOptions::new()
+            .write(true)
+            .open(&record)?
+            .set_modified(old)?;
         let taken = spool.in_flight(&owner("here"))?;
         assert_eq!(taken.len(), 1);
         // Taken over: the record now names this host.
@@ -796,7 +799,9 @@ mod tests {
     #[test]
     fn a_staging_directory_left_by_a_dead_claimer_is_cleared() -> Result<()> {
         let (_t, spool) = spool()?;
-        let staging = spool.dir("processing").join(format!(".{}{STAGING_SUFFIX}", BatchTag::new()?));
+        let staging = spool
+            .dir("processing")
+            .join(format!(".{}{STAGING_SUFFIX}", BatchTag::new()?));
         make_dir(&staging)?;
         fs::write(staging.join(OWNER_FILE), "here 1\n")?;
         assert!(spool.in_flight(&owner("here"))?.is_empty());

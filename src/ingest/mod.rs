@@ -236,8 +236,7 @@ impl Ingest {
             Err(Unreadable::Io(e)) => return Err(e),
             Err(Unreadable::Bad(why)) => {
                 let attempt =
-                    manifest::open(client, &self.names, &key, "", 0, &self.host, file.seq)?
-                        .attempt;
+                    manifest::open(client, &self.names, &key, "", 0, &self.host, file.seq)?.attempt;
                 let bad = BadFile::new(Reason::Failed, format!("file {why}"));
                 return self.fail_file(client, &key, bad, attempt);
             }
@@ -305,7 +304,10 @@ impl Ingest {
             key.name,
             bad.error
         );
-        Ok((FileOutcome::committed(manifest::committed(client, &self.names, key)?), attempt))
+        Ok((
+            FileOutcome::committed(manifest::committed(client, &self.names, key)?),
+            attempt,
+        ))
     }
 
     /// The file's transaction, tried again after a deadlock with another file of
@@ -325,9 +327,13 @@ impl Ingest {
         let mut conflicted = false;
         loop {
             if std::mem::take(&mut conflicted) && !backoff.wait(None) {
-                return Err(Error::temp("the file kept conflicting with concurrent ingests")
-                    .context(format!("ingesting {}", job.file.name))
-                    .with_note("nothing was lost: the file stays in processing/; run again later"));
+                return Err(
+                    Error::temp("the file kept conflicting with concurrent ingests")
+                        .context(format!("ingesting {}", job.file.name))
+                        .with_note(
+                            "nothing was lost: the file stays in processing/; run again later",
+                        ),
+                );
             }
             let mut tx = client
                 .transaction()
@@ -454,6 +460,7 @@ impl Ingest {
         .and_then(|()| tx.commit());
         match committed {
             Ok(()) => {
+                crate::failpoint::hit("file-committed");
                 if let Some(v) = vectors {
                     crate::metrics::EMBEDDINGS_FETCHED.add(v.fetched);
                     crate::metrics::EMBEDDINGS_REUSED.add(v.reused);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A deterministic, never-zero vector for a text.
-fn vector_of(text: &str) -> Vec<f64> {
+pub(crate) fn vector_of(text: &str) -> Vec<f64> {
     let sum: u64 = text.bytes().map(u64::from).sum();
     vec![
         text.len() as f64,
@@ -20,7 +20,7 @@ fn vector_of(text: &str) -> Vec<f64> {
     ]
 }
 
-fn answer(req: &Request) -> Response {
+pub(crate) fn answer(req: &Request) -> Response {
     let inputs = req.json()["input"].as_array().cloned().unwrap_or_default();
     let data: Vec<_> = inputs
         .iter()
@@ -30,7 +30,7 @@ fn answer(req: &Request) -> Response {
     Response::json(200, &serde_json::json!({"data": data}))
 }
 
-fn texts(req: &Request) -> Vec<String> {
+pub(crate) fn texts(req: &Request) -> Vec<String> {
     req.json()["input"]
         .as_array()
         .into_iter()
@@ -39,7 +39,7 @@ fn texts(req: &Request) -> Vec<String> {
         .collect()
 }
 
-fn embedding_env(server: &HttpServer) -> TestEnv {
+pub(crate) fn embedding_env(server: &HttpServer) -> TestEnv {
     let mut env = TestEnv::new().with_db();
     env.set("EMBED_BASE_URL", format!("{}/v1", server.url));
     env.set("EMBED_MODEL", "test-embed");
@@ -47,7 +47,7 @@ fn embedding_env(server: &HttpServer) -> TestEnv {
     env
 }
 
-fn chunks(doc: &'static str, contents: &[&'static str]) -> Vec<u8> {
+pub(crate) fn chunks(doc: &'static str, contents: &[&'static str]) -> Vec<u8> {
     contents
         .iter()
         .enumerate()

@@ -19,6 +19,7 @@ mod maintain;
 mod metrics;
 mod operator;
 mod rag;
+mod recovery;
 mod reliability;
 mod settings;
 mod spool_commands;

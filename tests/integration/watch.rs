@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     let _ = std::process::Command::new("kill")
         .args([&format!("-{sig}"), &child.id().to_string()])
         .status();
@@ -15,7 +15,7 @@ fn signal(child: &Child, sig: &str) {
 
 /// Waits until `cond` holds, failing after `secs`.
 #[track_caller]
-fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -24,7 +24,7 @@ fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Whether the process has a handler for SIGTERM yet (bit 15 of SigCgt).
-fn handles_sigterm(child: &Child) -> bool {
+pub(crate) fn handles_sigterm(child: &Child) -> bool {
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     status
@@ -34,7 +34,7 @@ fn handles_sigterm(child: &Child) -> bool {
         .is_some_and(|mask| mask & (1 << 14) != 0)
 }
 
-fn stop(mut child: Child) -> String {
+pub(crate) fn stop(mut child: Child) -> String {
     wait_for(30, "signal handlers", || handles_sigterm(&child));
     signal(&child, "TERM");
     let (status, _, stderr) = wait_with_deadline(&mut child, Duration::from_secs(60));
@@ -46,7 +46,7 @@ fn stop(mut child: Child) -> String {
     stderr
 }
 
-fn gate_dones(gate: &HttpServer) -> Vec<serde_json::Value> {
+pub(crate) fn gate_dones(gate: &HttpServer) -> Vec<serde_json::Value> {
     gate.requests()
         .iter()
         .map(Request::json)
