@@ -143,6 +143,10 @@ class Campaign:
         self.produced_lock = threading.Lock()
         self.docs = []  # doc ids that exist (for replace / delete)
         self.good_bytes = []  # bytes of good files, for duplicates
+        self.versions = defaultdict(list)  # doc -> (bytes, ops) of each one-document file that wrote it
+        self.liveness = int(os.environ.get("TORTURE_LIVENESS_SECS", "180"))
+        self.drain_secs = 0.0
+        self.failpoints = Counter()
         self.stop_producer = threading.Event()
         self.watch = None
         self.watch_lock = threading.Lock()
@@ -236,15 +240,21 @@ class Campaign:
             time.sleep(max(0.0, next_at - time.monotonic()))
             n += 1
             r = self.prng.random()
+            stale = [d for d, v in self.versions.items() if len(v) >= 2]
             kind = ("bad" if r < 0.05 else "dup" if r < 0.10 and self.good_bytes
-                    else "delete" if r < 0.15 and self.docs
-                    else "replace" if r < 0.30 and self.docs else "good")
+                    else "stale" if r < 0.13 and stale
+                    else "delete" if r < 0.17 and self.docs
+                    else "replace" if r < 0.32 and self.docs else "good")
             name = f"p{n:08d}-{kind}.msgpack"
             ops = []
             if kind == "bad":
                 data = b"\x81\xa6doc_id\xda\xff\xff trunc"
             elif kind == "dup":
                 data, ops = self.prng.choice(self.good_bytes)
+            elif kind == "stale":
+                # An older version of a document again, after a newer one: by claim
+                # order it is a duplicate of the older file and changes nothing.
+                data, ops = self.prng.choice(self.versions[self.prng.choice(stale)][:-1])
             elif kind == "delete":
                 doc = self.prng.choice(self.docs)
                 data = mp({"doc_id": doc, "delete": True})
@@ -268,6 +278,8 @@ class Campaign:
             if kind == "good":
                 self.good_bytes.append((data, ops))
                 self.docs.extend(d for d, _, _ in ops)
+            if kind in ("good", "replace") and len(ops) == 1:
+                self.versions[ops[0][0]].append((data, ops))
 
     def drop(self, name, data):
         """tmp/ then rename, as producers do; False when the disk is full."""
@@ -322,8 +334,11 @@ class Campaign:
         ("sigkill watch", 14), ("sigkill process", 8), ("sigterm watch", 8),
         ("postgres restart fast", 7), ("postgres restart immediate", 7),
         ("postgres max_connections", 6), ("gate 503", 9), ("gate timeout", 7), ("gate reset", 9),
-        ("redis down", 8), ("disk full", 7), ("standby switchover", 2),
+        ("redis down", 8), ("disk full", 7), ("standby switchover", 2), ("failpoint process", 8),
     ]
+
+    # The steps of RAGSPOOL_FAILPOINT (src/failpoint.rs): between two durable writes.
+    STEPS = ["file-committed", "batch-settled", "gate-done-queued", "batch-closed"]
 
     def fault(self, kind, hold):
         if kind == "sigkill watch":
@@ -340,6 +355,20 @@ class Campaign:
         elif kind == "sigterm watch":
             time.sleep(hold)
             self.kill_watch(signal.SIGTERM)
+        elif kind == "failpoint process":
+            # A `process` that aborts at a named step (the n-th time it gets there),
+            # as a SIGKILL at exactly that instant would leave it.
+            step = self.rng.choice(self.STEPS)
+            env = dict(self.env, RAGSPOOL_FAILPOINT=f"{step}:{self.rng.randint(1, 3)}")
+            p = subprocess.Popen([self.bin, "-q", "process"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                code = p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                code = p.wait()
+            if code == -signal.SIGABRT:
+                self.failpoints[step] += 1
         elif kind.startswith("postgres restart"):
             stop = "pg-stop-fast" if kind.endswith("fast") else "pg-stop"
             self.servers(stop, self.primary[0])
@@ -589,6 +618,10 @@ class Campaign:
             live = [n for n in names if not manifest[n][1]]
             if len(live) != 1:
                 self.violation("each file's rows exact", f"content {sha[:12]}: {len(live)} non-duplicate of {names}")
+            elif any(manifest[n][3] < manifest[live[0]][3] for n in names):
+                first = min(names, key=lambda n: manifest[n][3])
+                self.violation("duplicates in claim order", f"content {sha[:12]}: {live[0]} is the original, "
+                               f"{first} was claimed before it")
             for n in names:
                 if manifest[n][1] and manifest[n][2] != 0:
                     self.violation("each file's rows exact", f"duplicate {n} has {manifest[n][2]} rows")
@@ -667,10 +700,13 @@ class Campaign:
         raise SystemExit("the database did not come back")
 
     def drain(self):
-        """Every fault healed: wait until the spool and the outbox are empty."""
+        """Every fault healed: the running watch alone, with no fresh process to
+        help, must settle every file and deliver every event within the liveness
+        bound (orphaned batches included: SPEC 3's ORPHAN_RECOVER_SECS)."""
         Gate.mode = "ok"
         started = time.monotonic()
-        while time.monotonic() - started < 300:
+        waiting = (0, 0, 0)
+        while time.monotonic() - started < self.liveness:
             waiting = (len(list((self.spool / "incoming").glob("*.msgpack"))),
                        len(list((self.spool / "processing").rglob("*.msgpack"))),
                        len(list((self.spool / "outbox").glob("*.json"))))
@@ -679,9 +715,16 @@ class Campaign:
             if int(time.monotonic() - started) % 10 == 0:
                 log(f"draining: {waiting[0]} in incoming/, {waiting[1]} in processing/, {waiting[2]} in outbox/")
             time.sleep(0.5)
-        log(f"drained in {time.monotonic() - started:.0f} s")
+        self.drain_secs = time.monotonic() - started
+        if any(waiting):
+            self.violation("liveness: every file settles while watch runs",
+                           f"after {self.liveness} s: {waiting[0]} in incoming/, {waiting[1]} in processing/, "
+                           f"{waiting[2]} in outbox/")
+        log(f"drained in {self.drain_secs:.0f} s")
         self.supervise = False
         self.kill_watch(signal.SIGTERM)
+        # Only for the final checks, should liveness have failed: a fresh process
+        # recovers what is left.
         self.sh(self.bin, "-q", "process", env=self.env, check=False)
 
     def report(self):
@@ -704,14 +747,19 @@ class Campaign:
                   f"watch restarted by the supervisor: {self.restarts} times. Invariant checks: {self.checks} "
                   f"({self.check_secs:.0f} s in all, the slowest {self.slowest_check:.2f} s). "
                   f"Switchovers abandoned because the standby did not catch up: {self.abandoned}. "
-                  f"Files the producer could not write (disk full): {self.refused}.", "",
+                  f"Files the producer could not write (disk full): {self.refused}. "
+                  f"Processes aborted at a named step: "
+                  f"{', '.join(f'{s} {self.failpoints[s]}' for s in self.STEPS) or 'none'}. "
+                  f"After the last fault the running watch alone drained the spool and the outbox in "
+                  f"{self.drain_secs:.0f} s (bound {self.liveness} s).", "",
                   "| files produced | count |", "|---|---|"]
-        lines += [f"| {k} | {kinds[k]} |" for k in ("good", "bad", "dup", "replace", "delete") if kinds[k]]
+        lines += [f"| {k} | {kinds[k]} |" for k in ("good", "bad", "dup", "stale", "replace", "delete") if kinds[k]]
         lines += [f"| **total** | **{len(self.produced)}** |", "",
                   f"Rows in the table at the end: {getattr(self, 'rows', 0):,}.", "",
                   "| invariant | violations |", "|---|---|"]
         for name in ("every file accounted for exactly once", "no duplicated row", "each file's rows exact",
-                     "gate.open before gate.done", "no gate event lost", "failure-log chain intact"):
+                     "duplicates in claim order", "gate.open before gate.done", "no gate event lost",
+                     "failure-log chain intact", "liveness: every file settles while watch runs"):
             lines.append(f"| {name} | {self.violations[name]} |")
         for name, ex in self.examples.items():
             lines += ["", f"{name}, first examples:"] + [f"- {e}" for e in ex]

@@ -117,7 +117,8 @@ pub(crate) struct Done {
     pub(crate) rows: i64,
     /// Earlier rows its change set removed.
     pub(crate) deleted: i64,
-    /// Its claim sequence, when it was applied.
+    /// The claim sequence it was applied at; `None` keeps the one `open` recorded
+    /// (a duplicate's own place in claim order).
     pub(crate) seq: Option<i64>,
     /// A self-heal happened.
     pub(crate) healed: bool,
@@ -160,7 +161,7 @@ pub(crate) fn done(
     };
     let sql = format!(
         "UPDATE {} SET status = 'done', rows = $3, healed = $4, duplicate = $5, reason = $6, deleted = $7, \
-         seq = $8, embedded = $9, reused = $10, finished_at = now() WHERE batch_tag = $1 AND file_name = $2",
+         seq = coalesce($8, seq), embedded = $9, reused = $10, finished_at = now() WHERE batch_tag = $1 AND file_name = $2",
         names.manifest
     );
     client
