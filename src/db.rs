@@ -284,6 +284,46 @@ pub(crate) fn describe(e: &postgres::Error) -> String {
     }
 }
 
+/// A database connection as a file's preparation reaches it: a worker's own, or
+/// one that a batch's prefetch threads share (their statements are few and short,
+/// their waits on the embeddings endpoint long, so one connection serves them all).
+pub(crate) trait Conn {
+    /// Runs `f` on the connection.
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> T) -> T;
+}
+
+/// A worker's own connection, lent for a while.
+pub(crate) struct Own<'c>(std::cell::RefCell<&'c mut Client>);
+
+impl<'c> Own<'c> {
+    /// Lends `client`.
+    pub(crate) fn new(client: &'c mut Client) -> Own<'c> {
+        Own(std::cell::RefCell::new(client))
+    }
+}
+
+impl Conn for Own<'_> {
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> T) -> T {
+        f(&mut self.0.borrow_mut())
+    }
+}
+
+/// One connection shared by threads, one statement at a time.
+pub(crate) struct Shared(std::sync::Mutex<Client>);
+
+impl Shared {
+    /// Shares `client`.
+    pub(crate) fn new(client: Client) -> Shared {
+        Shared(std::sync::Mutex::new(client))
+    }
+}
+
+impl Conn for Shared {
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

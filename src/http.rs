@@ -1,36 +1,70 @@
-//! The HTTP client every outbound call shares: native TLS (the system's CA store,
-//! verified), timeouts, our User-Agent, and Retry-After parsing.
+//! The HTTP client every outbound call shares: one agent per process, whose
+//! connections the concurrent embeddings requests, the gate and the alerts reuse;
+//! native TLS verified against the system's trust store (no bundled roots); a
+//! timeout per request; our User-Agent; no redirects; every status returned as an
+//! answer for the caller to classify; and Retry-After parsing.
 
-use crate::error::{Error, Result};
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// `ragspool/<version>`.
 pub(crate) const USER_AGENT: &str = concat!("ragspool/", env!("CARGO_PKG_VERSION"));
 
-/// An agent for `urls` with `timeout` per request, and verified TLS when one of
-/// them is https. Setting TLS up loads the system's CA store, which cost every
-/// run of `process` tens of milliseconds of CPU when no endpoint needed it.
-pub(crate) fn agent<'a>(
+/// Idle connections kept, per host and in all: enough for EMBED_CONCURRENCY's
+/// largest useful value, so that concurrent requests reuse their connections.
+const IDLE_CONNECTIONS: usize = 256;
+
+/// An answer, whatever its status.
+pub(crate) type Response = ureq::http::Response<ureq::Body>;
+
+/// The process's agent. TLS is set up on the first https connection only
+/// (loading the system's CA store costs tens of milliseconds of CPU).
+pub(crate) fn agent() -> ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            let tls = ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::NativeTls)
+                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                .build();
+            ureq::Agent::config_builder()
+                .tls_config(tls)
+                .timeout_connect(Some(Duration::from_secs(10)))
+                .max_redirects(0)
+                .max_redirects_will_error(false)
+                .http_status_as_error(false)
+                .user_agent(USER_AGENT)
+                .max_idle_connections(IDLE_CONNECTIONS)
+                .max_idle_connections_per_host(IDLE_CONNECTIONS)
+                .build()
+                .into()
+        })
+        .clone()
+}
+
+/// POSTs `body` to `url` with `headers`, within `timeout` for the whole exchange.
+pub(crate) fn post(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
     timeout: Duration,
-    urls: impl IntoIterator<Item = &'a str>,
-) -> Result<ureq::Agent> {
-    let mut builder = ureq::AgentBuilder::new();
-    if urls.into_iter().any(|u| u.starts_with("https:")) {
-        let tls = native_tls::TlsConnector::new()
-            .map_err(|e| Error::config(format!("cannot set up TLS: {e}")))?;
-        builder = builder.tls_connector(Arc::new(tls));
+) -> Result<Response, ureq::Error> {
+    let mut req = agent()
+        .post(url)
+        .config()
+        .timeout_global(Some(timeout))
+        .build();
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
-    Ok(builder
-        .timeout_connect(Duration::from_secs(10))
-        .timeout(timeout)
-        .redirects(0)
-        .build())
+    req.send(body)
 }
 
 /// The Retry-After of a response, in seconds (HTTP dates are not honoured).
-pub(crate) fn retry_after(resp: &ureq::Response) -> Option<Duration> {
-    resp.header("Retry-After")
+pub(crate) fn retry_after(resp: &Response) -> Option<Duration> {
+    resp.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|s| Duration::from_secs(s.min(3600)))
 }

@@ -225,6 +225,8 @@ pub(crate) struct DbView {
     pub(crate) maintenance: Option<crate::maintenance::Run>,
     /// Partitions still missing an index or storage parameter.
     pub(crate) partitions: Partitions,
+    /// Tokens sent to the embeddings endpoint for files finished in the last 24 h.
+    pub(crate) tokens_24h: Option<i64>,
 }
 
 impl DbView {
@@ -235,6 +237,7 @@ impl DbView {
             batches,
             maintenance: None,
             partitions: Partitions::default(),
+            tokens_24h: None,
         }
     }
 }
@@ -264,6 +267,7 @@ pub(crate) fn database_view(config: &Config) -> DbView {
                     .into_iter()
                     .collect(),
             },
+            tokens_24h: Some(manifest::tokens_last_day(&mut client, &names)?),
         })
     };
     read().unwrap_or_else(|e| {

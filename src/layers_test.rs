@@ -30,6 +30,7 @@ const LAYERS: &[(u8, &[&str])] = &[
             "heartbeat",
             "log",
             "sequence",
+            "handoff",
             "batch",
             "backoff",
             "signal",

@@ -39,6 +39,7 @@ pub(crate) mod failure_log;
 pub(crate) mod fs;
 pub(crate) mod gate_server;
 pub(crate) mod gauges;
+pub(crate) mod handoff;
 pub(crate) mod heartbeat;
 pub(crate) mod host;
 pub(crate) mod http;

@@ -39,6 +39,76 @@ impl Counter {
     }
 }
 
+/// A counter family with one label whose values are known only at run time (an
+/// HTTP status, a model name): a counter per value seen, few by nature.
+pub(crate) struct Labeled {
+    name: &'static str,
+    label: &'static str,
+    series: std::sync::Mutex<Vec<(String, &'static Counter)>>,
+}
+
+impl Labeled {
+    const fn new(name: &'static str, label: &'static str) -> Labeled {
+        Labeled {
+            name,
+            label,
+            series: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Adds `n` to the series of `value`.
+    pub(crate) fn add(&self, value: &str, n: u64) {
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = series.iter().find(|(v, _)| v == value) {
+            return c.add(n);
+        }
+        // A counter lives as long as the process, as the static ones do; the values
+        // are few (status codes, one model), so what this keeps is bounded.
+        let counter: &'static Counter = Box::leak(Box::new(Counter::new()));
+        counter.add(n);
+        series.push((value.to_string(), counter));
+    }
+
+    /// The key prefix of this family's series.
+    fn prefix(&self) -> String {
+        format!("ragspool_{}{{{}=\"", self.name, self.label)
+    }
+
+    fn series(&self) -> Vec<Series> {
+        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        series
+            .iter()
+            .map(|(v, counter)| Series {
+                key: format!("{}{}\"}}", self.prefix(), escape_label(v)),
+                counter,
+                scale: 1.0,
+            })
+            .collect()
+    }
+}
+
+/// A label value as the text format wants it: backslash, quote and newline escaped.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Embeddings requests by answer: the HTTP status, or `error` for none.
+pub(crate) static EMBED_REQUESTS: Labeled = Labeled::new("embed_requests_total", "code");
+/// Tokens sent to the embeddings endpoint, by model.
+pub(crate) static EMBED_TOKENS: Labeled = Labeled::new("embed_tokens_total", "model");
+/// The labelled families, in file order.
+static LABELED: [&Labeled; 2] = [&EMBED_TOKENS, &EMBED_REQUESTS];
+
+/// Requests in flight and the concurrency in effect, once this process embeds.
+static EMBED_PACE: std::sync::Mutex<Option<(usize, usize)>> = std::sync::Mutex::new(None);
+
+/// Records the embeddings pace for the gauges of the next write.
+pub(crate) fn set_embed_pace(in_flight: usize, concurrency: usize) {
+    *EMBED_PACE.lock().unwrap_or_else(|p| p.into_inner()) = Some((in_flight, concurrency));
+}
+
 /// Bucket bounds of the lag histograms, in seconds (SPEC §12).
 pub(crate) const LAG_BUCKETS: [f64; 11] =
     [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -134,6 +204,7 @@ fn counter_series() -> Vec<Series> {
     }));
     all.extend(INGEST_LAG.series("ingest_lag_seconds"));
     all.extend(SEARCHABLE_LAG.series("searchable_lag_seconds"));
+    all.extend(LABELED.iter().flat_map(|l| l.series()));
     all
 }
 
@@ -236,6 +307,13 @@ fn merged(previous: &Samples) -> (Samples, Vec<(&'static Counter, u64)>) {
         let before = previous.get(&s.key).copied().unwrap_or(0.0);
         out.insert(s.key, before + delta as f64 * s.scale);
         taken.push((s.counter, now));
+    }
+    // A labelled series the file has and this process never counted stays.
+    for l in LABELED {
+        let prefix = l.prefix();
+        for (k, v) in previous.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+            out.entry(k.clone()).or_insert(*v);
+        }
     }
     let batches: f64 = out
         .iter()
@@ -371,6 +449,7 @@ pub(crate) fn render(
         &labels("source", &["fetched", "reused", "record"]),
     );
     lag_families(&mut out, counters);
+    embed_families(&mut out, counters, previous);
     for (name, help) in [
         ("cache_hits_total", "Cache hits."),
         ("cache_misses_total", "Cache misses."),
@@ -510,6 +589,49 @@ fn kept_gauge_families(out: &mut String, gauges: &Gauges, previous: &Samples) {
             "partitions_unindexed",
             "Partitions still waiting for their HNSW index.",
             gauges.partitions_unindexed.map(|n| n as f64),
+        ),
+    ] {
+        let kept = now.or_else(|| previous.get(&format!("ragspool_{name}")).copied());
+        if let Some(value) = kept {
+            single_gauge(out, name, help, value);
+        }
+    }
+}
+
+/// What embedding costs and how fast it goes (SPEC §13): tokens by model, requests
+/// by answer, and, from the process that embeds (else as the file had them), the
+/// requests in flight and the concurrency in effect.
+fn embed_families(out: &mut String, counters: &Samples, previous: &Samples) {
+    for (l, help) in [
+        (
+            &EMBED_TOKENS,
+            "Tokens sent to the embeddings endpoint, by model.",
+        ),
+        (
+            &EMBED_REQUESTS,
+            "Embeddings requests by answer: the HTTP status, or error for none.",
+        ),
+    ] {
+        let prefix = l.prefix();
+        let mut samples: Vec<(String, f64)> = counters
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k[format!("ragspool_{}", l.name).len()..].to_string(), *v))
+            .collect();
+        samples.sort_by(|a, b| a.0.cmp(&b.0));
+        family(out, l.name, "counter", help, &samples);
+    }
+    let pace = *EMBED_PACE.lock().unwrap_or_else(|p| p.into_inner());
+    for (name, help, now) in [
+        (
+            "embed_in_flight",
+            "Embeddings requests in flight.",
+            pace.map(|p| p.0 as f64),
+        ),
+        (
+            "embed_concurrency",
+            "The embeddings concurrency in effect (adapts to 429 and 503).",
+            pace.map(|p| p.1 as f64),
         ),
     ] {
         let kept = now.or_else(|| previous.get(&format!("ragspool_{name}")).copied());

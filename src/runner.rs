@@ -7,6 +7,7 @@ use crate::batch::{BatchReport, BatchTag, ErrorSummary, Reason};
 use crate::config::Config;
 use crate::error::{Class, Error, Result};
 use crate::failure_log::{Entry, FailureLog};
+use crate::handoff::{Handoff, Side};
 use crate::ingest::manifest::Settled;
 use crate::ingest::{BadFile, FileOutcome, Ingest};
 use crate::notify::alert::AlertKind;
@@ -69,7 +70,20 @@ struct Flight<'a> {
     alerted: AtomicBool,
 }
 
+/// A file prepared by the prefetch stage, on its way to a worker.
+type Ready = (Claimed, Result<crate::ingest::Prepared>);
+/// The prefetch stage's hand-off to the workers.
+type Prepared<'a> = Handoff<Ready>;
+
 impl Flight<'_> {
+    /// The next file in claim order, when one is left.
+    fn next_file(&self) -> Option<Claimed> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+    }
+
     fn totals(&self) -> std::sync::MutexGuard<'_, Totals> {
         self.totals.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -320,11 +334,7 @@ impl Runner {
             totals: Mutex::new(Totals::from(prior)),
             queue: Mutex::new(files.into_iter().collect()),
         };
-        std::thread::scope(|s| {
-            for _ in 0..self.workers.min(count).max(1) {
-                s.spawn(|| self.work(&flight));
-            }
-        });
+        self.work_all(&flight, count);
         let t = flight
             .totals
             .into_inner()
@@ -501,8 +511,70 @@ impl Runner {
         }
     }
 
-    /// One worker: its own connection, files from the shared queue until it is empty.
-    fn work(&self, flight: &Flight<'_>) {
+    /// Runs the batch's files on WORKERS threads. With an embeddings endpoint, a
+    /// prefetch stage runs ahead of them: threads that read the next files and
+    /// fetch their vectors (on one shared connection, holding no transaction)
+    /// while the workers COPY the files already prepared.
+    fn work_all(&self, flight: &Flight<'_>, count: usize) {
+        let workers = self.workers.min(count).max(1);
+        // As many files fetching at once as requests may be in flight (a file of
+        // one request still fills its place), up to 16: a large file fills
+        // EMBED_CONCURRENCY alone, and each of these threads reads its file in
+        // windows of PREFETCH_WINDOW bytes.
+        let feeders = self
+            .ingest
+            .embedder
+            .as_ref()
+            .map_or(0, |e| e.concurrency().clamp(1, 16).min(count));
+        if feeders == 0 {
+            std::thread::scope(|s| {
+                for _ in 0..workers {
+                    s.spawn(|| self.work(flight, None));
+                }
+            });
+            return;
+        }
+        let shared = match self.ingest.db.connect() {
+            Ok(c) => crate::db::Shared::new(c),
+            Err(e) => {
+                log::error!("batch {}: {e}", flight.tag);
+                return flight.record_error(&e);
+            }
+        };
+        let handoff = Handoff::new(workers);
+        std::thread::scope(|s| {
+            for side in (0..feeders).map(|_| handoff.producer()) {
+                let (shared, handoff) = (&shared, &handoff);
+                s.spawn(move || self.feed(flight, shared, handoff, side));
+            }
+            for side in (0..workers).map(|_| handoff.consumer()) {
+                let handoff = &handoff;
+                s.spawn(move || self.work(flight, Some((handoff, side))));
+            }
+        });
+    }
+
+    /// One prefetch thread: files from the shared queue, prepared (their vectors
+    /// fetched) and handed to the workers, until the queue is empty or every
+    /// worker has stopped (a file not handed over stays in processing/).
+    fn feed(
+        &self,
+        flight: &Flight<'_>,
+        shared: &crate::db::Shared,
+        to: &Prepared<'_>,
+        _side: Side<'_, Ready>,
+    ) {
+        while let Some(file) = flight.next_file() {
+            let prepared = self.ingest.prepare(shared, flight.tag, &file);
+            if to.push((file, prepared)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// One worker: its own connection, files until none is left, either from the
+    /// shared queue or, prepared, from the prefetch stage.
+    fn work(&self, flight: &Flight<'_>, from: Option<(&Prepared<'_>, Side<'_, Ready>)>) {
         let tag = flight.tag;
         let mut client = match self.ingest.db.connect() {
             Ok(c) => c,
@@ -512,12 +584,11 @@ impl Runner {
             }
         };
         loop {
-            let next = flight
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front();
-            let Some(file) = next else {
+            let next = match &from {
+                None => flight.next_file().map(|f| (f, None)),
+                Some((handoff, _)) => handoff.pop().map(|(f, p)| (f, Some(p))),
+            };
+            let Some((file, prepared)) = next else {
                 // What this batch added to the failure log is anchored in the
                 // database before its workers leave (see FailureLog::anchor).
                 let anchored =
@@ -528,7 +599,11 @@ impl Runner {
                 }
                 return;
             };
-            let result = self.ingest.file(&mut client, tag, &file).or_else(|e| {
+            let first = match prepared {
+                None => self.ingest.file(&mut client, tag, &file),
+                Some(p) => self.ingest.complete(&mut client, tag, &file, p),
+            };
+            let result = first.or_else(|e| {
                 if e.class() != Class::TempFail {
                     return Err(e);
                 }

@@ -8,13 +8,14 @@ use crate::storage::{EmbeddingType, Storage};
 use postgres::Client;
 
 /// The schema version this build writes and needs.
-pub(crate) const VERSION: i32 = 3;
+pub(crate) const VERSION: i32 = 4;
 
 /// Migrations in order; entry `i` brings the schema to version `i + 1`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     include_str!("../sql/001_schema.sql"),
     include_str!("../sql/002_rag_storage.sql"),
     include_str!("../sql/003_reliability.sql"),
+    include_str!("../sql/004_embed_cost.sql"),
 ];
 
 /// Advisory lock key for migrations ("ragspool" as a number).

@@ -83,8 +83,8 @@ fn hang_limit(config: &Config) -> Option<Duration> {
     if config.gate_url.is_some() || config.alert_url.is_some() {
         longest = longest.max(Duration::from_millis(config.gate_timeout_ms));
     }
-    if config.embed.is_some() {
-        longest = longest.max(crate::ingest::embed::REQUEST_TIMEOUT);
+    if let Some(embed) = &config.embed {
+        longest = longest.max(embed.timeout);
     }
     Some(crate::heartbeat::hang_limit(longest))
 }
@@ -96,10 +96,10 @@ pub(crate) fn ingest(config: &Config) -> Result<Ingest> {
     let mut client = db.connect()?;
     schema::require_current(&mut client, &names)?;
     let budget = Duration::from_secs(config.retry_max_secs);
-    let embedder = match &config.embed {
-        Some(settings) => Some(Embedder::new(settings, config.embed_dim, budget)?),
-        None => None,
-    };
+    let embedder = config
+        .embed
+        .as_ref()
+        .map(|settings| Embedder::new(settings, config.embed_dim, budget));
     Ok(Ingest {
         names,
         db,

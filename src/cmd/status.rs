@@ -58,6 +58,7 @@ fn json_report(spool: &Spool, s: &Status) -> serde_json::Value {
         "last_maintenance": s.db.maintenance,
         "partitions_unindexed": s.db.partitions.unindexed,
         "partitions_without_toast_tuple_target": s.db.partitions.lacking_storage,
+        "embed_tokens_24h": s.db.tokens_24h,
         "database_error": s.db.batches.as_ref().err(),
     })
 }
@@ -78,8 +79,10 @@ fn text_report(spool: &Spool, s: &Status) -> String {
         Some(secs) => out.push_str(&format!("oldest waiting file: {secs}s old\n")),
         None => out.push_str("oldest waiting file: none waiting\n"),
     }
-    let (outbox, dead) = s.outbox;
+    let ((outbox, dead), tokens) = (s.outbox, s.db.tokens_24h);
     out.push_str(&format!("outbox: {outbox} waiting, {dead} dead\n"));
+    let tokens = tokens.map(|t| format!("embeddings: {t} tokens in the last 24 hours\n"));
+    out.push_str(&tokens.unwrap_or_default());
     maintenance_lines(&mut out, s.db.maintenance.as_ref());
     partition_lines(&mut out, &s.db.partitions);
     batch_lines(&mut out, &s.db.batches);

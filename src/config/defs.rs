@@ -347,6 +347,24 @@ pub(crate) static SETTINGS: &[Setting] = &[
         whole,
     ),
     s(
+        "EMBED_CONCURRENCY",
+        Value("8"),
+        "most embeddings requests in flight at once, shared by every worker of the process; a file's requests go out concurrently, and the concurrency in effect adapts to 429 and 503 answers",
+        positive,
+    ),
+    s(
+        "EMBED_MAX_TPM",
+        Value("0"),
+        "most tokens sent to the embeddings endpoint per minute, shared by every worker of the process (0: no limit); counted as the endpoint's usage reports them, estimated as ceil(bytes / 4) per text until it answers",
+        whole,
+    ),
+    s(
+        "EMBED_TIMEOUT_SECS",
+        Value("60"),
+        "one embeddings request's deadline; a request past it is a transient endpoint fault, retried within RETRY_MAX_SECS",
+        positive,
+    ),
+    s(
         "EMBED_REUSE",
         Value("true"),
         "replace mode: a chunk whose content equals a row its file removes, embedded by the same EMBED_MODEL, keeps that vector",

@@ -91,6 +91,12 @@ pub(crate) struct EmbedSettings {
     pub(crate) batch_bytes: usize,
     /// EMBED_MAX_RPS; 0 for no limit.
     pub(crate) max_rps: u32,
+    /// EMBED_MAX_TPM; 0 for no limit.
+    pub(crate) max_tpm: u64,
+    /// EMBED_CONCURRENCY.
+    pub(crate) concurrency: usize,
+    /// EMBED_TIMEOUT_SECS.
+    pub(crate) timeout: std::time::Duration,
     /// EMBED_REUSE.
     pub(crate) reuse: bool,
 }
@@ -393,6 +399,13 @@ fn embed_settings(raw: &Raw, problems: &mut Vec<String>) -> Option<EmbedSettings
             max_rps: raw
                 .num("EMBED_MAX_RPS")
                 .map_or(0, |n| n.min(u64::from(u32::MAX)) as u32),
+            max_tpm: raw.num("EMBED_MAX_TPM").unwrap_or(0),
+            concurrency: raw
+                .num("EMBED_CONCURRENCY")
+                .map_or(8, |n| n.clamp(1, 1024) as usize),
+            timeout: std::time::Duration::from_secs(
+                raw.num("EMBED_TIMEOUT_SECS").unwrap_or(60).max(1),
+            ),
             reuse: raw.flag("EMBED_REUSE", true),
         }),
         (Some(_), None) => {

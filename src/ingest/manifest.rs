@@ -309,15 +309,43 @@ pub(crate) fn add_faults(
     key: &FileKey<'_>,
     n: u32,
 ) -> Result<()> {
+    add_spent(client, names, key, n, 0)
+}
+
+/// Counts what fetching the file's vectors cost: `faults` more attempts (endpoint
+/// faults) and `tokens` more tokens sent.
+pub(crate) fn add_spent(
+    client: &mut impl GenericClient,
+    names: &Names,
+    key: &FileKey<'_>,
+    faults: u32,
+    tokens: u64,
+) -> Result<()> {
     let sql = format!(
-        "UPDATE {} SET attempts = attempts + $3, faults = faults + $3 \
+        "UPDATE {} SET attempts = attempts + $3, faults = faults + $3, tokens = tokens + $4 \
          WHERE batch_tag = $1 AND file_name = $2",
         names.manifest
     );
+    let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
     client
-        .execute(&sql, &[&key.tag.as_str(), &key.name, &(n as i32)])
+        .execute(
+            &sql,
+            &[&key.tag.as_str(), &key.name, &(faults as i32), &tokens],
+        )
         .map(|_| ())
         .map_err(|e| db::classify(e, "counting attempts in the manifest"))
+}
+
+/// Tokens sent to the embeddings endpoint for files that finished in the last 24 hours.
+pub(crate) fn tokens_last_day(client: &mut impl GenericClient, names: &Names) -> Result<i64> {
+    let sql = format!(
+        "SELECT coalesce(sum(tokens), 0)::bigint FROM {} WHERE finished_at > now() - interval '24 hours'",
+        names.manifest
+    );
+    client
+        .query_one(&sql, &[])
+        .map(|r| r.get(0))
+        .map_err(|e| db::classify(e, "reading the tokens of the last 24 hours"))
 }
 
 /// Marks the file failed with its reason code; false when its row is `done`

@@ -8,11 +8,13 @@ pub(crate) mod copy;
 pub(crate) mod embed;
 pub(crate) mod lineage;
 pub(crate) mod manifest;
+mod pace;
+mod prepare;
 mod vectors;
 pub(crate) mod window;
 
 use crate::batch::{BatchTag, Reason};
-use crate::db::{self, Db};
+use crate::db::{self, Db, Own};
 use crate::error::{Error, Result};
 use crate::ingest::copy::{COLUMNS, CopyEncoder, RowMeta};
 use crate::ingest::embed::Embedder;
@@ -25,6 +27,7 @@ use crate::spool::{Claimed, Unreadable};
 use crate::storage::DocMode;
 use changeset::{DocSet, FileRef};
 use postgres::Client;
+pub(crate) use prepare::Prepared;
 use std::collections::BTreeSet;
 use std::io::Write;
 
@@ -145,7 +148,7 @@ impl FileOutcome {
 }
 
 /// One file on its way through its transaction.
-struct Job<'a> {
+pub(crate) struct Job<'a> {
     key: FileKey<'a>,
     file: &'a Claimed,
     sha: &'a str,
@@ -205,7 +208,8 @@ impl From<Error> for CopyFail {
 impl Ingest {
     /// Ingests one claimed file; returns how it ended and which attempt this was.
     /// `Err` means the file must stay in processing/ (an outage or a problem that
-    /// is not the file's fault).
+    /// is not the file's fault). Its vectors, when it lacks some, are fetched
+    /// before its transaction opens.
     pub(crate) fn file(
         &self,
         client: &mut Client,
@@ -213,101 +217,44 @@ impl Ingest {
         file: &Claimed,
     ) -> Result<(FileOutcome, u32)> {
         window::with_file(&file.path, self.max_file_bytes, |opened| {
-            self.opened(client, tag, file, opened)
+            let mut bytes = match opened {
+                Ok(b) => b,
+                Err(u) => return self.unreadable(&Own::new(client), tag, file, u),
+            };
+            match self.front(&Own::new(client), tag, file, &mut bytes)? {
+                Prepared::Ended(outcome) => Ok(outcome),
+                Prepared::Ready(mut ready) => {
+                    let vectors = ready.vectors.take();
+                    self.transact(client, &ready.job(tag, file), &mut bytes, vectors)
+                }
+            }
         })
     }
 
-    /// One opened (or refused) file: its manifest row, the vectors it lacks, then
-    /// its transaction. The vectors are fetched before the transaction opens, so
-    /// that no transaction waits on the embeddings endpoint.
-    fn opened(
+    /// The transaction of a file that [`Ingest::prepare`] made ready, on the
+    /// worker's own connection.
+    pub(crate) fn complete(
         &self,
         client: &mut Client,
         tag: &BatchTag,
         file: &Claimed,
-        opened: std::result::Result<FileBytes<'_>, Unreadable>,
+        prepared: Result<Prepared>,
     ) -> Result<(FileOutcome, u32)> {
-        let key = FileKey {
-            tag,
-            name: &file.name,
+        let mut ready = match prepared? {
+            Prepared::Ended(outcome) => return Ok(outcome),
+            Prepared::Ready(ready) => ready,
         };
-        let mut bytes = match opened {
-            Ok(b) => b,
-            Err(Unreadable::Io(e)) => return Err(e),
-            Err(Unreadable::Bad(why)) => {
-                let attempt =
-                    manifest::open(client, &self.names, &key, "", 0, &self.host, file.seq)?.attempt;
-                let bad = BadFile::new(Reason::Failed, format!("file {why}"));
-                return self.fail_file(client, &key, bad, attempt);
-            }
-        };
-        let sha = bytes.sha256_hex()?;
-        if let Some(outcome) = self.already_ingested(client, &key, &sha, bytes.len(), file.seq)? {
-            return Ok((outcome, 1));
-        }
-        let tries = manifest::open(
-            client,
-            &self.names,
-            &key,
-            &sha,
-            bytes.len() as i64,
-            &self.host,
-            file.seq,
-        )?;
-        if tries.faults >= self.max_faults {
-            let bad = self.poisoned(tries.faults);
-            return self.fail_file(client, &key, bad, tries.attempt);
-        }
-        let job = Job {
-            key,
-            file,
-            sha: &sha,
-            ingest_time: crate::clock::now_micros(),
-            attempt: tries.attempt,
-        };
-        let vectors = match self.prefetch(client, &job.key, &mut bytes, &file.path)? {
-            Ok(v) => v,
-            Err(bad) => return self.fail_file(client, &job.key, bad, job.attempt),
-        };
-        self.transact(client, &job, &mut bytes, vectors)
-    }
-
-    /// A poison file: the same fault every try would keep it, and every file behind
-    /// it, in processing/ for ever.
-    fn poisoned(&self, faults: u32) -> BadFile {
-        BadFile::new(
-            Reason::Failed,
-            format!(
-                "gave up after {} tries that each ended in a fault of this file's own \
-                 (the embeddings endpoint's answer for its texts, or a statement timeout \
-                 on its rows), FILE_MAX_FAULTS={}",
-                faults, self.max_faults
-            ),
-        )
-    }
-
-    /// Records `bad` in the manifest; the file belongs in failed/. A file whose
-    /// content was committed meanwhile (on its behalf, by a later-claimed copy)
-    /// stays committed: it is archived with what its row says.
-    fn fail_file(
-        &self,
-        client: &mut Client,
-        key: &FileKey<'_>,
-        bad: BadFile,
-        attempt: u32,
-    ) -> Result<(FileOutcome, u32)> {
-        if manifest::failed(client, &self.names, key, bad.reason.as_str(), bad.healed)? {
-            return Ok((FileOutcome::Bad(bad), attempt));
-        }
-        log::info!(
-            "{}: committed meanwhile; not failed ({})",
-            key.name,
-            bad.error
-        );
-        Ok((
-            FileOutcome::committed(manifest::committed(client, &self.names, key)?),
-            attempt,
-        ))
+        let vectors = ready.vectors.take();
+        window::with_file(&file.path, self.max_file_bytes, |opened| {
+            let mut bytes = opened.map_err(|u| match u {
+                Unreadable::Io(e) => e,
+                // It was read whole a moment ago, under this batch's lock.
+                Unreadable::Bad(why) => {
+                    Error::temp(format!("{}: {why} since it was prepared", file.name))
+                }
+            })?;
+            self.transact(client, &ready.job(tag, file), &mut bytes, vectors)
+        })
     }
 
     /// The file's transaction, tried again after a deadlock with another file of
@@ -394,7 +341,12 @@ impl Ingest {
                 }
                 Retry::Fail(bad) => bad,
             };
-            return self.fail_file(client, &job.key, BadFile { healed, ..bad }, job.attempt);
+            return self.fail_file(
+                &Own::new(client),
+                &job.key,
+                BadFile { healed, ..bad },
+                job.attempt,
+            );
         }
     }
 
@@ -534,63 +486,6 @@ impl Ingest {
             CopyFail::Db(e) => return Err(db::classify(e, "copying rows")),
         };
         Ok(Retry::Fail(bad))
-    }
-
-    /// Recovery and duplicates: content already done is not ingested again.
-    fn already_ingested(
-        &self,
-        client: &mut Client,
-        key: &FileKey<'_>,
-        sha: &str,
-        len: u64,
-        seq: i64,
-    ) -> Result<Option<FileOutcome>> {
-        let Some((tag, name)) = manifest::ingested_by(client, &self.names, sha)? else {
-            return Ok(None);
-        };
-        if tag == key.tag.as_str() && name == key.name {
-            // A crash after commit and before archive: the file is in already. Its
-            // batch reports the rows the manifest holds for it, and its replaced or
-            // deleted documents still get their cached answers invalidated.
-            let done = manifest::committed(client, &self.names, key)?;
-            return Ok(Some(FileOutcome::committed(done)));
-        }
-        manifest::open(client, &self.names, key, sha, len as i64, &self.host, seq)?;
-        manifest::done(client, &self.names, key, &manifest::Done::duplicate(false))
-            .map_err(|e| db::classify(e, "recording the duplicate"))?;
-        Ok(Some(FileOutcome::duplicate(false)))
-    }
-
-    /// The file's missing vectors, before its transaction opens; `Ok(Err(bad))`
-    /// when the file fails for a record or the endpoint's refusal of one.
-    fn prefetch(
-        &self,
-        client: &mut Client,
-        key: &FileKey<'_>,
-        bytes: &mut FileBytes<'_>,
-        path: &std::path::Path,
-    ) -> Result<std::result::Result<Option<vectors::Vectors>, BadFile>> {
-        let Some(embedder) = &self.embedder else {
-            return Ok(Ok(None));
-        };
-        let reuse = embedder.reuse() && self.names.storage.doc_mode == DocMode::Replace;
-        let mut faults = 0u32;
-        let input = vectors::FileInput {
-            embed_dim: self.embed_dim,
-            reuse,
-            path,
-        };
-        let got = vectors::prefetch(client, &self.names, embedder, bytes, &input, &mut || {
-            faults += 1
-        });
-        if faults > 0 {
-            manifest::add_faults(client, &self.names, key, faults)?;
-        }
-        match got {
-            Ok(v) => Ok(Ok(Some(v))),
-            Err(vectors::Prefetch::Stop(e)) => Err(e),
-            Err(vectors::Prefetch::Bad(bad)) => Ok(Err(bad)),
-        }
     }
 
     /// Streams the file's records into a binary COPY, then applies its change set.

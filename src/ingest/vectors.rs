@@ -2,13 +2,15 @@
 //! transaction, COPY or lock is held across an embeddings request. Reused vectors
 //! (EMBED_REUSE) come from the rows the file will replace; the rest are fetched in
 //! budgeted requests. They are kept in record order for the COPY pass to take one
-//! by one: in memory up to [`MEMORY_BOUND`] bytes, beyond that spilled to a file
+//! by one: in memory while the vectors of every file of the process that wait for
+//! their COPY take at most [`MEMORY_BOUND`] bytes, beyond that spilled to a file
 //! beside the claimed one in processing/, read back sequentially.
 
 use super::BadFile;
 use crate::batch::Reason;
+use crate::db::Conn;
 use crate::error::{Context, Error, Result};
-use crate::ingest::embed::{EmbedError, Embedder};
+use crate::ingest::embed::{EmbedError, Embedder, Spent};
 use crate::ingest::window::FileBytes;
 use crate::schema::Names;
 use postgres::types::{FromSql, Type};
@@ -17,8 +19,22 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Vectors kept in memory before the rest spill to disk.
-pub(crate) const MEMORY_BOUND: usize = 16 << 20;
+/// Vectors kept in memory, across every file of the process, before the rest
+/// spill to disk: prepared files wait for a worker with their vectors.
+pub(crate) const MEMORY_BOUND: usize = 32 << 20;
+
+/// Bytes of vectors in memory now, across the process.
+static IN_MEMORY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Takes `bytes` of the process's vector memory, when that much is left.
+fn take_memory(bytes: usize) -> bool {
+    use std::sync::atomic::Ordering;
+    IN_MEMORY
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+            (used + bytes <= MEMORY_BOUND).then_some(used + bytes)
+        })
+        .is_ok()
+}
 
 /// Where a file's prefetched vectors wait for its COPY.
 pub(crate) struct Vectors {
@@ -53,7 +69,7 @@ impl Vectors {
         if self.dim == 0 {
             self.dim = v.len();
         }
-        if self.spill.is_none() && (self.memory.len() + v.len()) * 4 <= MEMORY_BOUND {
+        if self.spill.is_none() && take_memory(v.len() * 4) {
             self.memory.extend_from_slice(v);
             return Ok(());
         }
@@ -114,6 +130,7 @@ impl Vectors {
 
 impl Drop for Vectors {
     fn drop(&mut self) {
+        IN_MEMORY.fetch_sub(self.memory.len() * 4, std::sync::atomic::Ordering::SeqCst);
         if let Some((path, _)) = self.spill.take() {
             let _ = std::fs::remove_file(path);
         }
@@ -172,15 +189,16 @@ impl<'a> FromSql<'a> for Stored {
 
 /// Obtains the vectors of every record of `bytes` that lacks one, in record order:
 /// reused from rows of its documents with byte-identical content and the same
-/// model (`reuse`: replace mode with EMBED_REUSE), else fetched. `on_fault` counts
-/// endpoint faults in the file's attempts. A large file goes window by window.
+/// model (`reuse`: replace mode with EMBED_REUSE), else fetched. `spent` counts the
+/// tokens and the endpoint faults (for the file's attempts). A large file goes
+/// window by window.
 pub(crate) fn prefetch(
-    client: &mut postgres::Client,
+    conn: &impl Conn,
     names: &Names,
     embedder: &Embedder,
     bytes: &mut FileBytes<'_>,
     file: &FileInput<'_>,
-    on_fault: &mut dyn FnMut(),
+    spent: &Spent,
 ) -> std::result::Result<Vectors, Prefetch> {
     let name = file
         .path
@@ -201,7 +219,7 @@ pub(crate) fn prefetch(
                 pending.push((index, record.doc_id, record.content));
             }
         }
-        window.vectors(client, &pending, &mut out, on_fault)
+        window.vectors(conn, &pending, &mut out, spent)
     })?;
     out.rewind()?;
     Ok(out)
@@ -222,10 +240,10 @@ impl Window<'_> {
     /// order: reused or fetched.
     fn vectors(
         &self,
-        client: &mut postgres::Client,
+        conn: &impl Conn,
         pending: &[(u64, &str, &str)],
         out: &mut Vectors,
-        on_fault: &mut dyn FnMut(),
+        spent: &Spent,
     ) -> std::result::Result<(), Prefetch> {
         let Window {
             names,
@@ -236,7 +254,7 @@ impl Window<'_> {
             return Ok(());
         }
         let known = if reuse {
-            reusable(client, names, embedder.model(), pending)?
+            conn.with(|c| reusable(c, names, embedder.model(), pending))?
         } else {
             HashMap::new()
         };
@@ -266,8 +284,9 @@ impl Window<'_> {
             }
             out.push(v).map_err(Prefetch::Stop)
         };
-        // Vectors go to `out` in record order as each request returns, so that no more
-        // than one request's answer is held beside what `out` bounds.
+        // Vectors go to `out` in record order as the requests' answers are handed
+        // over in order, so that no more than a bounded number of answers is held
+        // beside what `out` bounds (see Embedder::embed_all).
         let mut cursor = 0;
         let mut next_fetch = 0;
         let take_reused = |out: &mut Vectors, cursor: usize| {
@@ -278,31 +297,52 @@ impl Window<'_> {
                 reused[cursor].map_or(&[], Vec::as_slice),
             )
         };
-        for group in embedder.groups(&texts) {
-            let vectors = embedder
-                .embed(&texts[group.clone()], on_fault)
-                .map_err(|e| match e {
-                    EmbedError::Rejected { index, message } => {
-                        bad(pending[fetch[group.start + index]].0, message)
+        let refused = |e: EmbedError| match e {
+            EmbedError::Rejected { index, message } => bad(pending[fetch[index]].0, message),
+            EmbedError::Unavailable(e) => Prefetch::Stop(e),
+        };
+        embedder
+            .embed_all(&texts, spent, |_, vectors| {
+                for v in vectors {
+                    while cursor < fetch[next_fetch] {
+                        take_reused(out, cursor)?;
+                        cursor += 1;
                     }
-                    EmbedError::Unavailable(e) => Prefetch::Stop(e),
-                })?;
-            for v in vectors {
-                while cursor < fetch[next_fetch] {
-                    take_reused(out, cursor)?;
+                    out.fetched += 1;
+                    keep(out, pending[cursor].0, &v)?;
                     cursor += 1;
+                    next_fetch += 1;
                 }
-                out.fetched += 1;
-                keep(out, pending[cursor].0, &v)?;
-                cursor += 1;
-                next_fetch += 1;
-            }
-        }
+                Ok::<(), Refused>(())
+            })
+            .map_err(|r| match r {
+                Refused::Embed(e) => refused(e),
+                Refused::Prefetch(p) => p,
+            })?;
         while cursor < pending.len() {
             take_reused(out, cursor)?;
             cursor += 1;
         }
         Ok(())
+    }
+}
+
+/// Why a file's requests stopped: the endpoint's, or the file's own (a vector
+/// that cannot be kept).
+enum Refused {
+    Embed(EmbedError),
+    Prefetch(Prefetch),
+}
+
+impl From<EmbedError> for Refused {
+    fn from(e: EmbedError) -> Refused {
+        Refused::Embed(e)
+    }
+}
+
+impl From<Prefetch> for Refused {
+    fn from(p: Prefetch) -> Refused {
+        Refused::Prefetch(p)
     }
 }
 

@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 /// Files up to this size are held whole; larger ones are read in windows this size.
 pub(crate) const WINDOW: usize = 16 << 20;
 
+/// The window of a thread that reads a file only for its texts while other files
+/// COPY (the embeddings prefetch): small, since several such threads run at once.
+pub(crate) const PREFETCH_WINDOW: usize = 1 << 20;
+
 thread_local! {
     /// The worker's buffer: reused, so a file costs no allocation or page faults.
     static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -28,6 +32,7 @@ pub(crate) struct FileBytes<'b> {
     file: File,
     len: u64,
     whole: bool,
+    window: usize,
     buf: &'b mut Vec<u8>,
     path: PathBuf,
 }
@@ -39,11 +44,21 @@ pub(crate) fn with_file<T>(
     max_bytes: u64,
     f: impl FnOnce(std::result::Result<FileBytes<'_>, Unreadable>) -> T,
 ) -> T {
+    with_file_in(path, max_bytes, WINDOW, f)
+}
+
+/// [`with_file`] with windows of `window` bytes.
+pub(crate) fn with_file_in<T>(
+    path: &Path,
+    max_bytes: u64,
+    window: usize,
+    f: impl FnOnce(std::result::Result<FileBytes<'_>, Unreadable>) -> T,
+) -> T {
     BUFFER.with(|cell| {
         let mut buf = cell.borrow_mut();
-        let out = f(open(path, max_bytes, &mut buf));
+        let out = f(open(path, max_bytes, window, &mut buf));
         // One file with a giant record must not keep its buffer for ever.
-        if buf.capacity() > 2 * WINDOW {
+        if buf.capacity() > 2 * window {
             *buf = Vec::new();
         }
         out
@@ -53,13 +68,15 @@ pub(crate) fn with_file<T>(
 fn open<'b>(
     path: &Path,
     max_bytes: u64,
+    window: usize,
     buf: &'b mut Vec<u8>,
 ) -> std::result::Result<FileBytes<'b>, Unreadable> {
     let (file, len) = spool::open_claimed(path, max_bytes)?;
     let mut bytes = FileBytes {
         file,
         len,
-        whole: len <= WINDOW as u64,
+        whole: len <= window as u64,
+        window,
         buf,
         path: path.to_path_buf(),
     };
@@ -112,7 +129,7 @@ impl FileBytes<'_> {
         if self.whole {
             return Ok(crate::digest::sha256_hex(self.buf));
         }
-        self.buf.resize(WINDOW, 0);
+        self.buf.resize(self.window, 0);
         let mut hasher = Sha256::new();
         let mut at = 0u64;
         loop {
@@ -138,7 +155,7 @@ impl FileBytes<'_> {
         if self.whole {
             return each(&mut Decoder::new(&self.buf[..], embed_dim));
         }
-        self.buf.resize(WINDOW, 0);
+        self.buf.resize(self.window, 0);
         let mut at = Resume::default();
         let mut kept = 0;
         loop {

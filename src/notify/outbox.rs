@@ -82,7 +82,8 @@ pub(crate) struct Outbox {
     dir: PathBuf,
     gate: Option<Endpoint>,
     alert: Option<Endpoint>,
-    agent: ureq::Agent,
+    /// GATE_TIMEOUT_MS: one delivery's deadline.
+    timeout: Duration,
     budget: Duration,
     failure_log: Option<Arc<FailureLog>>,
     host: String,
@@ -105,9 +106,8 @@ impl Outbox {
         failure_log: Option<Arc<FailureLog>>,
         host: String,
     ) -> Result<Outbox> {
-        let urls = [&gate, &alert].map(|e| e.as_ref().map_or("", |e| e.url.as_str()));
         Ok(Outbox {
-            agent: crate::http::agent(timeout, urls)?,
+            timeout,
             dir: dir.to_path_buf(),
             gate,
             alert,
@@ -212,7 +212,7 @@ impl Outbox {
     fn deliver(&self, endpoint: &Endpoint, stored: &Stored) -> Attempt {
         let mut backoff = Backoff::new(self.budget);
         loop {
-            let attempt = webhook::post(&self.agent, endpoint, &stored.id, &stored.body);
+            let attempt = webhook::post(endpoint, &stored.id, &stored.body, self.timeout);
             let Attempt::Retry { why, hint } = &attempt else {
                 if matches!(attempt, Attempt::Delivered) {
                     self.set_down(stored.target, false);

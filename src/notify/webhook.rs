@@ -77,37 +77,37 @@ pub(crate) fn is_loopback(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Sends one event body once.
-pub(crate) fn post(agent: &ureq::Agent, to: &Endpoint, id: &str, body: &str) -> Attempt {
+/// Sends one event body once, within `timeout`.
+pub(crate) fn post(to: &Endpoint, id: &str, body: &str, timeout: std::time::Duration) -> Attempt {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut req = agent
-        .post(&to.url)
-        .set("Content-Type", "application/json")
-        .set("User-Agent", crate::http::USER_AGENT)
-        .set("webhook-id", id)
-        .set("webhook-timestamp", &now.to_string());
+    let timestamp = now.to_string();
+    let mut headers = vec![
+        ("Content-Type", "application/json".to_string()),
+        ("webhook-id", id.to_string()),
+        ("webhook-timestamp", timestamp),
+    ];
     if let Some(token) = &to.token {
         // Never over plain http to another host: the settings check refuses that
         // at start, and this check keeps it true for any caller.
         if to.url.starts_with("https://") || is_loopback(&to.url) {
-            req = req.set("Authorization", &format!("Bearer {}", token.expose()));
+            headers.push(("Authorization", format!("Bearer {}", token.expose())));
         }
     }
     if let Some(key) = &to.key {
-        req = req.set("webhook-signature", &signature(key, id, now, body));
+        headers.push(("webhook-signature", signature(key, id, now, body)));
     }
-    match req.send_string(body) {
-        Ok(_) => Attempt::Delivered,
-        Err(ureq::Error::Status(code, resp)) if code == 408 || code == 429 || code >= 500 => {
-            Attempt::Retry {
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    match crate::http::post(&to.url, &headers, body.as_bytes(), timeout) {
+        Ok(resp) => match resp.status().as_u16() {
+            200..=299 => Attempt::Delivered,
+            code @ (408 | 429 | 500..) => Attempt::Retry {
                 why: format!("answered {code}"),
                 hint: crate::http::retry_after(&resp),
-            }
-        }
-        Err(ureq::Error::Status(code, _)) if (200..300).contains(&code) => Attempt::Delivered,
-        Err(ureq::Error::Status(code, _)) => Attempt::Permanent { status: code },
-        Err(ureq::Error::Transport(t)) => Attempt::Retry {
-            why: t.to_string(),
+            },
+            code => Attempt::Permanent { status: code },
+        },
+        Err(e) => Attempt::Retry {
+            why: e.to_string(),
             hint: None,
         },
     }

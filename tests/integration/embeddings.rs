@@ -289,6 +289,8 @@ fn the_watchdog_is_pinged_while_a_long_batch_moves_and_not_while_it_hangs() {
     });
     let mut env = embedding_env(&server);
     env.set("EMBED_BATCH", "1");
+    // One request at a time: the held one is then a silence of the whole batch.
+    env.set("EMBED_CONCURRENCY", "1");
     env.set("BATCH_MAX_AGE_SECS", "0");
     let sock_path = env.dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");

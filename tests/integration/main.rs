@@ -9,6 +9,7 @@ mod support;
 mod cache;
 mod cli;
 mod deps;
+mod embed_pace;
 mod embeddings;
 mod failover;
 mod gate;
