@@ -100,6 +100,62 @@ class Embeddings(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class Endpoint(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint as hosted ones behave: each answer takes
+    `latency`; above `cap` requests at once, or past `tpm` tokens in the last
+    minute, it answers 429 with Retry-After: 1. Usage counts a token per 4 bytes."""
+    protocol_version = "HTTP/1.1"
+    latency, cap, tpm = 0.3, 16, 0
+    lock = threading.Lock()
+    in_flight = peak = 0
+    ok = 0
+    refused = []  # monotonic times of 429s
+    sent = []  # (monotonic, tokens)
+    vector = json.dumps([round(((j * 37) % 97 + 1) / 100.0, 2) for j in range(384)])
+
+    @classmethod
+    def reset(cls, latency, cap, tpm=0):
+        cls.latency, cls.cap, cls.tpm = latency, cap, tpm
+        cls.in_flight = cls.peak = cls.ok = 0
+        cls.refused, cls.sent = [], []
+
+    def answer(self, status, body=b"", headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        inputs = body.get("input", [])
+        tokens = sum((len(t.encode()) + 3) // 4 for t in inputs)
+        now = time.monotonic()
+        cls = Endpoint
+        with cls.lock:
+            used = sum(n for t, n in cls.sent if now - t < 60) if cls.tpm else 0
+            refuse = cls.in_flight >= cls.cap or (cls.tpm and used + tokens > cls.tpm)
+            if refuse:
+                cls.refused.append(now)
+            else:
+                cls.in_flight += 1
+                cls.peak = max(cls.peak, cls.in_flight)
+                cls.sent.append((now, tokens))
+        if refuse:
+            return self.answer(429, b'{"error":{"message":"rate limited"}}', [("Retry-After", "1")])
+        time.sleep(cls.latency)
+        data = ",".join(f'{{"index":{i},"embedding":{cls.vector}}}' for i in range(len(inputs)))
+        out = f'{{"data":[{data}],"usage":{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}}}'.encode()
+        with cls.lock:
+            cls.in_flight -= 1
+            cls.ok += 1
+        self.answer(200, out, [("Content-Type", "application/json")])
+
+    def log_message(self, *args):
+        pass
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -186,11 +242,24 @@ class Bench:
             self.index_build(a)
             self.replace(a, source)
             self.embeddings(a)
+            self.embed_pace(a)
             self.latency(a)
             self.memory(a)
         finally:
             self.stop()
         self.report()
+
+    def pace_only(self):
+        self.setup()
+        try:
+            self.embed_pace(self.args)
+        finally:
+            self.stop()
+        text = "\n".join([f"# ragspool embeddings pace, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+                          f"{os.cpu_count()} CPUs"] + self.pace_lines()) + "\n"
+        print(text)
+        (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+        (ROOT / "bench" / "results" / "pace.md").write_text(text)
 
     def compare(self, a):
         """--compare OTHER: client CPU per row of this build and OTHER, alternating, on
@@ -371,6 +440,58 @@ class Bench:
             server.shutdown()
         self.embed = {"rows": rows, "first": first, "second": second}
 
+    def embed_pace(self, a):
+        """SPEC 13: rows/s ÷ what the endpoint can serve (cap × EMBED_BATCH ÷ latency
+        texts a second), for one large file and for many small ones, at a latency
+        of 300 ms and caps of 16 and 64, with EMBED_CONCURRENCY at the cap; then
+        at twice the cap over a load of a minute or more, with the 429s counted."""
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        big = self.generate("pace-big", 1, 8000, dim=0)
+        small = self.generate("pace-small", 8, 500, dim=0)
+        self.pace = []
+        try:
+            for cap in (16, 64):
+                for label, source, rows in (("1 file × 8,000 chunks", big, 8000),
+                                            ("8 files × 500 chunks", small, 4000)):
+                    self.pace.append(self.pace_row(url, source, rows, cap, cap, f"{label}, cap {cap}"))
+            texts_per_sec = 16 * 64 / 0.3
+            files = max(8, int(texts_per_sec * 75 / 2000) + 1)
+            long = self.generate("pace-long", files, 2000, dim=0)
+            self.pace.append(self.pace_row(url, long, files * 2000, 16, 32,
+                                           f"{files} files × 2,000 chunks, cap 16, EMBED_CONCURRENCY=32"))
+        finally:
+            server.shutdown()
+
+    def pace_row(self, url, source, rows, cap, concurrency, label, latency=0.3):
+        Endpoint.reset(latency, cap)
+        extra = dict(VECTOR, EMBED_BASE_URL=url, EMBED_MODEL="bench-model", EMBED_BATCH="64",
+                     EMBED_CONCURRENCY=str(concurrency), WORKERS="2", BATCH_MAX_BYTES=str(1 << 40))
+        self.use_db("benchpace", extra)
+        self.reset(source)
+        started = time.monotonic()
+        t, rss = timed([self.bin, "-q", "process"], self.env)
+        serves = cap * 64 / latency
+        late = [r for r in Endpoint.refused if r - started > 10]
+        answered = Endpoint.ok + len(Endpoint.refused)
+        return {"label": label, "rows": rows, "secs": t, "rate": rows / t, "ratio": rows / t / serves,
+                "peak": Endpoint.peak, "refused_late": len(late), "requests": answered,
+                "late_share": len(late) / max(1, answered), "rss": rss}
+
+    def pace_lines(self):
+        lines = [
+            "",
+            "| embeddings at the endpoint's pace (300 ms a request, EMBED_BATCH=64, WORKERS=2) | s | rows/s | "
+            "÷ what the endpoint serves | most in flight | 429s after 10 s | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in self.pace:
+            lines.append(f"| {r['label']} | {r['secs']:.1f} | {r['rate']:,.0f} | **{r['ratio']:.2f}** | {r['peak']} | "
+                         f"{r['refused_late']} of {r['requests']} ({100 * r['late_share']:.1f} %) | {r['rss']:.1f} |")
+        return lines
+
     def latency(self, a):
         Gate.arrivals = []
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gate)
@@ -490,6 +611,8 @@ class Bench:
             f"| second load, replace mode, every chunk unchanged (EMBED_REUSE) | "
             f"{self.embed['second']['rate']:,.0f} | {self.embed['second']['requests']} | {self.embed['second']['texts']:,} |",
             "",
+        ] + self.pace_lines() + [
+            "",
             "| latency, rename into incoming/ → gate.done received (BATCH_MAX_AGE_SECS=0) | ms |",
             "|---|---|",
             f"| p50 over {len(self.latency_ms)} single small files | {percentile(self.latency_ms, 50):.1f} |",
@@ -554,9 +677,13 @@ def main():
     p.add_argument("--latency-files", type=int, default=50)
     p.add_argument("--compare", metavar="OTHER_BINARY",
                    help="only compare client CPU per row of this build and OTHER_BINARY")
+    p.add_argument("--pace-only", action="store_true",
+                   help="only the embeddings-pace rows (bench/results/pace.md)")
     args = p.parse_args()
     if args.compare:
         Bench(args).compare(args)
+    elif args.pace_only:
+        Bench(args).pace_only()
     else:
         Bench(args).run()
 
