@@ -2,7 +2,8 @@
 //! connections the concurrent embeddings requests, the gate and the alerts reuse;
 //! native TLS verified against the system's trust store (no bundled roots); a
 //! timeout per request; our User-Agent; no redirects; every status returned as an
-//! answer for the caller to classify; and Retry-After parsing.
+//! answer for the caller to classify; no proxy taken from the environment; and
+//! Retry-After parsing.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -29,6 +30,9 @@ pub(crate) fn agent() -> ureq::Agent {
                 .build();
             ureq::Agent::config_builder()
                 .tls_config(tls)
+                // No proxy from HTTP_PROXY and the like: a token allowed over plain
+                // http only to loopback must not reach a proxy elsewhere.
+                .proxy(None)
                 .timeout_connect(Some(Duration::from_secs(10)))
                 .max_redirects(0)
                 .max_redirects_will_error(false)

@@ -111,7 +111,7 @@ impl OwnerBeat {
     fn start(spool: &Spool, tag: &BatchTag, every: std::time::Duration) -> OwnerBeat {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (spool, tag) = (spool.clone(), tag.clone());
-        let every = every.max(std::time::Duration::from_millis(500));
+        let every = every.max(std::time::Duration::from_millis(100));
         let thread = std::thread::Builder::new()
             .name("owner-beat".into())
             .spawn(move || {
@@ -222,7 +222,11 @@ impl Runner {
     /// Runs again every batch a crash left in processing/.
     pub(crate) fn recover(&self) -> Result<Vec<BatchReport>> {
         let mut reports = Vec::new();
-        for (tag, files, lock) in self.spool.in_flight(&self.owner)? {
+        let mut seen = std::collections::HashSet::new();
+        // One at a time, so that a batch taken over is owned (and its `.owner`
+        // refreshed) only while it runs; each at most once per call.
+        while let Some((tag, files, lock)) = self.spool.in_flight(&self.owner, &seen, 1)?.pop() {
+            seen.insert(tag.clone());
             if files.is_empty() {
                 // Every file settled; a crash may have come before gate.done.
                 let settled = if self.spool.done_queued(&tag) {
@@ -599,12 +603,15 @@ impl Runner {
                 }
                 return;
             };
-            let first = match prepared {
-                None => self.ingest.file(&mut client, tag, &file),
-                Some(p) => self.ingest.complete(&mut client, tag, &file, p),
+            // Only a failure of this worker's own connection is worth a second try
+            // here; the prefetch stage already spent RETRY_MAX_SECS on the endpoint.
+            let (first, own) = match prepared {
+                None => (self.ingest.file(&mut client, tag, &file), true),
+                Some(Err(e)) => (Err(e), false),
+                Some(Ok(p)) => (self.ingest.complete(&mut client, tag, &file, Ok(p)), true),
             };
             let result = first.or_else(|e| {
-                if e.class() != Class::TempFail {
+                if e.class() != Class::TempFail || !own {
                     return Err(e);
                 }
                 // The connection is suspect: reconnect (within the retry budget) and try

@@ -353,18 +353,33 @@ impl Spool {
     /// Batches a crash left in processing/, with their files, locked for the
     /// caller and recorded as its own; batches a live claimer still holds are
     /// left alone (see [`Owner`]).
-    pub(crate) fn in_flight(&self, owner: &Owner) -> Result<Vec<InFlight>> {
+    /// At most `max` of them, leaving out those in `skip`.
+    pub(crate) fn in_flight(
+        &self,
+        owner: &Owner,
+        skip: &std::collections::HashSet<BatchTag>,
+        max: usize,
+    ) -> Result<Vec<InFlight>> {
         let processing = self.dir("processing");
         let mut batches = Vec::new();
-        let entries = fs::read_dir(&processing)
+        let mut entries: Vec<fs::DirEntry> = fs::read_dir(&processing)
+            .with_context(|| format!("cannot list `{}`", processing.display()))?
+            .collect::<std::io::Result<_>>()
             .with_context(|| format!("cannot list `{}`", processing.display()))?;
+        // Oldest batch first (tags sort by time).
+        entries.sort_by_key(|e| e.file_name());
         for entry in entries {
-            let entry = entry.with_context(|| format!("cannot list `{}`", processing.display()))?;
+            if batches.len() >= max {
+                break;
+            }
             let name = entry.file_name();
             let Some(tag) = name.to_str().and_then(BatchTag::parse) else {
                 self.clear_staging(&name);
                 continue;
             };
+            if skip.contains(&tag) {
+                continue;
+            }
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
@@ -410,13 +425,23 @@ impl Spool {
     }
 
     /// Removes a batch directory whose claimer died before it got its tag (it holds
-    /// nothing but its `.owner`: files move in only after the rename).
+    /// nothing but its `.owner`: files move in only after the rename). Only one a
+    /// minute old: a claimer renames its own within milliseconds, also on another
+    /// host whose flock this one does not see.
     fn clear_staging(&self, name: &OsStr) {
         let Some(name) = name.to_str() else { return };
         if !(name.starts_with('.') && name.ends_with(STAGING_SUFFIX)) {
             return;
         }
         let dir = self.dir("processing").join(name);
+        let old = fs::symlink_metadata(&dir)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .is_some_and(|age| age >= Duration::from_secs(60));
+        if !old {
+            return;
+        }
         if let Ok(Some(_lock)) = BatchLock::try_take(&dir) {
             let _ = fs::remove_file(dir.join(OWNER_FILE));
             let _ = fs::remove_file(dir.join(format!(".{OWNER_FILE}.tmp")));
@@ -720,13 +745,23 @@ mod tests {
         // A second claimer of the same listing gets nothing.
         assert!(spool.claim(&BatchTag::new()?, &waiting, &me)?.0.is_empty());
         // Recovery leaves a batch alone while its owner holds the lock.
-        assert_eq!(spool.in_flight(&me)?.len(), 0);
+        assert_eq!(
+            spool.in_flight(&me, &Default::default(), usize::MAX)?.len(),
+            0
+        );
         drop(lock);
-        assert_eq!(spool.in_flight(&me)?.len(), 1);
+        assert_eq!(
+            spool.in_flight(&me, &Default::default(), usize::MAX)?.len(),
+            1
+        );
         spool.archive(&tag, &claimed[0], "2026-01-02")?;
         spool.fail(&tag, &claimed[1], "{}")?;
         spool.forget(&tag);
-        assert!(spool.in_flight(&me)?.is_empty());
+        assert!(
+            spool
+                .in_flight(&me, &Default::default(), usize::MAX)?
+                .is_empty()
+        );
         assert!(
             spool
                 .dir("archive")
@@ -754,20 +789,29 @@ mod tests {
         // The flock is free (a filesystem whose locks the other host does not
         // share), but its claimer refreshed `.owner` just now.
         drop(lock);
-        assert!(spool.in_flight(&owner("here"))?.is_empty());
+        assert!(
+            spool
+                .in_flight(&owner("here"), &Default::default(), usize::MAX)?
+                .is_empty()
+        );
         let record = spool.dir("processing").join(tag.as_str()).join(OWNER_FILE);
         let old = SystemTime::now() - Duration::from_secs(16);
         OpenOptions::new()
             .write(true)
             .open(&record)?
             .set_modified(old)?;
-        let taken = spool.in_flight(&owner("here"))?;
+        let taken = spool.in_flight(&owner("here"), &Default::default(), usize::MAX)?;
         assert_eq!(taken.len(), 1);
         // Taken over: the record now names this host.
         assert!(fs::read_to_string(&record)?.starts_with("here "));
         drop(taken);
         // A claimer of this host whose flock is free has gone, however fresh.
-        assert_eq!(spool.in_flight(&owner("here"))?.len(), 1);
+        assert_eq!(
+            spool
+                .in_flight(&owner("here"), &Default::default(), usize::MAX)?
+                .len(),
+            1
+        );
         Ok(())
     }
 
@@ -790,7 +834,11 @@ mod tests {
                 }
             })
         };
-        let outcome = (0..2000).try_for_each(|_| spool.in_flight(&owner("here")).map(drop));
+        let outcome = (0..2000).try_for_each(|_| {
+            spool
+                .in_flight(&owner("here"), &Default::default(), usize::MAX)
+                .map(drop)
+        });
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = churn.join();
         outcome
@@ -804,7 +852,20 @@ mod tests {
             .join(format!(".{}{STAGING_SUFFIX}", BatchTag::new()?));
         make_dir(&staging)?;
         fs::write(staging.join(OWNER_FILE), "here 1\n")?;
-        assert!(spool.in_flight(&owner("here"))?.is_empty());
+        // A claimer's own, a moment old, is left for it to rename.
+        assert!(
+            spool
+                .in_flight(&owner("here"), &Default::default(), usize::MAX)?
+                .is_empty()
+        );
+        assert!(staging.exists());
+        let old = SystemTime::now() - Duration::from_secs(61);
+        File::open(&staging)?.set_modified(old)?;
+        assert!(
+            spool
+                .in_flight(&owner("here"), &Default::default(), usize::MAX)?
+                .is_empty()
+        );
         assert!(!staging.exists());
         Ok(())
     }

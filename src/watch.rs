@@ -292,7 +292,11 @@ impl Watcher<'_> {
         let Action::Ingest(runner) = &self.action else {
             return;
         };
-        if self.last_orphan_scan.elapsed() < self.orphan_scan_every() {
+        // A batch of our own that an outage left waits for the back-off, not for
+        // the next scan.
+        if self.last_orphan_scan.elapsed() < self.orphan_scan_every()
+            || self.next_retry.is_some_and(|t| Instant::now() < t)
+        {
             return;
         }
         self.last_orphan_scan = Instant::now();

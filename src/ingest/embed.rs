@@ -1,9 +1,11 @@
 //! Embeddings for records that arrive without one (SPEC §12, §13): OpenAI-compatible
 //! `POST {EMBED_BASE_URL}/embeddings` in requests of at most EMBED_BATCH texts and
-//! EMBED_BATCH_BYTES bytes. A file's requests go out concurrently, as many as the
-//! process's shared pace allows (see `pace.rs`), and their answers are handed back
-//! in record order; each is retried within RETRY_MAX_SECS; a request the endpoint
-//! refuses is split in halves until the one offending text is found.
+//! EMBED_BATCH_BYTES bytes. One pool of EMBED_CONCURRENCY threads sends the
+//! requests of every file of the process, earliest-claimed file first, as the
+//! shared pace allows (see `pace.rs`); a file queues its requests while it reads
+//! on, and takes the answers back in record order ([`Fetch`]). Each request is
+//! retried within RETRY_MAX_SECS; a request the endpoint refuses is split in halves
+//! until the one offending text is found.
 
 use crate::backoff::Backoff;
 use crate::config::EmbedSettings;
@@ -11,10 +13,10 @@ use crate::error::Error;
 use crate::ingest::pace::{Pace, Permit};
 use crate::redact::Secret;
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 /// What an embedding request can end in, besides vectors.
 #[derive(Debug)]
@@ -45,6 +47,7 @@ pub(crate) struct Embedder {
     batch_bytes: usize,
     reuse: bool,
     pace: Arc<Pace>,
+    pool: Arc<Pool>,
 }
 
 /// What the requests of one file's texts cost and what they were answered.
@@ -79,6 +82,7 @@ impl Embedder {
                 settings.max_rps,
                 settings.max_tpm,
             )),
+            pool: Arc::new(Pool::default()),
         }
     }
 
@@ -117,46 +121,19 @@ impl Embedder {
         groups
     }
 
-    /// The vectors of `texts`, request by request (see [`Embedder::groups`]): up to
-    /// EMBED_CONCURRENCY requests in flight (as the shared pace allows), each
-    /// group's vectors handed to `take` in order. At most twice the concurrency's
-    /// worth of groups are fetched ahead of what `take` has taken, so the answers
-    /// held here stay bounded. Stops at the first group (in order) that fails.
-    pub(crate) fn embed_all<E: From<EmbedError>>(
-        &self,
-        texts: &[&str],
-        spent: &Spent,
-        mut take: impl FnMut(Range<usize>, Vec<Vec<f32>>) -> std::result::Result<(), E>,
-    ) -> std::result::Result<(), E> {
-        let groups = self.groups(texts);
-        let ahead = 2 * self.pace.limit().max(1);
-        let order = Order::new(ahead, &self.pace);
-        let threads = groups.len().min(self.pace.limit().max(1));
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|| {
-                    while let Some(g) = order.next_start(groups.len()) {
-                        let group = groups[g].clone();
-                        let got = self
-                            .embed(&texts[group.clone()], spent)
-                            .map_err(|e| match e {
-                                EmbedError::Rejected { index, message } => EmbedError::Rejected {
-                                    index: index + group.start,
-                                    message,
-                                },
-                                other => other,
-                            });
-                        order.finish(g, got);
-                    }
-                });
-            }
-            let outcome = (0..groups.len()).try_for_each(|g| {
-                let vectors = order.wait(g).map_err(E::from)?;
-                take(groups[g].clone(), vectors)
-            });
-            order.stop();
-            outcome
-        })
+    /// A file's requests, queued as it reads and answered in order (see [`Fetch`]).
+    /// `seq` (its claim sequence) sets its place in the pool's queue: the
+    /// earliest-claimed file's requests go first, so that files finish fetching one
+    /// after another and their COPY overlaps the fetching of the next.
+    pub(crate) fn fetch(&self, seq: i64, spent: Arc<Spent>) -> Fetch<'_> {
+        self.pool.start(self);
+        Fetch {
+            embedder: self,
+            seq,
+            spent,
+            next: 0,
+            waiting: VecDeque::new(),
+        }
     }
 
     /// One vector per text, in order; a refused request is split until the
@@ -277,7 +254,7 @@ impl Embedder {
             )),
             429 | 503 => {
                 let hint = crate::http::retry_after(&resp);
-                permit.throttled(hint);
+                permit.throttled(hint, self.budget);
                 Ok(Err((format!("answered {code}"), hint)))
             }
             _ => Ok(Err((
@@ -316,6 +293,11 @@ impl Embedder {
             return Err(format!("answered {} vectors for {n} texts", data.len()));
         }
         data.sort_by_key(|(i, _)| *i);
+        // Each text's vector exactly once: an index repeated or out of range would
+        // put a vector on another record's row.
+        if data.iter().enumerate().any(|(at, (i, _))| *i != at) {
+            return Err("answered vectors whose indexes are not 0 to n - 1, each once".into());
+        }
         let want = self.dim.or_else(|| data.first().map(|(_, v)| v.len()));
         if let Some((_, v)) = data.iter().find(|(_, v)| Some(v.len()) != want) {
             return Err(match self.dim {
@@ -344,95 +326,191 @@ impl Embedder {
 /// The largest answer read (EMBED_BATCH texts of 4,096 dimensions as JSON fit).
 const ANSWER_LIMIT: u64 = 1 << 30;
 
-/// The groups of one file in flight: which to start next, and the answers that
-/// came back before the ones ahead of them were taken. Each started group holds
-/// one of the process's places (see [`Pace::hold`]) until its answer is taken.
-struct Order<'p> {
-    state: Mutex<OrderState>,
-    changed: Condvar,
-    ahead: usize,
-    pace: &'p Pace,
+/// An answer of one request: its vectors, or why there are none.
+pub(crate) type Got = std::result::Result<Vec<Vec<f32>>, EmbedError>;
+
+/// Where a request's answer lands for its file to take.
+#[derive(Default)]
+struct Slot {
+    got: Mutex<Option<Got>>,
 }
 
-type Got = std::result::Result<Vec<Vec<f32>>, EmbedError>;
-
-struct OrderState {
-    next: usize,
-    taken: usize,
-    stopped: bool,
-    done: BTreeMap<usize, Got>,
+/// One queued request: its texts (owned, so that its file reads on), its file's
+/// claim sequence and its place among the file's requests.
+struct Job {
+    seq: i64,
+    group: usize,
+    texts: Vec<String>,
+    spent: Arc<Spent>,
+    slot: Arc<Slot>,
 }
 
-impl<'p> Order<'p> {
-    fn new(ahead: usize, pace: &'p Pace) -> Order<'p> {
-        Order {
-            pace,
-            state: Mutex::new(OrderState {
-                next: 0,
-                taken: 0,
-                stopped: false,
-                done: BTreeMap::new(),
-            }),
-            changed: Condvar::new(),
-            ahead,
-        }
+impl PartialEq for Job {
+    fn eq(&self, other: &Job) -> bool {
+        (self.seq, self.group) == (other.seq, other.group)
+    }
+}
+
+impl Eq for Job {}
+
+impl PartialOrd for Job {
+    fn partial_cmp(&self, other: &Job) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Job {
+    /// The max-heap pops the earliest-claimed file's first request.
+    fn cmp(&self, other: &Job) -> std::cmp::Ordering {
+        (other.seq, other.group).cmp(&(self.seq, self.group))
+    }
+}
+
+/// The process's request threads (EMBED_CONCURRENCY of them, started with the
+/// first file that needs one) and their queue.
+#[derive(Default)]
+struct Pool {
+    jobs: Mutex<BinaryHeap<Job>>,
+    queued: Condvar,
+    started: OnceLock<()>,
+}
+
+impl Pool {
+    fn start(&self, embedder: &Embedder) {
+        self.started.get_or_init(|| {
+            for n in 0..embedder.pace.max() {
+                let e = embedder.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("embed-{n}"))
+                    .spawn(move || e.pool.serve(&e));
+                if let Err(err) = spawned {
+                    log::warn!("cannot start an embeddings request thread: {err}");
+                }
+            }
+        });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, OrderState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The next group to request, once it is within `ahead` of the last taken;
-    /// `None` when all are started or the file stopped.
-    fn next_start(&self, len: usize) -> Option<usize> {
-        self.pace.hold();
-        let mut s = self.lock();
+    fn serve(&self, embedder: &Embedder) {
         loop {
-            if s.stopped || s.next >= len {
-                drop(s);
-                self.pace.release();
-                return None;
-            }
-            if s.next < s.taken + self.ahead {
-                s.next += 1;
-                return Some(s.next - 1);
-            }
-            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            let job = {
+                let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    if let Some(job) = jobs.pop() {
+                        break job;
+                    }
+                    jobs = self.queued.wait(jobs).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
+            let got = embedder.embed(&texts, &job.spent);
+            *job.slot.got.lock().unwrap_or_else(|p| p.into_inner()) = Some(got);
+            embedder.pace.answered();
         }
     }
 
-    fn finish(&self, g: usize, got: Got) {
-        let mut s = self.lock();
-        if s.stopped {
-            self.pace.release();
+    fn push(&self, job: Job) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(job);
+        self.queued.notify_one();
+    }
+}
+
+/// One file's requests: queued in order as the file is read, answers taken back
+/// in the same order. At most 2 × EMBED_CONCURRENCY requests of the whole process
+/// are queued, in flight or answered and not yet taken (see [`Pace::hold`]), so
+/// the answers and texts held here stay bounded whatever the file's size.
+pub(crate) struct Fetch<'e> {
+    embedder: &'e Embedder,
+    seq: i64,
+    spent: Arc<Spent>,
+    next: usize,
+    waiting: VecDeque<Arc<Slot>>,
+}
+
+impl Fetch<'_> {
+    /// Queues a request for `texts`, once a place is free; meanwhile hands the
+    /// answers that are back, in order, to `take`.
+    pub(crate) fn submit<E: From<EmbedError>>(
+        &mut self,
+        texts: Vec<String>,
+        take: &mut impl FnMut(Vec<Vec<f32>>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        loop {
+            self.take_ready(take)?;
+            if self.embedder.pace.try_hold() {
+                break;
+            }
+            // Places are freed by answers taken, this file's or another's: look
+            // again shortly (the oldest of ours may be back by then).
+            self.embedder.pace.wait_answer(Duration::from_millis(5));
+        }
+        let slot = Arc::new(Slot::default());
+        self.embedder.pool.push(Job {
+            seq: self.seq,
+            group: self.next,
+            texts,
+            spent: self.spent.clone(),
+            slot: slot.clone(),
+        });
+        self.next += 1;
+        self.waiting.push_back(slot);
+        Ok(())
+    }
+
+    /// Hands every remaining answer, in order, to `take`.
+    pub(crate) fn finish<E: From<EmbedError>>(
+        &mut self,
+        take: &mut impl FnMut(Vec<Vec<f32>>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        while !self.waiting.is_empty() {
+            self.take_ready(take)?;
+            if !self.waiting.is_empty() {
+                self.embedder.pace.wait_answer(Duration::from_millis(5));
+            }
+        }
+        Ok(())
+    }
+
+    /// The answers at the front that are back, in order.
+    fn take_ready<E: From<EmbedError>>(
+        &mut self,
+        take: &mut impl FnMut(Vec<Vec<f32>>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        while let Some(front) = self.waiting.front() {
+            let Some(got) = front.got.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+                return Ok(());
+            };
+            self.waiting.pop_front();
+            self.embedder.pace.release();
+            take(got?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Fetch<'_> {
+    /// A file that stopped (at a bad record, in an outage) gives up its requests:
+    /// those still queued leave the queue, those in flight are left to end (their
+    /// answers go nowhere), and every place of this file is given back.
+    fn drop(&mut self) {
+        if self.waiting.is_empty() {
             return;
         }
-        s.done.insert(g, got);
-        self.changed.notify_all();
-    }
-
-    /// Waits for group `g`'s answer.
-    fn wait(&self, g: usize) -> Got {
-        let mut s = self.lock();
-        loop {
-            if let Some(got) = s.done.remove(&g) {
-                s.taken = g + 1;
-                self.pace.release();
-                self.changed.notify_all();
-                return got;
-            }
-            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        {
+            let mut jobs = self
+                .embedder
+                .pool
+                .jobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let waiting = &self.waiting;
+            jobs.retain(|j| !waiting.iter().any(|w| Arc::ptr_eq(w, &j.slot)));
         }
-    }
-
-    /// No more groups start (the file failed, or all were taken).
-    fn stop(&self) {
-        let mut s = self.lock();
-        s.stopped = true;
-        for _ in std::mem::take(&mut s.done) {
-            self.pace.release();
+        for _ in self.waiting.drain(..) {
+            self.embedder.pace.release();
         }
-        self.changed.notify_all();
     }
 }
 

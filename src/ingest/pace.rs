@@ -100,15 +100,16 @@ impl Pace {
                 None => break,
                 Some(None) => s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
                 Some(Some(d)) => {
+                    // In slices of a second, each a beat: a bounded wait for the
+                    // endpoint (a Retry-After, the rate caps) is not a hang.
                     s = self
                         .changed
-                        .wait_timeout(s, d)
+                        .wait_timeout(s, d.min(Duration::from_secs(1)))
                         .map(|(g, _)| g)
-                        .unwrap_or_else(|p| p.into_inner().0)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                    crate::heartbeat::beat();
                 }
             }
-            // A long wait for the endpoint is not a hang (see heartbeat).
-            crate::heartbeat::beat();
         }
         let now = Instant::now();
         s.in_flight += 1;
@@ -159,22 +160,36 @@ impl Pace {
         None
     }
 
-    /// Waits for one of the process's 2 × EMBED_CONCURRENCY places for a request
-    /// whose answer is not yet taken: in flight, or back before the answers ahead
-    /// of it in its file. Bounds the answers that the files fetching at once hold.
-    pub(crate) fn hold(&self) {
+    /// Takes one of the process's 2 × EMBED_CONCURRENCY places for a request
+    /// whose answer is not yet taken: queued, in flight, or back before the answers
+    /// ahead of it in its file; false when none is free. Bounds the texts and
+    /// answers that the files fetching at once hold.
+    pub(crate) fn try_hold(&self) -> bool {
         let mut s = self.lock();
-        while s.held >= 2 * self.max {
-            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        if s.held >= 2 * self.max {
+            return false;
         }
         s.held += 1;
+        true
     }
 
-    /// Gives a place of [`Pace::hold`] back.
+    /// Gives a place of [`Pace::try_hold`] back.
     pub(crate) fn release(&self) {
         let mut s = self.lock();
         s.held = s.held.saturating_sub(1);
         self.changed.notify_all();
+    }
+
+    /// Wakes the files waiting for an answer or a place.
+    pub(crate) fn answered(&self) {
+        let _s = self.lock();
+        self.changed.notify_all();
+    }
+
+    /// Waits up to `d` for an answer, a place or a slot to come free.
+    pub(crate) fn wait_answer(&self, d: Duration) {
+        let s = self.lock();
+        let _ = self.changed.wait_timeout(s, d);
     }
 
     /// EMBED_CONCURRENCY.
@@ -183,6 +198,7 @@ impl Pace {
     }
 
     /// The concurrency in effect.
+    #[cfg(test)]
     pub(crate) fn limit(&self) -> usize {
         self.lock().limit as usize
     }
@@ -207,15 +223,16 @@ impl Permit<'_> {
     }
 
     /// The endpoint answered 429 or 503: every request pauses for `retry_after` (1 s
-    /// when absent), and the concurrency in effect is cut once for this episode.
-    pub(crate) fn throttled(mut self, retry_after: Option<Duration>) {
+    /// when absent; never beyond `budget`, RETRY_MAX_SECS, past which the request
+    /// gives up anyway), and the concurrency in effect is cut once for this episode.
+    pub(crate) fn throttled(mut self, retry_after: Option<Duration>, budget: Duration) {
         let pace = self.pace;
         let mut s = pace.lock();
         if self.epoch == s.epoch {
             s.limit = (s.limit * CUT).max(1.0);
             s.epoch += 1;
         }
-        let until = Instant::now() + retry_after.unwrap_or(DEFAULT_PAUSE);
+        let until = Instant::now() + retry_after.unwrap_or(DEFAULT_PAUSE).min(budget);
         s.paused_until = s.paused_until.max(until);
         self.end(&mut s);
     }
@@ -251,9 +268,9 @@ mod tests {
         let pace = Pace::new(20, 0, 0);
         let a = pace.acquire(1);
         let b = pace.acquire(1);
-        a.throttled(Some(Duration::ZERO));
+        a.throttled(Some(Duration::ZERO), Duration::from_secs(1));
         // b was sent before the cut: its refusal says nothing new.
-        b.throttled(Some(Duration::ZERO));
+        b.throttled(Some(Duration::ZERO), Duration::from_secs(1));
         assert_eq!(pace.limit(), 18);
         for _ in 0..(16 * 19) {
             pace.acquire(1).succeeded(None);

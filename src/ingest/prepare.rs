@@ -117,7 +117,7 @@ impl Ingest {
                 .map(Prepared::Ended);
         }
         let ingest_time = crate::clock::now_micros();
-        let vectors = match self.prefetch(conn, &key, bytes, &file.path)? {
+        let vectors = match self.prefetch(conn, &key, bytes, &file.path, file.seq)? {
             Ok(v) => v,
             Err(bad) => {
                 return self
@@ -206,13 +206,15 @@ impl Ingest {
         key: &FileKey<'_>,
         bytes: &mut FileBytes<'_>,
         path: &std::path::Path,
+        seq: i64,
     ) -> Result<std::result::Result<Option<vectors::Vectors>, BadFile>> {
         let Some(embedder) = &self.embedder else {
             return Ok(Ok(None));
         };
         let reuse = embedder.reuse() && self.names.storage.doc_mode == DocMode::Replace;
-        let spent = Spent::default();
+        let spent = std::sync::Arc::new(Spent::default());
         let input = vectors::FileInput {
+            seq,
             embed_dim: self.embed_dim,
             reuse,
             path,

@@ -14,10 +14,11 @@ use crate::ingest::embed::{EmbedError, Embedder, Spent};
 use crate::ingest::window::FileBytes;
 use crate::schema::Names;
 use postgres::types::{FromSql, Type};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Vectors kept in memory, across every file of the process, before the rest
 /// spill to disk: prepared files wait for a worker with their vectors.
@@ -140,6 +141,8 @@ impl Drop for Vectors {
 /// The file whose vectors are prefetched.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FileInput<'a> {
+    /// Its claim sequence (its requests' place in the process's queue).
+    pub(crate) seq: i64,
     /// EMBED_DIM.
     pub(crate) embed_dim: Option<usize>,
     /// Whether vectors of rows it replaces may be reused.
@@ -189,16 +192,17 @@ impl<'a> FromSql<'a> for Stored {
 
 /// Obtains the vectors of every record of `bytes` that lacks one, in record order:
 /// reused from rows of its documents with byte-identical content and the same
-/// model (`reuse`: replace mode with EMBED_REUSE), else fetched. `spent` counts the
-/// tokens and the endpoint faults (for the file's attempts). A large file goes
-/// window by window.
+/// model (`reuse`: replace mode with EMBED_REUSE), else fetched. The requests are
+/// queued as the file is read, window by window, and their answers taken back in
+/// order while it goes on (see [`crate::ingest::embed::Fetch`]); `spent` counts the
+/// tokens and the endpoint faults (for the file's attempts).
 pub(crate) fn prefetch(
     conn: &impl Conn,
     names: &Names,
     embedder: &Embedder,
     bytes: &mut FileBytes<'_>,
     file: &FileInput<'_>,
-    spent: &Spent,
+    spent: &Arc<Spent>,
 ) -> std::result::Result<Vectors, Prefetch> {
     let name = file
         .path
@@ -206,21 +210,49 @@ pub(crate) fn prefetch(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut out = Vectors::new(file.path.with_file_name(format!(".{name}.vectors")));
-    let window = Window {
-        names,
-        embedder,
-        reuse: file.reuse,
+    let mut plan = Plan {
+        entries: VecDeque::new(),
+        answers: VecDeque::new(),
+        needs_direction: names.storage.needs_direction(),
     };
-    bytes.records(file.embed_dim, |records| {
+    let mut fetch = embedder.fetch(file.seq, spent.clone());
+    let read = bytes.records(file.embed_dim, |records| {
         let mut pending: Vec<(u64, &str, &str)> = Vec::new();
         while let Some(record) = records.next_indexed() {
-            let (index, record) = record.map_err(|e| Prefetch::Bad(e.into()))?;
+            let (index, record) = record.map_err(|e| Refused::Prefetch(Prefetch::Bad(e.into())))?;
             if !record.delete && record.embedding.is_none() {
                 pending.push((index, record.doc_id, record.content));
             }
         }
-        window.vectors(conn, &pending, &mut out, spent)
-    })?;
+        let known = if file.reuse && !pending.is_empty() {
+            conn.with(|c| reusable(c, names, embedder.model(), &pending))
+                .map_err(|e| Refused::Prefetch(Prefetch::Stop(e)))?
+        } else {
+            HashMap::new()
+        };
+        let mut texts = Vec::new();
+        for (index, doc, content) in &pending {
+            // Content is hashed only when some row could give a vector.
+            let hit = (!known.is_empty())
+                .then(|| known.get(&key(doc, content)))
+                .flatten();
+            match hit {
+                Some(v) => plan.entries.push_back(Entry::Reused(*index, v.clone())),
+                None => {
+                    plan.entries.push_back(Entry::Fetched(*index));
+                    texts.push(*content);
+                }
+            }
+        }
+        for group in embedder.groups(&texts) {
+            let owned = texts[group].iter().map(|t| t.to_string()).collect();
+            fetch.submit(owned, &mut |v| plan.take(&mut out, v))?;
+        }
+        plan.drain(&mut out)
+    });
+    read.and_then(|()| fetch.finish(&mut |v| plan.take(&mut out, v)))
+        .and_then(|()| plan.drain(&mut out))
+        .map_err(|r| plan.refused(r))?;
     out.rewind()?;
     Ok(out)
 }
@@ -228,107 +260,97 @@ pub(crate) fn prefetch(
 const ZERO_ANSWER: &str =
     "the embeddings endpoint answered an all-zero vector, which has no cosine distance";
 
-/// What one window's pending chunks need to get their vectors.
-struct Window<'a> {
-    names: &'a Names,
-    embedder: &'a Embedder,
-    reuse: bool,
+/// A record whose vector the file needs, in record order.
+enum Entry {
+    /// Reused from a row the file replaces.
+    Reused(u64, Vec<f32>),
+    /// Fetched: the next vector of the answers, in order.
+    Fetched(u64),
 }
 
-impl Window<'_> {
-    /// Appends to `out` the vectors of `pending` (record index, doc_id, content), in
-    /// order: reused or fetched.
-    fn vectors(
-        &self,
-        conn: &impl Conn,
-        pending: &[(u64, &str, &str)],
+/// The records of a file still to get their vectors into [`Vectors`], and the
+/// fetched vectors that came back for them.
+struct Plan {
+    entries: VecDeque<Entry>,
+    answers: VecDeque<Vec<f32>>,
+    needs_direction: bool,
+}
+
+impl Plan {
+    /// One request's vectors, back in order.
+    fn take(
+        &mut self,
         out: &mut Vectors,
-        spent: &Spent,
-    ) -> std::result::Result<(), Prefetch> {
-        let Window {
-            names,
-            embedder,
-            reuse,
-        } = *self;
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let known = if reuse {
-            conn.with(|c| reusable(c, names, embedder.model(), pending))?
-        } else {
-            HashMap::new()
-        };
-        // The vector each pending chunk can keep; content is hashed only when some
-        // row could give one.
-        let reused: Vec<Option<&Vec<f32>>> = if known.is_empty() {
-            vec![None; pending.len()]
-        } else {
-            pending
-                .iter()
-                .map(|(_, doc, content)| known.get(&key(doc, content)))
-                .collect()
-        };
-        let fetch: Vec<usize> = (0..pending.len())
-            .filter(|i| reused[*i].is_none())
-            .collect();
-        let texts: Vec<&str> = fetch.iter().map(|i| pending[*i].2).collect();
-        let bad = |index: u64, message: String| {
-            Prefetch::Bad(BadFile {
-                record_index: Some(index),
-                ..BadFile::new(Reason::Failed, message)
-            })
-        };
-        let keep = |out: &mut Vectors, index: u64, v: &[f32]| {
-            if names.storage.needs_direction() && v.iter().all(|x| *x == 0.0) {
-                return Err(bad(index, ZERO_ANSWER.into()));
+        vectors: Vec<Vec<f32>>,
+    ) -> std::result::Result<(), Refused> {
+        self.answers.extend(vectors);
+        self.drain(out)
+    }
+
+    /// Moves to `out` every entry at the front whose vector is at hand.
+    fn drain(&mut self, out: &mut Vectors) -> std::result::Result<(), Refused> {
+        loop {
+            let waiting =
+                matches!(self.entries.front(), Some(Entry::Fetched(_))) && self.answers.is_empty();
+            if waiting {
+                return Ok(());
             }
-            out.push(v).map_err(Prefetch::Stop)
-        };
-        // Vectors go to `out` in record order as the requests' answers are handed
-        // over in order, so that no more than a bounded number of answers is held
-        // beside what `out` bounds (see Embedder::embed_all).
-        let mut cursor = 0;
-        let mut next_fetch = 0;
-        let take_reused = |out: &mut Vectors, cursor: usize| {
-            out.reused += 1;
-            keep(
-                out,
-                pending[cursor].0,
-                reused[cursor].map_or(&[], Vec::as_slice),
-            )
-        };
-        let refused = |e: EmbedError| match e {
-            EmbedError::Rejected { index, message } => bad(pending[fetch[index]].0, message),
-            EmbedError::Unavailable(e) => Prefetch::Stop(e),
-        };
-        embedder
-            .embed_all(&texts, spent, |_, vectors| {
-                for v in vectors {
-                    while cursor < fetch[next_fetch] {
-                        take_reused(out, cursor)?;
-                        cursor += 1;
-                    }
-                    out.fetched += 1;
-                    keep(out, pending[cursor].0, &v)?;
-                    cursor += 1;
-                    next_fetch += 1;
+            let (index, v, reused) = match self.entries.pop_front() {
+                None => return Ok(()),
+                Some(Entry::Reused(index, v)) => (index, v, true),
+                Some(Entry::Fetched(index)) => {
+                    (index, self.answers.pop_front().unwrap_or_default(), false)
                 }
-                Ok::<(), Refused>(())
-            })
-            .map_err(|r| match r {
-                Refused::Embed(e) => refused(e),
-                Refused::Prefetch(p) => p,
-            })?;
-        while cursor < pending.len() {
-            take_reused(out, cursor)?;
-            cursor += 1;
+            };
+            if self.needs_direction && v.iter().all(|x| *x == 0.0) {
+                return Err(Refused::Prefetch(bad(index, ZERO_ANSWER.into())));
+            }
+            out.push(&v)
+                .map_err(|e| Refused::Prefetch(Prefetch::Stop(e)))?;
+            if reused {
+                out.reused += 1;
+            } else {
+                out.fetched += 1;
+            }
         }
-        Ok(())
+    }
+
+    /// Why the file stops: a refused text is named by its record, which is the
+    /// refused request's `index`-th text still waiting for a vector.
+    fn refused(&self, r: Refused) -> Prefetch {
+        match r {
+            Refused::Prefetch(p) => p,
+            Refused::Embed(EmbedError::Unavailable(e)) => Prefetch::Stop(e),
+            Refused::Embed(EmbedError::Rejected { index, message }) => {
+                let record = self
+                    .entries
+                    .iter()
+                    .filter_map(|e| match e {
+                        Entry::Fetched(i) => Some(*i),
+                        Entry::Reused(..) => None,
+                    })
+                    .nth(self.answers.len() + index);
+                match record {
+                    Some(i) => bad(i, message),
+                    None => Prefetch::Stop(Error::failed(format!(
+                        "a refused text is not among the file's records: {message}"
+                    ))),
+                }
+            }
+        }
     }
 }
 
-/// Why a file's requests stopped: the endpoint's, or the file's own (a vector
-/// that cannot be kept).
+/// The file fails for record `index`.
+fn bad(index: u64, message: String) -> Prefetch {
+    Prefetch::Bad(BadFile {
+        record_index: Some(index),
+        ..BadFile::new(Reason::Failed, message)
+    })
+}
+
+/// Why a file's requests stopped: the endpoint's, or the file's own (a record or
+/// a vector that cannot be kept).
 enum Refused {
     Embed(EmbedError),
     Prefetch(Prefetch),
@@ -340,9 +362,9 @@ impl From<EmbedError> for Refused {
     }
 }
 
-impl From<Prefetch> for Refused {
-    fn from(p: Prefetch) -> Refused {
-        Refused::Prefetch(p)
+impl From<Error> for Refused {
+    fn from(e: Error) -> Refused {
+        Refused::Prefetch(Prefetch::Stop(e))
     }
 }
 

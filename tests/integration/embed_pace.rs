@@ -99,7 +99,10 @@ fn one_files_requests_go_out_at_once_up_to_embed_concurrency() {
     env.set("EMBED_BATCH", "2");
     env.set("EMBED_CONCURRENCY", "8");
     env.set("WORKERS", "1");
-    env.set("METRICS_FILE", env.dir.path().join("metrics.prom").display().to_string());
+    env.set(
+        "METRICS_FILE",
+        env.dir.path().join("metrics.prom").display().to_string(),
+    );
     env.ready();
     drop_file(&env, "big.msgpack", &chunks("big", &contents("big", 60)));
     env.run(&["process"]).output().code(0);
@@ -115,7 +118,10 @@ fn one_files_requests_go_out_at_once_up_to_embed_concurrency() {
         metric(&env, "ragspool_embed_tokens_total{model=\"test-embed\"}"),
         180.0
     );
-    assert_eq!(metric(&env, "ragspool_embed_requests_total{code=\"200\"}"), 30.0);
+    assert_eq!(
+        metric(&env, "ragspool_embed_requests_total{code=\"200\"}"),
+        30.0
+    );
     assert_eq!(metric(&env, "ragspool_embed_concurrency"), 8.0);
     env.run(&["status"])
         .output()
@@ -152,14 +158,20 @@ fn a_429_lowers_the_pace_honours_retry_after_and_loses_nothing() {
     env.set("EMBED_BATCH", "1");
     env.set("EMBED_CONCURRENCY", "16");
     env.set("WORKERS", "2");
-    env.set("METRICS_FILE", env.dir.path().join("metrics.prom").display().to_string());
+    env.set(
+        "METRICS_FILE",
+        env.dir.path().join("metrics.prom").display().to_string(),
+    );
     env.ready();
     drop_file(&env, "a.msgpack", &chunks("a", &contents("a", 40)));
     drop_file(&env, "b.msgpack", &chunks("b", &contents("b", 40)));
     env.run(&["process"]).output().code(0);
     assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 80);
     vectors_land_on_their_rows(&env);
-    assert_eq!(metric(&env, "ragspool_embed_requests_total{code=\"200\"}"), 80.0);
+    assert_eq!(
+        metric(&env, "ragspool_embed_requests_total{code=\"200\"}"),
+        80.0
+    );
     let refused = metric(&env, "ragspool_embed_requests_total{code=\"429\"}");
     assert!(refused >= 1.0, "the cap was found by refusals");
     assert!(
@@ -181,12 +193,18 @@ fn a_request_past_embed_timeout_secs_is_retried() {
     });
     let mut env = embedding_env(&server);
     env.set("EMBED_TIMEOUT_SECS", "1");
-    env.set("METRICS_FILE", env.dir.path().join("metrics.prom").display().to_string());
+    env.set(
+        "METRICS_FILE",
+        env.dir.path().join("metrics.prom").display().to_string(),
+    );
     env.ready();
     drop_file(&env, "a.msgpack", &chunks("a", &["one", "two"]));
     env.run(&["process"]).output().code(0);
     assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 2);
-    assert_eq!(metric(&env, "ragspool_embed_requests_total{code=\"error\"}"), 1.0);
+    assert_eq!(
+        metric(&env, "ragspool_embed_requests_total{code=\"error\"}"),
+        1.0
+    );
 }
 
 /// Wrong-length vectors, garbage and reset connections, many requests at once: no
@@ -194,7 +212,10 @@ fn a_request_past_embed_timeout_secs_is_retried() {
 #[test]
 fn a_misbehaving_endpoint_under_concurrency_loses_nothing() {
     let server = HttpServer::start(|req, i| match i % 3 {
-        0 => Response::json(200, &serde_json::json!({"data": [{"index": 0, "embedding": [1.0]}]})),
+        0 => Response::json(
+            200,
+            &serde_json::json!({"data": [{"index": 0, "embedding": [1.0]}]}),
+        ),
         1 => Response::json(200, &serde_json::json!("garbage")),
         _ => {
             let _ = texts(req);
@@ -208,12 +229,21 @@ fn a_misbehaving_endpoint_under_concurrency_loses_nothing() {
     env.ready();
     for f in 0..4 {
         let doc: &'static str = Box::leak(format!("doc-{f}").into_boxed_str());
-        drop_file(&env, &format!("f{f}.msgpack"), &chunks(doc, &contents(doc, 6)));
+        drop_file(
+            &env,
+            &format!("f{f}.msgpack"),
+            &chunks(doc, &contents(doc, 6)),
+        );
     }
     env.run(&["process"]).output().code(75);
     assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 0);
     assert_eq!(env.count_files("failed", ".msgpack"), 0);
-    assert_eq!(env.count_files("processing", ".msgpack"), 4, "{:?}", env.listing());
+    assert_eq!(
+        env.count_files("processing", ".msgpack"),
+        4,
+        "{:?}",
+        env.listing()
+    );
     assert_eq!(
         count(
             &env.db_url(),
