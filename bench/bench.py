@@ -111,13 +111,14 @@ class Endpoint(http.server.BaseHTTPRequestHandler):
     ok = 0
     refused = []  # monotonic times of 429s
     sent = []  # (monotonic, tokens)
+    spans = []  # (start, end) of each answered request
     vector = json.dumps([round(((j * 37) % 97 + 1) / 100.0, 2) for j in range(384)])
 
     @classmethod
     def reset(cls, latency, cap, tpm=0):
         cls.latency, cls.cap, cls.tpm = latency, cap, tpm
         cls.in_flight = cls.peak = cls.ok = 0
-        cls.refused, cls.sent = [], []
+        cls.refused, cls.sent, cls.spans = [], [], []
 
     def answer(self, status, body=b"", headers=()):
         self.send_response(status)
@@ -150,9 +151,21 @@ class Endpoint(http.server.BaseHTTPRequestHandler):
         with cls.lock:
             cls.in_flight -= 1
             cls.ok += 1
+            cls.spans.append((now, time.monotonic()))
         self.answer(200, out, [("Content-Type", "application/json")])
 
     def log_message(self, *args):
+        pass
+
+
+class EndpointServer(http.server.ThreadingHTTPServer):
+    """The simulator's server: a listen backlog for many connections at once (the
+    default of 5 drops SYNs, and a dropped connect costs a 1 s retransmit), quiet
+    about clients that close idle connections."""
+    request_queue_size = 1024
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
         pass
 
 
@@ -445,8 +458,7 @@ class Bench:
         texts a second), for one large file and for many small ones, at a latency
         of 300 ms and caps of 16 and 64, with EMBED_CONCURRENCY at the cap; then
         at twice the cap over a load of a minute or more, with the 429s counted."""
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
-        server.daemon_threads = True
+        server = EndpointServer(("127.0.0.1", 0), Endpoint)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{server.server_address[1]}"
         big = self.generate("pace-big", 1, 8000, dim=0)

@@ -522,14 +522,14 @@ impl Runner {
     fn work_all(&self, flight: &Flight<'_>, count: usize) {
         let workers = self.workers.min(count).max(1);
         // As many files fetching at once as requests may be in flight (a file of
-        // one request still fills its place), up to 16: a large file fills
-        // EMBED_CONCURRENCY alone, and each of these threads reads its file in
-        // windows of PREFETCH_WINDOW bytes.
+        // one request still fills its place), up to 8: a large file fills
+        // EMBED_CONCURRENCY alone, eight of a few requests each fill 64, and each
+        // of these threads holds a window of PREFETCH_WINDOW bytes.
         let feeders = self
             .ingest
             .embedder
             .as_ref()
-            .map_or(0, |e| e.concurrency().clamp(1, 16).min(count));
+            .map_or(0, |e| e.concurrency().clamp(1, 8).min(count));
         if feeders == 0 {
             std::thread::scope(|s| {
                 for _ in 0..workers {

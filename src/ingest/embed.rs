@@ -271,21 +271,24 @@ impl Embedder {
         resp: &mut crate::http::Response,
         n: usize,
     ) -> std::result::Result<(Answer, Option<u64>), String> {
-        let value: serde_json::Value = resp
+        // Straight into typed vectors: a generic JSON tree of every element would
+        // take ten times the answer's size while it is read.
+        let body: Body = resp
             .body_mut()
             .with_config()
             .limit(ANSWER_LIMIT)
             .read_json()
             .map_err(|e| format!("answered unreadable JSON: {e}"))?;
-        let tokens = value["usage"]["total_tokens"].as_u64();
+        let tokens = body.usage.and_then(|u| u.total_tokens);
         let mut data: Vec<(usize, Vec<f64>)> = Vec::with_capacity(n);
-        for (i, item) in value["data"].as_array().into_iter().flatten().enumerate() {
-            let index = item["index"].as_u64().map_or(i, |x| x as usize);
-            let vector = item["embedding"]
-                .as_array()
+        for (i, item) in body.data.into_iter().enumerate() {
+            let index = item.index.map_or(i, |x| x as usize);
+            let vector = item
+                .embedding
                 .ok_or("answered without vectors")?
-                .iter()
-                .map(|x| x.as_f64().unwrap_or(f64::NAN))
+                .into_iter()
+                // A null element is no number: it fails the vector's file as NaN.
+                .map(|x| x.unwrap_or(f64::NAN))
                 .collect();
             data.push((index, vector));
         }
@@ -321,6 +324,28 @@ impl Embedder {
         }
         Ok((Answer::Vectors(vectors), tokens))
     }
+}
+
+/// An OpenAI-compatible answer, as far as it is read.
+#[derive(serde::Deserialize)]
+struct Body {
+    #[serde(default)]
+    data: Vec<Item>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+/// One vector of an answer.
+#[derive(serde::Deserialize)]
+struct Item {
+    index: Option<u64>,
+    embedding: Option<Vec<Option<f64>>>,
+}
+
+/// What an answer says it cost.
+#[derive(serde::Deserialize)]
+struct Usage {
+    total_tokens: Option<u64>,
 }
 
 /// The largest answer read (EMBED_BATCH texts of 4,096 dimensions as JSON fit).

@@ -3,22 +3,25 @@
 //! starts a second, EMBED_MAX_TPM tokens a minute, and nothing while a 429's or
 //! 503's Retry-After runs.
 //!
-//! The concurrency in effect adapts. It starts at EMBED_CONCURRENCY. A 429 or 503
-//! cuts it to nine tenths (not below 1), once per episode: answers to requests sent
-//! before the last cut say nothing about the new limit, so they do not cut again.
-//! Each success raises it by 1/(16 × limit), about one more request in flight per
-//! sixteen round trips, up to EMBED_CONCURRENCY. Against an endpoint that serves C
-//! requests at once it so settles between 0.9 C and C + 1, probing above C rarely
-//! (one refused request per some hundreds), rather than swinging around it.
+//! The concurrency in effect adapts. It starts at EMBED_CONCURRENCY. Each 429 or
+//! 503 cuts it by 4 % (not below 1): an endpoint that serves C requests at once
+//! refuses about one request per request beyond C, so a round of refusals brings
+//! the concurrency near C at once (from 2 C: 2 C × 0.96^C, about C for C up to 64)
+//! rather than halving it. Each success raises it by 1/(32 × itself), about one
+//! more request in flight per 32 round trips, up to EMBED_CONCURRENCY. It so
+//! settles within a request or two of C, probing above it rarely (one refused
+//! request per some hundreds: each refusal pauses every request for its
+//! Retry-After, so probing often would cost more than it finds), rather than
+//! swinging around it.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// A cut keeps this much of the concurrency in effect.
-const CUT: f64 = 0.9;
+/// A refusal keeps this much of the concurrency in effect.
+const CUT: f64 = 0.96;
 /// Successes, in units of the concurrency in effect, per +1 of it.
-const RAISE_EVERY: f64 = 16.0;
+const RAISE_EVERY: f64 = 32.0;
 /// The pause after a 429 or 503 without Retry-After.
 const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 /// The window of EMBED_MAX_TPM.
@@ -38,8 +41,6 @@ pub(crate) struct Pace {
 struct State {
     limit: f64,
     in_flight: usize,
-    /// Bumped by every cut; a request remembers the epoch it started in.
-    epoch: u64,
     next: Instant,
     paused_until: Instant,
     /// Tokens of answered requests in the last minute, by when they were sent.
@@ -55,7 +56,6 @@ struct State {
 /// success nor refusal (an error without an answer).
 pub(crate) struct Permit<'a> {
     pace: &'a Pace,
-    epoch: u64,
     estimate: u64,
     started: Instant,
     done: bool,
@@ -72,7 +72,6 @@ impl Pace {
             state: Mutex::new(State {
                 limit: max as f64,
                 in_flight: 0,
-                epoch: 0,
                 next: now,
                 paused_until: now,
                 sent: VecDeque::new(),
@@ -120,7 +119,6 @@ impl Pace {
         crate::metrics::set_embed_pace(s.in_flight, s.limit as usize);
         Permit {
             pace: self,
-            epoch: s.epoch,
             estimate,
             started: now,
             done: false,
@@ -216,22 +214,22 @@ impl Permit<'_> {
         let pace = self.pace;
         let mut s = pace.lock();
         s.limit = (s.limit + 1.0 / (RAISE_EVERY * s.limit)).min(pace.max as f64);
-        s.sent
-            .push_back((self.started, tokens.unwrap_or(self.estimate)));
-        s.sent_total += tokens.unwrap_or(self.estimate);
+        // The window is kept only for EMBED_MAX_TPM, which prunes it.
+        if pace.tpm > 0 {
+            s.sent
+                .push_back((self.started, tokens.unwrap_or(self.estimate)));
+            s.sent_total += tokens.unwrap_or(self.estimate);
+        }
         self.end(&mut s);
     }
 
     /// The endpoint answered 429 or 503: every request pauses for `retry_after` (1 s
     /// when absent; never beyond `budget`, RETRY_MAX_SECS, past which the request
-    /// gives up anyway), and the concurrency in effect is cut once for this episode.
+    /// gives up anyway), and the concurrency in effect is cut.
     pub(crate) fn throttled(mut self, retry_after: Option<Duration>, budget: Duration) {
         let pace = self.pace;
         let mut s = pace.lock();
-        if self.epoch == s.epoch {
-            s.limit = (s.limit * CUT).max(1.0);
-            s.epoch += 1;
-        }
+        s.limit = (s.limit * CUT).max(1.0);
         let until = Instant::now() + retry_after.unwrap_or(DEFAULT_PAUSE).min(budget);
         s.paused_until = s.paused_until.max(until);
         self.end(&mut s);
@@ -264,22 +262,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_refusal_cuts_once_per_episode_and_successes_raise_slowly() {
-        let pace = Pace::new(20, 0, 0);
-        let a = pace.acquire(1);
-        let b = pace.acquire(1);
-        a.throttled(Some(Duration::ZERO), Duration::from_secs(1));
-        // b was sent before the cut: its refusal says nothing new.
-        b.throttled(Some(Duration::ZERO), Duration::from_secs(1));
-        assert_eq!(pace.limit(), 18);
-        for _ in 0..(16 * 19) {
+    fn refusals_cut_the_concurrency_near_what_is_served_and_successes_raise_it_slowly() {
+        // 32 at once against an endpoint that serves 16: 16 refusals.
+        let pace = Pace::new(32, 0, 0);
+        let sent: Vec<_> = (0..32).map(|_| pace.acquire(1)).collect();
+        for (i, p) in sent.into_iter().enumerate() {
+            if i < 16 {
+                p.succeeded(None);
+            } else {
+                p.throttled(Some(Duration::ZERO), Duration::from_secs(1));
+            }
+        }
+        assert_eq!(pace.limit(), 16, "32 × 0.96^16 is 16.6");
+        for _ in 0..(32 * 17) {
             pace.acquire(1).succeeded(None);
         }
-        assert_eq!(pace.limit(), 19);
-        for _ in 0..2000 {
+        assert_eq!(pace.limit(), 17);
+        for _ in 0..40000 {
             pace.acquire(1).succeeded(None);
         }
-        assert_eq!(pace.limit(), 20, "never above EMBED_CONCURRENCY");
+        assert_eq!(pace.limit(), 32, "never above EMBED_CONCURRENCY");
     }
 
     #[test]

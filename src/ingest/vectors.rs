@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 /// Vectors kept in memory, across every file of the process, before the rest
 /// spill to disk: prepared files wait for a worker with their vectors.
-pub(crate) const MEMORY_BOUND: usize = 32 << 20;
+pub(crate) const MEMORY_BOUND: usize = 16 << 20;
 
 /// Bytes of vectors in memory now, across the process.
 static IN_MEMORY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
