@@ -112,6 +112,39 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     fs::remove_file(from)
 }
 
+/// The sha256 (hex) of the regular file at `path`, read in small pieces, never
+/// through a symlink.
+pub(crate) fn sha256_of(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(crate::digest::hex(&hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Whether the regular file at `path` begins with `prefix` (false when it cannot
+/// be read), never through a symlink.
+pub(crate) fn starts_with(path: &Path, prefix: &[u8]) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; prefix.len()];
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .and_then(|f| f.read_exact_at(&mut buf, 0))
+        .is_ok_and(|()| buf == prefix)
+}
+
 /// What makes an existing path unsafe: a symlink, a mode with any of `forbidden`
 /// bits, or an owner other than `uid` (when given). `None` when it is missing or safe.
 pub(crate) fn unsafe_reason(path: &Path, forbidden: u32, uid: Option<u32>) -> Option<String> {

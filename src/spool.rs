@@ -169,14 +169,43 @@ fn batch_files(dir: &Path) -> Result<Option<Vec<(String, PathBuf)>>> {
 
 /// processing/<tag>/.claim as name → sequence (empty when missing or unreadable).
 fn claim_order(dir: &Path) -> std::collections::HashMap<String, i64> {
+    claim_records(dir)
+        .into_iter()
+        .map(|(seq, _, name)| (name, seq))
+        .collect()
+}
+
+/// The lines of processing/<tag>/.claim: (sequence, size when claimed, name).
+/// `<seq>\t<size>\t<name>`; records of earlier releases, `<seq> <name>`, have no
+/// size.
+fn claim_records(dir: &Path) -> Vec<(i64, Option<u64>, String)> {
     fs::read_to_string(dir.join(CLAIM_FILE))
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| {
-            let (seq, name) = l.split_once(' ')?;
-            Some((name.to_string(), seq.parse().ok()?))
+        .filter_map(|l| match l.split_once('\t') {
+            Some((seq, rest)) => {
+                let (size, name) = rest.split_once('\t')?;
+                Some((seq.parse().ok()?, size.parse().ok(), name.to_string()))
+            }
+            None => {
+                let (seq, name) = l.split_once(' ')?;
+                Some((seq.parse().ok()?, None, name.to_string()))
+            }
         })
         .collect()
+}
+
+/// A file claimed, and still in processing/.
+#[derive(Debug, Clone)]
+pub(crate) struct Earlier {
+    /// Its batch.
+    pub(crate) tag: BatchTag,
+    /// Its name.
+    pub(crate) name: String,
+    /// Its claim sequence.
+    pub(crate) seq: i64,
+    /// Where it is.
+    pub(crate) path: PathBuf,
 }
 
 /// A batch's start in microseconds, from its tag: the claim order of files a
@@ -320,7 +349,8 @@ impl Spool {
         let order: String = files
             .iter()
             .zip(base..)
-            .map(|(f, seq)| format!("{seq} {}\n", f.name))
+            // Tabs apart: a name may hold spaces but no control character.
+            .map(|(f, seq)| format!("{seq}\t{}\t{}\n", f.bytes, f.name))
             .collect();
         write_atomic(&target, CLAIM_FILE, order.as_bytes(), 0o640)?;
         let mut claimed = Vec::with_capacity(files.len());
@@ -460,6 +490,40 @@ impl Spool {
         if let Err(e) = touched {
             log::debug!("batch {tag}: cannot refresh `{}`: {e}", path.display());
         }
+    }
+
+    /// The files of `size` bytes claimed before sequence `seq` (by any process
+    /// sharing this spool) and still in processing/, earliest first: the only
+    /// files that can be an earlier copy of a file of that size.
+    pub(crate) fn claimed_before(&self, seq: i64, size: u64) -> Vec<Earlier> {
+        let processing = self.dir("processing");
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&processing).into_iter().flatten().flatten() {
+            let Some(tag) = entry.file_name().to_str().and_then(BatchTag::parse) else {
+                continue;
+            };
+            let dir = entry.path();
+            for (s, bytes, name) in claim_records(&dir) {
+                let path = dir.join(&name);
+                let same = bytes.is_none_or(|b| b == size)
+                    && fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size);
+                if s < seq && same {
+                    found.push(Earlier {
+                        tag: tag.clone(),
+                        name,
+                        seq: s,
+                        path,
+                    });
+                }
+            }
+        }
+        found.sort_by_key(|e| e.seq);
+        found
+    }
+
+    /// The spool that holds the claimed file at `path` (`<root>/processing/<tag>/<name>`).
+    pub(crate) fn holding(path: &Path) -> Option<Spool> {
+        path.ancestors().nth(3).map(Spool::new)
     }
 
     /// Records in processing/<tag>/ that the batch's gate.done is queued, so that

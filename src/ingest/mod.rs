@@ -294,7 +294,12 @@ impl Ingest {
                     return Ok((FileOutcome::committed(done), job.attempt));
                 }
                 Some(_) => return self.commit_duplicate(tx, job, healed),
-                None => manifest::earlier_copy(&mut tx, &self.names, job.sha, job.file.seq)?,
+                None => {
+                    match manifest::earlier_copy(&mut tx, &self.names, job.sha, job.file.seq)? {
+                        Some(e) => Some(e),
+                        None => self.unopened_copy(&mut tx, job, bytes)?,
+                    }
+                }
             };
             if let Some(v) = &mut vectors {
                 v.rewind()
@@ -348,6 +353,62 @@ impl Ingest {
                 job.attempt,
             );
         }
+    }
+
+    /// An earlier-claimed copy of this file's content that its batch has not yet
+    /// opened in the manifest (queued behind other files, or in a batch whose
+    /// claimer died): found in processing/ by its claim record, size and sha256,
+    /// and opened here, in this transaction, so that it is the original.
+    fn unopened_copy(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        job: &Job<'_>,
+        bytes: &mut FileBytes<'_>,
+    ) -> Result<Option<manifest::EarlierCopy>> {
+        let Some(spool) = crate::spool::Spool::holding(&job.file.path) else {
+            return Ok(None);
+        };
+        let len = bytes.len();
+        let mut head = None;
+        for e in spool.claimed_before(job.file.seq, len) {
+            if e.tag == *job.key.tag && e.name == job.file.name {
+                continue;
+            }
+            // Files of one size mostly differ in their first bytes: a whole hash
+            // only for those that do not.
+            if head.is_none() {
+                head = Some(bytes.head(4096)?);
+            }
+            if !crate::fs::starts_with(&e.path, head.as_deref().unwrap_or_default()) {
+                continue;
+            }
+            // Read apart from the worker's buffer, which holds this file now.
+            let Ok(sha) = crate::fs::sha256_of(&e.path) else {
+                continue;
+            };
+            if sha != job.sha {
+                continue;
+            }
+            let key = FileKey {
+                tag: &e.tag,
+                name: &e.name,
+            };
+            manifest::open(
+                tx,
+                &self.names,
+                &key,
+                job.sha,
+                len as i64,
+                &self.host,
+                e.seq,
+            )?;
+            return Ok(Some(manifest::EarlierCopy {
+                tag: e.tag,
+                name: e.name,
+                seq: e.seq,
+            }));
+        }
+        Ok(None)
     }
 
     /// Records the file as a duplicate of content another file committed.

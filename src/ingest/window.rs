@@ -124,6 +124,15 @@ impl FileBytes<'_> {
         Ok(filled)
     }
 
+    /// Its first `n` bytes (fewer when it is shorter).
+    pub(crate) fn head(&self, n: usize) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; n.min(self.len as usize)];
+        self.file
+            .read_exact_at(&mut out, 0)
+            .map_err(|e| self.io(e))?;
+        Ok(out)
+    }
+
     /// The SHA-256 of its content, in hex.
     pub(crate) fn sha256_hex(&mut self) -> Result<String> {
         if self.whole {

@@ -384,3 +384,78 @@ fn conflicts_that_persist_exit_75_and_move_nothing_to_failed() {
     assert_eq!(count(&url, "SELECT count(*) FROM rag_chunks"), 1);
     assert_eq!(env.count_files("archive", ".msgpack"), 1);
 }
+
+/// SPEC §3 again, for an earlier copy that its batch has not even opened: f1
+/// waits in its batch's queue behind g (whose request is held, one file prepared at
+/// a time), while another `process` claims f2 (X v2) and f3 (a copy of f1) and
+/// commits both. f1 is still the original: the table ends with v2.
+#[test]
+fn an_earlier_copy_not_yet_opened_is_still_the_original() {
+    let release = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (r, n) = (release.clone(), seen.clone());
+    let server = HttpServer::start(move |req: &Request, _| {
+        if n.fetch_add(1, Ordering::SeqCst) == 0 {
+            while !r.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        answer(req)
+    });
+    let mut env = embedding_env(&server);
+    env.set("DOC_MODE", "replace");
+    env.set("WORKERS", "1");
+    // One request and one file prepared at a time: f1 waits unopened behind g.
+    env.set("EMBED_CONCURRENCY", "1");
+    env.ready();
+    let v1 = chunks("X", &["x version one"]);
+    drop_aged(&env, "g.msgpack", &chunks("G", &["g text"]), 40);
+    drop_aged(&env, "f1.msgpack", &v1, 30);
+    let mut first = env.run(&["process"]).spawn();
+    wait_for(30, "g's embeddings request", || {
+        seen.load(Ordering::SeqCst) == 1
+    });
+    let url = env.db_url();
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) FROM ragspool_manifest WHERE file_name = 'f1.msgpack'"
+        ),
+        0,
+        "f1 is claimed and not yet opened"
+    );
+    drop_aged(&env, "f2.msgpack", &chunks("X", &["x version two"]), 20);
+    drop_aged(&env, "f3.msgpack", &v1, 10);
+    let second = env.run(&["process"]).output();
+    assert_eq!(second.code, Some(0), "{}", second.stderr);
+    release.store(true, Ordering::SeqCst);
+    let (status, _, err) = wait_with_deadline(&mut first, Duration::from_secs(60));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
+    let mut c = pg(&url);
+    let contents: Vec<String> = c
+        .query("SELECT content FROM rag_chunks WHERE doc_id = 'X'", &[])
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        contents,
+        vec!["x version two"],
+        "claim order gives v2\n{err}"
+    );
+    let duplicate: Vec<(String, bool)> = c
+        .query(
+            "SELECT file_name, duplicate FROM ragspool_manifest \
+             WHERE file_name IN ('f1.msgpack', 'f3.msgpack') ORDER BY file_name",
+            &[],
+        )
+        .expect("manifest")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        duplicate,
+        vec![("f1.msgpack".into(), false), ("f3.msgpack".into(), true)]
+    );
+    assert_eq!(env.count_files("archive", ".msgpack"), 4);
+}
