@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug/ragspool
 
-.PHONY: all build release deps tools test fuzz lint audit man man-lint man-gz readme demo bench torture deb rpm clean
+.PHONY: all build release deps tools test fuzz lint audit man man-lint man-gz readme demo bench bench-pace torture deb rpm clean
 
 all: build
 
@@ -74,6 +74,10 @@ demo: build
 # BENCH_ARGS passes options (e.g. BENCH_ARGS="--files 20 --runs 1" for a quick look).
 bench: deps release
 	python3 bench/bench.py $(BENCH_ARGS)
+
+# Only the embeddings-pace rows of the benchmark (bench/results/pace.md).
+bench-pace: deps release
+	python3 bench/bench.py --pace-only
 
 # A fault campaign on throwaway servers (not part of `make test`): TORTURE_SECS,
 # TORTURE_FAULTS, TORTURE_SEED, TORTURE_RATE; writes bench/results/torture.md.

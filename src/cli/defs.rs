@@ -247,7 +247,7 @@ pub(crate) static COMMANDS: &[Command] = &[
         name: "status",
         summary: "spool, outbox, recent batches, last maintenance; --json",
         usage: "[--json]",
-        doc: "Shows files and bytes per spool directory and the age of the oldest waiting file; with a database, recent batches and the last maintenance run.",
+        doc: "Shows files and bytes per spool directory and the age of the oldest waiting file; with a database, the embeddings tokens of the last 24 hours, recent batches and the last maintenance run.",
         positionals: (0, 0),
         flags: &[switch("json", "print one JSON object instead of text")],
     },
