@@ -477,15 +477,20 @@ class Bench:
         finally:
             server.shutdown()
 
-    def pace_row(self, url, source, rows, cap, concurrency, label, latency=0.3):
-        Endpoint.reset(latency, cap)
+    def pace_row(self, url, source, rows, cap, concurrency, label, latency=0.3, tpm=0):
+        Endpoint.reset(latency, cap, tpm)
         extra = dict(VECTOR, EMBED_BASE_URL=url, EMBED_MODEL="bench-model", EMBED_BATCH="64",
-                     EMBED_CONCURRENCY=str(concurrency), WORKERS="2", BATCH_MAX_BYTES=str(1 << 40))
+                     EMBED_CONCURRENCY=str(concurrency), WORKERS="2", BATCH_MAX_BYTES=str(1 << 40),
+                     EMBED_MAX_TPM=str(tpm))
         self.use_db("benchpace", extra)
         self.reset(source)
         started = time.monotonic()
         t, rss = timed([self.bin, "-q", "process"], self.env)
         serves = cap * 64 / latency
+        if tpm:
+            # Rows a second that the tokens cap allows, at the tokens these rows cost.
+            tokens = sum(n for _, n in Endpoint.sent)
+            serves = min(serves, tpm / 60 / (tokens / rows))
         late = [r for r in Endpoint.refused if r - started > 10]
         answered = Endpoint.ok + len(Endpoint.refused)
         return {"label": label, "rows": rows, "secs": t, "rate": rows / t, "ratio": rows / t / serves,

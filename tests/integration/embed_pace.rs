@@ -253,3 +253,52 @@ fn a_misbehaving_endpoint_under_concurrency_loses_nothing() {
         0
     );
 }
+
+/// Bisection of a refused request with many requests in flight: only the file with
+/// the offending text fails, naming its record; every other vector lands on its
+/// own row.
+#[test]
+fn a_refused_text_among_many_concurrent_requests_fails_only_its_file() {
+    let flight = Arc::new(InFlight::default());
+    let f = flight.clone();
+    let server = HttpServer::start(move |req, _| {
+        f.enter();
+        std::thread::sleep(Duration::from_millis(50));
+        f.leave();
+        if texts(req).iter().any(|t| t.contains("poison")) {
+            return Response::json(400, &serde_json::json!({"error": {"message": "bad input"}}));
+        }
+        answer(req)
+    });
+    let mut env = embedding_env(&server);
+    env.set("EMBED_BATCH", "4");
+    env.set("EMBED_CONCURRENCY", "8");
+    env.ready();
+    let mut bad = contents("bad", 40);
+    bad[27] = "a poison chunk";
+    drop_file(&env, "bad.msgpack", &chunks("bad", &bad));
+    drop_file(&env, "good.msgpack", &chunks("good", &contents("good", 40)));
+    env.run(&["process"]).output().code(1);
+    assert!(
+        flight.peak() > 4,
+        "requests went out at once: {}",
+        flight.peak()
+    );
+    let reason = std::fs::read_to_string(
+        env.listing()
+            .iter()
+            .find(|p| p.ends_with("bad.msgpack.reason.json"))
+            .map(|p| env.spool().join(p))
+            .expect("a reason file"),
+    )
+    .expect("reason");
+    let reason: serde_json::Value = serde_json::from_str(&reason).expect("json");
+    assert_eq!(reason["record_index"], 27, "{reason}");
+    assert!(
+        reason["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("bad input"))
+    );
+    assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 40);
+    vectors_land_on_their_rows(&env);
+}
