@@ -40,6 +40,55 @@ fn held_endpoint() -> (HttpServer, Arc<AtomicBool>, Arc<AtomicUsize>) {
     (server, hold, seen)
 }
 
+/// An embeddings endpoint whose first request waits until `release` is set;
+/// `seen` counts the requests.
+fn first_request_held() -> (HttpServer, Arc<AtomicBool>, Arc<AtomicUsize>) {
+    let release = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (r, n) = (release.clone(), seen.clone());
+    let server = HttpServer::start(move |req: &Request, _| {
+        if n.fetch_add(1, Ordering::SeqCst) == 0 {
+            while !r.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        answer(req)
+    });
+    (server, release, seen)
+}
+
+/// f1 (X v1), f2 (X v2) and f3 (a copy of f1) ended as claim order says: X holds
+/// v2, f1 is the original and f3 its duplicate.
+#[track_caller]
+fn claim_order_held(url: &str, err: &str) {
+    let mut c = pg(url);
+    let contents: Vec<String> = c
+        .query("SELECT content FROM rag_chunks WHERE doc_id = 'X'", &[])
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        contents,
+        vec!["x version two"],
+        "claim order gives v2\n{err}"
+    );
+    let duplicate: Vec<(String, bool)> = c
+        .query(
+            "SELECT file_name, duplicate FROM ragspool_manifest \
+             WHERE file_name IN ('f1.msgpack', 'f3.msgpack') ORDER BY file_name",
+            &[],
+        )
+        .expect("manifest")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        duplicate,
+        vec![("f1.msgpack".into(), false), ("f3.msgpack".into(), true)]
+    );
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -126,18 +175,8 @@ fn a_batch_whose_claimer_lives_is_left_alone_until_it_has_gone() {
 /// table must end with v2, and f3 be the duplicate.
 #[test]
 fn duplicates_follow_claim_order_not_commit_order() {
-    let release = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(AtomicUsize::new(0));
-    let (r, n) = (release.clone(), seen.clone());
-    let server = HttpServer::start(move |req: &Request, _| {
-        // The first request is f1's (its process runs alone then): it waits.
-        if n.fetch_add(1, Ordering::SeqCst) == 0 {
-            while !r.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        answer(req)
-    });
+    // The first request is f1's (its process runs alone then): it waits.
+    let (server, release, seen) = first_request_held();
     let mut env = embedding_env(&server);
     env.set("DOC_MODE", "replace");
     env.set("WORKERS", "2");
@@ -156,32 +195,7 @@ fn duplicates_follow_claim_order_not_commit_order() {
     let (status, _, err) = wait_with_deadline(&mut first, Duration::from_secs(60));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
     let url = env.db_url();
-    let mut c = pg(&url);
-    let contents: Vec<String> = c
-        .query("SELECT content FROM rag_chunks WHERE doc_id = 'X'", &[])
-        .expect("rows")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(
-        contents,
-        vec!["x version two"],
-        "claim order gives v2\n{err}"
-    );
-    let duplicate: Vec<(String, bool)> = c
-        .query(
-            "SELECT file_name, duplicate FROM ragspool_manifest WHERE file_name <> 'f2.msgpack' \
-             ORDER BY file_name",
-            &[],
-        )
-        .expect("manifest")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert_eq!(
-        duplicate,
-        vec![("f1.msgpack".into(), false), ("f3.msgpack".into(), true)]
-    );
+    claim_order_held(&url, &err);
     assert_eq!(env.count_files("archive", ".msgpack"), 3);
 }
 
@@ -391,17 +405,7 @@ fn conflicts_that_persist_exit_75_and_move_nothing_to_failed() {
 /// commits both. f1 is still the original: the table ends with v2.
 #[test]
 fn an_earlier_copy_not_yet_opened_is_still_the_original() {
-    let release = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(AtomicUsize::new(0));
-    let (r, n) = (release.clone(), seen.clone());
-    let server = HttpServer::start(move |req: &Request, _| {
-        if n.fetch_add(1, Ordering::SeqCst) == 0 {
-            while !r.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        answer(req)
-    });
+    let (server, release, seen) = first_request_held();
     let mut env = embedding_env(&server);
     env.set("DOC_MODE", "replace");
     env.set("WORKERS", "1");
@@ -431,31 +435,6 @@ fn an_earlier_copy_not_yet_opened_is_still_the_original() {
     release.store(true, Ordering::SeqCst);
     let (status, _, err) = wait_with_deadline(&mut first, Duration::from_secs(60));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
-    let mut c = pg(&url);
-    let contents: Vec<String> = c
-        .query("SELECT content FROM rag_chunks WHERE doc_id = 'X'", &[])
-        .expect("rows")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(
-        contents,
-        vec!["x version two"],
-        "claim order gives v2\n{err}"
-    );
-    let duplicate: Vec<(String, bool)> = c
-        .query(
-            "SELECT file_name, duplicate FROM ragspool_manifest \
-             WHERE file_name IN ('f1.msgpack', 'f3.msgpack') ORDER BY file_name",
-            &[],
-        )
-        .expect("manifest")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert_eq!(
-        duplicate,
-        vec![("f1.msgpack".into(), false), ("f3.msgpack".into(), true)]
-    );
+    claim_order_held(&url, &err);
     assert_eq!(env.count_files("archive", ".msgpack"), 4);
 }
