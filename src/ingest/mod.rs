@@ -159,6 +159,26 @@ pub(crate) struct Job<'a> {
 }
 
 impl Job<'_> {
+    /// The file whose content this is, by claim order: this one, or `earlier`.
+    fn file_ref_as<'e>(&'e self, earlier: Option<&'e manifest::EarlierCopy>) -> FileRef<'e> {
+        earlier.map_or_else(
+            || self.file_ref(),
+            |e| FileRef {
+                sha256: self.sha,
+                batch_tag: e.tag.as_str(),
+                name: &e.name,
+                seq: e.seq,
+            },
+        )
+    }
+
+    /// Deadlocks and serialization failures that went on past RETRY_MAX_SECS.
+    fn kept_conflicting(&self) -> Error {
+        Error::temp("the file kept conflicting with concurrent ingests")
+            .context(format!("ingesting {}", self.file.name))
+            .with_note("nothing was lost: the file stays in processing/; run again later")
+    }
+
     /// The file as its change set and lineage rows name it.
     fn file_ref(&self) -> FileRef<'_> {
         FileRef {
@@ -168,6 +188,18 @@ impl Job<'_> {
             seq: self.file.seq,
         }
     }
+}
+
+/// Which file a file's content goes in as.
+enum Original {
+    /// This one: no earlier-claimed file holds it.
+    ThisFile,
+    /// An earlier-claimed file, not yet committed: as that file, at its sequence.
+    Earlier(manifest::EarlierCopy),
+    /// Another file committed it: this one is its duplicate.
+    Duplicate,
+    /// A later-claimed copy committed it on this file's behalf: this file is in.
+    CommittedForIt,
 }
 
 /// What a failed COPY leads to.
@@ -274,49 +306,29 @@ impl Ingest {
         let mut conflicted = false;
         loop {
             if std::mem::take(&mut conflicted) && !backoff.wait(None) {
-                return Err(
-                    Error::temp("the file kept conflicting with concurrent ingests")
-                        .context(format!("ingesting {}", job.file.name))
-                        .with_note(
-                            "nothing was lost: the file stays in processing/; run again later",
-                        ),
-                );
+                return Err(job.kept_conflicting());
             }
             let mut tx = client
                 .transaction()
                 .map_err(|e| db::classify(e, "starting the file's transaction"))?;
-            let earlier = match manifest::ingested_by(&mut tx, &self.names, job.sha)? {
-                Some((tag, name)) if tag == job.key.tag.as_str() && name == job.key.name => {
-                    // A later-claimed copy committed this content on this file's
-                    // behalf (see below): the file is in.
+            let earlier = match self.original(&mut tx, job, bytes)? {
+                Original::ThisFile => None,
+                Original::Earlier(e) => Some(e),
+                Original::Duplicate => return self.commit_duplicate(tx, job, healed),
+                Original::CommittedForIt => {
                     drop(tx);
                     let done = manifest::committed(client, &self.names, &job.key)?;
                     return Ok((FileOutcome::committed(done), job.attempt));
-                }
-                Some(_) => return self.commit_duplicate(tx, job, healed),
-                None => {
-                    match manifest::earlier_copy(&mut tx, &self.names, job.sha, job.file.seq)? {
-                        Some(e) => Some(e),
-                        None => self.unopened_copy(&mut tx, job, bytes)?,
-                    }
                 }
             };
             if let Some(v) = &mut vectors {
                 v.rewind()
                     .map_err(|e| e.context(format!("ingesting {}", job.file.name)))?;
             }
-            // An earlier-claimed copy of this content, still open (waiting on its
-            // embeddings, say), is the original by claim order: its content goes in
-            // now as that file, at its claim sequence, and this file is its duplicate.
-            let as_file = earlier.as_ref().map_or_else(
-                || job.file_ref(),
-                |e| FileRef {
-                    sha256: job.sha,
-                    batch_tag: e.tag.as_str(),
-                    name: &e.name,
-                    seq: e.seq,
-                },
-            );
+            // An earlier-claimed copy of this content is the original by claim
+            // order: its content goes in now as that file, at its claim sequence,
+            // and this file is its duplicate.
+            let as_file = job.file_ref_as(earlier.as_ref());
             let copied = self.copy_rows(&mut tx, as_file, bytes, job.ingest_time, vectors.as_mut());
             let failure = match copied {
                 Ok(applied) => match self.commit(
@@ -353,6 +365,27 @@ impl Ingest {
                 job.attempt,
             );
         }
+    }
+
+    /// Which file this content goes in as, by claim order (SPEC §3).
+    fn original(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        job: &Job<'_>,
+        bytes: &mut FileBytes<'_>,
+    ) -> Result<Original> {
+        Ok(match manifest::ingested_by(tx, &self.names, job.sha)? {
+            Some((tag, name)) if tag == job.key.tag.as_str() && name == job.key.name => {
+                Original::CommittedForIt
+            }
+            Some(_) => Original::Duplicate,
+            None => match manifest::earlier_copy(tx, &self.names, job.sha, job.file.seq)? {
+                Some(e) => Original::Earlier(e),
+                None => self
+                    .unopened_copy(tx, job, bytes)?
+                    .map_or(Original::ThisFile, Original::Earlier),
+            },
+        })
     }
 
     /// An earlier-claimed copy of this file's content that its batch has not yet
