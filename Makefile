@@ -80,7 +80,7 @@ bench-pace: deps release
 	python3 bench/bench.py --pace-only
 
 # A fault campaign on throwaway servers (not part of `make test`): TORTURE_SECS,
-# TORTURE_FAULTS, TORTURE_SEED, TORTURE_RATE; writes bench/results/torture.md.
+# TORTURE_FAULTS, TORTURE_SEED, TORTURE_RATE, TORTURE_LIVENESS_SECS; writes bench/results/torture.md.
 torture: deps release
 	python3 scripts/torture.py
 
