@@ -25,21 +25,6 @@ fn drop_aged(env: &TestEnv, name: &str, bytes: &[u8], age: u64) {
         .expect("set mtime");
 }
 
-/// An embeddings endpoint that holds every request while `hold` is set.
-fn held_endpoint() -> (HttpServer, Arc<AtomicBool>, Arc<AtomicUsize>) {
-    let hold = Arc::new(AtomicBool::new(true));
-    let seen = Arc::new(AtomicUsize::new(0));
-    let (h, s) = (hold.clone(), seen.clone());
-    let server = HttpServer::start(move |req, _| {
-        s.fetch_add(1, Ordering::SeqCst);
-        while h.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        answer(req)
-    });
-    (server, hold, seen)
-}
-
 /// An embeddings endpoint whose first request waits until `release` is set;
 /// `seen` counts the requests.
 fn first_request_held() -> (HttpServer, Arc<AtomicBool>, Arc<AtomicUsize>) {
@@ -97,7 +82,7 @@ fn host_name() -> String {
 
 #[test]
 fn watch_recovers_a_batch_whose_claimer_was_killed() {
-    let (server, hold, seen) = held_endpoint();
+    let (server, release, seen) = first_request_held();
     let mut env = embedding_env(&server);
     env.set("WORKERS", "1");
     env.set("ORPHAN_RECOVER_SECS", "2");
@@ -118,7 +103,7 @@ fn watch_recovers_a_batch_whose_claimer_was_killed() {
     signal(&process, "KILL");
     let _ = wait_with_deadline(&mut process, Duration::from_secs(10));
     assert!(crate::support::batch_in_flight(&env), "{:?}", env.listing());
-    hold.store(false, Ordering::SeqCst);
+    release.store(true, Ordering::SeqCst);
     // Recovered by the running watch, with no fresh process to help.
     wait_for(60, "the orphaned batch to be ingested by watch", || {
         count(&env.db_url(), "SELECT count(*) FROM rag_chunks") == 6
