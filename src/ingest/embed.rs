@@ -280,16 +280,10 @@ impl Embedder {
             .read_json()
             .map_err(|e| format!("answered unreadable JSON: {e}"))?;
         let tokens = body.usage.and_then(|u| u.total_tokens);
-        let mut data: Vec<(usize, Vec<f64>)> = Vec::with_capacity(n);
+        let mut data: Vec<(usize, Vec<f32>)> = Vec::with_capacity(n);
         for (i, item) in body.data.into_iter().enumerate() {
             let index = item.index.map_or(i, |x| x as usize);
-            let vector = item
-                .embedding
-                .ok_or("answered without vectors")?
-                .into_iter()
-                // A null element is no number: it fails the vector's file as NaN.
-                .map(|x| x.unwrap_or(f64::NAN))
-                .collect();
+            let vector = item.embedding.ok_or("answered without vectors")?.0;
             data.push((index, vector));
         }
         if data.len() != n {
@@ -313,7 +307,6 @@ impl Embedder {
         }
         let mut vectors = Vec::with_capacity(n);
         for (index, v) in data {
-            let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 let message = format!(
                     "the embeddings endpoint answered a vector whose element {i} is not a finite f32"
@@ -339,7 +332,35 @@ struct Body {
 #[derive(serde::Deserialize)]
 struct Item {
     index: Option<u64>,
-    embedding: Option<Vec<Option<f64>>>,
+    embedding: Option<Floats>,
+}
+
+/// A vector of an answer, read straight into f32s: a number beyond f32's range
+/// becomes an infinity and a null a NaN, so that the check below fails the
+/// vector's file for either.
+struct Floats(Vec<f32>);
+
+impl<'de> serde::Deserialize<'de> for Floats {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Floats, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Floats;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of numbers")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Floats, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(x) = seq.next_element::<Option<f64>>()? {
+                    out.push(x.map_or(f32::NAN, |x| x as f32));
+                }
+                Ok(Floats(out))
+            }
+        }
+        d.deserialize_seq(Visit)
+    }
 }
 
 /// What an answer says it cost.
