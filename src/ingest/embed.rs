@@ -505,6 +505,22 @@ impl Fetch<'_> {
         Ok(())
     }
 
+    /// Waits for the oldest request's answer and hands it (and any after it that
+    /// are back) to `take`; false when none is waiting.
+    pub(crate) fn take_next<E: From<EmbedError>>(
+        &mut self,
+        take: &mut impl FnMut(Vec<Vec<f32>>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<bool, E> {
+        let before = self.waiting.len();
+        while before > 0 && self.waiting.len() == before {
+            self.take_ready(take)?;
+            if self.waiting.len() == before {
+                self.embedder.pace.wait_answer(Duration::from_millis(5));
+            }
+        }
+        Ok(before > 0)
+    }
+
     /// Hands every remaining answer, in order, to `take`.
     pub(crate) fn finish<E: From<EmbedError>>(
         &mut self,

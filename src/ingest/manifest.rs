@@ -57,6 +57,31 @@ pub(crate) fn open(
         .map_err(|e| db::classify(e, "recording the file in the manifest"))
 }
 
+/// Opens the manifest row of a file that has none yet (see `open`); false when
+/// it has one, whatever its status.
+pub(crate) fn open_new(
+    client: &mut impl GenericClient,
+    names: &Names,
+    key: &FileKey<'_>,
+    sha256: &str,
+    bytes: i64,
+    host: &str,
+    seq: i64,
+) -> Result<bool> {
+    let sql = format!(
+        "INSERT INTO {} (batch_tag, file_name, sha256, bytes, status, host, seq) VALUES ($1, $2, $3, $4, 'open', $5, $6) \
+         ON CONFLICT (batch_tag, file_name) DO NOTHING",
+        names.manifest
+    );
+    client
+        .execute(
+            &sql,
+            &[&key.tag.as_str(), &key.name, &sha256, &bytes, &host, &seq],
+        )
+        .map(|n| n > 0)
+        .map_err(|e| db::classify(e, "recording an earlier copy in the manifest"))
+}
+
 /// Who already ingested content with this sha256, if anyone: (batch_tag, file_name).
 pub(crate) fn ingested_by(
     client: &mut impl GenericClient,

@@ -379,12 +379,16 @@ impl Ingest {
                 Original::CommittedForIt
             }
             Some(_) => Original::Duplicate,
-            None => match manifest::earlier_copy(tx, &self.names, job.sha, job.file.seq)? {
-                Some(e) => Original::Earlier(e),
-                None => self
-                    .unopened_copy(tx, job, bytes)?
-                    .map_or(Original::ThisFile, Original::Earlier),
-            },
+            None => {
+                // The earliest of the copies: an open one, or one claimed before it
+                // that its batch has not opened yet.
+                let open = manifest::earlier_copy(tx, &self.names, job.sha, job.file.seq)?;
+                let before = open.as_ref().map_or(job.file.seq, |e| e.seq);
+                match self.unopened_copy(tx, job, bytes, before)? {
+                    Some(e) => Original::Earlier(e),
+                    None => open.map_or(Original::ThisFile, Original::Earlier),
+                }
+            }
         })
     }
 
@@ -397,13 +401,14 @@ impl Ingest {
         tx: &mut postgres::Transaction<'_>,
         job: &Job<'_>,
         bytes: &mut FileBytes<'_>,
+        before: i64,
     ) -> Result<Option<manifest::EarlierCopy>> {
         let Some(spool) = crate::spool::Spool::holding(&job.file.path) else {
             return Ok(None);
         };
         let len = bytes.len();
         let mut head = None;
-        for e in spool.claimed_before(job.file.seq, len) {
+        for e in spool.claimed_before(before, len) {
             if e.tag == *job.key.tag && e.name == job.file.name {
                 continue;
             }
@@ -426,15 +431,15 @@ impl Ingest {
                 tag: &e.tag,
                 name: &e.name,
             };
-            manifest::open(
-                tx,
-                &self.names,
-                &key,
-                job.sha,
-                len as i64,
-                &self.host,
-                e.seq,
-            )?;
+            // Only a file with no row yet: one that opened meanwhile is found by
+            // earlier_copy, and one that failed stays failed.
+            let (sha, host) = (job.sha, self.host.as_str());
+            if !manifest::open_new(tx, &self.names, &key, sha, len as i64, host, e.seq)? {
+                match manifest::earlier_copy(tx, &self.names, job.sha, before)? {
+                    Some(open) => return Ok(Some(open)),
+                    None => continue,
+                }
+            }
             return Ok(Some(manifest::EarlierCopy {
                 tag: e.tag,
                 name: e.name,

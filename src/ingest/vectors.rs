@@ -214,6 +214,7 @@ pub(crate) fn prefetch(
         entries: VecDeque::new(),
         answers: VecDeque::new(),
         needs_direction: names.storage.needs_direction(),
+        reused_bytes: 0,
     };
     let mut fetch = embedder.fetch(file.seq, spent.clone());
     let read = bytes.records(file.embed_dim, |records| {
@@ -237,7 +238,10 @@ pub(crate) fn prefetch(
                 .then(|| known.get(&key(doc, content)))
                 .flatten();
             match hit {
-                Some(v) => plan.entries.push_back(Entry::Reused(*index, v.clone())),
+                Some(v) => {
+                    plan.reused_bytes += v.len() * 4;
+                    plan.entries.push_back(Entry::Reused(*index, v.clone()));
+                }
                 None => {
                     plan.entries.push_back(Entry::Fetched(*index));
                     texts.push(*content);
@@ -248,7 +252,13 @@ pub(crate) fn prefetch(
             let owned = texts[group].iter().map(|t| t.to_string()).collect();
             fetch.submit(owned, &mut |v| plan.take(&mut out, v))?;
         }
-        plan.drain(&mut out)
+        plan.drain(&mut out)?;
+        // Reused vectors queued behind an answer not yet back wait in memory: a
+        // file that reuses most of its rows waits for answers rather than read on.
+        while plan.reused_bytes > REUSED_BOUND
+            && fetch.take_next(&mut |v| plan.take(&mut out, v))?
+        {}
+        Ok(())
     });
     read.and_then(|()| fetch.finish(&mut |v| plan.take(&mut out, v)))
         .and_then(|()| plan.drain(&mut out))
@@ -274,7 +284,12 @@ struct Plan {
     entries: VecDeque<Entry>,
     answers: VecDeque<Vec<f32>>,
     needs_direction: bool,
+    /// Bytes of the reused vectors in `entries`.
+    reused_bytes: usize,
 }
+
+/// Reused vectors a file may hold while an answer ahead of them is awaited.
+const REUSED_BOUND: usize = 8 << 20;
 
 impl Plan {
     /// One request's vectors, back in order.
@@ -297,13 +312,26 @@ impl Plan {
             }
             let (index, v, reused) = match self.entries.pop_front() {
                 None => return Ok(()),
-                Some(Entry::Reused(index, v)) => (index, v, true),
+                Some(Entry::Reused(index, v)) => {
+                    self.reused_bytes -= v.len() * 4;
+                    (index, v, true)
+                }
                 Some(Entry::Fetched(index)) => {
                     (index, self.answers.pop_front().unwrap_or_default(), false)
                 }
             };
             if self.needs_direction && v.iter().all(|x| *x == 0.0) {
                 return Err(Refused::Prefetch(bad(index, ZERO_ANSWER.into())));
+            }
+            // Without EMBED_DIM the first vector sets the file's length; one of
+            // another length would shift every vector after it in the COPY.
+            if out.dim != 0 && v.len() != out.dim {
+                let why = format!(
+                    "a vector of {} values where the file's others have {}",
+                    v.len(),
+                    out.dim
+                );
+                return Err(Refused::Prefetch(bad(index, why)));
             }
             out.push(&v)
                 .map_err(|e| Refused::Prefetch(Prefetch::Stop(e)))?;
@@ -398,8 +426,10 @@ fn reusable(
             &[&docs, &model],
         )
         .map_err(|e| crate::db::classify(e, "reading vectors to reuse"))?;
+    // A stored vector that cannot be read (a NULL element in a real[]) is not
+    // reused: its chunk is fetched again.
     Ok(rows
         .iter()
-        .map(|r| ((r.get(0), r.get(1)), r.get::<_, Stored>(2).0))
+        .filter_map(|r| Some(((r.get(0), r.get(1)), r.try_get::<_, Stored>(2).ok()?.0)))
         .collect())
 }
