@@ -57,6 +57,23 @@ impl From<Settled> for Totals {
 }
 
 impl Totals {
+    /// The report of a batch of `files` files and `bytes` bytes that came to this.
+    fn report(self, tag: &BatchTag, files: usize, bytes: u64, duration_ms: u64) -> BatchReport {
+        BatchReport {
+            files_ok: self.files_ok,
+            files_failed: self.files_failed,
+            rows: self.rows,
+            deleted: self.deleted,
+            mtimes: self.mtimes,
+            changed_docs: self.changed_docs.into_iter().collect(),
+            reason: self.reason.unwrap_or(Reason::Success),
+            healed: self.healed,
+            duration_ms,
+            error: self.error,
+            ..BatchReport::new(tag, files, bytes)
+        }
+    }
+
     fn reason(&mut self, r: Reason) {
         self.reason = Some(self.reason.map_or(r, |old| old.combine(r)));
     }
@@ -343,19 +360,7 @@ impl Runner {
             .totals
             .into_inner()
             .unwrap_or_else(|p| p.into_inner());
-        let report = BatchReport {
-            files_ok: t.files_ok,
-            files_failed: t.files_failed,
-            rows: t.rows,
-            deleted: t.deleted,
-            mtimes: t.mtimes,
-            changed_docs: t.changed_docs.into_iter().collect(),
-            reason: t.reason.unwrap_or(Reason::Success),
-            healed: t.healed,
-            duration_ms: started.elapsed().as_millis() as u64,
-            error: t.error,
-            ..BatchReport::new(tag, count, bytes)
-        };
+        let report = t.report(tag, count, bytes, started.elapsed().as_millis() as u64);
         log::info!(
             "batch {}: files={} bytes={} ok={} failed={} rows={} deleted={} reason={} healed={} duration_ms={}",
             report.tag,
@@ -440,17 +445,7 @@ impl Runner {
         }
         log::info!("batch {tag}: settled before a stop; queueing its gate.done");
         let (files, bytes) = (s.files(), s.bytes);
-        let t = Totals::from(s);
-        Ok(Some(BatchReport {
-            files_ok: t.files_ok,
-            files_failed: t.files_failed,
-            rows: t.rows,
-            deleted: t.deleted,
-            changed_docs: t.changed_docs.into_iter().collect(),
-            reason: t.reason.unwrap_or(Reason::Success),
-            healed: t.healed,
-            ..BatchReport::new(tag, files, bytes)
-        }))
+        Ok(Some(Totals::from(s).report(tag, files, bytes, 0)))
     }
 
     /// Runs `op` on a fresh connection (recovery's few reads).
