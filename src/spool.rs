@@ -404,7 +404,7 @@ impl Spool {
             }
             let name = entry.file_name();
             let Some(tag) = name.to_str().and_then(BatchTag::parse) else {
-                self.clear_staging(&name);
+                self.clear_staging(&name, owner);
                 continue;
             };
             if skip.contains(&tag) {
@@ -455,21 +455,26 @@ impl Spool {
     }
 
     /// Removes a batch directory whose claimer died before it got its tag (it holds
-    /// nothing but its `.owner`: files move in only after the rename). Only one a
-    /// minute old: a claimer renames its own within milliseconds, also on another
-    /// host whose flock this one does not see.
-    fn clear_staging(&self, name: &OsStr) {
+    /// nothing but its `.owner`: files move in only after the rename). One whose
+    /// `.owner` names this host goes as soon as its flock is free (that claimer
+    /// wrote it under the lock, so a free lock means it died). Otherwise only one
+    /// a minute old: a claimer renames its own within milliseconds, also on
+    /// another host whose flock this one does not see, and one that has not yet
+    /// written its `.owner` may not yet hold its lock either.
+    fn clear_staging(&self, name: &OsStr, owner: &Owner) {
         let Some(name) = name.to_str() else { return };
         if !(name.starts_with('.') && name.ends_with(STAGING_SUFFIX)) {
             return;
         }
         let dir = self.dir("processing").join(name);
+        let ours = fs::read_to_string(dir.join(OWNER_FILE))
+            .is_ok_and(|text| text.split_whitespace().next() == Some(owner.host.as_str()));
         let old = fs::symlink_metadata(&dir)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|m| SystemTime::now().duration_since(m).ok())
             .is_some_and(|age| age >= Duration::from_secs(60));
-        if !old {
+        if !(ours || old) {
             return;
         }
         if let Ok(Some(_lock)) = BatchLock::try_take(&dir) {
@@ -911,26 +916,32 @@ mod tests {
     #[test]
     fn a_staging_directory_left_by_a_dead_claimer_is_cleared() -> Result<()> {
         let (_t, spool) = spool()?;
-        let staging = spool
-            .dir("processing")
-            .join(format!(".{}{STAGING_SUFFIX}", BatchTag::new()?));
-        make_dir(&staging)?;
-        fs::write(staging.join(OWNER_FILE), "here 1\n")?;
-        // A claimer's own, a moment old, is left for it to rename.
-        assert!(
-            spool
+        let none = || -> Result<bool> {
+            Ok(spool
                 .in_flight(&owner("here"), &Default::default(), usize::MAX)?
-                .is_empty()
-        );
-        assert!(staging.exists());
+                .is_empty())
+        };
+        let staging = |host: &str| -> Result<PathBuf> {
+            let dir = spool
+                .dir("processing")
+                .join(format!(".{}{STAGING_SUFFIX}", BatchTag::new()?));
+            make_dir(&dir)?;
+            fs::write(dir.join(OWNER_FILE), format!("{host} 1\n"))?;
+            Ok(dir)
+        };
+        // This host's claimer, alive (its lock held), is left to rename its own.
+        let alive = staging("here")?;
+        let lock = BatchLock::try_take(&alive)?;
+        assert!(none()? && alive.exists());
+        // Once it died (the lock free), its directory goes at once.
+        drop(lock);
+        assert!(none()? && !alive.exists());
+        // Another host's, whose flock this host may not see, only a minute on.
+        let foreign = staging("there")?;
+        assert!(none()? && foreign.exists());
         let old = SystemTime::now() - Duration::from_secs(61);
-        File::open(&staging)?.set_modified(old)?;
-        assert!(
-            spool
-                .in_flight(&owner("here"), &Default::default(), usize::MAX)?
-                .is_empty()
-        );
-        assert!(!staging.exists());
+        File::open(&foreign)?.set_modified(old)?;
+        assert!(none()? && !foreign.exists());
         Ok(())
     }
 
