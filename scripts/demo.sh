@@ -27,8 +27,10 @@ export SPOOL_DIR=$root/spool
 export RAG_LOG_FILE=$root/logs/rag_ingestion.log
 export DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/ragdemo
 export REDIS_HOST=127.0.0.1 REDIS_PORT=$REDIS_PORT
-# RAG storage (SPEC §10): pgvector column, HNSW on sealed partitions, documents replaced.
-export EMBEDDING_TYPE=vector EMBED_DIM=384 VECTOR_INDEX=hnsw VECTOR_INDEX_QUIET_SECS=0 DOC_MODE=replace
+# RAG storage (SPEC §10, §15): pgvector's halfvec column, a full-text column, HNSW and
+# GIN on sealed partitions, documents replaced.
+export EMBEDDING_TYPE=halfvec EMBED_DIM=384 VECTOR_INDEX=hnsw VECTOR_INDEX_QUIET_SECS=0 DOC_MODE=replace
+export TEXT_SEARCH=english
 export GATE_TOKEN=demo-gate-token GATE_SECRET=whsec_ZGVtby1zaWduaW5nLXNlY3JldA==
 gate_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export GATE_URL=http://127.0.0.1:$gate_port/
@@ -62,7 +64,7 @@ step "ragspool status"
 step "rows in the table"
 psql -X -h 127.0.0.1 -p "$PG_PORT" -U postgres ragdemo -c \
   "SELECT count(*) AS rows, count(DISTINCT batch_tag) AS batches, min(created_at)::date AS oldest, max(created_at)::date AS newest FROM rag_chunks"
-step "nearest neighbours of one chunk (pgvector, cosine distance)"
+step "nearest neighbours of one chunk (pgvector halfvec, cosine distance)"
 psql -X -h 127.0.0.1 -p "$PG_PORT" -U postgres ragdemo -c \
   "SELECT doc_id, chunk_index, round((embedding <=> (SELECT embedding FROM rag_chunks ORDER BY doc_id, chunk_index LIMIT 1))::numeric, 4) AS distance
    FROM rag_chunks ORDER BY embedding <=> (SELECT embedding FROM rag_chunks ORDER BY doc_id, chunk_index LIMIT 1) LIMIT 5"
@@ -95,8 +97,13 @@ PY
 "$bin" process
 echo "after: $replaced has $(q "SELECT count(*) FROM rag_chunks WHERE doc_id = '$replaced'") chunk(s) ($(q "SELECT string_agg(content, ' | ') FROM rag_chunks WHERE doc_id = '$replaced'")), $deleted has $(q "SELECT count(*) FROM rag_chunks WHERE doc_id = '$deleted'")"
 q "SELECT 'manifest: ' || file_name || ' rows=' || rows || ' deleted=' || deleted FROM ragspool_manifest WHERE file_name = 'update.msgpack'"
-step "ragspool maintain (builds the HNSW index on sealed partitions)"
+step "ragspool maintain (builds the HNSW and GIN indexes on sealed partitions)"
 "$bin" maintain
+step "hybrid search: nearest by meaning and best by words, fused by reciprocal rank (examples/hybrid_search.sql)"
+query_embedding=$(q "SELECT embedding::text FROM rag_chunks ORDER BY doc_id, chunk_index OFFSET 1 LIMIT 1")
+echo "query: the embedding of one chunk, and the words 'partition latency'"
+psql -X -h 127.0.0.1 -p "$PG_PORT" -U postgres ragdemo -v ON_ERROR_STOP=1 \
+  -v query_embedding="$query_embedding" -v query_text="partition latency" -f examples/hybrid_search.sql
 step "events the gate received"
 cat "$root/gate-events.jsonl"
 step "quarantined files and their reasons"

@@ -19,8 +19,14 @@ pub(crate) fn write_configured(config: &Config) {
     let last_maintenance_success = client
         .as_mut()
         .and_then(|c| crate::maintenance::last_success(c, &names).ok().flatten());
-    let partitions_unindexed = match (&names.storage.index, client.as_mut()) {
-        (Some(_), Some(c)) => crate::partition::unindexed(c, &names).ok().map(|p| p.len()),
+    let partitions_unindexed = match client.as_mut() {
+        Some(c) if !names.storage.indexes().is_empty() => {
+            crate::partition::unindexed(c, &names).ok().map(|waiting| {
+                let parts: std::collections::BTreeSet<String> =
+                    waiting.into_iter().map(|w| w.partition).collect();
+                parts.len()
+            })
+        }
         _ => None,
     };
     let partitions_ahead_days = client

@@ -209,8 +209,8 @@ pub(crate) fn oldest_waiting_secs(spool: &Spool) -> Result<Option<u64>> {
 /// Partitions that lack what SPEC §10 gives them.
 #[derive(Debug, Default)]
 pub(crate) struct Partitions {
-    /// Partitions still waiting for their HNSW index.
-    pub(crate) unindexed: Vec<String>,
+    /// Partitions still waiting for an index (HNSW, GIN), with the index.
+    pub(crate) unindexed: Vec<(crate::storage::PartitionIndex, String)>,
     /// Partitions without their TOAST_TUPLE_TARGET storage parameter.
     pub(crate) lacking_storage: Vec<String>,
 }
@@ -261,7 +261,7 @@ pub(crate) fn database_view(config: &Config) -> DbView {
             partitions: Partitions {
                 unindexed: crate::partition::unindexed(&mut client, &names)?
                     .into_iter()
-                    .map(|(p, _)| p)
+                    .map(|w| (w.index, w.partition))
                     .collect(),
                 lacking_storage: crate::partition::lacking_storage(&mut client, &names)?
                     .into_iter()

@@ -27,6 +27,7 @@ pub mod fuzzing {
 
 pub(crate) mod backoff;
 pub(crate) mod batch;
+pub(crate) mod binary16;
 pub(crate) mod cli;
 pub(crate) mod clock;
 pub(crate) mod cmd;
@@ -62,6 +63,7 @@ pub(crate) mod sequence;
 pub(crate) mod signal;
 pub(crate) mod spool;
 pub(crate) mod storage;
+pub(crate) mod text_search;
 pub(crate) mod watch;
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ pub(crate) fn last_run(client: &mut impl GenericClient, names: &Names) -> Result
 }
 
 use crate::partition::{self, Manager};
+use crate::storage::PartitionIndex;
 use std::collections::BTreeSet;
 use time::{Date, Duration, OffsetDateTime};
 
@@ -75,8 +76,8 @@ pub(crate) struct Report {
     pub(crate) created: i64,
     /// Partitions detached or dropped by retention.
     pub(crate) retired: Vec<String>,
-    /// Partitions that got their HNSW index (or would, in a dry run).
-    pub(crate) indexed: Vec<String>,
+    /// Indexes built on partitions (or that would be, in a dry run).
+    pub(crate) indexed: Vec<(PartitionIndex, String)>,
     /// ok, stalled, skipped or dry_run.
     pub(crate) outcome: String,
     /// Warnings worth an operator's eye (default partition, short window).
@@ -399,12 +400,7 @@ impl Report {
                 let verb = if s.drop { "drop" } else { "detach" };
                 out.push_str(&format!("dry run: would {verb}{}\n", list(&r.retired)));
             }
-            if !r.indexed.is_empty() {
-                out.push_str(&format!(
-                    "dry run: would build the HNSW index on{}\n",
-                    list(&r.indexed)
-                ));
-            }
+            indexed_lines(&mut out, &r.indexed, "dry run: would build");
         } else {
             out.push_str(&format!(
                 "expected {}, created {}, outcome {}\n",
@@ -416,9 +412,7 @@ impl Report {
                 let verb = if s.drop { "dropped" } else { "detached" };
                 out.push_str(&format!("{verb}{}\n", list(&r.retired)));
             }
-            if !r.indexed.is_empty() {
-                out.push_str(&format!("built the HNSW index on{}\n", list(&r.indexed)));
-            }
+            indexed_lines(&mut out, &r.indexed, "built");
         }
         if let Some(e) = &r.error {
             out.push_str(&format!("error: {e}\n"));
@@ -427,6 +421,24 @@ impl Report {
             out.push_str(&format!("warning: {w}\n"));
         }
         out
+    }
+}
+
+/// One line per kind of index built: `<verb> the HNSW index on: a, b`.
+fn indexed_lines(out: &mut String, indexed: &[(PartitionIndex, String)], verb: &str) {
+    for kind in [PartitionIndex::Hnsw, PartitionIndex::Gin] {
+        let parts: Vec<String> = indexed
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, p)| p.clone())
+            .collect();
+        if !parts.is_empty() {
+            out.push_str(&format!(
+                "{verb} the {} index on{}\n",
+                kind.label(),
+                list(&parts)
+            ));
+        }
     }
 }
 

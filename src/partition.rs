@@ -2,11 +2,12 @@
 //! which days are covered, creating missing ones natively (CREATE TABLE + ATTACH,
 //! under the advisory lock that `maintain` also takes, so the two never race on
 //! ATTACH) or through pg_partman when it manages the table, their storage parameter
-//! and HNSW index, and the self-heal bounds of SPEC §10.
+//! and indexes (HNSW, GIN), and the self-heal bounds of SPEC §10.
 
 use crate::db;
 use crate::error::Result;
 use crate::schema::Names;
+use crate::storage::{IndexBuild, PartitionIndex};
 use postgres::GenericClient;
 use std::collections::BTreeSet;
 use time::{Date, Duration, OffsetDateTime};
@@ -263,51 +264,74 @@ pub(crate) fn lacking_storage(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Partitions still waiting for their HNSW index: with `sealed`, those whose range
-/// ended before today; with `always`, all. Empty without VECTOR_INDEX.
-pub(crate) fn unindexed(
-    client: &mut impl GenericClient,
-    names: &Names,
-) -> Result<Vec<(String, Date)>> {
-    let Some(index) = names.storage.index else {
-        return Ok(Vec::new());
-    };
-    let rows = client
-        .query(
-            "SELECT c.oid::regclass::text, pg_get_expr(c.relpartbound, c.oid) \
-             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = to_regclass($1) AND NOT EXISTS ( \
-               SELECT 1 FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid JOIN pg_am am ON am.oid = ic.relam \
-               WHERE x.indrelid = c.oid AND am.amname = 'hnsw' AND x.indisvalid) \
-             ORDER BY 1",
-            &[&names.table],
-        )
-        .map_err(|e| db::classify(e, "looking for partitions without their HNSW index"))?;
-    let today = OffsetDateTime::now_utc().date();
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            let (_, to) = parse_bound(&r.get::<_, String>(1))?;
-            Some((r.get::<_, String>(0), to))
-        })
-        .filter(|(_, to)| index.build == crate::storage::IndexBuild::Always || *to <= today)
-        .collect())
+/// A partition still waiting for one of its indexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Waiting {
+    /// The partition's qualified name.
+    pub(crate) partition: String,
+    /// The first day after its range.
+    pub(crate) ends: Date,
+    /// The index it lacks.
+    pub(crate) index: PartitionIndex,
 }
 
-/// Builds the HNSW index on every partition waiting for it (SPEC §10): with
-/// `sealed`, once its range ended before today and it took no row for
+/// Partitions still waiting for an index they should have (HNSW with
+/// VECTOR_INDEX, GIN with TEXT_SEARCH): with `sealed`, those whose range ended
+/// before today; with `always`, all. Ordered by partition, then index.
+pub(crate) fn unindexed(client: &mut impl GenericClient, names: &Names) -> Result<Vec<Waiting>> {
+    let policy = names.storage.index_policy;
+    let today = OffsetDateTime::now_utc().date();
+    let mut waiting = Vec::new();
+    for index in names.storage.indexes() {
+        // A valid index of the method on the column counts, whatever its name
+        // (one on the parent reaches every partition as its own).
+        let rows = client
+            .query(
+                "SELECT c.oid::regclass::text, pg_get_expr(c.relpartbound, c.oid) \
+                 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                 WHERE i.inhparent = to_regclass($1) AND NOT EXISTS ( \
+                   SELECT 1 FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid \
+                   JOIN pg_am am ON am.oid = ic.relam \
+                   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = x.indkey[0] \
+                   WHERE x.indrelid = c.oid AND am.amname = $2 AND a.attname = $3 AND x.indisvalid)",
+                &[&names.table, &index.method(), &index.column()],
+            )
+            .map_err(|e| {
+                db::classify(
+                    e,
+                    &format!("looking for partitions without their {} index", index.label()),
+                )
+            })?;
+        waiting.extend(rows.iter().filter_map(|r| {
+            let (_, ends) = parse_bound(&r.get::<_, String>(1))?;
+            Some(Waiting {
+                partition: r.get(0),
+                ends,
+                index,
+            })
+        }));
+    }
+    waiting.retain(|w| policy.build == IndexBuild::Always || w.ends <= today);
+    waiting.sort_by(|a, b| (&a.partition, a.index).cmp(&(&b.partition, b.index)));
+    Ok(waiting)
+}
+
+/// Builds every index a partition is waiting for (SPEC §10, §15): with `sealed`,
+/// once its range ended before today and it took no row for
 /// VECTOR_INDEX_QUIET_SECS. CREATE INDEX CONCURRENTLY, so ingest goes on into the
 /// partition meanwhile; an index such a build left invalid (interrupted, failed) is
-/// dropped and built again. Returns the partitions indexed (or, with `dry_run`,
-/// those that would be).
+/// dropped and built again. Returns the indexes built (or, with `dry_run`, those
+/// that would be).
 pub(crate) fn index_sealed(
     client: &mut postgres::Client,
     names: &Names,
     dry_run: bool,
-) -> Result<Vec<String>> {
-    let Some(index) = names.storage.index else {
+) -> Result<Vec<(PartitionIndex, String)>> {
+    let indexes = names.storage.indexes();
+    if indexes.is_empty() {
         return Ok(Vec::new());
-    };
+    }
+    let policy = names.storage.index_policy;
     if !dry_run {
         // An index build on a large partition may rightly outlast
         // DB_STATEMENT_TIMEOUT_MS; it runs concurrently, holding no lock that
@@ -315,58 +339,82 @@ pub(crate) fn index_sealed(
         client
             .batch_execute("SET statement_timeout = 0")
             .map_err(|e| db::classify(e, "lifting statement_timeout for index builds"))?;
-        drop_invalid_indexes(client, names)?;
+        for index in &indexes {
+            drop_invalid_indexes(client, names, *index)?;
+        }
     }
     let mut done = Vec::new();
-    for (part, _) in unindexed(client, names)? {
-        if index.build == crate::storage::IndexBuild::Sealed {
-            let idle: f64 = client
-                .query_one(
-                    &format!(
-                        "SELECT coalesce(extract(epoch FROM now() - max(ingested_at))::float8, 1e12) FROM {part}"
-                    ),
-                    &[],
-                )
-                .map_err(|e| db::classify(e, &format!("reading {part}'s last ingest")))?
-                .get(0);
-            if idle < index.quiet_secs as f64 {
+    let mut quiet: Option<(String, bool)> = None;
+    for w in unindexed(client, names)? {
+        if policy.build == IndexBuild::Sealed {
+            // Asked once per partition, however many indexes it waits for.
+            let is_quiet = match &quiet {
+                Some((p, q)) if *p == w.partition => *q,
+                _ => idle_secs(client, &w.partition)? >= policy.quiet_secs as f64,
+            };
+            quiet = Some((w.partition.clone(), is_quiet));
+            if !is_quiet {
                 continue;
             }
         }
         if !dry_run {
-            let bare = part.rsplit('.').next().unwrap_or(&part);
+            let part = &w.partition;
+            let bare = part.rsplit('.').next().unwrap_or(part);
             let sql = format!(
-                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {bare}_hnsw ON {part} USING hnsw (embedding {})",
-                names.storage.metric.opclass()
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {bare}_{} ON {part} USING {}",
+                w.index.suffix(),
+                names.storage.index_using(w.index)
             );
-            client
-                .batch_execute(&sql)
-                .map_err(|e| db::classify(e, &format!("building the HNSW index on {part}")))?;
+            client.batch_execute(&sql).map_err(|e| {
+                db::classify(
+                    e,
+                    &format!("building the {} index on {part}", w.index.label()),
+                )
+            })?;
         }
-        done.push(part);
+        done.push((w.index, w.partition));
     }
     Ok(done)
 }
 
-/// Drops HNSW indexes on partitions that a failed or interrupted concurrent build
+/// Seconds since `part` last took a row (a very large number when it holds none).
+fn idle_secs(client: &mut postgres::Client, part: &str) -> Result<f64> {
+    Ok(client
+        .query_one(
+            &format!(
+                "SELECT coalesce(extract(epoch FROM now() - max(ingested_at))::float8, 1e12) FROM {part}"
+            ),
+            &[],
+        )
+        .map_err(|e| db::classify(e, &format!("reading {part}'s last ingest")))?
+        .get(0))
+}
+
+/// Drops `index`es on partitions that a failed or interrupted concurrent build
 /// left invalid, so that the next build starts clean.
-fn drop_invalid_indexes(client: &mut postgres::Client, names: &Names) -> Result<()> {
+fn drop_invalid_indexes(
+    client: &mut postgres::Client,
+    names: &Names,
+    index: PartitionIndex,
+) -> Result<()> {
     let rows = client
         .query(
             "SELECT x.indexrelid::regclass::text FROM pg_inherits i JOIN pg_index x ON x.indrelid = i.inhrelid \
              JOIN pg_class ic ON ic.oid = x.indexrelid JOIN pg_am am ON am.oid = ic.relam \
-             WHERE i.inhparent = to_regclass($1) AND am.amname = 'hnsw' AND NOT x.indisvalid",
-            &[&names.table],
+             JOIN pg_attribute a ON a.attrelid = i.inhrelid AND a.attnum = x.indkey[0] \
+             WHERE i.inhparent = to_regclass($1) AND am.amname = $2 AND a.attname = $3 AND NOT x.indisvalid",
+            &[&names.table, &index.method(), &index.column()],
         )
-        .map_err(|e| db::classify(e, "looking for invalid HNSW indexes"))?;
+        .map_err(|e| db::classify(e, &format!("looking for invalid {} indexes", index.label())))?;
     for row in rows {
-        let index: String = row.get(0);
+        let invalid: String = row.get(0);
         log::warn!(
-            "dropping invalid HNSW index {index} left by an interrupted build; it is built again"
+            "dropping invalid {} index {invalid} left by an interrupted build; it is built again",
+            index.label()
         );
         client
-            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))
-            .map_err(|e| db::classify(e, &format!("dropping invalid index {index}")))?;
+            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {invalid}"))
+            .map_err(|e| db::classify(e, &format!("dropping invalid index {invalid}")))?;
     }
     Ok(())
 }
@@ -425,9 +473,9 @@ fn create_native(tx: &mut postgres::Transaction<'_>, names: &Names, start: Date)
     let next = names.storage.interval.next(start);
     // CREATE + ATTACH rather than CREATE ... PARTITION OF: ATTACH takes only a SHARE
     // UPDATE EXCLUSIVE lock, so COPYs into other partitions go on meanwhile. ATTACH
-    // also builds the parent's indexes (doc_id, and HNSW with `always`) on it.
+    // also builds the parent's indexes (doc_id, and HNSW and GIN with `always`) on it.
     let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {part} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS){with};\n\
+        "CREATE TABLE IF NOT EXISTS {part} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED){with};\n\
          ALTER TABLE {table} ATTACH PARTITION {part} FOR VALUES FROM ('{start} 00:00:00+00') TO ('{next} 00:00:00+00');",
         table = names.table,
         with = names.storage.with_clause(),

@@ -1,6 +1,7 @@
 //! The database schema (SPEC §5): table names derived from RAGSPOOL_TABLE, the
-//! idempotent migration under an advisory lock, and the version check that makes
-//! other commands refuse a schema that is too old (exit 78).
+//! idempotent migration under an advisory lock, and the checks that make other
+//! commands refuse a schema that is too old or a table that disagrees with the
+//! storage settings (exit 78).
 
 use crate::db;
 use crate::error::{Error, Result};
@@ -71,7 +72,7 @@ impl Names {
     /// The names for the configured table, with its storage settings.
     pub(crate) fn from_config(config: &crate::config::Config) -> Names {
         Names {
-            storage: config.storage,
+            storage: config.storage.clone(),
             ..Names::new(&config.table)
         }
     }
@@ -110,8 +111,20 @@ impl Names {
     }
 }
 
-/// Brings the schema up to [`VERSION`] under an advisory lock; returns (before, after).
-pub(crate) fn migrate(client: &mut Client, names: &Names) -> Result<(i32, i32)> {
+/// What a migration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Migrated {
+    /// The schema version before.
+    pub(crate) before: i32,
+    /// The schema version after.
+    pub(crate) after: i32,
+    /// Whether it added the TEXT_SEARCH column to an existing table.
+    pub(crate) text_search_added: bool,
+}
+
+/// Brings the schema up to [`VERSION`] under an advisory lock, and the table to
+/// what the storage settings ask (SPEC §10, §15).
+pub(crate) fn migrate(client: &mut Client, names: &Names) -> Result<Migrated> {
     let mut tx = client
         .transaction()
         .map_err(|e| db::classify(e, "starting the migration"))?;
@@ -120,10 +133,15 @@ pub(crate) fn migrate(client: &mut Client, names: &Names) -> Result<(i32, i32)> 
     // Indexes over existing partitions may take long; migrate is run by hand.
     tx.batch_execute("SET LOCAL statement_timeout = 0")
         .map_err(|e| db::classify(e, "lifting statement_timeout for the migration"))?;
-    if let EmbeddingType::Vector(_) = names.storage.embedding {
-        create_vector_extension(&mut tx)?;
+    let embedding = names.storage.embedding;
+    if embedding.pgvector() {
+        create_vector_extension(&mut tx, embedding)?;
     }
     let before = current_version(&mut tx, names)?;
+    let fresh = tx
+        .query_one("SELECT to_regclass($1) IS NULL", &[&names.table])
+        .map_err(|e| db::classify(e, "looking for the target table"))?
+        .get::<_, bool>(0);
     for (i, sql) in MIGRATIONS.iter().enumerate() {
         let to = i as i32 + 1;
         if to > before {
@@ -132,47 +150,102 @@ pub(crate) fn migrate(client: &mut Client, names: &Names) -> Result<(i32, i32)> 
         }
     }
     require_embedding_type(&mut tx, names)?;
-    if let Some(metric) = names.storage.index_always() {
+    let text_search_added = match &names.storage.text_search {
+        Some(config) => crate::text_search::add(&mut tx, &names.table, config)? && !fresh,
+        None => false,
+    };
+    for index in names.storage.indexes_always() {
         let sql = format!(
-            "CREATE INDEX IF NOT EXISTS {name}_embedding_hnsw ON {table} USING hnsw (embedding {ops})",
+            "CREATE INDEX IF NOT EXISTS {name}_{column}_{method} ON {table} USING {using}",
             name = names.table_name,
+            column = index.column(),
+            method = index.method(),
             table = names.table,
-            ops = metric.opclass()
+            using = names.storage.index_using(index),
         );
         tx.batch_execute(&sql)
-            .map_err(|e| db::classify(e, "creating the HNSW index"))?;
+            .map_err(|e| db::classify(e, &format!("creating the {} index", index.label())))?;
     }
     tx.commit()
         .map_err(|e| db::classify(e, "committing the migration"))?;
-    Ok((before, VERSION))
+    Ok(Migrated {
+        before,
+        after: VERSION,
+        text_search_added,
+    })
 }
 
-/// `CREATE EXTENSION vector`, or exit 78 saying how to install it.
-fn create_vector_extension(tx: &mut postgres::Transaction<'_>) -> Result<()> {
-    let available: bool = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector')",
+/// `CREATE EXTENSION vector`, or exit 78 saying how to install it; for halfvec,
+/// pgvector 0.7 or later.
+fn create_vector_extension(
+    tx: &mut postgres::Transaction<'_>,
+    embedding: EmbeddingType,
+) -> Result<()> {
+    let kind = if embedding.half() {
+        "halfvec"
+    } else {
+        "vector"
+    };
+    let available: Option<String> = tx
+        .query_opt(
+            "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'",
             &[],
         )
         .map_err(|e| db::classify(e, "looking for pgvector"))?
-        .get(0);
-    if !available {
-        return Err(Error::config(
-            "`EMBEDDING_TYPE` is vector, but the database server has no pgvector extension",
-        )
+        .map(|r| r.get(0));
+    let Some(available) = available else {
+        return Err(Error::config(format!(
+            "`EMBEDDING_TYPE` is {kind}, but the database server has no pgvector extension"
+        ))
         .with_note(
             "install pgvector on the server (Debian/Ubuntu: apt-get install postgresql-<version>-pgvector; \
              or build it from https://github.com/pgvector/pgvector), or set EMBEDDING_TYPE=array",
         ));
-    }
+    };
     tx.batch_execute("CREATE EXTENSION IF NOT EXISTS vector")
         .map_err(|e| match db::classify(e, "creating the vector extension") {
             e if e.class() == crate::error::Class::TempFail => e,
-            e => Error::config(format!("`EMBEDDING_TYPE` is vector: {e}")).with_note(
+            e => Error::config(format!("`EMBEDDING_TYPE` is {kind}: {e}")).with_note(
                 "CREATE EXTENSION needs a superuser or the database owner (PostgreSQL 13+ trusted extension); \
                  run `CREATE EXTENSION vector` once as such a role",
             ),
-        })
+        })?;
+    if !embedding.half() {
+        return Ok(());
+    }
+    let installed: String = tx
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'",
+            &[],
+        )
+        .map_err(|e| db::classify(e, "reading pgvector's version"))?
+        .get(0);
+    if has_halfvec(&installed) {
+        return Ok(());
+    }
+    let note = if has_halfvec(&available) {
+        format!(
+            "the server has pgvector {available}: run `ALTER EXTENSION vector UPDATE` once \
+             (as the extension's owner or a superuser), or set EMBEDDING_TYPE=vector"
+        )
+    } else {
+        "install pgvector 0.7 or later on the server (https://github.com/pgvector/pgvector), \
+         then run `ALTER EXTENSION vector UPDATE`; or set EMBEDDING_TYPE=vector"
+            .to_string()
+    };
+    Err(Error::config(format!(
+        "`EMBEDDING_TYPE` is halfvec, which needs pgvector 0.7 or later; the database has pgvector {installed}"
+    ))
+    .with_note(note))
+}
+
+/// Whether pgvector `version` (`major.minor[.patch]`) has halfvec (0.7.0).
+fn has_halfvec(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (0, 7),
+        _ => false,
+    }
 }
 
 /// The table's embedding column must be what EMBEDDING_TYPE says (78 otherwise).
@@ -235,7 +308,11 @@ pub(crate) fn require_current(client: &mut Client, names: &Names) -> Result<()> 
         ))
         .with_note("run `ragspool migrate`"));
     }
-    require_embedding_type(client, names)
+    require_embedding_type(client, names)?;
+    match &names.storage.text_search {
+        Some(config) => crate::text_search::require(client, &names.table, config),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -253,5 +330,11 @@ mod tests {
         assert!(n.render("{create_schema}{table}").starts_with("rag_chunks"));
         n.storage.interval = crate::storage::Interval::Month;
         assert_eq!(n.partition(date!(2001 - 02 - 17)), "rag_chunks_p2001_02");
+    }
+
+    #[test]
+    fn halfvec_needs_pgvector_0_7() {
+        assert!(has_halfvec("0.7.0") && has_halfvec("0.8.0") && has_halfvec("1.0"));
+        assert!(!has_halfvec("0.6.2") && !has_halfvec("0.5") && !has_halfvec("dev"));
     }
 }

@@ -1,6 +1,7 @@
-//! How the target table stores chunks (SPEC §10): the embedding column's type, the
-//! HNSW index and when it is built, how a file's rows meet the document's earlier
-//! rows, the partition interval and the storage parameter of every partition.
+//! How the target table stores chunks (SPEC §10, §15): the embedding column's type,
+//! the text search column, the indexes each partition gets and when they are
+//! built, how a file's rows meet the document's earlier rows, the partition
+//! interval and the storage parameter of every partition.
 
 use time::{Date, Duration, Month};
 
@@ -11,6 +12,8 @@ pub(crate) enum EmbeddingType {
     Array,
     /// pgvector's `vector(dim)`.
     Vector(usize),
+    /// pgvector's `halfvec(dim)` (0.7 or later): 2-byte elements.
+    Halfvec(usize),
 }
 
 impl EmbeddingType {
@@ -19,48 +22,104 @@ impl EmbeddingType {
         match self {
             EmbeddingType::Array => "real[]".to_string(),
             EmbeddingType::Vector(dim) => format!("vector({dim})"),
+            EmbeddingType::Halfvec(dim) => format!("halfvec({dim})"),
         }
+    }
+
+    /// Whether the column is one of pgvector's types.
+    pub(crate) fn pgvector(self) -> bool {
+        !matches!(self, EmbeddingType::Array)
+    }
+
+    /// Whether elements are stored as f16.
+    pub(crate) fn half(self) -> bool {
+        matches!(self, EmbeddingType::Halfvec(_))
     }
 }
 
 /// VECTOR_METRIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Metric {
-    /// `vector_cosine_ops`.
+    /// `vector_cosine_ops`, `halfvec_cosine_ops`.
     Cosine,
-    /// `vector_l2_ops`.
+    /// `vector_l2_ops`, `halfvec_l2_ops`.
     L2,
-    /// `vector_ip_ops`.
+    /// `vector_ip_ops`, `halfvec_ip_ops`.
     Ip,
 }
 
 impl Metric {
-    /// The HNSW operator class.
-    pub(crate) fn opclass(self) -> &'static str {
+    /// The metric's part of an operator class name.
+    fn name(self) -> &'static str {
         match self {
-            Metric::Cosine => "vector_cosine_ops",
-            Metric::L2 => "vector_l2_ops",
-            Metric::Ip => "vector_ip_ops",
+            Metric::Cosine => "cosine",
+            Metric::L2 => "l2",
+            Metric::Ip => "ip",
         }
     }
 }
 
-/// When partitions get their HNSW index.
+/// When partitions get their indexes (HNSW and GIN alike).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum IndexBuild {
-    /// `maintain` builds it on partitions whose range ended and that are quiet.
+    /// `maintain` builds them on partitions whose range ended and that are quiet.
     Sealed,
-    /// Every partition has it from its creation.
+    /// Every partition has them from its creation.
     Always,
 }
 
-/// VECTOR_INDEX with its build policy and metric.
+/// VECTOR_INDEX_BUILD and VECTOR_INDEX_QUIET_SECS: the policy of every index a
+/// partition gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct VectorIndex {
-    /// When it is built.
+pub(crate) struct IndexPolicy {
+    /// When they are built.
     pub(crate) build: IndexBuild,
     /// VECTOR_INDEX_QUIET_SECS.
     pub(crate) quiet_secs: u64,
+}
+
+/// An index that every partition gets, as VECTOR_INDEX and TEXT_SEARCH ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum PartitionIndex {
+    /// HNSW on `embedding` (VECTOR_INDEX=hnsw).
+    Hnsw,
+    /// GIN on `content_tsv` (TEXT_SEARCH).
+    Gin,
+}
+
+impl PartitionIndex {
+    /// How operators read it: `HNSW`, `GIN`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            PartitionIndex::Hnsw => "HNSW",
+            PartitionIndex::Gin => "GIN",
+        }
+    }
+
+    /// The access method.
+    pub(crate) fn method(self) -> &'static str {
+        match self {
+            PartitionIndex::Hnsw => "hnsw",
+            PartitionIndex::Gin => "gin",
+        }
+    }
+
+    /// The column it indexes.
+    pub(crate) fn column(self) -> &'static str {
+        match self {
+            PartitionIndex::Hnsw => "embedding",
+            PartitionIndex::Gin => "content_tsv",
+        }
+    }
+
+    /// The suffix of its name: `<partition>_<suffix>` on a partition,
+    /// `<table>_<column>_<method>` on the parent.
+    pub(crate) fn suffix(self) -> &'static str {
+        match self {
+            PartitionIndex::Hnsw => "hnsw",
+            PartitionIndex::Gin => "content_tsv_gin",
+        }
+    }
 }
 
 /// DOC_MODE.
@@ -126,13 +185,17 @@ impl Interval {
     }
 }
 
-/// Every storage setting of SPEC §10.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Every storage setting of SPEC §10 and §15.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Storage {
-    /// EMBEDDING_TYPE (with EMBED_DIM for vector).
+    /// EMBEDDING_TYPE (with EMBED_DIM for vector and halfvec).
     pub(crate) embedding: EmbeddingType,
-    /// VECTOR_INDEX=hnsw, with its policy; `None` for no index.
-    pub(crate) index: Option<VectorIndex>,
+    /// VECTOR_INDEX=hnsw.
+    pub(crate) hnsw: bool,
+    /// TEXT_SEARCH: the text search configuration of `content_tsv`, when set.
+    pub(crate) text_search: Option<String>,
+    /// When partitions get their indexes.
+    pub(crate) index_policy: IndexPolicy,
     /// VECTOR_METRIC.
     pub(crate) metric: Metric,
     /// DOC_MODE.
@@ -151,7 +214,12 @@ impl Default for Storage {
     fn default() -> Storage {
         Storage {
             embedding: EmbeddingType::Array,
-            index: None,
+            hnsw: false,
+            text_search: None,
+            index_policy: IndexPolicy {
+                build: IndexBuild::Sealed,
+                quiet_secs: 600,
+            },
             metric: Metric::Cosine,
             doc_mode: DocMode::Append,
             interval: Interval::Day,
@@ -172,17 +240,48 @@ impl Storage {
         }
     }
 
-    /// Whether new partitions get the HNSW index at creation.
-    pub(crate) fn index_always(&self) -> Option<Metric> {
-        self.index
-            .filter(|i| i.build == IndexBuild::Always)
-            .map(|_| self.metric)
+    /// The indexes every partition gets, in the order they are built.
+    pub(crate) fn indexes(&self) -> Vec<PartitionIndex> {
+        let mut v = Vec::new();
+        if self.hnsw {
+            v.push(PartitionIndex::Hnsw);
+        }
+        if self.text_search.is_some() {
+            v.push(PartitionIndex::Gin);
+        }
+        v
     }
 
-    /// Whether vectors need a direction: a vector column under cosine distance,
+    /// The indexes that partitions get at creation (VECTOR_INDEX_BUILD=always).
+    pub(crate) fn indexes_always(&self) -> Vec<PartitionIndex> {
+        match self.index_policy.build {
+            IndexBuild::Always => self.indexes(),
+            IndexBuild::Sealed => Vec::new(),
+        }
+    }
+
+    /// The HNSW operator class: `<vector|halfvec>_<metric>_ops`.
+    pub(crate) fn hnsw_opclass(&self) -> String {
+        let kind = if self.embedding.half() {
+            "halfvec"
+        } else {
+            "vector"
+        };
+        format!("{kind}_{}_ops", self.metric.name())
+    }
+
+    /// `USING ...` of `index`: method, column and operator class.
+    pub(crate) fn index_using(&self, index: PartitionIndex) -> String {
+        match index {
+            PartitionIndex::Hnsw => format!("hnsw (embedding {})", self.hnsw_opclass()),
+            PartitionIndex::Gin => "gin (content_tsv)".to_string(),
+        }
+    }
+
+    /// Whether vectors need a direction: a pgvector column under cosine distance,
     /// where an all-zero vector fails its file (SPEC §12).
     pub(crate) fn needs_direction(&self) -> bool {
-        matches!(self.embedding, EmbeddingType::Vector(_)) && self.metric == Metric::Cosine
+        self.embedding.pgvector() && self.metric == Metric::Cosine
     }
 }
 
@@ -190,6 +289,32 @@ impl Storage {
 mod tests {
     use super::*;
     use time::macros::date;
+
+    #[test]
+    fn halfvec_takes_its_own_operator_classes() {
+        let mut s = Storage {
+            embedding: EmbeddingType::Halfvec(3),
+            hnsw: true,
+            metric: Metric::L2,
+            ..Storage::default()
+        };
+        assert_eq!(s.embedding.sql(), "halfvec(3)");
+        assert_eq!(
+            s.index_using(PartitionIndex::Hnsw),
+            "hnsw (embedding halfvec_l2_ops)"
+        );
+        s.embedding = EmbeddingType::Vector(3);
+        s.metric = Metric::Cosine;
+        assert_eq!(s.hnsw_opclass(), "vector_cosine_ops");
+        assert!(s.needs_direction());
+        assert!(s.indexes_always().is_empty(), "sealed by default");
+        s.text_search = Some("english".into());
+        s.index_policy.build = IndexBuild::Always;
+        assert_eq!(
+            s.indexes_always(),
+            vec![PartitionIndex::Hnsw, PartitionIndex::Gin]
+        );
+    }
 
     #[test]
     fn months_start_on_the_first_and_roll_over_the_year() {

@@ -14,7 +14,8 @@ pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
     let db = Db::from_config(config)?;
     let mut client = db.connect()?;
     let names = Names::from_config(config);
-    let (before, after) = schema::migrate(&mut client, &names)?;
+    let migrated = schema::migrate(&mut client, &names)?;
+    let (before, after) = (migrated.before, migrated.after);
     let today = time::OffsetDateTime::now_utc().date();
     let window: BTreeSet<time::Date> = (0..=i64::from(config.partition_premake_days))
         .map(|d| today + time::Duration::days(d))
@@ -39,6 +40,12 @@ pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
     );
     if registered {
         message.push_str("table handed to pg_partman\n");
+    }
+    if migrated.text_search_added {
+        message.push_str(&format!(
+            "content_tsv added (TEXT_SEARCH={}); `ragspool maintain` builds its GIN indexes\n",
+            names.storage.text_search.as_deref().unwrap_or_default()
+        ));
     }
     if !lacking.is_empty() {
         message.push_str(&format!(

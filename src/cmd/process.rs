@@ -96,10 +96,9 @@ pub(crate) fn ingest(config: &Config) -> Result<Ingest> {
     let mut client = db.connect()?;
     schema::require_current(&mut client, &names)?;
     let budget = Duration::from_secs(config.retry_max_secs);
-    let embedder = config
-        .embed
-        .as_ref()
-        .map(|settings| Embedder::new(settings, config.embed_dim, budget));
+    let embedder = config.embed.as_ref().map(|settings| {
+        Embedder::new(settings, config.embed_dim, budget).storing(names.storage.embedding)
+    });
     Ok(Ingest {
         names,
         db,

@@ -7,6 +7,7 @@ use crate::ingest::manifest::BatchSummary;
 use crate::inspect::{self, DbView, Partitions};
 use crate::maintenance::Run;
 use crate::spool::{Depth, Spool};
+use crate::storage::PartitionIndex;
 use serde_json::json;
 
 /// What `status` shows, read once and then printed as text or JSON.
@@ -56,7 +57,8 @@ fn json_report(spool: &Spool, s: &Status) -> serde_json::Value {
         "outbox": {"waiting": outbox, "dead": dead},
         "recent_batches": s.db.batches.as_ref().ok(),
         "last_maintenance": s.db.maintenance,
-        "partitions_unindexed": s.db.partitions.unindexed,
+        "partitions_unindexed": s.db.partitions.unindexed.iter().map(|(_, p)| p)
+            .collect::<std::collections::BTreeSet<_>>(),
         "partitions_without_toast_tuple_target": s.db.partitions.lacking_storage,
         "embed_tokens_24h": s.db.tokens_24h,
         "database_error": s.db.batches.as_ref().err(),
@@ -110,11 +112,20 @@ fn maintenance_lines(out: &mut String, last: Option<&Run>) {
 
 /// Only partitions that lack something are listed: a healthy table adds no line.
 fn partition_lines(out: &mut String, partitions: &Partitions) {
-    if !partitions.unindexed.is_empty() {
-        out.push_str(&format!(
-            "partitions waiting for their HNSW index: {}\n",
-            partitions.unindexed.join(", ")
-        ));
+    for kind in [PartitionIndex::Hnsw, PartitionIndex::Gin] {
+        let waiting: Vec<&str> = partitions
+            .unindexed
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, p)| p.as_str())
+            .collect();
+        if !waiting.is_empty() {
+            out.push_str(&format!(
+                "partitions waiting for their {} index: {}\n",
+                kind.label(),
+                waiting.join(", ")
+            ));
+        }
     }
     if !partitions.lacking_storage.is_empty() {
         out.push_str(&format!(

@@ -509,20 +509,20 @@ fn topology(raw: &Raw, problems: &mut Vec<String>) -> crate::cache::Topology {
     }
 }
 
-/// SPEC §10's settings, typed, with the rules that tie them together.
+/// SPEC §10's and §15's settings, typed, with the rules that tie them together.
 fn storage(raw: &Raw, problems: &mut Vec<String>) -> crate::storage::Storage {
     use crate::storage::{
-        DocMode, EmbeddingType, IndexBuild, Interval, Metric, Storage, VectorIndex,
+        DocMode, EmbeddingType, IndexBuild, IndexPolicy, Interval, Metric, Storage,
     };
     let num = |name: &str| raw.get(name).and_then(|v| v.parse::<u64>().ok());
     let dim = num("EMBED_DIM").and_then(|d| usize::try_from(d).ok());
     let embedding = match (raw.get("EMBEDDING_TYPE"), dim) {
         (Some("vector"), Some(dim)) => EmbeddingType::Vector(dim),
-        (Some("vector"), None) => {
-            problems.push(
-                "`EMBEDDING_TYPE` is vector, which needs `EMBED_DIM` (the vector column's dimension)"
-                    .into(),
-            );
+        (Some("halfvec"), Some(dim)) => EmbeddingType::Halfvec(dim),
+        (Some(kind @ ("vector" | "halfvec")), None) => {
+            problems.push(format!(
+                "`EMBEDDING_TYPE` is {kind}, which needs `EMBED_DIM` (the {kind} column's dimension)"
+            ));
             EmbeddingType::Array
         }
         _ => EmbeddingType::Array,
@@ -532,28 +532,27 @@ fn storage(raw: &Raw, problems: &mut Vec<String>) -> crate::storage::Storage {
         Some("ip") => Metric::Ip,
         _ => Metric::Cosine,
     };
-    let index = match raw.get("VECTOR_INDEX") {
-        Some("hnsw") if raw.get("EMBEDDING_TYPE") != Some("vector") => {
-            problems.push(
-                "`VECTOR_INDEX` is hnsw, which needs EMBEDDING_TYPE=vector (an HNSW index cannot be built on real[])"
-                    .into(),
-            );
-            None
-        }
-        Some("hnsw") => Some(VectorIndex {
-            build: if raw.get("VECTOR_INDEX_BUILD") == Some("always") {
-                IndexBuild::Always
-            } else {
-                IndexBuild::Sealed
-            },
-            quiet_secs: num("VECTOR_INDEX_QUIET_SECS").unwrap_or(600),
-        }),
-        _ => None,
+    let hnsw = raw.get("VECTOR_INDEX") == Some("hnsw");
+    if hnsw && !matches!(raw.get("EMBEDDING_TYPE"), Some("vector" | "halfvec")) {
+        problems.push(
+            "`VECTOR_INDEX` is hnsw, which needs EMBEDDING_TYPE=vector or halfvec (an HNSW index cannot be built on real[])"
+                .into(),
+        );
+    }
+    let index_policy = IndexPolicy {
+        build: if raw.get("VECTOR_INDEX_BUILD") == Some("always") {
+            IndexBuild::Always
+        } else {
+            IndexBuild::Sealed
+        },
+        quiet_secs: num("VECTOR_INDEX_QUIET_SECS").unwrap_or(600),
     };
     let defaults = Storage::default();
     Storage {
         embedding,
-        index,
+        hnsw: hnsw && embedding.pgvector(),
+        text_search: raw.text("TEXT_SEARCH"),
+        index_policy,
         metric,
         doc_mode: if raw.get("DOC_MODE") == Some("replace") {
             DocMode::Replace

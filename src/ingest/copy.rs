@@ -1,9 +1,11 @@
 //! PostgreSQL's binary COPY format for the target table's rows, written straight
 //! from decoded records: no text escaping, no per-row statements. The embedding
-//! goes in as `real[]` or in pgvector's own binary format (SPEC §10), never as text.
+//! goes in as `real[]` or in pgvector's own binary formats (`vector`, SPEC §10;
+//! `halfvec`, each f32 rounded to the nearest f16 here, SPEC §15), never as text.
 
+use crate::binary16;
 use crate::record::{Embedding, Record};
-use crate::storage::EmbeddingType;
+use crate::storage::{EmbeddingType, Storage};
 
 /// Columns in the order rows are encoded.
 pub(crate) const COLUMNS: &str = "doc_id, chunk_index, content, embedding, metadata, source, created_at, batch_tag, embedding_model, ragspool_seq";
@@ -21,7 +23,39 @@ const JSONB_VERSION: u8 = 1;
 /// Encodes rows into a growing buffer; the caller drains it into the COPY stream.
 pub(crate) struct CopyEncoder {
     buf: Vec<u8>,
-    vector: bool,
+    embedding: EmbeddingType,
+    /// Whether a vector must keep a direction (cosine distance): a halfvec whose
+    /// every element rounds to zero is refused.
+    direction: bool,
+}
+
+/// A record's vector that the column cannot hold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Unstorable {
+    /// An element whose nearest f16 is beyond ±65504.
+    Beyond {
+        /// Its index in the vector.
+        element: usize,
+        /// Its value.
+        value: f32,
+    },
+    /// Every element rounds to zero in f16, under cosine distance.
+    Vanishes,
+}
+
+impl std::fmt::Display for Unstorable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unstorable::Beyond { element, value } => write!(
+                f,
+                "embedding[{element}] is {value}, beyond halfvec's range (its magnitude rounds past {})",
+                binary16::MAX
+            ),
+            Unstorable::Vanishes => f.write_str(
+                "embedding rounds to all zeros in halfvec, which has no cosine distance (VECTOR_METRIC=cosine)",
+            ),
+        }
+    }
 }
 
 /// What a row carries beside its record.
@@ -38,20 +72,22 @@ pub(crate) struct RowMeta<'a> {
 
 impl CopyEncoder {
     /// A buffer that starts with the binary COPY header.
-    pub(crate) fn new(embedding: EmbeddingType) -> CopyEncoder {
+    pub(crate) fn new(storage: &Storage) -> CopyEncoder {
         let mut buf = Vec::with_capacity(1 << 20);
         buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         buf.extend_from_slice(&0i32.to_be_bytes()); // flags
         buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
         CopyEncoder {
             buf,
-            vector: matches!(embedding, EmbeddingType::Vector(_)),
+            embedding: storage.embedding,
+            direction: storage.needs_direction(),
         }
     }
 
-    /// Appends one row.
-    pub(crate) fn row(&mut self, r: &Record<'_>, meta: &RowMeta<'_>) {
-        let vector = self.vector;
+    /// Appends one row; `Err` when its vector cannot be stored (the row is then
+    /// partly written: the file fails and its COPY is abandoned).
+    pub(crate) fn row(&mut self, r: &Record<'_>, meta: &RowMeta<'_>) -> Result<(), Unstorable> {
+        let kind = self.embedding;
         let b = &mut self.buf;
         let embedding = r.embedding.as_ref().map_or(0, |e| 24 + e.len() * 8);
         let metadata = r.metadata.as_ref().map_or(0, String::len);
@@ -69,10 +105,16 @@ impl CopyEncoder {
         b.extend_from_slice(&4i32.to_be_bytes());
         b.extend_from_slice(&r.chunk_index.to_be_bytes());
         field(b, r.content.as_bytes());
-        match &r.embedding {
-            Some(values) if vector => pgvector(b, values),
-            Some(values) => float4_array(b, values),
-            None => null(b),
+        match (&r.embedding, kind) {
+            (Some(values), EmbeddingType::Vector(_)) => pgvector(b, values),
+            (Some(values), EmbeddingType::Halfvec(_)) => {
+                let nonzero = halfvec(b, values)?;
+                if self.direction && !nonzero {
+                    return Err(Unstorable::Vanishes);
+                }
+            }
+            (Some(values), EmbeddingType::Array) => float4_array(b, values),
+            (None, _) => null(b),
         }
         match &r.metadata {
             Some(json) => {
@@ -95,6 +137,7 @@ impl CopyEncoder {
         }
         b.extend_from_slice(&8i32.to_be_bytes());
         b.extend_from_slice(&meta.seq.to_be_bytes());
+        Ok(())
     }
 
     /// Appends the end-of-data trailer.
@@ -137,6 +180,35 @@ fn pgvector(b: &mut Vec<u8>, values: &Embedding<'_>) {
     values.for_each_bits(|bits| b.extend_from_slice(&bits.to_be_bytes()));
 }
 
+/// pgvector's halfvec binary format (halfvec_recv): dimension (int16), unused
+/// (int16), then each element's f16 bits as a big-endian int16. Returns whether
+/// some element is not zero; `Err` for the first element beyond f16's range.
+fn halfvec(b: &mut Vec<u8>, values: &Embedding<'_>) -> Result<bool, Unstorable> {
+    let len = 4 + values.len() * 2;
+    b.reserve(len + 4);
+    b.extend_from_slice(&(len as i32).to_be_bytes());
+    b.extend_from_slice(&(values.len() as i16).to_be_bytes());
+    b.extend_from_slice(&0i16.to_be_bytes());
+    let (mut at, mut beyond, mut any) = (0usize, None, 0u16);
+    // One pass: the check rides along with the conversion.
+    values.for_each_bits(|bits| {
+        let h = binary16::from_f32(f32::from_bits(bits));
+        if !binary16::is_finite(h) && beyond.is_none() {
+            beyond = Some(Unstorable::Beyond {
+                element: at,
+                value: f32::from_bits(bits),
+            });
+        }
+        any |= h & 0x7fff;
+        b.extend_from_slice(&h.to_be_bytes());
+        at += 1;
+    });
+    match beyond {
+        Some(e) => Err(e),
+        None => Ok(any != 0),
+    }
+}
+
 fn float4_array(b: &mut Vec<u8>, values: &Embedding<'_>) {
     if values.len() == 0 {
         b.extend_from_slice(&12i32.to_be_bytes());
@@ -174,5 +246,29 @@ mod tests {
         want.extend_from_slice(&1.0f32.to_be_bytes());
         want.extend_from_slice(&(-2.5f32).to_be_bytes());
         assert_eq!(b, want);
+    }
+
+    #[test]
+    fn halfvecs_use_halfvec_recvs_layout_and_refuse_what_f16_cannot_hold() {
+        let mut b = Vec::new();
+        let nonzero = halfvec(&mut b, &Embedding::Values(vec![1.0, -2.5, 65519.99]));
+        assert_eq!(nonzero, Ok(true));
+        let mut want = 10i32.to_be_bytes().to_vec();
+        want.extend_from_slice(&3i16.to_be_bytes());
+        want.extend_from_slice(&0i16.to_be_bytes());
+        for h in [0x3c00u16, 0xc100, 0x7bff] {
+            want.extend_from_slice(&h.to_be_bytes());
+        }
+        assert_eq!(b, want);
+        let beyond = halfvec(&mut Vec::new(), &Embedding::Values(vec![0.5, -65520.0]));
+        assert_eq!(
+            beyond,
+            Err(Unstorable::Beyond {
+                element: 1,
+                value: -65520.0
+            })
+        );
+        let tiny = halfvec(&mut Vec::new(), &Embedding::Values(vec![1e-9, -1e-10]));
+        assert_eq!(tiny, Ok(false));
     }
 }

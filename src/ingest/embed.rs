@@ -46,6 +46,9 @@ pub(crate) struct Embedder {
     batch: usize,
     batch_bytes: usize,
     reuse: bool,
+    /// The column is halfvec: a vector with an element beyond f16's range is a
+    /// fault of the endpoint's answer (SPEC §15), like a wrong length.
+    half: bool,
     pace: Arc<Pace>,
     pool: Arc<Pool>,
 }
@@ -77,12 +80,21 @@ impl Embedder {
             batch: settings.batch.max(1),
             batch_bytes: settings.batch_bytes.max(1),
             reuse: settings.reuse,
+            half: false,
             pace: Arc::new(Pace::new(
                 settings.concurrency,
                 settings.max_rps,
                 settings.max_tpm,
             )),
             pool: Arc::new(Pool::default()),
+        }
+    }
+
+    /// The embedder for a table whose column is `embedding`.
+    pub(crate) fn storing(self, embedding: crate::storage::EmbeddingType) -> Embedder {
+        Embedder {
+            half: embedding.half(),
+            ..self
         }
     }
 
@@ -265,7 +277,8 @@ impl Embedder {
     }
 
     /// The vectors of an answer and its `usage.total_tokens`; `Err` for an endpoint
-    /// fault (unreadable, or the wrong count or length of vectors).
+    /// fault (unreadable, the wrong count or length of vectors, or for a halfvec
+    /// column an element beyond f16's range).
     fn parse(
         &self,
         resp: &mut crate::http::Response,
@@ -312,6 +325,16 @@ impl Embedder {
                     "the embeddings endpoint answered a vector whose element {i} is not a finite f32"
                 );
                 return Ok((Answer::Bad { index, message }, tokens));
+            }
+            // Finite but beyond f16: not the text's fault, the answer's (a model
+            // whose vectors a halfvec cannot hold), so retried and counted.
+            if self.half
+                && let Some((i, x)) = crate::binary16::first_beyond(&v)
+            {
+                return Err(format!(
+                    "answered a vector whose element {i} ({x}) is beyond halfvec's range (±{}), for text {index} of the request",
+                    crate::binary16::MAX
+                ));
             }
             vectors.push(v);
         }

@@ -600,11 +600,11 @@ impl Ingest {
             "COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)",
             self.names.table
         );
-        let storage = self.names.storage;
+        let storage = &self.names.storage;
         let replace = storage.doc_mode == DocMode::Replace;
         let mut docs = DocSet::default();
         let mut writer = tx.copy_in(&stmt).map_err(CopyFail::Db)?;
-        let mut enc = CopyEncoder::new(storage.embedding);
+        let mut enc = CopyEncoder::new(storage);
         let model = self.embedder.as_ref().map(Embedder::model);
         let mut brought = 0u64;
         let decoded = bytes.records(self.embed_dim, |records| {
@@ -633,7 +633,12 @@ impl Ingest {
                     embedding_model,
                     seq: file.seq,
                 };
-                enc.row(&record, &meta);
+                enc.row(&record, &meta).map_err(|why| {
+                    CopyFail::Bad(BadFile {
+                        record_index: Some(index),
+                        ..BadFile::new(Reason::Failed, why.to_string())
+                    })
+                })?;
                 if enc.len() >= COPY_CHUNK && !send(&mut writer, &mut enc) {
                     return Err(CopyFail::Broken);
                 }

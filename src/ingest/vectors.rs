@@ -165,7 +165,7 @@ impl From<Error> for Prefetch {
     }
 }
 
-/// A vector as pgvector or `real[]` sends it in binary.
+/// A vector as pgvector (`vector`, `halfvec`) or `real[]` sends it in binary.
 struct Stored(Vec<f32>);
 
 impl<'a> FromSql<'a> for Stored {
@@ -173,20 +173,30 @@ impl<'a> FromSql<'a> for Stored {
         ty: &Type,
         raw: &'a [u8],
     ) -> std::result::Result<Stored, Box<dyn std::error::Error + Sync + Send>> {
-        if ty.name() == "vector" {
+        match ty.name() {
             // int16 dimension, int16 unused, big-endian float4s.
-            let body = raw.get(4..).ok_or("short vector")?;
-            return Ok(Stored(
-                body.chunks_exact(4)
+            "vector" => Ok(Stored(
+                raw.get(4..)
+                    .ok_or("short vector")?
+                    .chunks_exact(4)
                     .map(|c| f32::from_be_bytes([c[0], c[1], c[2], c[3]]))
                     .collect(),
-            ));
+            )),
+            // int16 dimension, int16 unused, big-endian f16 bits: each widens to
+            // the f32 that rounds back to it, so a reused vector is stored as it was.
+            "halfvec" => Ok(Stored(
+                raw.get(4..)
+                    .ok_or("short halfvec")?
+                    .chunks_exact(2)
+                    .map(|c| crate::binary16::to_f32(u16::from_be_bytes([c[0], c[1]])))
+                    .collect(),
+            )),
+            _ => Vec::<f32>::from_sql(ty, raw).map(Stored),
         }
-        Vec::<f32>::from_sql(ty, raw).map(Stored)
     }
 
     fn accepts(ty: &Type) -> bool {
-        ty.name() == "vector" || <Vec<f32> as FromSql>::accepts(ty)
+        matches!(ty.name(), "vector" | "halfvec") || <Vec<f32> as FromSql>::accepts(ty)
     }
 }
 
@@ -214,6 +224,7 @@ pub(crate) fn prefetch(
         entries: VecDeque::new(),
         answers: VecDeque::new(),
         needs_direction: names.storage.needs_direction(),
+        half: names.storage.embedding.half(),
         reused_bytes: 0,
     };
     let mut fetch = embedder.fetch(file.seq, spent.clone());
@@ -270,6 +281,9 @@ pub(crate) fn prefetch(
 const ZERO_ANSWER: &str =
     "the embeddings endpoint answered an all-zero vector, which has no cosine distance";
 
+const VANISHING_ANSWER: &str = "the embeddings endpoint answered a vector that rounds to all zeros in halfvec, \
+     which has no cosine distance";
+
 /// A record whose vector the file needs, in record order.
 enum Entry {
     /// Reused from a row the file replaces.
@@ -284,6 +298,9 @@ struct Plan {
     entries: VecDeque<Entry>,
     answers: VecDeque<Vec<f32>>,
     needs_direction: bool,
+    /// The column is halfvec: a vector whose elements all round to zero has no
+    /// direction either.
+    half: bool,
     /// Bytes of the reused vectors in `entries`.
     reused_bytes: usize,
 }
@@ -322,6 +339,9 @@ impl Plan {
             };
             if self.needs_direction && v.iter().all(|x| *x == 0.0) {
                 return Err(Refused::Prefetch(bad(index, ZERO_ANSWER.into())));
+            }
+            if self.needs_direction && self.half && crate::binary16::vanishes(&v) {
+                return Err(Refused::Prefetch(bad(index, VANISHING_ANSWER.into())));
             }
             // Without EMBED_DIM the first vector sets the file's length; one of
             // another length would shift every vector after it in the COPY.

@@ -24,6 +24,7 @@ mod recovery;
 mod reliability;
 mod settings;
 mod spool_commands;
+mod storage;
 mod tls;
 mod topology;
 mod watch;
