@@ -13,6 +13,28 @@ pub(crate) const MAX: f32 = 65504.0;
 pub(crate) fn from_f32(x: f32) -> u16 {
     let bits = x.to_bits();
     let sign = ((bits >> 16) & 0x8000) as u16;
+    let abs = bits & 0x7fff_ffff;
+    // The common case, an embedding's element in f16's normal range (2^-14 up to
+    // 65536): round the dropped 13 bits to nearest, ties to even, by adding half
+    // an f16 unit less one plus the kept lowest bit, then rebias the exponent. A
+    // carry out of the significand raises the exponent; out of 65504, it reaches
+    // exactly the infinity's bits. Everything else takes the general path.
+    if abs.wrapping_sub(NORMAL_MIN) < NORMAL_END - NORMAL_MIN {
+        let rounded = abs + 0x0fff + ((abs >> 13) & 1);
+        return sign | ((rounded >> 13) - (112 << 10)) as u16;
+    }
+    general(bits, sign)
+}
+
+/// f32 bits of 2^-14, the smallest normal f16.
+const NORMAL_MIN: u32 = 0x3880_0000;
+/// f32 bits of 65536, the first power of two past f16's range.
+const NORMAL_END: u32 = 0x4780_0000;
+
+/// [`from_f32`] for every value outside f16's normal range: infinities, NaN,
+/// overflow, subnormals and zero.
+#[cold]
+fn general(bits: u32, sign: u16) -> u16 {
     let exp = ((bits >> 23) & 0xff) as i32;
     let man = bits & 0x007f_ffff;
     if exp == 0xff {

@@ -169,15 +169,22 @@ fn database(config: &Config) -> Vec<Finding> {
             what = format!("database {}, table {}", row.get::<_, String>(0), names.table);
         }
         let version = crate::schema::current_version(&mut client, &names)?;
-        if version >= crate::schema::VERSION {
-            anchor = anchor_finding(&mut client, &names, &config.failure_log);
-        }
-        Ok((version < crate::schema::VERSION).then(|| {
-            format!(
+        if version < crate::schema::VERSION {
+            return Ok(Some(format!(
                 "schema at version {version}, needs {}; run `ragspool migrate`",
                 crate::schema::VERSION
-            )
-        }))
+            )));
+        }
+        anchor = anchor_finding(&mut client, &names, &config.failure_log);
+        // The table as the storage settings say (embedding type, TEXT_SEARCH):
+        // what every other command would refuse, with the fix.
+        match crate::schema::require_current(&mut client, &names) {
+            Ok(()) => Ok(None),
+            Err(e) if e.class() == crate::error::Class::Config => {
+                Ok(Some(e.to_string().replace('\n', "; ")))
+            }
+            Err(e) => Err(e),
+        }
     })();
     let database = Finding {
         what,

@@ -692,5 +692,18 @@ mod tests {
         assert!(postgres_url("postgres://h/db?sslmode=bogus").is_err());
         assert!(postgres_url("mysql://h/db").is_err());
         assert!(http_url("ftp://x").is_err());
+        // A text search configuration goes into DDL: an identifier, nothing else.
+        assert!(text_search("english").is_ok() && text_search("pg_catalog.simple").is_ok());
+        for bad in [
+            "English",
+            "english'); DROP TABLE x; --",
+            "a.b.c",
+            "",
+            "1st",
+            "two words",
+        ] {
+            assert!(text_search(bad).is_err(), "{bad}");
+        }
+        assert!(embedding_type("halfvec").is_ok() && embedding_type("half").is_err());
     }
 }

@@ -184,11 +184,17 @@ fn pgvector(b: &mut Vec<u8>, values: &Embedding<'_>) {
 /// (int16), then each element's f16 bits as a big-endian int16. Returns whether
 /// some element is not zero; `Err` for the first element beyond f16's range.
 fn halfvec(b: &mut Vec<u8>, values: &Embedding<'_>) -> Result<bool, Unstorable> {
-    let len = 4 + values.len() * 2;
+    let n = values.len();
+    let len = 4 + n * 2;
     b.reserve(len + 4);
     b.extend_from_slice(&(len as i32).to_be_bytes());
-    b.extend_from_slice(&(values.len() as i16).to_be_bytes());
+    b.extend_from_slice(&(n as i16).to_be_bytes());
     b.extend_from_slice(&0i16.to_be_bytes());
+    // Written in place: growing the buffer element by element cost more than the
+    // conversion itself.
+    let start = b.len();
+    b.resize(start + n * 2, 0);
+    let out = &mut b[start..];
     let (mut at, mut beyond, mut any) = (0usize, None, 0u16);
     // One pass: the check rides along with the conversion.
     values.for_each_bits(|bits| {
@@ -200,7 +206,9 @@ fn halfvec(b: &mut Vec<u8>, values: &Embedding<'_>) -> Result<bool, Unstorable> 
             });
         }
         any |= h & 0x7fff;
-        b.extend_from_slice(&h.to_be_bytes());
+        if let Some(slot) = out.get_mut(at * 2..at * 2 + 2) {
+            slot.copy_from_slice(&h.to_be_bytes());
+        }
         at += 1;
     });
     match beyond {

@@ -547,6 +547,12 @@ fn text_search_is_added_by_migrate_indexed_when_sealed_and_guarded() {
             .stderr_has("`TEXT_SEARCH` is `simple`, but rag_chunks.content_tsv is tsvector generated as to_tsvector('english'::regconfig, content)")
             .stderr_has(fix);
     }
+    env.run(&["check"])
+        .env("TEXT_SEARCH", "simple")
+        .output()
+        .code(1)
+        .stdout_has("FAIL  database")
+        .stdout_has("content_tsv is tsvector generated as to_tsvector('english'::regconfig, content); note: set TEXT_SEARCH");
     pg(&url).batch_execute(fix).expect("the note's statements");
     env.set("TEXT_SEARCH", "simple");
     env.run(&["process"]).output().code(0);
