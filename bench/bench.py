@@ -19,6 +19,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTOR = {"EMBEDDING_TYPE": "vector", "EMBED_DIM": "384"}
+HALFVEC = {"EMBEDDING_TYPE": "halfvec", "EMBED_DIM": "384"}
+# SPEC 15's storage rows: each mode's process and COPY limit on the same rows.
+STORAGE = (("vector", VECTOR), ("halfvec", HALFVEC),
+           ("halfvec + TEXT_SEARCH=english", dict(HALFVEC, TEXT_SEARCH="english")))
 COLUMNS = "doc_id, chunk_index, content, embedding, metadata, source, created_at, batch_tag"
 
 
@@ -253,6 +257,7 @@ class Bench:
             self.modes["hnsw sealed"] = self.throughput(a, source, "benchhnsw", dict(VECTOR, VECTOR_INDEX="hnsw"),
                                                         limits=False)
             self.index_build(a)
+            self.storage(a, source)
             self.replace(a, source)
             self.embeddings(a)
             self.embed_pace(a)
@@ -315,7 +320,7 @@ class Bench:
             rss.append(r)
         return rates, rss, cpu
 
-    def throughput(self, a, source, db, extra, limits=True, csv=False):
+    def throughput(self, a, source, db, extra, limits=True, csv=False, tables=("own", "default")):
         """One storage mode: process end to end, then PostgreSQL's binary COPY limit on
         the same rows into ragspool's own table (toast_tuple_target set) and into the
         table as PostgreSQL defaults its partitions, on 1 and WORKERS connections."""
@@ -332,7 +337,7 @@ class Bench:
         finally:
             gate.terminate()
             gate.wait()
-        out = {"process": rates, "rss": rss, "cpu": cpu}
+        out = {"process": rates, "rss": rss, "cpu": cpu, "bytes_per_row": self.bytes_per_row()}
         if not limits:
             return out
         # The limit: the same rows, dumped once and loaded back by psql.
@@ -347,7 +352,7 @@ class Bench:
             parts.append(p)
         partitions = self.psql("SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'rag_chunks'::regclass",
                                capture=True).split()
-        for table in ("own", "default"):
+        for table in tables:
             if table == "default":
                 for part in partitions:
                     self.psql(f"ALTER TABLE {part} RESET (toast_tuple_target)")
@@ -370,6 +375,111 @@ class Bench:
                 c.append(self.rows / timed(self.copy_in(csv_path, "csv"), self.env)[0])
             out["csv"] = c
         return out
+
+    def bytes_per_row(self):
+        """On-disk bytes (heap, TOAST and every index) of the partitions that hold rows,
+        per row: the empty partitions made ahead are left out."""
+        size, rows = self.psql(
+            "SELECT (SELECT sum(pg_total_relation_size(p)) FROM (SELECT DISTINCT tableoid AS p FROM rag_chunks) s), "
+            "(SELECT count(*) FROM rag_chunks)", capture=True).split("|")
+        return int(size or 0) / max(1, int(rows))
+
+    def storage(self, a, source):
+        """SPEC 15: vector, halfvec and halfvec with TEXT_SEARCH=english on the same rows:
+        process and the COPY limit of the same table (own partitions, 1 and WORKERS
+        connections), bytes per row on disk, and the time `maintain` takes to build the
+        indexes of one sealed partition in each."""
+        self.storage_modes = {}
+        for i, (name, extra) in enumerate(STORAGE):
+            self.storage_modes[name] = self.throughput(a, source, f"benchstorage{i}", extra, tables=("own",))
+        # Bytes per row where vectors outweigh the text: 1536 dimensions, as the common
+        # hosted models give (loaded once, not timed).
+        wide = self.generate("storage-wide", max(1, a.files // 20), a.records, dim=1536)
+        self.storage_wide = {}
+        for name, extra in (("vector", VECTOR), ("halfvec", HALFVEC)):
+            self.use_db(f"benchstoragewide{name}", dict(extra, EMBED_DIM="1536"))
+            self.reset(wide)
+            sh([self.bin, "-q", "process"], env=self.env)
+            self.storage_wide[name] = self.bytes_per_row()
+        files = max(1, a.files // 10)
+        sealed_source = self.generate("storage-seal", files, a.records, days=2)
+        self.storage_seal = []
+        for i, (name, extra) in enumerate((
+                ("vector, HNSW", dict(VECTOR, VECTOR_INDEX="hnsw")),
+                ("halfvec, HNSW", dict(HALFVEC, VECTOR_INDEX="hnsw")),
+                ("halfvec, GIN on content_tsv (TEXT_SEARCH=english)", dict(HALFVEC, TEXT_SEARCH="english")))):
+            self.storage_seal.append((name,) + self.seal_time(f"benchstorageseal{i}", sealed_source,
+                                                               dict(extra, VECTOR_INDEX_QUIET_SECS="0")))
+
+    def seal_time(self, db, source, extra):
+        """(rows, seconds) of `maintain` indexing the sealed partition (yesterday's rows)."""
+        self.use_db(db, extra)
+        self.reset(source)
+        sh([self.bin, "-q", "process"], env=self.env)
+        self.psql("VACUUM ANALYZE rag_chunks")
+        sealed = int(self.psql("SELECT count(*) FROM rag_chunks WHERE created_at < date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+                               capture=True))
+        start = time.monotonic()
+        sh([self.bin, "-q", "maintain"], env=self.env)
+        return sealed, time.monotonic() - start
+
+    def storage_lines(self):
+        med = statistics.median
+        a = self.args
+        w = a.workers
+        m = self.storage_modes
+        vec = m["vector"]
+        lines = [
+            "",
+            f"| storage (SPEC 15), same rows | process rows/s | ÷ own limit, {w} conn | limit, own table, 1 conn | "
+            f"limit, own table, {w} conn | client CPU µs/row | bytes per row on disk | ÷ vector's rows/s | "
+            "÷ vector's limit | ÷ vector's bytes per row |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, _ in STORAGE:
+            r = m[name]
+            p = r["process"]
+            lines.append(f"| {name} | {fmt(p)} | **{med(p) / med(r['ownN']):.2f}** | {fmt(r['own1'])} | {fmt(r['ownN'])} | "
+                         f"{med(r['cpu']) * 1e6 / self.rows:.1f} | {r['bytes_per_row']:,.0f} | "
+                         f"**{med(p) / med(vec['process']):.2f}** | {med(r['ownN']) / med(vec['ownN']):.2f} | "
+                         f"**{r['bytes_per_row'] / vec['bytes_per_row']:.2f}** |")
+        plain, tsv = m["halfvec"], m["halfvec + TEXT_SEARCH=english"]
+        lines += [
+            "",
+            f"TEXT_SEARCH=english costs halfvec ingest {1 - med(tsv['process']) / med(plain['process']):.0%} of its rows/s "
+            f"(process {med(tsv['process']):,.0f} against {med(plain['process']):,.0f}) and PostgreSQL's own COPY "
+            f"{1 - med(tsv['ownN']) / med(plain['ownN']):.0%} ({w} conn): the generated column is computed in the server.",
+            "",
+            f"With 1536-dim embeddings ({max(1, a.files // 20) * a.records:,} rows of the same texts): "
+            f"{self.storage_wide['vector']:,.0f} bytes per row as vector, {self.storage_wide['halfvec']:,.0f} as halfvec "
+            f"(**{self.storage_wide['halfvec'] / self.storage_wide['vector']:.2f}**).",
+            "",
+            "| `maintain` building the indexes of one sealed partition | rows | s |",
+            "|---|---|---|",
+        ]
+        for name, rows, secs in self.storage_seal:
+            lines.append(f"| {name} | {rows:,} | {secs:.1f} |")
+        return lines
+
+    def storage_only(self):
+        a = self.args
+        self.setup()
+        try:
+            source = self.generate("big", a.files, a.records)
+            self.rows = a.files * a.records
+            self.storage(a, source)
+        finally:
+            self.stop()
+        text = "\n".join([
+            f"# ragspool storage formats, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs",
+            "",
+            f"WORKERS={a.workers}, {self.rows:,} rows ({a.files} files × {a.records} records, 384-dim embeddings, "
+            f"~800-byte texts), {a.runs} runs each: median (min–max). Limits are PostgreSQL's own binary COPY "
+            "(`psql \\copy`) of the same rows replayed into the same table (its generated column computed by the server).",
+        ] + self.storage_lines()) + "\n"
+        print(text)
+        (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+        (ROOT / "bench" / "results" / "storage.md").write_text(text)
 
     def index_build(self, a):
         """VECTOR_INDEX_BUILD=always on a smaller load (COPY into an indexed partition is
@@ -628,7 +738,7 @@ class Bench:
             f"| second load, replace mode, every chunk unchanged (EMBED_REUSE) | "
             f"{self.embed['second']['rate']:,.0f} | {self.embed['second']['requests']} | {self.embed['second']['texts']:,} |",
             "",
-        ] + self.pace_lines() + [
+        ] + self.pace_lines() + self.storage_lines() + [
             "",
             "| latency, rename into incoming/ → gate.done received (BATCH_MAX_AGE_SECS=0) | ms |",
             "|---|---|",
@@ -696,11 +806,15 @@ def main():
                    help="only compare client CPU per row of this build and OTHER_BINARY")
     p.add_argument("--pace-only", action="store_true",
                    help="only the embeddings-pace rows (bench/results/pace.md)")
+    p.add_argument("--storage-only", action="store_true",
+                   help="only the storage-format rows: vector, halfvec, TEXT_SEARCH (bench/results/storage.md)")
     args = p.parse_args()
     if args.compare:
         Bench(args).compare(args)
     elif args.pace_only:
         Bench(args).pace_only()
+    elif args.storage_only:
+        Bench(args).storage_only()
     else:
         Bench(args).run()
 
