@@ -1,4 +1,4 @@
-//! The house rule of ARCHITECTURE.md, checked: every module has a layer, a module
+//! The house rule of docs/architecture.md, checked: every module has a layer, a module
 //! names items only of its own layer or lower ones, nothing but `app` names a
 //! command, and no two files import each other, directly or through others. A new
 //! module must be given its layer here (the test names it when it is missing).
@@ -234,7 +234,7 @@ fn every_module_has_a_layer_and_imports_only_downward() {
     }
     assert!(
         wrong.is_empty(),
-        "imports against ARCHITECTURE.md:\n{}",
+        "imports against docs/architecture.md:\n{}",
         wrong.join("\n")
     );
 }
