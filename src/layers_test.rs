@@ -66,6 +66,7 @@ const LAYERS: &[(u8, &[&str])] = &[
             "ingest::lineage",
             "ingest::manifest",
             "ingest::vectors",
+            "ingest::verify",
             "ingest::window",
             "notify",
             "notify::gate",
