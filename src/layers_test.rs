@@ -76,7 +76,7 @@ const LAYERS: &[(u8, &[&str])] = &[
             "gate_server",
         ],
     ),
-    (3, &["runner", "gauges", "inspect"]),
+    (3, &["runner", "gauges", "inspect", "import"]),
     (4, &["watch"]),
     (5, &["cmd"]),
     (6, &["app", "lib", "main"]),

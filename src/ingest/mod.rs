@@ -105,15 +105,24 @@ impl BadFile {
         BadFile::new(Reason::Failed, format!("file {why}"))
     }
 
+    /// A file that `validate` could not read at all (missing, unreadable).
+    pub(crate) fn unreadable_io(why: &str) -> BadFile {
+        BadFile::new(Reason::Failed, why)
+    }
+
     /// The `<file>.reason.json` body (SPEC §4).
     pub(crate) fn reason_json(&self, file: &str) -> String {
+        self.reason(file).to_string()
+    }
+
+    /// The `<file>.reason.json` object (SPEC §4), which `validate` prints too.
+    pub(crate) fn reason(&self, file: &str) -> serde_json::Value {
         serde_json::json!({
             "file": file,
             "error": self.error,
             "record_index": self.record_index,
             "byte_offset": self.byte_offset,
         })
-        .to_string()
     }
 }
 
