@@ -53,15 +53,28 @@ impl<R: BufRead> Lines<R> {
         self.consumed
     }
 
-    /// Reads the next line into `buf` (cleared first).
+    /// Reads the next line into `buf` (cleared first). The buffer grows by
+    /// doubling, never past `cap` + 1 bytes: a line of any length costs at most
+    /// that much memory.
     pub(crate) fn next(&mut self, buf: &mut Vec<u8>) -> io::Result<Line> {
         buf.clear();
         // One byte past the cap tells a line of exactly `cap` bytes (its newline
-        // then follows) from a longer one; std's read_until finds the newline
-        // with its optimised memchr.
-        let n = (&mut self.reader)
-            .take(self.cap.saturating_add(1))
-            .read_until(b'\n', buf)? as u64;
+        // then follows) from a longer one.
+        let limit = self.cap.saturating_add(1);
+        let mut n = 0u64;
+        loop {
+            let len = buf.len() as u64;
+            let want = (len * 2).max(64 << 10).min(limit);
+            let room = want.saturating_sub(len).max(1);
+            buf.reserve_exact(usize::try_from(room).unwrap_or(usize::MAX));
+            // Within the reserved room, so read_until (which finds the newline
+            // with std's optimised memchr) never grows the buffer itself.
+            let got = (&mut self.reader).take(room).read_until(b'\n', buf)? as u64;
+            n += got;
+            if got < room || buf.last() == Some(&b'\n') || n >= limit {
+                break;
+            }
+        }
         self.consumed += n;
         if n == 0 {
             return Ok(Line::End);
@@ -254,6 +267,14 @@ mod tests {
         assert!(buf.capacity() <= 16, "held {} bytes", buf.capacity());
         assert_eq!(l.next(&mut buf).ok(), Some(Line::Text(2)));
         assert_eq!(l.consumed(), 12);
+        // A line of megabytes under a cap of 100 kB: the buffer stops at the cap.
+        let mut long = vec![b'x'; 3 << 20];
+        long.extend_from_slice(b"\n{}\n");
+        let mut l = Lines::new(&long[..], 100_000);
+        assert_eq!(l.next(&mut buf).ok(), Some(Line::TooLong(1)));
+        assert!(buf.capacity() <= 100_001, "held {} bytes", buf.capacity());
+        assert_eq!(l.next(&mut buf).ok(), Some(Line::Text(2)));
+        assert_eq!(buf, b"{}");
     }
 
     fn record(json: &str) -> Result<Vec<u8>, String> {

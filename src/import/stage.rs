@@ -85,7 +85,7 @@ impl Run {
         let lock_path = tmp.join(format!("import-{id}.lock"));
         let lock = {
             let mut list = staged();
-            let lock = LockFile::acquire(&lock_path, FILE_MODE)?;
+            let lock = take_lock(&lock_path, spool)?;
             list.push(lock_path.clone());
             lock
         };
@@ -410,6 +410,40 @@ impl Drop for Staging<'_> {
     fn drop(&mut self) {
         self.discard();
     }
+}
+
+/// Creates and locks a run's lock file. A spool the user may not write is a
+/// matter of who runs the command, not a passing failure: it says so (78).
+fn take_lock(path: &Path, spool: &Spool) -> Result<LockFile> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(Error::config(format!(
+                "cannot write to `{}` (SPOOL_DIR={}): {e}",
+                spool.dir("tmp").display(),
+                spool.root().display()
+            ))
+            .with_note(
+                "run import as the owner of the spool (e.g. `sudo -u ragspool ragspool import ...`), or point SPOOL_DIR / --spool-dir at a spool you own",
+            ));
+        }
+        Err(e) => {
+            return Err(Error::from(e).context(format!("cannot create `{}`", path.display())));
+        }
+    };
+    file.lock()
+        .with_context(|| format!("cannot lock `{}`", path.display()))?;
+    Ok(LockFile {
+        file,
+        path: path.to_path_buf(),
+    })
 }
 
 /// Sets the mtime of the staged file at `path`.
