@@ -30,11 +30,13 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
                 "nothing of this input reached incoming/; the {done} input(s) reported before it stay imported"
             ))
         })?;
-        importer.progress().suspend(|| {
+        // Lines of their own, with the progress line out of their way.
+        importer.progress().suspend(|| -> Result<()> {
             for line in &report.errors {
                 eprintln!("{line}");
             }
-        });
+            super::emit(&input_line(&report))
+        })?;
         match report.written {
             Some(w) => {
                 sum.files += w.files;
@@ -43,8 +45,8 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
             }
             None => refused += 1,
         }
-        super::emit(&input_line(&report))?;
     }
+    importer.progress().finish();
     super::emit(&format!(
         "imported {} spool file(s), {} record(s), {} bytes into {}; {refused} of {} input(s) refused\n",
         sum.files,

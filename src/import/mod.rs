@@ -4,8 +4,9 @@
 //! takes. An input with any bad line places nothing: its files are staged in tmp/
 //! and renamed into incoming/ only once the whole input has been read and found
 //! good. A document's records stay in one spool file, which needs them
-//! contiguous in the input. Memory holds one line (at most MAX_FILE_BYTES), one
-//! document's chunk indexes and 32 bytes per document seen in the input.
+//! contiguous in the input. Memory holds one line (at most MAX_FILE_BYTES) with
+//! its JSON and MessagePack forms, one document's chunk indexes, and a 128-bit
+//! fingerprint with two line numbers per document seen in the input.
 
 mod jsonl;
 mod stage;
@@ -153,6 +154,7 @@ impl Importer {
         };
         let mut lines = Lines::new(BufReader::with_capacity(1 << 20, reader), self.cap());
         let (progress, read_before) = (self.progress.clone(), self.read_before);
+        progress.message(|| name.to_string());
         let mut input = Input::new(name, self.rules, self.run.stage(self.limits));
         let whole = input.read(&mut lines, |number, consumed| {
             if number % 1024 == 0 {
