@@ -26,7 +26,7 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let mut refused = 0;
     for (done, source) in sources.iter().enumerate() {
         let report = importer.import(source).map_err(|e| {
-            e.with_note(format!(
+            e.or_note(format!(
                 "nothing of this input reached incoming/; the {done} input(s) reported before it stay imported"
             ))
         })?;

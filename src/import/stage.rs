@@ -485,3 +485,91 @@ pub(crate) fn remove_on_signal() -> Result<()> {
 fn is_lock(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "lock")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool() -> Result<(tempfile::TempDir, Spool)> {
+        let dir = tempfile::tempdir()?;
+        let spool = Spool::new(dir.path());
+        for d in crate::spool::DIRS {
+            crate::fs::make_dir(&spool.dir(d))?;
+        }
+        Ok((dir, spool))
+    }
+
+    fn names(dir: &Path) -> Result<Vec<String>> {
+        let mut out: Vec<String> = fs::read_dir(dir)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    #[test]
+    fn a_commit_that_fails_midway_moves_back_what_it_placed() -> Result<()> {
+        let (_dir, spool) = spool()?;
+        let mut run = Run::start(&spool)?;
+        let id = run.id.clone();
+        let mut stage = run.stage(Limits {
+            records: 1,
+            bytes: 1 << 20,
+        });
+        for doc in [b"one", b"two"] {
+            stage.begin_doc();
+            stage.push(doc)?;
+            stage.end_doc()?;
+        }
+        // The second file's name is taken in incoming/ meanwhile.
+        let taken = format!("import-{id}-00000002.msgpack");
+        fs::write(spool.dir("incoming").join(&taken), b"theirs")?;
+        let err = stage
+            .commit()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("nothing of this input was left in incoming/"),
+            "{err}"
+        );
+        assert_eq!(names(&spool.dir("incoming"))?, [taken]);
+        assert_eq!(names(&spool.dir("tmp"))?, [format!("import-{id}.lock")]);
+        drop(run);
+        assert!(names(&spool.dir("tmp"))?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn committed_files_share_one_mtime_and_sort_in_input_order() -> Result<()> {
+        let (_dir, spool) = spool()?;
+        let mut run = Run::start(&spool)?;
+        let mut stage = run.stage(Limits {
+            records: 1,
+            bytes: 1 << 20,
+        });
+        for i in 0..12u8 {
+            stage.begin_doc();
+            stage.push(&[i])?;
+            stage.end_doc()?;
+        }
+        let written = stage.commit()?;
+        assert_eq!(
+            (written.files, written.records, written.bytes),
+            (12, 12, 12)
+        );
+        let placed = names(&spool.dir("incoming"))?;
+        let mut mtimes = Vec::new();
+        for (i, name) in placed.iter().enumerate() {
+            let path = spool.dir("incoming").join(name);
+            assert_eq!(fs::read(&path)?, [i as u8], "{name}");
+            let meta = fs::metadata(&path)?;
+            assert_eq!(meta.mode() & 0o777, FILE_MODE);
+            mtimes.push(meta.modified()?);
+        }
+        mtimes.dedup();
+        assert_eq!(mtimes.len(), 1);
+        Ok(())
+    }
+}
