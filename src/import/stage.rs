@@ -89,13 +89,10 @@ impl Run {
             list.push(lock_path.clone());
             lock
         };
-        let record = format!("{} {}\n", crate::host::host_name(), std::process::id());
-        (&lock.file)
-            .write_all(record.as_bytes())
-            .with_context(|| format!("cannot write `{}`", lock_path.display()))?;
         let owner = (crate::privdrop::euid() == 0)
             .then(|| fs::metadata(&incoming).ok().map(|m| (m.uid(), m.gid())))
             .flatten();
+        // Built before anything else can fail, so that its Drop removes the lock.
         let run = Run {
             tmp,
             incoming,
@@ -104,6 +101,12 @@ impl Run {
             owner,
             lock,
         };
+        // Who holds it: a stale lock of this host is cleared at once (its flock
+        // free proves its run gone), another host's only when a day old.
+        let record = format!("{} {}\n", crate::host::host_name(), std::process::id());
+        (&run.lock.file)
+            .write_all(record.as_bytes())
+            .with_context(|| format!("cannot write `{}`", lock_path.display()))?;
         run.clear_stale();
         Ok(run)
     }
@@ -181,7 +184,8 @@ impl Run {
         }
     }
 
-    /// A new staged file, registered for removal before it exists.
+    /// A new staged file, registered for removal as it is created (under the
+    /// list's lock, so a signal never misses it).
     fn open(&mut self) -> Result<Open> {
         let name = format!("import-{}-{:08}.msgpack", self.id, self.next);
         self.next += 1;
