@@ -88,6 +88,14 @@ impl Error {
         self
     }
 
+    /// Adds a `note:` line unless the error already has a more precise one.
+    pub(crate) fn or_note(self, note: impl Into<String>) -> Error {
+        if self.note.is_some() {
+            return self;
+        }
+        self.with_note(note)
+    }
+
     /// Wraps the error in one more context, outermost first when printed.
     pub(crate) fn context(mut self, context: impl Into<String>) -> Error {
         self.context.push(context.into());
@@ -170,6 +178,16 @@ mod tests {
         assert_eq!(exit_number(&Err(Error::usage("x"))), 2);
         assert_eq!(exit_number(&Err(Error::temp("x"))), 75);
         assert_eq!(exit_number(&Err(Error::config("x"))), 78);
+    }
+
+    #[test]
+    fn a_precise_note_is_kept() {
+        let kept = Error::temp("x").with_note("precise").or_note("general");
+        assert_eq!(kept.to_string(), "x\nnote: precise");
+        assert_eq!(
+            Error::temp("x").or_note("general").to_string(),
+            "x\nnote: general"
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub(crate) mod handoff;
 pub(crate) mod heartbeat;
 pub(crate) mod host;
 pub(crate) mod http;
+pub(crate) mod import;
 pub(crate) mod ingest;
 pub(crate) mod inspect;
 pub(crate) mod log;

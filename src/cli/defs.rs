@@ -294,6 +294,36 @@ pub(crate) static COMMANDS: &[Command] = &[
             valued("bad", "B", "also write B broken files (default 0)"),
         ],
     },
+    Command {
+        name: "import",
+        summary: "JSON Lines of chunks into spool files, checked as process would",
+        usage: "[--max-records N] [--max-bytes B] FILE...",
+        doc: "Reads JSON Lines (FILE `-` is standard input), one record per line with the keys of a spool record (embedding a JSON array of numbers, created_at an RFC 3339 string or unix seconds, {\"doc_id\": ..., \"delete\": true} to delete a document), checks every record with the rules process applies, and writes MessagePack spool files to tmp/, renamed into incoming/ once the whole input is good. A bad line is reported as FILE:LINE (up to 100 per input); an input with any bad line places nothing, and the other inputs go on. A document's records must be contiguous and stay in one spool file. No database, Redis or endpoint is needed.",
+        positionals: (1, usize::MAX),
+        flags: &[
+            valued(
+                "max-records",
+                "N",
+                "most records in one spool file (default 2000)",
+            ),
+            valued(
+                "max-bytes",
+                "B",
+                "most bytes in one spool file (default 67108864); a larger document gets a file of its own",
+            ),
+        ],
+    },
+    Command {
+        name: "validate",
+        summary: "check spool files offline with process's own rules",
+        usage: "[--json] FILE...",
+        doc: "Decodes each spool file as process would and prints `ok` with its counts (records, documents, delete records, records with and without vectors, bytes), or the error, record_index and byte_offset that process would write in its reason.json. Exits 0 when every file is good, 1 otherwise. No database is needed.",
+        positionals: (1, usize::MAX),
+        flags: &[switch(
+            "json",
+            "print one JSON object per file (JSON Lines)",
+        )],
+    },
 ];
 
 /// The command named `name`.

@@ -164,6 +164,8 @@ fn check_arity(command: &Command, n: usize) -> Result<()> {
             command.name,
             if min == max {
                 min.to_string()
+            } else if max == usize::MAX {
+                format!("at least {min}")
             } else {
                 format!("{min} to {max}")
             }

@@ -19,6 +19,7 @@ mod lineage;
 mod maintain;
 mod metrics;
 mod operator;
+mod producer;
 mod rag;
 mod recovery;
 mod reliability;
