@@ -33,7 +33,8 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
             owner,
             &mut report,
             crate::fs::make_dir,
-        )?;
+        )
+        .map_err(|e| denied(e, config, "SPOOL_DIR"))?;
     }
     // Log directories may be shared ones like /var/log: only world-writable is unsafe.
     let mut log_dirs: Vec<&Path> = Vec::new();
@@ -50,11 +51,18 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         }
     }
     for dir in log_dirs {
-        unsafe_paths += ensure(dir, 0o002, None, owner, &mut report, crate::fs::make_dir)?;
+        let setting = if config.log_file.as_deref().and_then(Path::parent) == Some(dir) {
+            "RAG_LOG_FILE"
+        } else {
+            "FAILURE_LOG"
+        };
+        unsafe_paths += ensure(dir, 0o002, None, owner, &mut report, crate::fs::make_dir)
+            .map_err(|e| denied(e, config, setting))?;
     }
     // The log file belongs to the service user, who writes it after a privilege drop.
     if let Some(file) = config.log_file.as_deref() {
-        unsafe_paths += ensure(file, 0o002, Some(uid), owner, &mut report, create_log_file)?;
+        unsafe_paths += ensure(file, 0o002, Some(uid), owner, &mut report, create_log_file)
+            .map_err(|e| denied(e, config, "RAG_LOG_FILE"))?;
     }
     // The failure log stays with whoever runs init (root, for the packages): a
     // service started as root with --user opens it before dropping privileges,
@@ -64,7 +72,8 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         let existed = std::fs::symlink_metadata(p).is_ok();
         crate::failure_log::create(p)?;
         Ok(!existed)
-    })?;
+    })
+    .map_err(|e| denied(e, config, "FAILURE_LOG"))?;
     super::emit(&report)?;
     if unsafe_paths > 0 {
         log::warn!(
@@ -72,6 +81,28 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         );
     }
     Ok(Outcome::failed_if(unsafe_paths > 0))
+}
+
+/// A refused permission is the settings' fault, not a passing one: exit 78 with a
+/// note naming the setting (and its flag) that points there, or sudo.
+fn denied(e: Error, config: &Config, setting: &str) -> Error {
+    if e.io_kind() != Some(std::io::ErrorKind::PermissionDenied) {
+        return e;
+    }
+    let uid = privdrop::euid();
+    let fix = match setting {
+        "SPOOL_DIR" => {
+            "point SPOOL_DIR (or --spool-dir) at a directory this user may create, e.g. `--spool-dir \"$HOME/ragspool\"`"
+        }
+        "RAG_LOG_FILE" => {
+            "point RAG_LOG_FILE (or --log-file) at a file this user may create, or `-` for stderr only"
+        }
+        _ => "point FAILURE_LOG at a file this user may create",
+    };
+    let via = config.named(setting);
+    e.into_config().with_note(format!(
+        "uid {uid} may not write where {via} points: {fix}; or create it as root with `sudo ragspool init --owner USER[:GROUP]`, which hands the tree to the service user"
+    ))
 }
 
 /// Creates RAG_LOG_FILE (mode 0640) when missing; true when it was created.
