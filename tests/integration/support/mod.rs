@@ -435,6 +435,37 @@ pub fn wait_with_deadline(
     )
 }
 
+/// Makes sure `command` is installed, from the Debian package `package` when it
+/// is missing and we are root (as the server harness does); fails with an
+/// install hint otherwise, never skips.
+#[track_caller]
+pub fn ensure_command(command: &str, package: &str) {
+    let have = |c: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {c}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if have(command) {
+        return;
+    }
+    let script = format!(
+        "export DEBIAN_FRONTEND=noninteractive; \
+         apt-get install -y -qq {package} >/dev/null 2>&1 || \
+         {{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq {package} >/dev/null 2>&1; }}"
+    );
+    let installed = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        installed && have(command),
+        "`{command}` is needed; install it with: sudo apt-get install {package}"
+    );
+}
+
 /// Mode bits of a path.
 pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::MetadataExt;
