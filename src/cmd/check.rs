@@ -20,7 +20,7 @@ pub(crate) fn run(config: &Config, args: &Args, verbose: bool) -> Result<Outcome
         } else {
             String::new()
         };
-        out.push_str(&checks_text(&findings, failed));
+        out.push_str(&checks_text(&findings, failed, verbose));
         super::emit(&out)?;
     }
     Ok(Outcome::failed_if(failed > 0))
@@ -54,7 +54,7 @@ fn settings_text(config: &Config) -> String {
 }
 
 /// The checks as aligned lines, then the verdict.
-fn checks_text(findings: &[Finding], failed: usize) -> String {
+fn checks_text(findings: &[Finding], failed: usize, verbose: bool) -> String {
     let mut out = String::from("checks:\n");
     for f in findings {
         match &f.problem {
@@ -66,9 +66,12 @@ fn checks_text(findings: &[Finding], failed: usize) -> String {
     if failed == 0 {
         out.push_str(&format!("check: all {total} checks passed\n"));
     } else {
-        out.push_str(&format!(
-            "check: {failed} of {total} checks failed (run with -v to see every setting)\n"
-        ));
+        let hint = if verbose {
+            ""
+        } else {
+            " (run with -v to see every setting)"
+        };
+        out.push_str(&format!("check: {failed} of {total} checks failed{hint}\n"));
     }
     out
 }

@@ -276,6 +276,12 @@ pub(crate) fn load(sources: &Sources<'_>) -> Result<Config> {
             notes.push(note);
         }
     }
+    // A misspelt key is often why a value is missing: said here too, since the
+    // run stops before its warnings would be logged.
+    for w in &raw.warnings {
+        msg.push_str("\n  ");
+        msg.push_str(w);
+    }
     notes.push("fix the variables named above (see ragspool(1), ENVIRONMENT)");
     Err(Error::config(msg).with_note(notes.join("\nnote: ")))
 }

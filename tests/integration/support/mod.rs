@@ -101,6 +101,7 @@ impl TestEnv {
             args: args.iter().map(|s| s.to_string()).collect(),
             extra: BTreeMap::new(),
             timeout: Duration::from_secs(120),
+            cwd: None,
         }
     }
 
@@ -153,6 +154,7 @@ pub struct Run<'a> {
     args: Vec<String>,
     extra: BTreeMap<String, Option<String>>,
     timeout: Duration,
+    cwd: Option<PathBuf>,
 }
 
 /// What a finished run printed and returned.
@@ -224,6 +226,12 @@ impl Run<'_> {
         self
     }
 
+    /// Runs in `dir` instead of the test's working directory (for relative paths).
+    pub fn current_dir(mut self, dir: &Path) -> Self {
+        self.cwd = Some(dir.to_path_buf());
+        self
+    }
+
     /// Changes the deadline.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -260,6 +268,9 @@ impl Run<'_> {
             .stdin(Stdio::null());
         if let Ok(path) = std::env::var("PATH") {
             cmd.env("PATH", path);
+        }
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
         }
         cmd
     }
