@@ -175,10 +175,9 @@ fn zsh_flag(f: &Flag) -> String {
     };
     // A repeatable flag excludes nothing; a single one excludes its other spelling.
     match f.short {
-        Some(s) if repeat.is_empty() => format!(
-            "'(-{s} --{l})'{{-{s},--{l}}}'[{doc}]{value}'",
-            l = f.long
-        ),
+        Some(s) if repeat.is_empty() => {
+            format!("'(-{s} --{l})'{{-{s},--{l}}}'[{doc}]{value}'", l = f.long)
+        }
         Some(s) => format!("'*'{{-{s},--{l}}}'[{doc}]{value}'", l = f.long),
         None => format!("'{repeat}--{}[{doc}]{value}'", f.long),
     }
