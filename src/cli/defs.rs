@@ -285,15 +285,18 @@ pub(crate) static COMMANDS: &[Command] = &[
     Command {
         name: "init",
         summary: "create the spool tree, log dir and failure log with safe modes",
-        usage: "[--owner USER[:GROUP]]",
+        usage: "[--owner USER[:GROUP]] [--json]",
         doc: "Creates tmp/, incoming/, processing/, archive/, failed/ and outbox/ under SPOOL_DIR with mode 0750, the log directory, RAG_LOG_FILE, and the failure log with mode 0600. Safe to run again. Existing paths with unsafe modes or owners are reported and make the exit status 1; a path this user may not create exits 78 naming the setting to change.",
         positionals: (0, 0),
-        flags: &[typed(
-            "owner",
-            "USER[:GROUP]",
-            "chown what it creates to USER (and GROUP); needs root",
-            owner,
-        )],
+        flags: &[
+            typed(
+                "owner",
+                "USER[:GROUP]",
+                "chown what it creates to USER (and GROUP); needs root",
+                owner,
+            ),
+            JSON,
+        ],
         actions: &[],
         action_kind: "",
         or_switch: None,
@@ -302,10 +305,10 @@ pub(crate) static COMMANDS: &[Command] = &[
     Command {
         name: "migrate",
         summary: "create or upgrade the database schema (idempotent)",
-        usage: "",
+        usage: "[--json]",
         doc: "Under an advisory lock, creates or upgrades the seven tables: the partitioned target table (RAGSPOOL_TABLE), ragspool_schema_version, ragspool_manifest, ragspool_maintenance_runs, ragspool_docs, ragspool_doc_events and ragspool_failure_log_anchor; then the partitions from today to today + PARTITION_PREMAKE_DAYS. Safe to run again.",
         positionals: (0, 0),
-        flags: &[],
+        flags: &[JSON],
         actions: &[],
         action_kind: "",
         or_switch: None,
@@ -342,7 +345,7 @@ pub(crate) static COMMANDS: &[Command] = &[
     Command {
         name: "notify",
         summary: "send one gate event from its template; --check-templates",
-        usage: "<EVENT> --batch-tag TAG [--reason REASON] [--var KEY=VALUE]... | --check-templates",
+        usage: "<EVENT> --batch-tag TAG [--reason REASON] [--var KEY=VALUE]... [--json] | --check-templates",
         doc: "Sends gate.open or gate.done for a batch (to GATE_URL), or an alert (to ALERT_URL), through the outbox, as scripts did with the old notifier. --check-templates renders every template for every reason code and names the file and placeholder of any fault.",
         positionals: (0, 1),
         flags: &[
@@ -363,6 +366,7 @@ pub(crate) static COMMANDS: &[Command] = &[
                 "check-templates",
                 "render every template for every reason code and exit",
             ),
+            JSON,
         ],
         actions: &[
             Action {
@@ -525,10 +529,10 @@ pub(crate) static COMMANDS: &[Command] = &[
     Command {
         name: "requeue",
         summary: "move failed/<batch_tag> (or --all) back to incoming/",
-        usage: "<BATCH_TAG> | --all",
+        usage: "<BATCH_TAG> | --all [--json]",
         doc: "Moves the files of failed/<BATCH_TAG> (or of every failed batch) back to incoming/, keeping their reason files aside.",
         positionals: (0, 1),
-        flags: &[switch("all", "requeue every failed batch")],
+        flags: &[switch("all", "requeue every failed batch"), JSON],
         actions: &[],
         action_kind: "",
         or_switch: Some("all"),
@@ -549,7 +553,7 @@ pub(crate) static COMMANDS: &[Command] = &[
     Command {
         name: "gen",
         summary: "write sample .msgpack files into incoming/ (--bad N for broken ones)",
-        usage: "[--files N] [--records M] [--dim D] [--days K] [--seed S] [--bad B]",
+        usage: "[--files N] [--records M] [--dim D] [--days K] [--seed S] [--bad B] [--json]",
         doc: "Writes deterministic sample files to tmp/ and renames them into incoming/: realistic text with non-ASCII, metadata, embeddings and created_at over the last K days. --bad adds broken files of assorted kinds.",
         positionals: (0, 0),
         flags: &[
@@ -569,6 +573,7 @@ pub(crate) static COMMANDS: &[Command] = &[
             ),
             typed("seed", "S", "random seed (default 1)", whole),
             typed("bad", "B", "also write B broken files (default 0)", whole),
+            JSON,
         ],
         actions: &[],
         action_kind: "",

@@ -226,3 +226,67 @@ fn process_and_maintain_print_json_reports() {
         .json();
     assert_eq!(dry["dry_run"], true, "{dry}");
 }
+
+#[test]
+fn init_migrate_gen_requeue_and_notify_print_json_reports() {
+    use crate::support::http::{HttpServer, Response};
+    let gate = HttpServer::start(|_, _| Response::status(200));
+    let mut env = TestEnv::new().with_db();
+    env.set("GATE_URL", format!("{}/hook", gate.url));
+    env.set("GATE_TOKEN", "tok");
+    let init = env.run(&["init", "--json"]).output().code(0).json();
+    assert_eq!(init["created"].as_array().map(Vec::len), Some(10), "{init}");
+    assert_eq!(init["unsafe"], serde_json::json!([]), "{init}");
+    // The text report keeps its columns.
+    env.run(&["init"]).output().code(0).stdout_has(&format!(
+        "ok       {}\n",
+        env.spool_dir("incoming").display()
+    ));
+    let migrate = env.run(&["migrate", "--json"]).output().code(0).json();
+    assert_eq!(migrate["table"], "rag_chunks", "{migrate}");
+    assert_eq!(migrate["schema_version_before"], 0, "{migrate}");
+    assert!(migrate["schema_version"].as_i64() > Some(0), "{migrate}");
+    let args = [
+        "gen",
+        "--files",
+        "2",
+        "--records",
+        "3",
+        "--bad",
+        "1",
+        "--json",
+    ];
+    let generated = env.run(&args).output().code(0).json();
+    assert_eq!(
+        (generated["files"].as_u64(), generated["bad"].as_u64()),
+        (Some(2), Some(1)),
+        "{generated}"
+    );
+    env.run(&["process"]).output().code(1);
+    let requeue = env
+        .run(&["requeue", "--all", "--json"])
+        .output()
+        .code(0)
+        .json();
+    assert_eq!(
+        requeue["requeued"].as_array().map(Vec::len),
+        Some(1),
+        "{requeue}"
+    );
+    assert_eq!(requeue["left"], serde_json::json!([]), "{requeue}");
+    let tag = "20260101T000000Z-0a1b2c3d";
+    let notify = env
+        .run(&["notify", "gate.open", "--batch-tag", tag, "--json"])
+        .output()
+        .code(0)
+        .json();
+    assert_eq!(
+        (
+            notify["event"].as_str(),
+            notify["batch_tag"].as_str(),
+            notify["delivered"].as_u64()
+        ),
+        (Some("gate.open"), Some(tag), Some(1)),
+        "{notify}"
+    );
+}
