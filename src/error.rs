@@ -46,6 +46,9 @@ pub(crate) struct Error {
     message: String,
     context: Vec<String>,
     note: Option<String>,
+    /// The kind of the I/O error it came from, so a caller can tell a refused
+    /// permission (the operator's to fix) from a passing fault.
+    io_kind: Option<std::io::ErrorKind>,
 }
 
 /// The result every command and most domain calls return.
@@ -59,6 +62,7 @@ impl Error {
             message: message.into(),
             context: Vec::new(),
             note: None,
+            io_kind: None,
         }
     }
 
@@ -106,6 +110,18 @@ impl Error {
     pub(crate) fn class(&self) -> Class {
         self.class
     }
+
+    /// The kind of the I/O error it came from, if it came from one.
+    pub(crate) fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        self.io_kind
+    }
+
+    /// The same error as a configuration error (exit 78), for a caller that knows
+    /// retrying cannot fix it (a permission the settings point at).
+    pub(crate) fn into_config(mut self) -> Error {
+        self.class = Class::Config;
+        self
+    }
 }
 
 impl fmt::Display for Error {
@@ -126,7 +142,9 @@ impl std::error::Error for Error {}
 impl From<std::io::Error> for Error {
     /// A filesystem error is temporary: nothing moved, the operator fixes and reruns.
     fn from(err: std::io::Error) -> Error {
-        Error::temp(err.to_string())
+        let mut e = Error::temp(err.to_string());
+        e.io_kind = Some(err.kind());
+        e
     }
 }
 

@@ -44,7 +44,7 @@ pub(crate) fn dispatch(inv: &Invocation, config: &Config) -> Result<Outcome> {
         "cache" => cache::run(config, args),
         "gate" => gate::run(config, args),
         "status" => status::run(config, args),
-        "check" => check::run(config, args),
+        "check" => check::run(config, args, inv.globals.verbosity > 0),
         "requeue" => requeue::run(config, args),
         "trace" => trace::run(config, args),
         "gen" => generate::run(config, args),
