@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug/ragspool
 
-.PHONY: all build release deps tools test fuzz lint audit man man-lint man-gz completions readme demo bench bench-pace torture deb rpm clean
+.PHONY: all build release install deps tools test fuzz lint audit man man-lint man-gz completions readme demo bench bench-pace torture deb rpm clean
 
 all: build
 
@@ -14,6 +14,12 @@ build: deps
 
 release: deps
 	$(CARGO) build --release
+
+# The binary alone, for a user's own PATH (the packages install everything else).
+PREFIX ?= $(HOME)/.local
+install: release
+	install -D -m 755 target/release/ragspool $(DESTDIR)$(PREFIX)/bin/ragspool
+	@echo "installed $(DESTDIR)$(PREFIX)/bin/ragspool"
 
 test: deps
 	$(CARGO) test --all-targets --no-fail-fast

@@ -39,8 +39,13 @@ impl Db {
         })?;
         // libpq's defaults for a URL that leaves out the host or port (the local
         // socket: postgresql://user@/db).
-        let url =
-            crate::pgurl::with_defaults(url.expose(), &config.pg_host, config.pg_port.as_deref());
+        let user = config.pg_user.clone().or_else(crate::privdrop::login_name);
+        let url = crate::pgurl::with_defaults(
+            url.expose(),
+            &config.pg_host,
+            config.pg_port.as_deref(),
+            user.as_deref(),
+        );
         let mut db = Db::from_url(&url, Duration::from_secs(config.retry_max_secs))?;
         // A PostgreSQL that hangs (a stopped server, a held lock) must not block a
         // COPY for ever: every statement and lock wait is bounded, and the expiry is

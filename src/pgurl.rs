@@ -10,7 +10,7 @@
 
 /// How a URL is written, for notes.
 pub(crate) const FORM: &str = "write DATABASE_URL as postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME, \
-     or postgresql://USER@/DBNAME for the local socket (PGHOST names its directory)";
+     or postgresql:///DBNAME for the local socket as your own user (PGHOST names its directory)";
 
 /// A postgres:// URL cut where the driver cuts it.
 struct Parts<'a> {
@@ -65,12 +65,24 @@ fn host_port(chunk: &str) -> (&str, Option<&str>) {
 
 /// `url` with libpq's defaults for what it leaves out: `host` (a socket directory
 /// or host names, comma-separated) when it names no host, `port` when it names
-/// no port. A URL that is not postgres:// comes back unchanged.
-pub(crate) fn with_defaults(url: &str, host: &str, port: Option<&str>) -> String {
+/// no port, `user` when it names no user. A URL that is not postgres:// comes
+/// back unchanged.
+pub(crate) fn with_defaults(
+    url: &str,
+    host: &str,
+    port: Option<&str>,
+    user: Option<&str>,
+) -> String {
     let Some(p) = split(url) else {
         return url.to_string();
     };
     let q = query(p.tail);
+    let head = match user {
+        Some(user) if !p.head.contains('@') && !q.iter().any(|(k, _)| *k == "user") => {
+            format!("{}{}@", p.head, encode(user))
+        }
+        _ => p.head.to_string(),
+    };
     let chunks: Vec<(&str, Option<&str>)> = p.hosts.split(',').map(host_port).collect();
     let named = |key: &str| q.iter().any(|(k, v)| *k == key && !v.is_empty());
     let url_hosts = chunks.iter().any(|(h, _)| !h.is_empty());
@@ -106,7 +118,7 @@ pub(crate) fn with_defaults(url: &str, host: &str, port: Option<&str>) -> String
         tail.push(if tail.contains('?') { '&' } else { '?' });
         tail.push_str(&pair);
     }
-    format!("{}{hosts}{tail}", p.head)
+    format!("{head}{hosts}{tail}")
 }
 
 /// `host[:port],...` with `port` added to chunks that have none.
@@ -215,19 +227,19 @@ mod tests {
     #[test]
     fn a_missing_host_is_the_socket_directory() {
         assert_eq!(
-            with_defaults("postgresql://u:pw@/db", SOCK, None),
+            with_defaults("postgresql://u:pw@/db", SOCK, None, None),
             "postgresql://u:pw@%2Fvar%2Frun%2Fpostgresql/db"
         );
         assert_eq!(
-            with_defaults("postgres:///db?sslmode=disable", "/tmp", Some("5433")),
+            with_defaults("postgres:///db?sslmode=disable", "/tmp", Some("5433"), None),
             "postgres://%2Ftmp:5433/db?sslmode=disable"
         );
         assert_eq!(
-            with_defaults("postgres://u@:5440/db", SOCK, Some("5433")),
+            with_defaults("postgres://u@:5440/db", SOCK, Some("5433"), None),
             "postgres://u@%2Fvar%2Frun%2Fpostgresql:5440/db"
         );
         assert_eq!(
-            with_defaults("postgres://u@/db", "a,b", None),
+            with_defaults("postgres://u@/db", "a,b", None, None),
             "postgres://u@a,b/db"
         );
     }
@@ -235,26 +247,39 @@ mod tests {
     #[test]
     fn a_named_host_or_port_is_kept() {
         let url = "postgres://u:pw@db.example:6000/rag";
-        assert_eq!(with_defaults(url, SOCK, Some("5433")), url);
+        assert_eq!(with_defaults(url, SOCK, Some("5433"), None), url);
         assert_eq!(
-            with_defaults("postgres://u@db/rag", SOCK, Some("5433")),
+            with_defaults("postgres://u@db/rag", SOCK, Some("5433"), None),
             "postgres://u@db:5433/rag"
         );
         assert_eq!(
-            with_defaults("postgres://u@/rag?host=/tmp/s", SOCK, Some("5433")),
+            with_defaults("postgres://u@/rag?host=/tmp/s", SOCK, Some("5433"), None),
             "postgres://u@/rag?host=/tmp/s&port=5433"
         );
         assert_eq!(
-            with_defaults("postgres://u@:7/rag?host=/tmp/s", SOCK, None),
+            with_defaults("postgres://u@:7/rag?host=/tmp/s", SOCK, None, None),
             "postgres://u@/rag?host=/tmp/s&port=7"
         );
-        assert_eq!(with_defaults("mysql://x", SOCK, None), "mysql://x");
+        assert_eq!(with_defaults("mysql://x", SOCK, None, None), "mysql://x");
+    }
+
+    #[test]
+    fn a_missing_user_is_pguser_or_the_login_name() {
+        assert_eq!(
+            with_defaults("postgresql:///rag", SOCK, None, Some("ann")),
+            "postgresql://ann@%2Fvar%2Frun%2Fpostgresql/rag"
+        );
+        // A user in the URL, or in its query, is kept.
+        let named = "postgres://bob@db/rag";
+        assert_eq!(with_defaults(named, SOCK, None, Some("ann")), named);
+        let query = "postgres://db/rag?user=bob";
+        assert_eq!(with_defaults(query, SOCK, None, Some("ann")), query);
     }
 
     #[test]
     fn the_driver_reads_the_rewritten_socket_url() -> Result<(), postgres::Error> {
         let config: postgres::Config =
-            with_defaults("postgresql://u:pw@/db", "/tmp/sock dir", Some("5433")).parse()?;
+            with_defaults("postgresql://u:pw@/db", "/tmp/sock dir", Some("5433"), None).parse()?;
         assert_eq!(
             config.get_hosts(),
             [postgres::config::Host::Unix("/tmp/sock dir".into())]

@@ -306,6 +306,12 @@ pub(crate) static SETTINGS: &[Setting] = &[
         port,
     ),
     s(
+        "PGUSER",
+        Computed("the login name"),
+        "as libpq: the user when DATABASE_URL names none",
+        not_empty,
+    ),
+    s(
         "RAGSPOOL_TABLE",
         Value("rag_chunks"),
         "target table (schema-qualified allowed)",

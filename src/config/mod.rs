@@ -116,6 +116,8 @@ pub(crate) struct Config {
     pub(crate) pg_host: String,
     /// PGPORT: libpq's port for a URL that names none.
     pub(crate) pg_port: Option<String>,
+    /// PGUSER: libpq's user for a URL that names none (else the login name).
+    pub(crate) pg_user: Option<String>,
     /// RAGSPOOL_TABLE.
     pub(crate) table: String,
     /// EMBED_BASE_URL, EMBED_MODEL, EMBED_API_KEY.
@@ -419,6 +421,7 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         database_url: secret("DATABASE_URL"),
         pg_host: text("PGHOST").unwrap_or_default(),
         pg_port: text("PGPORT"),
+        pg_user: text("PGUSER"),
         table: text("RAGSPOOL_TABLE").unwrap_or_default(),
         embed,
         embed_dim: num("EMBED_DIM").map(to_usize),
@@ -736,6 +739,7 @@ fn computed_value(raw: &Raw, s: &Setting, workers: usize, failure_log: &Path) ->
         "FAILURE_LOG" => Some(failure_log.display().to_string()),
         "GATE_TEMPLATE_DIR" => Some("(built-in templates)".into()),
         "PGPORT" => Some("5432".into()),
+        "PGUSER" => crate::privdrop::login_name(),
         "REDIS_SENTINEL_USERNAME" => raw.get("REDIS_USERNAME").map(str::to_string),
         "REDIS_SENTINEL_PASSWORD" => raw.get("REDIS_PASSWORD").map(|_| "***".into()),
         _ => None,

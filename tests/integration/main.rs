@@ -21,6 +21,7 @@ mod metrics;
 mod operator;
 mod producer;
 mod rag;
+mod readme;
 mod recovery;
 mod reliability;
 mod settings;
