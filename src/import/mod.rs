@@ -204,6 +204,8 @@ struct Doc {
     too_big: bool,
     /// One of its records is bad: the whole-document rule would only repeat it.
     tainted: bool,
+    /// The first and last lines of its rows (not its delete records) so far.
+    rows: Option<(u64, u64)>,
 }
 
 /// One input being read: its errors, its documents, its staged files.
@@ -346,6 +348,19 @@ impl<'r> Input<'r> {
             self.error(Some(number), bad.error);
             return Ok(());
         }
+        match (record.delete, doc.rows) {
+            // A file's removals apply to the rows of earlier files only, never to
+            // its own: a delete after rows in one file would leave those rows.
+            (true, Some((first, last))) => {
+                let id = doc.id.clone();
+                self.error(Some(number), format!(
+                    "deletes document `{id}` after its rows on lines {first}-{last}, which one spool file cannot do (a file's delete removes earlier files' rows, not its own): drop those lines, or put the delete before them to replace the document"
+                ));
+                return Ok(());
+            }
+            (false, rows) => doc.rows = Some((rows.map_or(number, |(f, _)| f), number)),
+            (true, None) => {}
+        }
         doc.bytes += enc.len() as u64;
         if doc.bytes > max_file_bytes && !doc.too_big {
             doc.too_big = true;
@@ -387,6 +402,7 @@ impl<'r> Input<'r> {
             bytes: 0,
             too_big: false,
             tainted: false,
+            rows: None,
         });
         self.stage.begin_doc();
     }

@@ -8,7 +8,7 @@
 //! `process` or `watch`, and staged names do not end in `.msgpack`.
 
 use crate::error::{Context, Error, Result};
-use crate::fs::{LockFile, fsync_dir, rename_noreplace};
+use crate::fs::{LockFile, fsync_dir, rename_noreplace, rename_own_name};
 use crate::spool::Spool;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime};
 const FILE_MODE: u32 = 0o640;
 /// Suffix of a staged file in tmp/ (never `.msgpack`, so never mistaken for input).
 const STAGED_SUFFIX: &str = ".msgpack.staged";
+/// Suffix of a run's commit marker in tmp/: the files it is renaming into incoming/.
+const COMMIT_SUFFIX: &str = ".commit";
 /// A stale run's lock older than this is cleared even when another host wrote it
 /// (a spool shared over a filesystem whose flock that host does not share).
 const FOREIGN_STALE: Duration = Duration::from_secs(24 * 3600);
@@ -141,7 +143,8 @@ impl Run {
             if file.try_lock().is_err() {
                 continue;
             }
-            let text = fs::read_to_string(&path).unwrap_or_default();
+            let mut text = String::new();
+            let _ = (&file).read_to_string(&mut text);
             let ours = text.split_whitespace().next() == Some(host.as_str());
             let old = file
                 .metadata()
@@ -150,9 +153,69 @@ impl Run {
                 .and_then(|m| SystemTime::now().duration_since(m).ok())
                 .is_some_and(|age| age >= FOREIGN_STALE);
             if ours || old {
+                self.finish_commit(id);
                 self.remove_run(id, &path);
             }
         }
+    }
+
+    /// Writes (and fsyncs) the list of `files` about to be renamed into incoming/
+    /// with mtime `when`: `<nanoseconds>` on the first line, then one name a line.
+    fn write_marker(&self, files: &[Staged], when: SystemTime) -> Result<PathBuf> {
+        let path = self.tmp.join(format!("import-{}{COMMIT_SUFFIX}", self.id));
+        let nanos = when
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut text = format!("{nanos}\n");
+        for f in files {
+            text.push_str(&f.name);
+            text.push('\n');
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .with_context(|| format!("cannot create `{}`", path.display()))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("cannot write `{}`", path.display()))?;
+        fsync_dir(&self.tmp)?;
+        Ok(path)
+    }
+
+    /// Finishes the commit a dead run `id` had begun: the files its marker lists
+    /// that are still staged go into incoming/ as that commit would have put them.
+    fn finish_commit(&self, id: &str) {
+        let marker = self.tmp.join(format!("import-{id}{COMMIT_SUFFIX}"));
+        let Ok(text) = read_nofollow(&marker) else {
+            return;
+        };
+        let mut lines = text.lines();
+        let when = lines
+            .next()
+            .and_then(|l| l.parse::<u64>().ok())
+            .map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n));
+        let mut finished = 0;
+        for name in lines.filter(|n| is_spool_name(n)) {
+            let from = self.tmp.join(format!("{name}.staged"));
+            let to = self.incoming.join(name);
+            let moved = when
+                .map_or(Ok(()), |when| set_mtime(&from, when))
+                .and_then(|()| rename_own_name(&from, &to));
+            if moved.is_ok() {
+                finished += 1;
+            }
+        }
+        if finished > 0 && fsync_dir(&self.incoming).is_err() {
+            return;
+        }
+        let _ = fs::remove_file(&marker);
+        log::info!(
+            "finished the commit an interrupted import {id} had begun: {finished} more file(s) into incoming/"
+        );
     }
 
     /// Removes the staged files of run `id` and then its lock.
@@ -220,6 +283,19 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
+        // Whatever of this run is still staged (a file dropped on a failed move
+        // included) goes with it; its lock last, so a crash before leaves it to
+        // the next import's clearing.
+        let prefix = format!("import-{}-", self.id);
+        for entry in fs::read_dir(&self.tmp).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            if name
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(STAGED_SUFFIX))
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         let path = self.lock.path.clone();
         let _ = fs::remove_file(&path);
         staged().retain(|p| *p != path);
@@ -375,11 +451,14 @@ impl Staging<'_> {
         // Held to the end: a signal now waits until every file is in incoming/.
         let mut list = staged();
         let when = SystemTime::now();
+        // Before the first rename, the commit is written down, so that a crash in
+        // the middle is finished by the next import rather than cut short.
+        let marker = self.run.write_marker(&self.done, when)?;
         let mut placed: Vec<(PathBuf, PathBuf)> = Vec::new();
         for staged in &self.done {
             let target = self.run.incoming.join(&staged.name);
             let moved = set_mtime(&staged.path, when)
-                .and_then(|()| rename_noreplace(&staged.path, &target))
+                .and_then(|()| rename_own_name(&staged.path, &target))
                 .with_context(|| {
                     format!("cannot rename `{}` into incoming/", staged.path.display())
                 });
@@ -388,6 +467,7 @@ impl Staging<'_> {
                     .iter()
                     .filter(|(from, to)| rename_noreplace(to, from).is_err())
                     .count();
+                let _ = fs::remove_file(&marker);
                 let e = if back == 0 {
                     e.with_note("nothing of this input was left in incoming/")
                 } else {
@@ -398,14 +478,21 @@ impl Staging<'_> {
                 return Err(e);
             }
             list.retain(|p| *p != staged.path);
+            crate::failpoint::hit("import-renamed");
             placed.push((staged.path.clone(), target));
             written.files += 1;
             written.records += staged.records;
             written.bytes += staged.bytes;
         }
         self.done.clear();
+        fsync_dir(&self.run.incoming).map_err(|e| {
+            e.with_note(format!(
+                "all {} file(s) of this input were renamed into incoming/, but their renames may not survive a power cut",
+                written.files
+            ))
+        })?;
+        let _ = fs::remove_file(&marker);
         drop(list);
-        fsync_dir(&self.run.incoming)?;
         Ok(written)
     }
 }
@@ -448,6 +535,26 @@ fn take_lock(path: &Path, spool: &Spool) -> Result<LockFile> {
         file,
         path: path.to_path_buf(),
     })
+}
+
+/// Whether `name` is one this import writes (`import-<id>-<n>.msgpack`), so that
+/// a marker's lines can never name a path elsewhere.
+fn is_spool_name(name: &str) -> bool {
+    name.starts_with("import-") && name.ends_with(".msgpack") && !name.contains('/')
+}
+
+/// A small file's text, never through a symlink nor from a FIFO (non-blocking open).
+fn read_nofollow(path: &Path) -> std::io::Result<String> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Sets the mtime of the staged file at `path`.

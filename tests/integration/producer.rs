@@ -823,3 +823,61 @@ fn validate_says_what_process_writes_in_reason_json() {
         "{v}"
     );
 }
+
+#[test]
+fn a_crash_in_the_middle_of_a_commit_is_finished_by_the_next_import() {
+    let env = TestEnv::new();
+    env.run(&["init"]).output().code(0);
+    let lines: Vec<Value> = (0..6)
+        .flat_map(|d| (0..2).map(move |c| chunk(&format!("d{d}"), c, "text", json!({}))))
+        .collect();
+    let input = write_jsonl(&env, "six.jsonl", &lines);
+    // Aborted (as a SIGKILL would leave it) right after its second rename.
+    let out = env
+        .run(&["import", "--max-records", "2", path_str(&input)])
+        .env("RAGSPOOL_FAILPOINT", "import-renamed:2")
+        .output();
+    assert_eq!(out.code, None, "aborted: {}", out.stderr);
+    assert_eq!(env.files_in("incoming").len(), 2);
+    // The next import, of anything, finishes that commit before its own.
+    let other = write_jsonl(&env, "one.jsonl", &[chunk("e", 0, "text", json!({}))]);
+    env.run(&["import", path_str(&other)]).output().code(0);
+    assert_eq!(env.files_in("tmp"), Vec::<String>::new(), "tmp/");
+    let counts = validate_counts(&env, &spooled(&env));
+    assert_eq!(
+        counts,
+        [(2, 1), (2, 1), (2, 1), (2, 1), (2, 1), (2, 1), (1, 1)],
+        "six files of the first input, one of the second"
+    );
+}
+
+#[test]
+fn a_delete_after_rows_of_its_document_is_refused_and_one_before_them_replaces() {
+    let env = TestEnv::new();
+    env.run(&["init"]).output().code(0);
+    let delete = json!({"doc_id": "d", "delete": true});
+    let after = write_jsonl(
+        &env,
+        "after.jsonl",
+        &[
+            chunk("d", 0, "a", json!({})),
+            chunk("d", 1, "b", json!({})),
+            delete.clone(),
+        ],
+    );
+    let out = env.run(&["import", path_str(&after)]).output().code(1);
+    assert!(
+        out.stderr
+            .contains("after.jsonl:3: deletes document `d` after its rows on lines 1-2"),
+        "{}",
+        out.stderr
+    );
+    assert_nothing_placed(&env);
+    let before = write_jsonl(
+        &env,
+        "before.jsonl",
+        &[delete, chunk("d", 0, "a", json!({}))],
+    );
+    env.run(&["import", path_str(&before)]).output().code(0);
+    assert_eq!(env.files_in("incoming").len(), 1);
+}
