@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug/ragspool
 
-.PHONY: all build release deps tools test fuzz lint audit man man-lint man-gz readme demo bench bench-pace bench-storage torture deb rpm clean
+.PHONY: all build release install deps tools test fuzz lint audit man man-lint man-gz completions readme demo bench bench-pace bench-storage torture deb rpm clean
 
 all: build
 
@@ -14,6 +14,12 @@ build: deps
 
 release: deps
 	$(CARGO) build --release
+
+# The binary alone, for a user's own PATH (the packages install everything else).
+PREFIX ?= $(HOME)/.local
+install: release
+	install -D -m 755 target/release/ragspool $(DESTDIR)$(PREFIX)/bin/ragspool
+	@echo "installed $(DESTDIR)$(PREFIX)/bin/ragspool"
 
 test: deps
 	$(CARGO) test --all-targets --no-fail-fast
@@ -51,16 +57,23 @@ man-gz:
 	@mkdir -p target/man
 	gzip -9 -n -c man/ragspool.1 > target/man/ragspool.1.gz
 
+# Shell completion scripts from the release binary's own registry, for the packages.
+completions: release
+	@mkdir -p target/completions
+	target/release/ragspool completions bash > target/completions/ragspool
+	target/release/ragspool completions zsh > target/completions/_ragspool
+	target/release/ragspool completions fish > target/completions/ragspool.fish
+
 # Packaging tools from crates.io, installed once when missing.
 tools:
 	@command -v cargo-deb >/dev/null || $(CARGO) install --locked cargo-deb
 	@command -v cargo-generate-rpm >/dev/null || $(CARGO) install --locked cargo-generate-rpm
 
-deb: deps tools man-gz
+deb: deps tools man-gz completions
 	$(CARGO) deb
 	@ls target/debian/*.deb
 
-rpm: deps tools man-gz release
+rpm: deps tools man-gz release completions
 	$(CARGO) generate-rpm
 	@ls target/generate-rpm/*.rpm
 

@@ -18,6 +18,11 @@ make deb
 deb=$(ls target/debian/ragspool_*.deb | tail -1)
 dpkg -i "$deb"
 /usr/bin/ragspool --version
+for f in /usr/share/bash-completion/completions/ragspool /usr/share/zsh/vendor-completions/_ragspool \
+         /usr/share/fish/vendor_completions.d/ragspool.fish; do
+  [ -s "$f" ] || { echo "check-packages: $f missing" >&2; exit 1; }
+done
+bash -n /usr/share/bash-completion/completions/ragspool
 units=(/lib/systemd/system/ragspool.service /lib/systemd/system/ragspool-maintain.service /lib/systemd/system/ragspool-maintain.timer)
 systemd-analyze verify "${units[@]}"
 for unit in /lib/systemd/system/ragspool.service /lib/systemd/system/ragspool-maintain.service; do

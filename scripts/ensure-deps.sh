@@ -13,6 +13,11 @@ command -v python3 >/dev/null || need+=(python3)
 command -v openssl >/dev/null || need+=(openssl)
 command -v g++ >/dev/null || need+=(g++)
 command -v psql >/dev/null || need+=(postgresql-client)
+# The README's Python producer runs in the tests: msgpack for the python3 on PATH
+# (pip where that Python allows it, else Debian's package for the system one).
+if ! python3 -c 'import msgpack' 2>/dev/null; then
+  python3 -m pip install -q msgpack 2>/dev/null || need+=(python3-msgpack)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "ensure-deps: missing ${need[*]}; install with: sudo apt-get install ${need[*]}" >&2

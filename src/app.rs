@@ -32,7 +32,7 @@ fn run_inner() -> Result<Outcome> {
         if crate::privdrop::euid() == 0 {
             crate::failure_log::preopen(&config.failure_log)?;
         }
-        crate::privdrop::drop_to(user)?;
+        crate::privdrop::drop_to(user, &config.named("RAGSPOOL_USER"))?;
     }
     let log_file = if crate::cmd::logs_to_file(inv.command.name) {
         config.log_file.as_deref()
@@ -41,5 +41,8 @@ fn run_inner() -> Result<Outcome> {
     };
     crate::log::init(inv.globals.verbosity, log_file)?;
     crate::progress::set_quiet(inv.globals.verbosity < 0);
+    for warning in &config.warnings {
+        log::warn!("{warning}");
+    }
     crate::cmd::dispatch(&inv, &config)
 }

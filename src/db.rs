@@ -37,7 +37,16 @@ impl Db {
                 "set DATABASE_URL=postgres://user@host/db in the environment or the env file",
             )
         })?;
-        let mut db = Db::from_url(url.expose(), Duration::from_secs(config.retry_max_secs))?;
+        // libpq's defaults for a URL that leaves out the host or port (the local
+        // socket: postgresql://user@/db).
+        let user = config.pg_user.clone().or_else(crate::privdrop::login_name);
+        let url = crate::pgurl::with_defaults(
+            url.expose(),
+            &config.pg_host,
+            config.pg_port.as_deref(),
+            user.as_deref(),
+        );
+        let mut db = Db::from_url(&url, Duration::from_secs(config.retry_max_secs))?;
         // A PostgreSQL that hangs (a stopped server, a held lock) must not block a
         // COPY for ever: every statement and lock wait is bounded, and the expiry is
         // retried as transient.
@@ -52,7 +61,8 @@ impl Db {
     pub(crate) fn from_url(url: &str, retry_budget: Duration) -> Result<Db> {
         let (rest, mode, rootcert) = split_ssl_params(url)?;
         let mut config = postgres::Config::from_str(&rest).map_err(|e| {
-            Error::config(format!("`DATABASE_URL` is not a valid postgres URL: {e}"))
+            Error::config(format!("`DATABASE_URL` cannot be read: {}", describe(&e)))
+                .with_note(crate::pgurl::FORM)
         })?;
         config.application_name("ragspool");
         // Partition bounds are read back as text; UTC keeps them day-aligned.
@@ -235,9 +245,36 @@ pub(crate) fn is_tls_failure(e: &postgres::Error) -> bool {
     }
 }
 
+/// Whether `e` says the settings are wrong, so that retrying cannot help: the
+/// driver refused the configuration (no user, mismatched hosts and ports), the
+/// server wants a password the URL lacks, the role or database does not exist,
+/// or the password is wrong.
+pub(crate) fn is_config_failure(e: &postgres::Error) -> bool {
+    if is_tls_failure(e) {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("28") || code == "3D000"
+        }
+        None => {
+            let text = e.to_string();
+            e.as_db_error().is_none()
+                && [
+                    "invalid configuration",
+                    "invalid connection string",
+                    "authentication error",
+                ]
+                .iter()
+                .any(|k| text.starts_with(k))
+        }
+    }
+}
+
 /// Whether `e` is worth retrying.
 pub(crate) fn is_transient(e: &postgres::Error) -> bool {
-    if is_tls_failure(e) {
+    if is_config_failure(e) {
         return false;
     }
     match e.code() {
@@ -257,6 +294,13 @@ pub(crate) fn classify(e: postgres::Error, what: &str) -> Error {
         Error::config(message).context(what.to_string()).with_note(
             "check sslmode and sslrootcert in DATABASE_URL (verify-full also checks the host name)",
         )
+    } else if is_config_failure(&e) {
+        Error::config(message)
+            .context(what.to_string())
+            .with_note(format!(
+                "check the user, password, host and database name in DATABASE_URL; {}",
+                crate::pgurl::FORM
+            ))
     } else if is_transient(&e) {
         Error::temp(message).context(what.to_string())
     } else {

@@ -215,10 +215,11 @@ fn packaged_env_file_names_every_setting_and_parses() {
         });
         assert!(listed, "packaging/ragspool.env lacks {}", s.name);
     }
-    let entries = crate::config::envfile::parse(&text);
+    let parsed = crate::config::envfile::parse(&text);
     assert!(
-        entries.is_ok(),
-        "packaging/ragspool.env does not parse: {entries:?}"
+        parsed.errors.is_empty(),
+        "packaging/ragspool.env does not parse: {:?}",
+        parsed.errors
     );
 }
 

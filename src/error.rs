@@ -46,6 +46,9 @@ pub(crate) struct Error {
     message: String,
     context: Vec<String>,
     note: Option<String>,
+    /// The kind of the I/O error it came from, so a caller can tell a refused
+    /// permission (the operator's to fix) from a passing fault.
+    io_kind: Option<std::io::ErrorKind>,
 }
 
 /// The result every command and most domain calls return.
@@ -59,6 +62,7 @@ impl Error {
             message: message.into(),
             context: Vec::new(),
             note: None,
+            io_kind: None,
         }
     }
 
@@ -88,6 +92,14 @@ impl Error {
         self
     }
 
+    /// Adds a `note:` line unless the error already has a more precise one.
+    pub(crate) fn or_note(self, note: impl Into<String>) -> Error {
+        if self.note.is_some() {
+            return self;
+        }
+        self.with_note(note)
+    }
+
     /// Wraps the error in one more context, outermost first when printed.
     pub(crate) fn context(mut self, context: impl Into<String>) -> Error {
         self.context.push(context.into());
@@ -97,6 +109,18 @@ impl Error {
     /// The class, which decides the exit code.
     pub(crate) fn class(&self) -> Class {
         self.class
+    }
+
+    /// The kind of the I/O error it came from, if it came from one.
+    pub(crate) fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        self.io_kind
+    }
+
+    /// The same error as a configuration error (exit 78), for a caller that knows
+    /// retrying cannot fix it (a permission the settings point at).
+    pub(crate) fn into_config(mut self) -> Error {
+        self.class = Class::Config;
+        self
     }
 }
 
@@ -118,7 +142,9 @@ impl std::error::Error for Error {}
 impl From<std::io::Error> for Error {
     /// A filesystem error is temporary: nothing moved, the operator fixes and reruns.
     fn from(err: std::io::Error) -> Error {
-        Error::temp(err.to_string())
+        let mut e = Error::temp(err.to_string());
+        e.io_kind = Some(err.kind());
+        e
     }
 }
 
@@ -170,6 +196,16 @@ mod tests {
         assert_eq!(exit_number(&Err(Error::usage("x"))), 2);
         assert_eq!(exit_number(&Err(Error::temp("x"))), 75);
         assert_eq!(exit_number(&Err(Error::config("x"))), 78);
+    }
+
+    #[test]
+    fn a_precise_note_is_kept() {
+        let kept = Error::temp("x").with_note("precise").or_note("general");
+        assert_eq!(kept.to_string(), "x\nnote: precise");
+        assert_eq!(
+            Error::temp("x").or_note("general").to_string(),
+            "x\nnote: general"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Every step a failpoint can name.
-pub(crate) const STEPS: [&str; 4] = [
+pub(crate) const STEPS: [&str; 5] = [
     // A file's transaction committed; the file is still in processing/.
     "file-committed",
     // Every file of a batch settled; nothing of its end is queued yet.
@@ -19,6 +19,9 @@ pub(crate) const STEPS: [&str; 4] = [
     // The batch directory is gone; the outbox is not yet delivered, the cache's
     // invalidations not applied, the build update not published.
     "batch-closed",
+    // `import`: one of an input's spool files renamed into incoming/, the others
+    // still staged in tmp/ (the next import finishes the commit).
+    "import-renamed",
 ];
 
 struct Armed {

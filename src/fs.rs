@@ -85,8 +85,35 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> R
 /// landed in between. std has no such rename, hence renameat2(RENAME_NOREPLACE);
 /// where the filesystem lacks it (EINVAL, e.g. NFS), a hard link (which never
 /// replaces) and an unlink of the old name do the same.
-#[allow(unsafe_code)]
 pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    match renameat2_noreplace(from, to) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        done => done,
+    }
+}
+
+/// [`rename_noreplace`] for a name only this process writes (an import's file
+/// into incoming/): where the filesystem lacks RENAME_NOREPLACE, a check and a
+/// plain rename, never the hard link, because the spool fails a file it finds
+/// with two links.
+pub(crate) fn rename_own_name(from: &Path, to: &Path) -> std::io::Result<()> {
+    match renameat2_noreplace(from, to) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            if fs::symlink_metadata(to).is_ok() {
+                return Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
+            }
+            fs::rename(from, to)
+        }
+        done => done,
+    }
+}
+
+/// renameat2(RENAME_NOREPLACE); EINVAL where the filesystem lacks it.
+#[allow(unsafe_code)]
+fn renameat2_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c_from = std::ffi::CString::new(from.as_os_str().as_bytes())?;
     let c_to = std::ffi::CString::new(to.as_os_str().as_bytes())?;
@@ -102,14 +129,10 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
         )
     };
     if rc == 0 {
-        return Ok(());
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::EINVAL) {
-        return Err(err);
-    }
-    fs::hard_link(from, to)?;
-    fs::remove_file(from)
 }
 
 /// The sha256 (hex) of the regular file at `path`, read in small pieces, never

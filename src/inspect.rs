@@ -26,9 +26,18 @@ pub(crate) struct Finding {
 /// Every check of `check`, in the order it lists them.
 pub(crate) fn findings(config: &Config) -> Vec<Finding> {
     let mut found = spool_dirs(config);
-    found.push(failure_log(&config.failure_log));
-    found.extend(failure_log_chain(&config.failure_log));
-    found.extend(database(config));
+    let log = failure_log(&config.failure_log);
+    // A log that is missing or unsafe has no chain to judge: an "ok" for its chain
+    // or its anchor beside the log's FAIL would contradict it. An anchor that
+    // finds records gone is still said.
+    let log_ok = log.problem.is_none();
+    found.push(log);
+    if log_ok {
+        found.extend(failure_log_chain(&config.failure_log));
+    }
+    let (db, anchor) = database(config);
+    found.push(db);
+    found.extend(anchor.filter(|a| log_ok || a.problem.is_some()));
     found.push(redis(config));
     found.extend(endpoints(config));
     found
@@ -152,7 +161,7 @@ fn endpoints(config: &Config) -> Vec<Finding> {
 
 /// The database: reachable (one attempt, no retries) and at the schema version;
 /// and, on the same connection, the failure log against its anchor there.
-fn database(config: &Config) -> Vec<Finding> {
+fn database(config: &Config) -> (Finding, Option<Finding>) {
     let names = Names::from_config(config);
     let mut what = format!("database, table {}", names.table);
     let mut anchor = None;
@@ -190,7 +199,7 @@ fn database(config: &Config) -> Vec<Finding> {
         what,
         problem: problem.unwrap_or_else(|e| Some(e.to_string().replace('\n', "; "))),
     };
-    std::iter::once(database).chain(anchor).collect()
+    (database, anchor)
 }
 
 /// The failure log against its anchor in the database, when there is one.

@@ -21,7 +21,7 @@ pub mod fuzzing {
 
     /// Parses `text` as an env file; returns the number of assignments.
     pub fn parse_env_file(text: &str) -> usize {
-        crate::config::envfile::parse(text).map_or(0, |e| e.len())
+        crate::config::envfile::parse(text).entries.len()
     }
 }
 
@@ -44,6 +44,7 @@ pub(crate) mod handoff;
 pub(crate) mod heartbeat;
 pub(crate) mod host;
 pub(crate) mod http;
+pub(crate) mod import;
 pub(crate) mod ingest;
 pub(crate) mod inspect;
 pub(crate) mod log;
@@ -51,6 +52,7 @@ pub(crate) mod maintenance;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod partition;
+pub(crate) mod pgurl;
 pub(crate) mod privdrop;
 pub(crate) mod progress;
 pub(crate) mod record;
@@ -63,6 +65,7 @@ pub(crate) mod sequence;
 pub(crate) mod signal;
 pub(crate) mod spool;
 pub(crate) mod storage;
+pub(crate) mod suggest;
 pub(crate) mod text_search;
 pub(crate) mod watch;
 

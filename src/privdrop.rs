@@ -20,6 +20,23 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The name of the effective user, as libpq takes it for a URL without a user.
+pub(crate) fn login_name() -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: a zeroed passwd is a valid value for getpwuid_r to overwrite.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: as in user_ids; pw_name points into buf, read before buf is dropped.
+    let rc =
+        unsafe { libc::getpwuid_r(euid(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name is a NUL-terminated string inside buf, which is still alive.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    name.to_str().ok().map(str::to_string)
+}
+
 /// Resolves `USER[:GROUP]` (names or numbers) through the system's user database.
 pub(crate) fn resolve(spec: &str) -> Result<Owner> {
     let (user, group) = match spec.split_once(':') {
@@ -28,15 +45,13 @@ pub(crate) fn resolve(spec: &str) -> Result<Owner> {
     };
     let (uid, primary) = match user.parse::<u32>() {
         Ok(uid) => (uid, uid),
-        Err(_) => user_ids(user)
-            .ok_or_else(|| Error::usage(format!("unknown user `{user}` in `--owner {spec}`")))?,
+        Err(_) => user_ids(user).ok_or_else(|| Error::usage(format!("unknown user `{user}`")))?,
     };
     let gid = match group {
         None => primary,
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => group_id(g)
-                .ok_or_else(|| Error::usage(format!("unknown group `{g}` in `--owner {spec}`")))?,
+            Err(_) => group_id(g).ok_or_else(|| Error::usage(format!("unknown group `{g}`")))?,
         },
     };
     Ok(Owner { uid, gid })
@@ -83,16 +98,20 @@ fn group_id(name: &str) -> Option<u32> {
 
 /// Drops group and user privileges to `name` for good; refuses if root could be
 /// regained. Called after the failure log is open and before the spool is touched.
-pub(crate) fn drop_to(name: &str) -> Result<()> {
+/// `setting` is how messages name what asked for it: `--user` or `RAGSPOOL_USER`.
+pub(crate) fn drop_to(name: &str, setting: &str) -> Result<()> {
     let Owner { uid, gid } = resolve(name)
-        .map_err(|_| Error::config(format!("`RAGSPOOL_USER` names unknown user `{name}`")))?;
+        .map_err(|_| Error::config(format!("{setting} names unknown user `{name}`")))?;
     if euid() != 0 {
         if euid() == uid {
             return Ok(());
         }
         return Err(Error::config(format!(
-            "`RAGSPOOL_USER` is `{name}` but ragspool runs as uid {} without root to switch",
+            "{setting} is `{name}` but ragspool runs as uid {} without root to switch",
             euid()
+        ))
+        .with_note(format!(
+            "start ragspool as root (sudo) to drop to `{name}`, or leave {setting} out"
         )));
     }
     let groups = [gid as libc::gid_t];

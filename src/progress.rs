@@ -1,5 +1,5 @@
 //! One updating progress line on stderr during long work (`process` over a
-//! backlog, `gen`), drawn by indicatif: only on a terminal, never on a pipe,
+//! backlog, `gen`, `import`), drawn by indicatif: only on a terminal, never on a pipe,
 //! under systemd (JOURNAL_STREAM) or with `-q`, so logs and pipes stay clean.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -83,6 +83,48 @@ impl Progress {
         let p = Progress::with(bar, total_files);
         p.redraw();
         p
+    }
+
+    /// A byte counter of `label` (`import`): bytes read of `total` when known,
+    /// and a message the caller keeps current.
+    pub(crate) fn bytes(label: &str, total: Option<u64>) -> Progress {
+        let bar = wanted().then(|| {
+            let bar =
+                ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(10));
+            let template = match total {
+                Some(_) => "{prefix}: {msg}  {binary_bytes}/{binary_total_bytes}  {binary_bytes_per_sec}  ETA {eta}",
+                None => "{prefix}: {msg}  {binary_bytes}  {binary_bytes_per_sec}",
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_prefix(label.to_string());
+            bar
+        });
+        Progress::with(bar, 0)
+    }
+
+    /// Sets the text of the line (`import`: what has been read and written).
+    pub(crate) fn message(&self, text: impl FnOnce() -> String) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(text());
+        }
+    }
+
+    /// Moves a byte counter to `bytes` (`import`).
+    pub(crate) fn set_position(&self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(bytes);
+        }
+    }
+
+    /// Runs `f` with the line cleared, for lines of its own on stderr.
+    pub(crate) fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.bar {
+            Some(bar) => bar.suspend(f),
+            None => f(),
+        }
     }
 
     /// Records `n` more steps (`gen`).

@@ -650,7 +650,13 @@ impl<'a> Decoder<'a> {
                 );
             };
             if !value.is_finite() {
-                return fault(at, format!("embedding[{i}] is not a finite number"));
+                // A finite double past f32's range is named as such: the producer
+                // sent a real number, just one a float4 cannot hold.
+                let why = match head {
+                    Head::Float(f) if f.is_finite() => "is beyond the range of f32",
+                    _ => "is not a finite number",
+                };
+                return fault(at, format!("embedding[{i}] {why}"));
             }
         }
         Ok(Embedding::Packed {

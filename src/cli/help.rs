@@ -43,6 +43,22 @@ pub(crate) fn command(c: &Command) -> String {
     out.push_str("\n\n");
     out.push_str(c.doc);
     out.push('\n');
+    if !c.actions.is_empty() {
+        let mut title = c.action_kind.to_string();
+        if let Some(first) = title.get_mut(..1) {
+            first.make_ascii_uppercase();
+        }
+        let _ = writeln!(out, "\n{title}s:");
+        let labels: Vec<String> = c
+            .actions
+            .iter()
+            .map(|a| format!("{} {}", a.name, a.args).trim_end().to_string())
+            .collect();
+        let width = labels.iter().map(String::len).max().unwrap_or(0);
+        for (a, label) in c.actions.iter().zip(&labels) {
+            let _ = writeln!(out, "  {label:width$}  {}", a.doc);
+        }
+    }
     if !c.flags.is_empty() {
         out.push_str("\nOptions:\n");
         flags(&mut out, c.flags);

@@ -19,6 +19,16 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let spool = Spool::new(&config.spool_dir);
     spool.require()?;
     let w = sample::generate(&spool, &plan)?;
+    if args.has("json") {
+        super::emit_json(&serde_json::json!({
+            "files": w.files,
+            "records": w.records,
+            "bad": w.bad,
+            "bytes": w.bytes,
+            "incoming": spool.dir("incoming").display().to_string(),
+        }))?;
+        return Ok(Outcome::Clean);
+    }
     super::emit(&format!(
         "wrote {} file(s) with {} record(s) and {} broken file(s), {} bytes, into {}\n",
         w.files,

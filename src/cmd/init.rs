@@ -20,20 +20,20 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     };
     let uid = owner.map_or_else(privdrop::euid, |o| o.uid);
     let spool = Spool::new(&config.spool_dir);
-    let mut report = String::new();
-    let mut unsafe_paths = 0;
+    let mut report: Vec<Line> = Vec::new();
     // The spool tree is ragspool's own: owned by it, closed to others.
     let mut spool_dirs: Vec<PathBuf> = vec![spool.root().to_path_buf()];
     spool_dirs.extend(DIRS.iter().map(|d| spool.dir(d)));
     for dir in &spool_dirs {
-        unsafe_paths += ensure(
+        ensure(
             dir,
             0o027,
             Some(uid),
             owner,
             &mut report,
             crate::fs::make_dir,
-        )?;
+        )
+        .map_err(|e| denied(e, config, "SPOOL_DIR"))?;
     }
     // Log directories may be shared ones like /var/log: only world-writable is unsafe.
     let mut log_dirs: Vec<&Path> = Vec::new();
@@ -50,28 +50,63 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         }
     }
     for dir in log_dirs {
-        unsafe_paths += ensure(dir, 0o002, None, owner, &mut report, crate::fs::make_dir)?;
+        let setting = if config.log_file.as_deref().and_then(Path::parent) == Some(dir) {
+            "RAG_LOG_FILE"
+        } else {
+            "FAILURE_LOG"
+        };
+        ensure(dir, 0o002, None, owner, &mut report, crate::fs::make_dir)
+            .map_err(|e| denied(e, config, setting))?;
     }
     // The log file belongs to the service user, who writes it after a privilege drop.
     if let Some(file) = config.log_file.as_deref() {
-        unsafe_paths += ensure(file, 0o002, Some(uid), owner, &mut report, create_log_file)?;
+        ensure(file, 0o002, Some(uid), owner, &mut report, create_log_file)
+            .map_err(|e| denied(e, config, "RAG_LOG_FILE"))?;
     }
     // The failure log stays with whoever runs init (root, for the packages): a
     // service started as root with --user opens it before dropping privileges,
     // so the unprivileged process can append to it but never rewrite it.
     let log = &config.failure_log;
-    unsafe_paths += ensure(log, 0o077, Some(privdrop::euid()), None, &mut report, |p| {
+    ensure(log, 0o077, Some(privdrop::euid()), None, &mut report, |p| {
         let existed = std::fs::symlink_metadata(p).is_ok();
         crate::failure_log::create(p)?;
         Ok(!existed)
-    })?;
-    super::emit(&report)?;
+    })
+    .map_err(|e| denied(e, config, "FAILURE_LOG"))?;
+    let unsafe_paths = report.iter().filter(|l| l.state == "unsafe").count();
+    if args.has("json") {
+        super::emit_json(&json_report(&report))?;
+    } else {
+        super::emit(&report.iter().map(Line::text).collect::<String>())?;
+    }
     if unsafe_paths > 0 {
         log::warn!(
             "{unsafe_paths} existing path(s) have unsafe modes or owners; fix them and run init again"
         );
     }
     Ok(Outcome::failed_if(unsafe_paths > 0))
+}
+
+/// A refused permission is the settings' fault, not a passing one: exit 78 with a
+/// note naming the setting (and its flag) that points there, or sudo.
+fn denied(e: Error, config: &Config, setting: &str) -> Error {
+    if e.io_kind() != Some(std::io::ErrorKind::PermissionDenied) {
+        return e;
+    }
+    let uid = privdrop::euid();
+    let fix = match setting {
+        "SPOOL_DIR" => {
+            "point SPOOL_DIR (or --spool-dir) at a directory this user may create, e.g. `--spool-dir \"$HOME/ragspool\"`"
+        }
+        "RAG_LOG_FILE" => {
+            "point RAG_LOG_FILE (or --log-file) at a file this user may create, or `-` for stderr only"
+        }
+        _ => "point FAILURE_LOG at a file this user may create",
+    };
+    let via = config.named(setting);
+    e.into_config().with_note(format!(
+        "uid {uid} may not write where {via} points: {fix}; or create it as root with `sudo ragspool init --owner USER[:GROUP]`, which hands the tree to the service user"
+    ))
 }
 
 /// Creates RAG_LOG_FILE (mode 0640) when missing; true when it was created.
@@ -82,28 +117,68 @@ fn create_log_file(path: &Path) -> Result<bool> {
     Ok(!existed)
 }
 
+/// What init found or did at one path.
+struct Line {
+    /// `created`, `ok` or `unsafe`.
+    state: &'static str,
+    path: PathBuf,
+    /// Why an existing path is unsafe.
+    why: Option<String>,
+}
+
+impl Line {
+    /// The line as the text report shows it.
+    fn text(&self) -> String {
+        match &self.why {
+            Some(why) => format!("unsafe  {}: {why}\n", self.path.display()),
+            None => format!("{:<7}  {}\n", self.state, self.path.display()),
+        }
+    }
+}
+
+/// The paths by what happened to them, for scripts (`init --json`).
+fn json_report(lines: &[Line]) -> serde_json::Value {
+    let paths = |state: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.state == state)
+            .map(|l| l.path.display().to_string())
+            .collect()
+    };
+    let unsafe_paths: Vec<serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.state == "unsafe")
+        .map(|l| serde_json::json!({"path": l.path.display().to_string(), "why": l.why}))
+        .collect();
+    serde_json::json!({"created": paths("created"), "ok": paths("ok"), "unsafe": unsafe_paths})
+}
+
 /// Creates `path` with `create` when missing; reports an existing unsafe one.
 fn ensure(
     path: &Path,
     forbidden: u32,
     uid: Option<u32>,
     owner: Option<Owner>,
-    report: &mut String,
+    report: &mut Vec<Line>,
     create: impl FnOnce(&Path) -> Result<bool>,
-) -> Result<u32> {
+) -> Result<()> {
     if let Some(why) = crate::fs::unsafe_reason(path, forbidden, uid) {
-        report.push_str(&format!("unsafe  {}: {why}\n", path.display()));
-        return Ok(1);
+        report.push(Line {
+            state: "unsafe",
+            path: path.to_path_buf(),
+            why: Some(why),
+        });
+        return Ok(());
     }
     let created = create(path)?;
     if created && let Some(o) = owner {
         std::os::unix::fs::chown(path, Some(o.uid), Some(o.gid))
             .with_context(|| format!("cannot chown `{}`", path.display()))?;
     }
-    report.push_str(&format!(
-        "{}  {}\n",
-        if created { "created" } else { "ok     " },
-        path.display()
-    ));
-    Ok(0)
+    report.push(Line {
+        state: if created { "created" } else { "ok" },
+        path: path.to_path_buf(),
+        why: None,
+    });
+    Ok(())
 }

@@ -24,7 +24,11 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         host: host_name(),
     };
     let report = maintenance::run(&mut client, &names, &settings)?;
-    super::emit(&report.describe(&names, &settings))?;
+    if args.has("json") {
+        super::emit_json(&json_report(&report, &names, &settings))?;
+    } else {
+        super::emit(&report.describe(&names, &settings))?;
+    }
     if settings.dry_run || report.outcome == "skipped" {
         return Ok(Outcome::Clean);
     }
@@ -53,6 +57,30 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     }
     crate::gauges::write_configured(config);
     Ok(Outcome::failed_if(stalled))
+}
+
+/// The run as one JSON object (README, `maintain --json`).
+fn json_report(r: &Report, names: &Names, s: &Settings) -> serde_json::Value {
+    let missing: std::collections::BTreeSet<String> =
+        r.missing.iter().map(|d| names.partition(*d)).collect();
+    serde_json::json!({
+        "table": names.table,
+        "mode": r.mode,
+        "dry_run": s.dry_run,
+        "window": r.window.map(|(a, b)| [a.to_string(), b.to_string()]),
+        "missing": missing,
+        "created": r.created,
+        "retired": r.retired,
+        "retired_by": if s.drop { "drop" } else { "detach" },
+        "indexed": r
+            .indexed
+            .iter()
+            .map(|(index, partition)| serde_json::json!({"partition": partition, "index": index.method()}))
+            .collect::<Vec<_>>(),
+        "outcome": r.outcome,
+        "error": r.error,
+        "warnings": r.warnings,
+    })
 }
 
 /// maintenance.alert and a failure-log record, once per stall streak.

@@ -10,7 +10,7 @@ use crate::partition;
 use crate::schema::{self, Names};
 use std::collections::BTreeSet;
 
-pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
+pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let db = Db::from_config(config)?;
     let mut client = db.connect()?;
     let names = Names::from_config(config);
@@ -55,6 +55,17 @@ pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
         ));
     }
     log::info!("{}", message.trim_end().replace('\n', "; "));
-    super::emit(&message)?;
+    if args.has("json") {
+        super::emit_json(&serde_json::json!({
+            "table": names.table,
+            "schema_version_before": before,
+            "schema_version": after,
+            "partitions_created": created,
+            "handed_to_partman": registered,
+            "toast_tuple_target_set_on": lacking,
+        }))?;
+    } else {
+        super::emit(&message)?;
+    }
     Ok(Outcome::Clean)
 }

@@ -4,6 +4,7 @@ mod cache;
 mod check;
 mod gate;
 mod generate;
+mod import;
 mod init;
 mod maintain;
 mod migrate;
@@ -12,6 +13,7 @@ mod process;
 mod requeue;
 mod status;
 mod trace;
+mod validate;
 mod watch;
 
 use crate::cli::Invocation;
@@ -20,9 +22,13 @@ use crate::error::{Error, Outcome, Result};
 use std::io::Write;
 
 /// Whether a command writes RAG_LOG_FILE. Read-only commands log to stderr only,
-/// and so does `init`, which must create the log directory with its owner itself.
+/// and so does `init`, which must create the log directory with its owner itself,
+/// and `import`, which a producer runs under its own account, beside the service.
 pub(crate) fn logs_to_file(command: &str) -> bool {
-    !matches!(command, "status" | "check" | "cache" | "init" | "trace")
+    !matches!(
+        command,
+        "status" | "check" | "cache" | "init" | "trace" | "import" | "validate"
+    )
 }
 
 /// Runs the command of `inv` with `config`.
@@ -38,10 +44,12 @@ pub(crate) fn dispatch(inv: &Invocation, config: &Config) -> Result<Outcome> {
         "cache" => cache::run(config, args),
         "gate" => gate::run(config, args),
         "status" => status::run(config, args),
-        "check" => check::run(config, args),
+        "check" => check::run(config, args, inv.globals.verbosity > 0),
         "requeue" => requeue::run(config, args),
         "trace" => trace::run(config, args),
         "gen" => generate::run(config, args),
+        "import" => import::run(config, args),
+        "validate" => validate::run(config, args),
         // Every registered command is run by the integration tests, so a gap shows there.
         other => Err(Error::usage(format!(
             "`ragspool {other}` is registered but has no handler"

@@ -55,13 +55,23 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     crate::spool::Spool::new(&config.spool_dir).require()?;
     notifier.custom(event, tag.as_str(), &vars)?;
     let flushed = notifier.flush()?;
-    super::emit(&format!(
-        "{} for {tag}: {} delivered, {} dead, {} waiting in outbox/\n",
-        event.name(),
-        flushed.delivered,
-        flushed.dead,
-        flushed.pending
-    ))?;
+    if args.has("json") {
+        super::emit_json(&serde_json::json!({
+            "event": event.name(),
+            "batch_tag": tag.as_str(),
+            "delivered": flushed.delivered,
+            "dead": flushed.dead,
+            "waiting": flushed.pending,
+        }))?;
+    } else {
+        super::emit(&format!(
+            "{} for {tag}: {} delivered, {} dead, {} waiting in outbox/\n",
+            event.name(),
+            flushed.delivered,
+            flushed.dead,
+            flushed.pending
+        ))?;
+    }
     if flushed.pending > 0 {
         return Err(Error::temp(
             "the endpoint is unreachable; the event waits in outbox/ for the next run",

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// SIGTERM and SIGINT stop it as they stop `watch`: the batch in flight finishes,
 /// the outbox is flushed, and what still waits in incoming/ is left for the next run.
-pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
+pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let stop = Arc::new(AtomicBool::new(false));
     // The receiver lives as long as the run: dropping it would end the signal
     // thread and give SIGTERM its default action back.
@@ -56,7 +56,7 @@ pub(crate) fn run(config: &Config, _args: &Args) -> Result<Outcome> {
     // the build updates) before exiting; a Redis outage leaves it queued.
     runner.settle_invalidations(true);
     crate::gauges::write_configured(config);
-    summarize(&reports, runner.undelivered())
+    summarize(&reports, runner.undelivered(), args.has("json"))
 }
 
 /// A runner with everything a batch needs, from settings, and the hang guard.
@@ -110,15 +110,20 @@ pub(crate) fn ingest(config: &Config) -> Result<Ingest> {
     })
 }
 
-/// Prints a summary and turns the reports into the command's result.
-fn summarize(reports: &[BatchReport], undelivered: usize) -> Result<Outcome> {
+/// Prints a summary (a line, or with `json` one object) and turns the reports
+/// into the command's result.
+fn summarize(reports: &[BatchReport], undelivered: usize, json: bool) -> Result<Outcome> {
     let files: usize = reports.iter().map(|r| r.files_ok).sum();
     let failed: usize = reports.iter().map(|r| r.files_failed).sum();
     let rows: u64 = reports.iter().map(|r| r.rows).sum();
-    super::emit(&format!(
-        "{} batch(es): {files} file(s) ingested, {failed} failed, {rows} row(s)\n",
-        reports.len()
-    ))?;
+    if json {
+        super::emit_json(&json_summary(reports, undelivered))?;
+    } else {
+        super::emit(&format!(
+            "{} batch(es): {files} file(s) ingested, {failed} failed, {rows} row(s)\n",
+            reports.len()
+        ))?;
+    }
     if let Some(e) = reports.iter().find_map(|r| r.error.as_ref()) {
         return Err(e
             .to_error()
@@ -133,4 +138,33 @@ fn summarize(reports: &[BatchReport], undelivered: usize) -> Result<Outcome> {
         ));
     }
     Ok(Outcome::failed_if(failed > 0))
+}
+
+/// The run as one JSON object: totals, then each batch (README, `process --json`).
+fn json_summary(reports: &[BatchReport], undelivered: usize) -> serde_json::Value {
+    let batches: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "batch_tag": r.tag.as_str(),
+                "files": r.files,
+                "bytes": r.bytes,
+                "files_ingested": r.files_ok,
+                "files_failed": r.files_failed,
+                "rows": r.rows,
+                "rows_removed": r.deleted,
+                "reason": r.reason.as_str(),
+                "healed": r.healed,
+                "duration_ms": r.duration_ms,
+                "error": r.error.as_ref().map(|e| e.text.clone()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "batches": batches,
+        "files_ingested": reports.iter().map(|r| r.files_ok).sum::<usize>(),
+        "files_failed": reports.iter().map(|r| r.files_failed).sum::<usize>(),
+        "rows": reports.iter().map(|r| r.rows).sum::<u64>(),
+        "undelivered": undelivered,
+    })
 }

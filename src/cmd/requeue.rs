@@ -29,7 +29,7 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
         }
     };
     let mut out = String::new();
-    let mut left_any = false;
+    let (mut all_moved, mut all_left) = (Vec::new(), Vec::new());
     for tag in tags {
         let (moved, left) = spool.requeue(&tag)?;
         for name in &moved {
@@ -40,7 +40,8 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
                 "left      {tag}/{name}: a file of that name already waits in incoming/\n"
             ));
         }
-        left_any |= !left.is_empty();
+        all_moved.extend(moved.iter().map(|n| format!("{tag}/{n}")));
+        all_left.extend(left.iter().map(|n| format!("{tag}/{n}")));
         log::info!(
             "requeue {tag}: {} file(s) moved back to incoming/, {} left",
             moved.len(),
@@ -50,6 +51,10 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     if out.is_empty() {
         out.push_str("nothing to requeue\n");
     }
-    super::emit(&out)?;
-    Ok(Outcome::failed_if(left_any))
+    if args.has("json") {
+        super::emit_json(&serde_json::json!({"requeued": all_moved, "left": all_left}))?;
+    } else {
+        super::emit(&out)?;
+    }
+    Ok(Outcome::failed_if(!all_left.is_empty()))
 }

@@ -55,11 +55,19 @@ fn describe(t: &Trace) -> String {
             v.join(", ")
         }
     };
+    // The text says `record` for vectors the records brought; JSON has null.
+    let mut models: Vec<String> = t
+        .now
+        .embedding_models
+        .iter()
+        .map(|m| m.clone().unwrap_or_else(|| "record".into()))
+        .collect();
+    models.sort();
     out.push_str(&format!(
         "now: {} row(s); partitions {}; embedding models {}\n",
         t.now.rows,
         list(&t.now.partitions),
-        list(&t.now.embedding_models)
+        list(&models)
     ));
     out
 }

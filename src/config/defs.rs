@@ -223,22 +223,7 @@ fn http_url(raw: &str) -> Result<(), String> {
 }
 
 fn postgres_url(raw: &str) -> Result<(), String> {
-    let shown = crate::redact::url(raw);
-    if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
-        return Err(format!("must be a postgres:// URL, got `{shown}`"));
-    }
-    if let Some((_, query)) = raw.split_once('?') {
-        for pair in query.split('&') {
-            if let Some(("sslmode", mode)) = pair.split_once('=')
-                && !["disable", "prefer", "require", "verify-ca", "verify-full"].contains(&mode)
-            {
-                return Err(format!(
-                    "has sslmode `{mode}`; expected disable, prefer, require, verify-ca or verify-full"
-                ));
-            }
-        }
-    }
-    Ok(())
+    crate::pgurl::check(raw)
 }
 
 /// A table name: `name` or `schema.name`, lowercase identifiers short enough that
@@ -331,6 +316,24 @@ pub(crate) static SETTINGS: &[Setting] = &[
         secret: true,
         check: postgres_url,
     },
+    s(
+        "PGHOST",
+        Value("/var/run/postgresql"),
+        "as libpq: the socket directory (or host names) used when DATABASE_URL names no host",
+        not_empty,
+    ),
+    s(
+        "PGPORT",
+        Computed("5432"),
+        "as libpq: the port (and socket file .s.PGSQL.PORT) used when DATABASE_URL names none",
+        port,
+    ),
+    s(
+        "PGUSER",
+        Computed("the login name"),
+        "as libpq: the user when DATABASE_URL names none",
+        not_empty,
+    ),
     s(
         "RAGSPOOL_TABLE",
         Value("rag_chunks"),
@@ -662,6 +665,11 @@ pub(crate) static SETTINGS: &[Setting] = &[
     ),
 ];
 
+/// The setting named `name`.
+pub(crate) fn setting(name: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.name == name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,6 +697,7 @@ mod tests {
         assert!(table("Bad-Name").is_err());
         assert!(table("a.b.c").is_err());
         assert!(postgres_url("postgres://u:p@h/db?sslmode=verify-full").is_ok());
+        assert!(postgres_url("postgres://u@h:notaport/db").is_err());
         assert!(postgres_url("postgres://h/db?sslmode=bogus").is_err());
         assert!(postgres_url("mysql://h/db").is_err());
         assert!(http_url("ftp://x").is_err());

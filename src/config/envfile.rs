@@ -23,9 +23,19 @@ pub(crate) struct SyntaxError {
     pub(crate) message: String,
 }
 
-/// Parses the text of an env file.
-pub(crate) fn parse(text: &str) -> Result<Vec<Entry>, SyntaxError> {
-    let mut entries = Vec::new();
+/// What an env file holds: its assignments and every syntax error, so that all
+/// of them are reported in one run.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Parsed {
+    /// Assignments, in order.
+    pub(crate) entries: Vec<Entry>,
+    /// Lines that are not valid EnvironmentFile syntax.
+    pub(crate) errors: Vec<SyntaxError>,
+}
+
+/// Parses the text of an env file; after a bad line it goes on at the next one.
+pub(crate) fn parse(text: &str) -> Parsed {
+    let mut parsed = Parsed::default();
     let mut chars = text.chars().peekable();
     let mut line = 1;
     loop {
@@ -43,49 +53,74 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Entry>, SyntaxError> {
         let Some(&first) = chars.peek() else { break };
         let start = line;
         if first == '#' || first == ';' {
-            for c in chars.by_ref() {
-                if c == '\n' {
-                    line += 1;
-                    break;
-                }
-            }
+            skip_line(&mut chars, &mut line);
             continue;
         }
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c == '\n' {
-                break;
+        match statement(&mut chars, &mut line, start) {
+            Ok(entry) => parsed.entries.push(entry),
+            Err(e) => {
+                // The rest of a bad line means nothing; a line break already
+                // taken (a key without `=`) must not be skipped twice.
+                if line == start {
+                    skip_line(&mut chars, &mut line);
+                }
+                parsed.errors.push(e);
             }
-            key.push(c);
-            chars.next();
         }
-        let key = key.trim_end().to_string();
-        if chars.next() != Some('=') {
-            return Err(SyntaxError {
-                line: start,
-                message: format!("expected KEY=VALUE, got `{key}`"),
-            });
+    }
+    parsed
+}
+
+/// Consumes up to and with the end of the current line.
+fn skip_line(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, line: &mut usize) {
+    for c in chars.by_ref() {
+        if c == '\n' {
+            *line += 1;
+            break;
         }
-        if key.starts_with("export ") {
-            return Err(SyntaxError {
-                line: start,
-                message: "`export` is not EnvironmentFile syntax; write KEY=VALUE".into(),
-            });
+    }
+}
+
+/// One `KEY=VALUE` statement starting at line `start`.
+fn statement(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    line: &mut usize,
+    start: usize,
+) -> Result<Entry, SyntaxError> {
+    let mut key = String::new();
+    while let Some(&c) = chars.peek() {
+        if c == '=' || c == '\n' {
+            break;
         }
-        if !valid_name(&key) {
-            return Err(SyntaxError {
-                line: start,
-                message: format!("`{key}` is not a valid variable name"),
-            });
-        }
-        let value = read_value(&mut chars, &mut line, start)?;
-        entries.push(Entry {
-            key,
-            value,
+        key.push(c);
+        chars.next();
+    }
+    let key = key.trim_end().to_string();
+    if chars.peek() != Some(&'=') {
+        return Err(SyntaxError {
             line: start,
+            message: format!("expected KEY=VALUE, got `{key}`"),
         });
     }
-    Ok(entries)
+    chars.next();
+    if key.starts_with("export ") {
+        return Err(SyntaxError {
+            line: start,
+            message: "`export` is not EnvironmentFile syntax; write KEY=VALUE".into(),
+        });
+    }
+    if !valid_name(&key) {
+        return Err(SyntaxError {
+            line: start,
+            message: format!("`{key}` is not a valid variable name"),
+        });
+    }
+    let value = read_value(chars, line, start)?;
+    Ok(Entry {
+        key,
+        value,
+        line: start,
+    })
 }
 
 fn valid_name(key: &str) -> bool {
@@ -178,7 +213,7 @@ mod tests {
 
     fn kv(text: &str) -> Vec<(String, String)> {
         parse(text)
-            .unwrap_or_default()
+            .entries
             .into_iter()
             .map(|e| (e.key, e.value))
             .collect()
@@ -210,16 +245,26 @@ mod tests {
 
     #[test]
     fn line_numbers_are_kept() {
-        let e = parse("\n# c\nA=1\n\nB=2").unwrap_or_default();
+        let e = parse("\n# c\nA=1\n\nB=2").entries;
         assert_eq!((e[0].line, e[1].line), (3, 5));
     }
 
     #[test]
     fn errors_name_the_line() {
-        assert_eq!(parse("A=1\nexport B=2\n").err().map(|e| e.line), Some(2));
-        assert_eq!(parse("A=1\njunk\n").err().map(|e| e.line), Some(2));
-        assert_eq!(parse("1A=1\n").err().map(|e| e.line), Some(1));
-        assert_eq!(parse("A=\"open\n").err().map(|e| e.line), Some(1));
+        let first = |text: &str| parse(text).errors.first().map(|e| e.line);
+        assert_eq!(first("A=1\nexport B=2\n"), Some(2));
+        assert_eq!(first("A=1\njunk\n"), Some(2));
+        assert_eq!(first("1A=1\n"), Some(1));
+        assert_eq!(first("A=\"open\n"), Some(1));
+    }
+
+    #[test]
+    fn every_error_is_found_and_good_lines_are_kept() {
+        let p = parse("junk\nA=1\nexport B=2\n1C=3 x\nD=4\nE=\"open\n");
+        let lines: Vec<usize> = p.errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![1, 3, 4, 6]);
+        let keys: Vec<&str> = p.entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, vec!["A", "D"]);
     }
 }
 

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 /// Where a setting's effective value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Origin {
-    /// A command-line flag.
-    Flag,
+    /// A command-line flag (its long name).
+    Flag(&'static str),
     /// The process environment (under this name).
     Env(&'static str),
     /// An env file, at this line (under this name).
@@ -29,7 +29,7 @@ pub(crate) enum Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::Flag => f.write_str("flag"),
+            Origin::Flag(long) => write!(f, "flag --{long}"),
             Origin::Env(name) => write!(f, "environment {name}"),
             Origin::File(path, line, name) => write!(f, "{}:{line} {name}", path.display()),
             Origin::Default => f.write_str("default"),
@@ -112,6 +112,12 @@ pub(crate) struct Config {
     pub(crate) failure_log: PathBuf,
     /// DATABASE_URL or SUPABASE_DB_URL.
     pub(crate) database_url: Option<Secret>,
+    /// PGHOST: libpq's host (or socket directory) for a URL that names none.
+    pub(crate) pg_host: String,
+    /// PGPORT: libpq's port for a URL that names none.
+    pub(crate) pg_port: Option<String>,
+    /// PGUSER: libpq's user for a URL that names none (else the login name).
+    pub(crate) pg_user: Option<String>,
     /// RAGSPOOL_TABLE.
     pub(crate) table: String,
     /// EMBED_BASE_URL, EMBED_MODEL, EMBED_API_KEY.
@@ -176,11 +182,30 @@ pub(crate) struct Config {
     pub(crate) shown: Vec<Shown>,
     /// Every set value, unredacted but never printable, for `watch --exec`.
     pub(crate) effective: Vec<(&'static str, Secret)>,
+    /// What loading noticed but did not refuse (an unknown key in the env file),
+    /// for the caller to log once logging is set up.
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Raw values with their origins, before checking.
 struct Raw {
     values: HashMap<&'static str, (String, Origin)>,
+    /// The env file's syntax errors, reported with the invalid values.
+    problems: Vec<Problem>,
+    /// The env file's unknown keys.
+    warnings: Vec<String>,
+}
+
+/// One reason the settings are refused, and how to fix it when that is not plain.
+struct Problem {
+    text: String,
+    note: Option<&'static str>,
+}
+
+impl From<String> for Problem {
+    fn from(text: String) -> Problem {
+        Problem { text, note: None }
+    }
 }
 
 impl Raw {
@@ -226,27 +251,41 @@ pub(crate) fn process_env(name: &str) -> Option<String> {
 
 /// Loads and checks every setting; all problems are reported at once (exit 78).
 pub(crate) fn load(sources: &Sources<'_>) -> Result<Config> {
-    let raw = collect(sources)?;
-    let mut problems = Vec::new();
+    let mut raw = collect(sources)?;
+    let mut problems = std::mem::take(&mut raw.problems);
     for setting in SETTINGS {
         if let Some((value, origin)) = raw.values.get(setting.name)
             && let Err(why) = (setting.check)(value)
         {
-            problems.push(format!("`{}` ({origin}) {why}", setting.name));
+            problems.push(Problem {
+                text: format!("`{}` ({origin}) {why}", setting.name),
+                note: (setting.name == "DATABASE_URL").then_some(crate::pgurl::FORM),
+            });
         }
     }
-    let config = build(&raw, &mut problems);
+    let mut cross = Vec::new();
+    let config = build(&raw, &mut cross);
+    problems.extend(cross.into_iter().map(Problem::from));
     if problems.is_empty() {
-        Ok(config)
-    } else {
-        let mut msg = String::from("invalid configuration:");
-        for p in &problems {
-            msg.push_str("\n  ");
-            msg.push_str(p);
-        }
-        Err(Error::config(msg)
-            .with_note("fix the variables named above (see ragspool(1), ENVIRONMENT)"))
+        return Ok(config);
     }
+    let mut msg = String::from("invalid configuration:");
+    let mut notes: Vec<&str> = Vec::new();
+    for p in &problems {
+        msg.push_str("\n  ");
+        msg.push_str(&p.text);
+        if let Some(note) = p.note.filter(|n| !notes.contains(n)) {
+            notes.push(note);
+        }
+    }
+    // A misspelt key is often why a value is missing: said here too, since the
+    // run stops before its warnings would be logged.
+    for w in &raw.warnings {
+        msg.push_str("\n  ");
+        msg.push_str(w);
+    }
+    notes.push("fix the variables named above (see ragspool(1), ENVIRONMENT)");
+    Err(Error::config(msg).with_note(notes.join("\nnote: ")))
 }
 
 /// Stage one: every source's raw value, highest source first.
@@ -256,10 +295,21 @@ fn collect(sources: &Sources<'_>) -> Result<Raw> {
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
     });
-    let file_entries = match &file_path {
+    let parsed = match &file_path {
         Some(path) => read_env_file(path)?,
-        None => Vec::new(),
+        None => envfile::Parsed::default(),
     };
+    let shown_path = file_path.clone().unwrap_or_default();
+    let problems = parsed
+        .errors
+        .iter()
+        .map(|e| Problem {
+            text: format!("{}:{}: {}", shown_path.display(), e.line, e.message),
+            note: Some("the env file follows systemd's EnvironmentFile syntax: KEY=VALUE lines, # comments"),
+        })
+        .collect();
+    let warnings = unknown_keys(&parsed.entries, &shown_path);
+    let file_entries = parsed.entries;
     let mut values = HashMap::new();
     for setting in SETTINGS {
         let names: Vec<&'static str> = std::iter::once(setting.name)
@@ -270,7 +320,7 @@ fn collect(sources: &Sources<'_>) -> Result<Raw> {
             .iter()
             .rev()
             .find(|(n, _)| *n == setting.name)
-            .map(|(_, v)| (v.clone(), Origin::Flag))
+            .map(|(_, v)| (v.clone(), Origin::Flag(flag_of(setting.name))))
             .or_else(|| {
                 names.iter().find_map(|n| {
                     (sources.env)(n)
@@ -284,12 +334,7 @@ fn collect(sources: &Sources<'_>) -> Result<Raw> {
                         .iter()
                         .rev()
                         .find(|e| e.key == *n && !e.value.is_empty())
-                        .map(|e| {
-                            (
-                                e.value.clone(),
-                                Origin::File(file_path.clone().unwrap_or_default(), e.line, n),
-                            )
-                        })
+                        .map(|e| (e.value.clone(), Origin::File(shown_path.clone(), e.line, n)))
                 })
             });
         if let Some(found) = found {
@@ -298,22 +343,53 @@ fn collect(sources: &Sources<'_>) -> Result<Raw> {
             values.insert(setting.name, (v.to_string(), Origin::Default));
         }
     }
-    Ok(Raw { values })
+    Ok(Raw {
+        values,
+        problems,
+        warnings,
+    })
 }
 
-fn read_env_file(path: &Path) -> Result<Vec<envfile::Entry>> {
+/// The long name of the flag that sets `setting`.
+fn flag_of(setting: &str) -> &'static str {
+    crate::cli::defs::GLOBAL_FLAGS
+        .iter()
+        .find(|f| f.setting == Some(setting))
+        .map_or("", |f| f.long)
+}
+
+/// A warning for each key of the env file that is no setting: a typo there is
+/// otherwise ignored without a word. The nearest setting is suggested.
+fn unknown_keys(entries: &[envfile::Entry], path: &Path) -> Vec<String> {
+    let known = || {
+        SETTINGS
+            .iter()
+            .flat_map(|s| std::iter::once(s.name).chain(s.fallback))
+            .chain(["RAGSPOOL_ENV_FILE"])
+    };
+    entries
+        .iter()
+        .filter(|e| !known().any(|k| k == e.key))
+        .map(|e| {
+            let hint = crate::suggest::closest(&e.key, known())
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            format!(
+                "{}:{}: `{}` is not a ragspool setting and is ignored{hint}",
+                path.display(),
+                e.line,
+                e.key
+            )
+        })
+        .collect()
+}
+
+fn read_env_file(path: &Path) -> Result<envfile::Parsed> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::config(format!("cannot read env file `{}`: {e}", path.display()))
             .with_note("check --env-file / RAGSPOOL_ENV_FILE and the file's permissions")
     })?;
-    envfile::parse(&text).map_err(|e| {
-        Error::config(format!(
-            "env file `{}` line {}: {}",
-            path.display(),
-            e.line,
-            e.message
-        ))
-    })
+    Ok(envfile::parse(&text))
 }
 
 /// Stage two: typed values; cross-setting problems are added to `problems`.
@@ -337,11 +413,15 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     let storage = storage(raw, problems);
+    let shown = shown(raw, workers, &failure_log);
     Config {
         spool_dir: PathBuf::from(text("SPOOL_DIR").unwrap_or_default()),
         log_file,
         failure_log,
         database_url: secret("DATABASE_URL"),
+        pg_host: text("PGHOST").unwrap_or_default(),
+        pg_port: text("PGPORT"),
+        pg_user: text("PGUSER"),
         table: text("RAGSPOOL_TABLE").unwrap_or_default(),
         embed,
         embed_dim: num("EMBED_DIM").map(to_usize),
@@ -376,12 +456,13 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         default_ttl_seconds: num("DEFAULT_TTL_SECONDS").unwrap_or(3600),
         redis_build_channel: text("REDIS_BUILD_CHANNEL").unwrap_or_default(),
         cache_redelete_ms: num("CACHE_REDELETE_MS").unwrap_or(1000),
-        shown: shown(raw, workers),
+        shown,
         effective: raw
             .values
             .iter()
             .map(|(k, (v, _))| (*k, Secret::new(v.clone())))
             .collect(),
+        warnings: raw.warnings.clone(),
     }
 }
 
@@ -577,6 +658,20 @@ fn storage(raw: &Raw, problems: &mut Vec<String>) -> crate::storage::Storage {
 }
 
 impl Config {
+    /// How an error names `setting`: by the flag when it was given as one
+    /// (`--user`), else by its variable (`RAGSPOOL_USER`).
+    pub(crate) fn named(&self, setting: &str) -> String {
+        match self
+            .shown
+            .iter()
+            .find(|s| s.name == setting)
+            .map(|s| &s.origin)
+        {
+            Some(Origin::Flag(long)) => format!("`--{long}`"),
+            _ => format!("`{setting}`"),
+        }
+    }
+
     /// The cache client's settings, when REDIS_HOST is set.
     pub(crate) fn cache(&self) -> Option<crate::cache::CacheConfig> {
         self.redis.as_ref().map(|r| crate::cache::CacheConfig {
@@ -613,7 +708,7 @@ fn default_failure_log(log_file: Option<&Path>) -> PathBuf {
     dir.join("rag_failures.jsonl")
 }
 
-fn shown(raw: &Raw, workers: usize) -> Vec<Shown> {
+fn shown(raw: &Raw, workers: usize, failure_log: &Path) -> Vec<Shown> {
     SETTINGS
         .iter()
         .map(|s: &Setting| match raw.values.get(s.name) {
@@ -626,16 +721,28 @@ fn shown(raw: &Raw, workers: usize) -> Vec<Shown> {
             },
             None => Shown {
                 name: s.name,
-                value: match s.name {
-                    "WORKERS" => Some(workers.to_string()),
-                    _ => None,
-                },
+                value: computed_value(raw, s, workers, failure_log),
                 origin: Origin::Default,
                 default: s.default_text(),
                 doc: s.doc,
             },
         })
         .collect()
+}
+
+/// The value in effect of an unset setting whose default is worked out, so that
+/// `check` shows what is used rather than "(unset)".
+fn computed_value(raw: &Raw, s: &Setting, workers: usize, failure_log: &Path) -> Option<String> {
+    match s.name {
+        "WORKERS" => Some(workers.to_string()),
+        "FAILURE_LOG" => Some(failure_log.display().to_string()),
+        "GATE_TEMPLATE_DIR" => Some("(built-in templates)".into()),
+        "PGPORT" => Some("5432".into()),
+        "PGUSER" => crate::privdrop::login_name(),
+        "REDIS_SENTINEL_USERNAME" => raw.get("REDIS_USERNAME").map(str::to_string),
+        "REDIS_SENTINEL_PASSWORD" => raw.get("REDIS_PASSWORD").map(|_| "***".into()),
+        _ => None,
+    }
 }
 
 fn display_value(setting: &Setting, value: &str) -> String {

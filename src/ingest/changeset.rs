@@ -72,6 +72,11 @@ impl DocSet {
         }
     }
 
+    /// How many documents the file touches.
+    pub(crate) fn len(&self) -> usize {
+        self.docs.len()
+    }
+
     /// A delete record for `doc_id`.
     pub(crate) fn remove(&mut self, doc_id: &str) {
         self.entry(doc_id).deleted = true;

@@ -40,8 +40,9 @@ pub(crate) struct Now {
     pub(crate) rows: i64,
     /// Partitions holding them.
     pub(crate) partitions: Vec<String>,
-    /// Embedding models of their vectors (`record` for vectors the records brought).
-    pub(crate) embedding_models: Vec<String>,
+    /// Embedding models of their vectors; `None` (JSON null) for vectors the
+    /// records brought, which no model of ragspool's made.
+    pub(crate) embedding_models: Vec<Option<String>>,
 }
 
 /// A document's history and present.
@@ -101,7 +102,7 @@ pub(crate) fn trace(
         .query_one(
             &format!(
                 "SELECT count(*), coalesce(array_agg(DISTINCT tableoid::regclass::text), '{{}}'), \
-                 coalesce(array_agg(DISTINCT coalesce(embedding_model, 'record')) FILTER (WHERE embedding IS NOT NULL), '{{}}') \
+                 coalesce(array_agg(DISTINCT embedding_model) FILTER (WHERE embedding IS NOT NULL), '{{}}') \
                  FROM {} WHERE doc_id = $1",
                 names.table
             ),

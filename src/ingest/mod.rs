@@ -11,6 +11,7 @@ pub(crate) mod manifest;
 mod pace;
 mod prepare;
 mod vectors;
+pub(crate) mod verify;
 pub(crate) mod window;
 
 use crate::batch::{BatchTag, Reason};
@@ -25,7 +26,7 @@ use crate::record::{Embedding, RecordError};
 use crate::schema::Names;
 use crate::spool::{Claimed, Unreadable};
 use crate::storage::DocMode;
-use changeset::{DocSet, FileRef};
+use changeset::FileRef;
 use postgres::Client;
 pub(crate) use prepare::Prepared;
 use std::collections::BTreeSet;
@@ -99,15 +100,29 @@ impl BadFile {
         }
     }
 
+    /// A file that cannot be read as input (empty, too large, not a regular file).
+    pub(crate) fn unreadable(why: &str) -> BadFile {
+        BadFile::new(Reason::Failed, format!("file {why}"))
+    }
+
+    /// A file that `validate` could not read at all (missing, unreadable).
+    pub(crate) fn unreadable_io(why: &str) -> BadFile {
+        BadFile::new(Reason::Failed, why)
+    }
+
     /// The `<file>.reason.json` body (SPEC §4).
     pub(crate) fn reason_json(&self, file: &str) -> String {
+        self.reason(file).to_string()
+    }
+
+    /// The `<file>.reason.json` object (SPEC §4), which `validate` prints too.
+    pub(crate) fn reason(&self, file: &str) -> serde_json::Value {
         serde_json::json!({
             "file": file,
             "error": self.error,
             "record_index": self.record_index,
             "byte_offset": self.byte_offset,
         })
-        .to_string()
     }
 }
 
@@ -602,7 +617,7 @@ impl Ingest {
         );
         let storage = &self.names.storage;
         let replace = storage.doc_mode == DocMode::Replace;
-        let mut docs = DocSet::default();
+        let mut check = verify::FileCheck::new(storage.needs_direction());
         let mut writer = tx.copy_in(&stmt).map_err(CopyFail::Db)?;
         let mut enc = CopyEncoder::new(storage);
         let model = self.embedder.as_ref().map(Embedder::model);
@@ -610,17 +625,13 @@ impl Ingest {
         let decoded = bytes.records(self.embed_dim, |records| {
             while let Some(record) = records.next_indexed() {
                 let (index, mut record) = record.map_err(|e| CopyFail::Bad(e.into()))?;
+                check.record(index, &record).map_err(CopyFail::Bad)?;
                 if record.delete {
-                    docs.remove(record.doc_id);
                     continue;
                 }
-                docs.add(record.doc_id, record.chunk_index, record.chunk_count);
                 let mut embedding_model = None;
                 match (&record.embedding, vectors.as_deref_mut()) {
-                    (Some(v), _) => {
-                        self.check_vector(v, index)?;
-                        brought += 1;
-                    }
+                    (Some(_), _) => brought += 1,
                     (None, Some(store)) => {
                         record.embedding = Some(Embedding::Values(store.next()?));
                         embedding_model = model;
@@ -650,8 +661,7 @@ impl Ingest {
             Err(e) => return Err(e),
             Ok(()) => {}
         }
-        docs.check_whole()
-            .map_err(|why| CopyFail::Bad(BadFile::new(Reason::Failed, why)))?;
+        let (docs, _) = check.finish().map_err(CopyFail::Bad)?;
         enc.finish();
         if !send(&mut writer, &mut enc) {
             return Err(broken(writer));
@@ -665,20 +675,6 @@ impl Ingest {
             changed_docs: change.removed_docs,
             brought,
         })
-    }
-
-    /// Under cosine distance an all-zero vector has no direction: the file fails.
-    fn check_vector(&self, v: &Embedding<'_>, index: u64) -> std::result::Result<(), CopyFail> {
-        if self.names.storage.needs_direction() && v.all_zero() {
-            return Err(CopyFail::Bad(BadFile {
-                record_index: Some(index),
-                ..BadFile::new(
-                    Reason::Failed,
-                    "embedding is all zeros, which has no cosine distance (VECTOR_METRIC=cosine)",
-                )
-            }));
-        }
-        Ok(())
     }
 
     /// Creates the partitions the file's rows need; `Some(why)` when self-heal is

@@ -87,7 +87,7 @@ impl Ingest {
         };
         let attempt =
             conn.with(|c| manifest::open(c, &self.names, &key, "", 0, &self.host, file.seq))?;
-        let bad = BadFile::new(Reason::Failed, format!("file {why}"));
+        let bad = BadFile::unreadable(&why);
         self.fail_file(conn, &key, bad, attempt.attempt)
     }
 

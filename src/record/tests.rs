@@ -347,6 +347,10 @@ fn broken_inputs_name_record_and_offset() {
             "not a finite number",
         ),
         (
+            bytes(&[rec(vec![(s("embedding"), V::A(vec![V::F(1e39)]))])]),
+            "embedding[0] is beyond the range of f32",
+        ),
+        (
             bytes(&[rec(vec![(s("metadata"), s("x"))])]),
             "metadata must be a map",
         ),

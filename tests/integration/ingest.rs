@@ -575,11 +575,22 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     env.generate(40, 50, 0);
     let mut seed = crate::support::test_seed("sigkill_at_random_points");
     let mut mid_batch = 0;
-    for _ in 0..12 {
+    for round in 0..12 {
         let mut child = env.run(&["process"]).env("BATCH_MAX_FILES", "4").spawn();
-        std::thread::sleep(Duration::from_millis(
-            20 + crate::support::next_random(&mut seed) % 250,
-        ));
+        // Every other kill waits for a batch in flight first, so that a loaded
+        // machine, slow to start the process, still gets kills mid-batch.
+        if round % 2 == 0 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !crate::support::batch_in_flight(&env)
+                && matches!(child.try_wait(), Ok(None))
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let r = crate::support::next_random(&mut seed);
+        let pause = if round % 2 == 0 { r % 30 } else { 20 + r % 250 };
+        std::thread::sleep(Duration::from_millis(pause));
         if crate::support::batch_in_flight(&env) {
             mid_batch += 1;
         }

@@ -191,3 +191,29 @@ fn a_file_recovered_after_its_commit_reports_its_rows() {
         .stdout_has("1 file(s) ingested, 0 failed, 4 row(s)");
     assert_eq!(count(&env.db_url(), "SELECT count(*) FROM rag_chunks"), 4);
 }
+
+/// A vector that came with its record was made by no model ragspool knows: JSON
+/// says null (a model may well be called "record"); the text keeps its word.
+#[test]
+fn trace_json_gives_null_for_the_model_of_vectors_records_brought() {
+    let env = TestEnv::new().with_db();
+    env.ready();
+    let rec = record(&[
+        ("doc_id", Val::Str("brought")),
+        ("chunk_index", Val::UInt(0)),
+        ("content", Val::Str("text")),
+        ("embedding", Val::Floats(vec![0.5, 0.25, 1.0])),
+    ]);
+    drop_file(&env, "brought.msgpack", &rec);
+    env.run(&["process"]).output().code(0);
+    let t = trace(&env, "brought");
+    assert_eq!(
+        t["now"]["embedding_models"],
+        serde_json::json!([null]),
+        "{t}"
+    );
+    env.run(&["trace", "brought"])
+        .output()
+        .code(0)
+        .stdout_has("embedding models record\n");
+}

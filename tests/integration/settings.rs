@@ -1,6 +1,7 @@
 //! Settings of SPEC §2 through the real binary: precedence and exit 78.
 
 use crate::support::TestEnv;
+use crate::support::servers::OwnPg;
 
 #[test]
 fn invalid_values_exit_78_naming_each_variable() {
@@ -49,7 +50,7 @@ fn env_file_syntax_error_names_file_and_line() {
     env.run(&["--env-file", path.to_str().unwrap_or_default(), "status"])
         .output()
         .code(78)
-        .stderr_has("line 3");
+        .stderr_has("bad.env:3:");
 }
 
 #[test]
@@ -83,7 +84,7 @@ fn precedence_flag_env_file_default() {
             .unwrap_or_default()
     };
     assert_eq!(find("WORKERS")["value"], "9");
-    assert_eq!(find("WORKERS")["origin"], "flag");
+    assert_eq!(find("WORKERS")["origin"], "flag --workers");
     assert_eq!(find("BATCH_MAX_AGE_SECS")["value"], "11");
     assert_eq!(
         find("BATCH_MAX_AGE_SECS")["origin"],
@@ -97,8 +98,9 @@ fn precedence_flag_env_file_default() {
 fn secrets_never_reach_output_or_errors() {
     let env = TestEnv::new();
     env.run(&["init"]).output().code(0);
+    // -v lists the settings, and logs at debug level: neither shows a secret.
     let out = env
-        .run(&["check"])
+        .run(&["-v", "check"])
         .env(
             "DATABASE_URL",
             "postgres://app:Sup3rSecretPw@db.example/rag",
@@ -125,4 +127,105 @@ fn secrets_never_reach_output_or_errors() {
         .output()
         .code(78);
     assert!(!out.stderr.contains("Sup3rSecret"), "{}", out.stderr);
+}
+
+#[test]
+fn env_file_errors_come_all_at_once_and_unknown_keys_get_a_suggestion() {
+    let env = TestEnv::new();
+    env.run(&["init"]).output().code(0);
+    let path = env.dir.path().join("ragspool.env");
+    let file = path.to_str().unwrap_or_default().to_string();
+    std::fs::write(
+        &path,
+        "DATABSE_URL=postgres://u@db/rag\njunk line\nWORKERS=many\nexport SPOOL_DIR=/x\nREDIS_PORT=0\n",
+    )
+    .expect("write env file");
+    let out = env
+        .run(&["--env-file", &file, "status"])
+        .env_remove("WORKERS")
+        .output()
+        .code(78)
+        .stderr_has(&format!("{file}:2: expected KEY=VALUE"))
+        .stderr_has(&format!("{file}:4: `export`"))
+        .stderr_has("`WORKERS`")
+        .stderr_has("`REDIS_PORT`")
+        .stderr_has("did you mean `DATABASE_URL`?");
+    assert!(out.stderr.contains("EnvironmentFile"), "{}", out.stderr);
+    // A file that is otherwise good runs, with the warning on stderr.
+    std::fs::write(
+        &path,
+        "DATABSE_URL=postgres://u@db/rag\nBATCH_MAX_FILES=5\n",
+    )
+    .expect("write");
+    env.run(&["--env-file", &file, "status"])
+        .output()
+        .code(0)
+        .stderr_has(&format!(
+            "{file}:1: `DATABSE_URL` is not a ragspool setting and is ignored; did you mean `DATABASE_URL`?"
+        ));
+}
+
+#[test]
+fn an_unreadable_database_url_exits_78_naming_the_part_never_75() {
+    let env = TestEnv::new();
+    env.run(&["init"]).output().code(0);
+    let started = std::time::Instant::now();
+    let out = env
+        .run(&["migrate"])
+        .env("DATABASE_URL", "postgres://u:Sup3rSecret@host:notaport/db")
+        .output()
+        .code(78)
+        .stderr_has("port `notaport`")
+        .stderr_has("note: write DATABASE_URL as postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME");
+    assert!(!out.stderr.contains("Sup3rSecret"), "{}", out.stderr);
+    assert!(
+        started.elapsed().as_secs() < 10,
+        "never retried as an outage"
+    );
+    env.run(&["process"])
+        .env("DATABASE_URL", "postgres://h/db?connect_timeout=soon")
+        .output()
+        .code(78)
+        .stderr_has("connect_timeout");
+}
+
+#[test]
+fn a_url_without_a_host_connects_over_the_local_socket_as_libpq_does() {
+    let own = OwnPg::start();
+    own.create_db("sockdb");
+    let sock = own.dir.join("pgsock").display().to_string();
+    let port = own.port.to_string();
+    let env = TestEnv::new();
+    env.run(&["init"]).output().code(0);
+    // libpq's form for the local socket: no host, PGHOST names the directory.
+    env.run(&["migrate"])
+        .env("DATABASE_URL", "postgresql://postgres:pw@/sockdb")
+        .env("PGHOST", sock.as_str())
+        .env("PGPORT", port.as_str())
+        .output()
+        .code(0)
+        .stdout_has("schema for rag_chunks");
+    // A socket directory in the URL's query, as the driver reads it.
+    env.run(&["check"])
+        .env(
+            "DATABASE_URL",
+            format!("postgresql://postgres@/sockdb?host={sock}&port={port}"),
+        )
+        .output()
+        .code(0)
+        .stdout_has("ok    database local socket");
+    // A database that does not exist is the settings' fault: 78 at once, not 75.
+    let started = std::time::Instant::now();
+    env.run(&["migrate"])
+        .env("DATABASE_URL", "postgresql://postgres@/nosuchdb")
+        .env("PGHOST", sock.as_str())
+        .env("PGPORT", port.as_str())
+        .output()
+        .code(78)
+        .stderr_has("nosuchdb")
+        .stderr_has("note: check the user, password, host and database name in DATABASE_URL");
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "never retried as an outage"
+    );
 }

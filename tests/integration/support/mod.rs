@@ -101,6 +101,7 @@ impl TestEnv {
             args: args.iter().map(|s| s.to_string()).collect(),
             extra: BTreeMap::new(),
             timeout: Duration::from_secs(120),
+            cwd: None,
         }
     }
 
@@ -153,6 +154,7 @@ pub struct Run<'a> {
     args: Vec<String>,
     extra: BTreeMap<String, Option<String>>,
     timeout: Duration,
+    cwd: Option<PathBuf>,
 }
 
 /// What a finished run printed and returned.
@@ -224,6 +226,12 @@ impl Run<'_> {
         self
     }
 
+    /// Runs in `dir` instead of the test's working directory (for relative paths).
+    pub fn current_dir(mut self, dir: &Path) -> Self {
+        self.cwd = Some(dir.to_path_buf());
+        self
+    }
+
     /// Changes the deadline.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -260,6 +268,9 @@ impl Run<'_> {
             .stdin(Stdio::null());
         if let Ok(path) = std::env::var("PATH") {
             cmd.env("PATH", path);
+        }
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
         }
         cmd
     }
@@ -433,6 +444,37 @@ pub fn wait_with_deadline(
         out_reader.join().unwrap_or_default(),
         err_reader.join().unwrap_or_default(),
     )
+}
+
+/// Makes sure `command` is installed, from the Debian package `package` when it
+/// is missing and we are root (as the server harness does); fails with an
+/// install hint otherwise, never skips.
+#[track_caller]
+pub fn ensure_command(command: &str, package: &str) {
+    let have = |c: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {c}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if have(command) {
+        return;
+    }
+    let script = format!(
+        "export DEBIAN_FRONTEND=noninteractive; \
+         apt-get install -y -qq {package} >/dev/null 2>&1 || \
+         {{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq {package} >/dev/null 2>&1; }}"
+    );
+    let installed = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        installed && have(command),
+        "`{command}` is needed; install it with: sudo apt-get install {package}"
+    );
 }
 
 /// Mode bits of a path.
