@@ -215,7 +215,7 @@ start_citus() {
   for node in coordinator worker1 worker2; do
     mkdir -p "$dir/$node"
     if is_root; then chown postgres "$dir/$node"; fi
-    port=$(PG_EXTRA_OPTS="-c shared_preload_libraries=citus -c max_prepared_transactions=200 ${PG_EXTRA_OPTS:-}" \
+    port=$(PG_EXTRA_OPTS="-c shared_preload_libraries=citus -c max_prepared_transactions=200 -c max_worker_processes=64 ${PG_EXTRA_OPTS:-}" \
       start_pg "$dir/$node" | sed -n 's/^PG_PORT=//p')
     [ -n "$port" ] || die "the Citus $node did not start"
     echo "$port" > "$dir/$node/port"

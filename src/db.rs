@@ -42,8 +42,14 @@ impl Db {
         // COPY for ever: every statement and lock wait is bounded, and the expiry is
         // retried as transient.
         let (statement, lock) = config.db_timeouts;
+        // On a Citus coordinator, a transaction's SET LOCAL (the change set's
+        // planner hint) reaches the workers' shards too.
+        let citus = match config.distribution {
+            crate::config::Distribution::Citus => " -c citus.propagate_set_commands=local",
+            crate::config::Distribution::None => "",
+        };
         db.config.options(&format!(
-            "-c TimeZone=UTC -c statement_timeout={statement} -c lock_timeout={lock}"
+            "-c TimeZone=UTC -c statement_timeout={statement} -c lock_timeout={lock}{citus}"
         ));
         Ok(db)
     }

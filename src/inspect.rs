@@ -156,6 +156,7 @@ fn database(config: &Config) -> Vec<Finding> {
     let names = Names::from_config(config);
     let mut what = format!("database, table {}", names.table);
     let mut anchor = None;
+    let mut cluster = Vec::new();
     let problem = (|| -> Result<Option<String>> {
         let db = crate::db::Db::from_config(config)?;
         let mut client = db
@@ -172,6 +173,9 @@ fn database(config: &Config) -> Vec<Finding> {
         if version >= crate::schema::VERSION {
             anchor = anchor_finding(&mut client, &names, &config.failure_log);
         }
+        if config.distribution == crate::config::Distribution::Citus {
+            cluster = citus(&mut client, &names);
+        }
         Ok((version < crate::schema::VERSION).then(|| {
             format!(
                 "schema at version {version}, needs {}; run `ragspool migrate`",
@@ -183,7 +187,72 @@ fn database(config: &Config) -> Vec<Finding> {
         what,
         problem: problem.unwrap_or_else(|e| Some(e.to_string().replace('\n', "; "))),
     };
-    std::iter::once(database).chain(anchor).collect()
+    std::iter::once(database)
+        .chain(anchor)
+        .chain(cluster)
+        .collect()
+}
+
+/// SPEC §16: the coordinator, the workers it lists (each reached through it), and
+/// whether each table is distributed or on the coordinator as it should be.
+fn citus(client: &mut postgres::Client, names: &Names) -> Vec<Finding> {
+    use crate::distribution;
+    if let Err(e) = distribution::require_coordinator(client) {
+        return vec![Finding {
+            what: "citus coordinator".into(),
+            problem: Some(e.to_string().replace('\n', "; ")),
+        }];
+    }
+    let mut found = match distribution::nodes(client) {
+        Ok(nodes) => nodes_findings(nodes),
+        Err(e) => vec![Finding {
+            what: "citus nodes".into(),
+            problem: Some(e.to_string()),
+        }],
+    };
+    match distribution::table_findings(client, names) {
+        Ok(tables) => found.extend(
+            tables
+                .into_iter()
+                .map(|(what, problem)| Finding { what, problem }),
+        ),
+        Err(e) => found.push(Finding {
+            what: "citus tables".into(),
+            problem: Some(e.to_string()),
+        }),
+    }
+    found
+}
+
+/// One finding per node; a cluster without an active worker is one too.
+fn nodes_findings(nodes: Vec<crate::distribution::Node>) -> Vec<Finding> {
+    let workers = nodes.iter().filter(|n| !n.coordinator).count();
+    let mut found: Vec<Finding> = nodes
+        .into_iter()
+        .map(|n| {
+            let role = if n.coordinator {
+                "coordinator"
+            } else {
+                "worker"
+            };
+            let problem = match (n.active, n.unreachable) {
+                (false, _) => Some("inactive in pg_dist_node: Citus routes nothing to it".into()),
+                (true, Some(why)) if !n.coordinator => Some(format!("unreachable: {why}")),
+                _ => None,
+            };
+            Finding {
+                what: format!("citus {role} {}", n.address),
+                problem,
+            }
+        })
+        .collect();
+    if workers == 0 {
+        found.push(Finding {
+            what: "citus workers".into(),
+            problem: Some("the coordinator lists no worker; add them with citus_add_node".into()),
+        });
+    }
+    found
 }
 
 /// The failure log against its anchor in the database, when there is one.

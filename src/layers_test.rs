@@ -49,6 +49,7 @@ const LAYERS: &[(u8, &[&str])] = &[
             "spool",
             "db",
             "schema",
+            "distribution",
             "partition",
             "metrics",
             "failure_log",

@@ -111,7 +111,14 @@ impl Names {
 }
 
 /// Brings the schema up to [`VERSION`] under an advisory lock; returns (before, after).
-pub(crate) fn migrate(client: &mut Client, names: &Names) -> Result<(i32, i32)> {
+/// `finish` runs last in the migration's transaction, under its lock (a Citus
+/// coordinator distributes the tables there, SPEC §16), so that a crash leaves
+/// either all of it or none.
+pub(crate) fn migrate(
+    client: &mut Client,
+    names: &Names,
+    finish: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<()>,
+) -> Result<(i32, i32)> {
     let mut tx = client
         .transaction()
         .map_err(|e| db::classify(e, "starting the migration"))?;
@@ -142,6 +149,7 @@ pub(crate) fn migrate(client: &mut Client, names: &Names) -> Result<(i32, i32)> 
         tx.batch_execute(&sql)
             .map_err(|e| db::classify(e, "creating the HNSW index"))?;
     }
+    finish(&mut tx)?;
     tx.commit()
         .map_err(|e| db::classify(e, "committing the migration"))?;
     Ok((before, VERSION))

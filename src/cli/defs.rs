@@ -152,10 +152,13 @@ pub(crate) static COMMANDS: &[Command] = &[
     Command {
         name: "migrate",
         summary: "create or upgrade the database schema (idempotent)",
-        usage: "",
-        doc: "Creates the partitioned target table, ragspool_manifest, ragspool_maintenance_runs and the schema version table under an advisory lock. Safe to run again.",
+        usage: "[--distribute]",
+        doc: "Creates the partitioned target table, ragspool_manifest, ragspool_maintenance_runs and the schema version table under an advisory lock. Safe to run again. With DISTRIBUTION=citus it distributes the target table, ragspool_docs and ragspool_doc_events by doc_id on the Citus coordinator; tables that already exist undistributed only with --distribute.",
         positionals: (0, 0),
-        flags: &[],
+        flags: &[switch(
+            "distribute",
+            "DISTRIBUTION=citus: distribute existing tables too, printing first how many rows Citus moves",
+        )],
     },
     Command {
         name: "watch",

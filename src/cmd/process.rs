@@ -65,6 +65,9 @@ pub(crate) fn runner(config: &Config) -> Result<Runner> {
     if let Some(limit) = hang_limit(config) {
         crate::heartbeat::hang_guard(limit);
     }
+    if config.distribution == crate::config::Distribution::Citus {
+        crate::distribution::resolve_in_doubt(&Db::from_config(config)?);
+    }
     let failure_log = crate::failure_log::shared(&config.failure_log)?;
     let host = host_name();
     let notifier = Notifier::new(config, Some(failure_log.clone()), &host)?;
