@@ -204,46 +204,62 @@ start_standby() {
 }
 
 # A Citus coordinator and two workers, each a server of its own under DIR/<node>
-# (so pg-stop/pg-start DIR/worker1 stop and restart one worker). Two-phase commit
-# across nodes needs max_prepared_transactions; each node opens connections to the
-# others, hence the extra max_connections headroom of run_pg.
+# (so pg-stop/pg-start DIR/worker1 stop and restart one worker), started side by
+# side. Two-phase commit across nodes needs max_prepared_transactions; Citus runs a
+# maintenance daemon per database on every node, hence more background workers.
+CITUS_NODES="coordinator worker1 worker2"
 start_citus() {
   local dir=$1 bin node port
   bin=$(pg_bin)
   if [ -z "$bin" ]; then apt_install postgresql; bin=$(pg_bin); fi
   ensure_citus "$bin"
-  for node in coordinator worker1 worker2; do
+  ensure_pgvector "$bin"
+  for node in $CITUS_NODES; do
     mkdir -p "$dir/$node"
     if is_root; then chown postgres "$dir/$node"; fi
-    port=$(PG_EXTRA_OPTS="-c shared_preload_libraries=citus -c max_prepared_transactions=200 -c max_worker_processes=64 ${PG_EXTRA_OPTS:-}" \
-      start_pg "$dir/$node" | sed -n 's/^PG_PORT=//p')
-    [ -n "$port" ] || die "the Citus $node did not start"
+    PG_EXTRA_OPTS="-c shared_preload_libraries=citus -c max_prepared_transactions=200 -c max_worker_processes=64 ${PG_EXTRA_OPTS:-}" \
+      start_pg "$dir/$node" >"$dir/$node/start.out" 2>&1 &
+  done
+  wait
+  for node in $CITUS_NODES; do
+    port=$(sed -n 's/^PG_PORT=//p' "$dir/$node/start.out")
+    [ -n "$port" ] || die "the Citus $node did not start: $(tail -5 "$dir/$node/start.out")"
     echo "$port" > "$dir/$node/port"
     echo "$(echo "$node" | tr a-z A-Z)_PORT=$port"
   done
   echo "PG_BIN=$bin"
 }
 
-# Database NAME on every node of the cluster under DIR: Citus propagates neither
-# CREATE DATABASE nor the extensions, and keeps its node list per database.
+# Database NAME on every node of the cluster under DIR (the nodes side by side):
+# Citus propagates neither CREATE DATABASE nor the extensions, and keeps its node
+# list per database.
 citus_db() {
-  local dir=$1 name=$2 bin node port coord
+  local dir=$1 name=$2 bin node coord failed=""
   bin=$(pg_bin)
   coord=$(cat "$dir/coordinator/port")
-  for node in coordinator worker1 worker2; do
-    port=$(cat "$dir/$node/port")
-    as_pg "$bin/psql" -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres \
-      -c "CREATE DATABASE \"$name\"" >/dev/null || die "cannot create $name on the $node"
-    as_pg "$bin/psql" -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$name" \
-      -c "SET client_min_messages = warning; CREATE EXTENSION citus; CREATE EXTENSION vector" >/dev/null \
-      || die "cannot create the extensions in $name on the $node"
+  for node in $CITUS_NODES; do
+    citus_db_node "$bin" "$(cat "$dir/$node/port")" "$name" >"$dir/$node/db.out" 2>&1 &
   done
+  wait
+  for node in $CITUS_NODES; do
+    grep -q '^ok$' "$dir/$node/db.out" || failed="$failed $node: $(tail -3 "$dir/$node/db.out")"
+  done
+  [ -z "$failed" ] || die "cannot create $name with its extensions on$failed"
   as_pg "$bin/psql" -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$coord" -U postgres -d "$name" \
     -c "SET client_min_messages = warning" \
     -c "SELECT citus_set_coordinator_host('127.0.0.1', $coord)" \
     -c "SELECT citus_add_node('127.0.0.1', $(cat "$dir/worker1/port"))" \
     -c "SELECT citus_add_node('127.0.0.1', $(cat "$dir/worker2/port"))" >/dev/null \
     || die "cannot register the workers in $name"
+}
+
+citus_db_node() {
+  local bin=$1 port=$2 name=$3
+  as_pg "$bin/psql" -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+    -c "CREATE DATABASE \"$name\"" >/dev/null \
+  && as_pg "$bin/psql" -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$name" \
+    -c "SET client_min_messages = warning; CREATE EXTENSION citus; CREATE EXTENSION vector" >/dev/null \
+  && echo ok
 }
 
 pg_stop() {

@@ -232,6 +232,20 @@ const TRANSIENT_STATES: [&str; 9] = [
     "57P01", "57P02", "57P03", "40001", "40P01", "53300", "53400", "57014", "55P03",
 ];
 
+/// libpq's words for a connection lost mid-statement. A Citus coordinator relays
+/// them, when its connection to a worker breaks (a worker restarting), as XX000:
+/// its code for a worker's answer that carries no SQLSTATE.
+const LOST_CONNECTION: [&str; 8] = [
+    "server closed the connection unexpectedly",
+    "failure on connection marked as essential",
+    "SSL SYSCALL error",
+    "SSL error",
+    "could not receive data from",
+    "could not send data to",
+    "connection to server was lost",
+    "connection to the remote node",
+];
+
 /// Whether `e` is a TLS verification failure (wrong CA, wrong host name): a
 /// configuration problem that retrying cannot fix.
 pub(crate) fn is_tls_failure(e: &postgres::Error) -> bool {
@@ -249,7 +263,11 @@ pub(crate) fn is_transient(e: &postgres::Error) -> bool {
     match e.code() {
         Some(code) => {
             let code = code.code();
-            TRANSIENT_STATES.contains(&code) || code.starts_with("08")
+            TRANSIENT_STATES.contains(&code)
+                || code.starts_with("08")
+                || (code == "XX000"
+                    && e.as_db_error()
+                        .is_some_and(|db| LOST_CONNECTION.iter().any(|m| db.message().contains(m))))
         }
         // No SQLSTATE: an I/O error, a closed connection or a failed connect.
         None => e.as_db_error().is_none(),

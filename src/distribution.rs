@@ -8,10 +8,12 @@
 //! tables, and two-phase commits left in doubt by a node that went away are
 //! resolved.
 
+use crate::backoff::Backoff;
 use crate::db;
 use crate::error::{Error, Result};
 use crate::schema::Names;
 use postgres::GenericClient;
+use std::time::Duration;
 
 /// The distribution column of every distributed table.
 const COLUMN: &str = "doc_id";
@@ -377,6 +379,32 @@ pub(crate) fn logical_names(
     named.sort();
     named.dedup();
     Ok(named)
+}
+
+/// Waits, within `budget`, until the coordinator reaches every worker: after a
+/// transient failure a worker that restarts is waited for, as `Db::connect` waits
+/// for a server that restarts, rather than failing the batch at once (exit 75).
+pub(crate) fn wait_for_workers(client: &mut impl GenericClient, budget: Duration) -> Result<()> {
+    let mut backoff = Backoff::new(budget);
+    loop {
+        let down = client
+            .query(
+                "SELECT nodename || ':' || nodeport, result FROM run_command_on_workers('SELECT 1') \
+                 WHERE NOT success",
+                &[],
+            )
+            .map_err(|e| db::classify(e, "probing the Citus workers"))?;
+        let Some(first) = down.first() else {
+            return Ok(());
+        };
+        let (node, why): (String, String) = (first.get(0), first.get(1));
+        log::warn!("citus worker {node} unreachable: {why} (waiting for it)");
+        if !backoff.wait(None) {
+            return Err(Error::temp(format!("citus worker {node} unreachable: {why}"))
+                .context("waiting for the Citus workers")
+                .with_note("the worker stayed down for RETRY_MAX_SECS; nothing was lost, run again later"));
+        }
+    }
 }
 
 /// Commits or rolls back the prepared transactions that a node which went away

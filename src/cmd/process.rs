@@ -111,6 +111,7 @@ pub(crate) fn ingest(config: &Config) -> Result<Ingest> {
         max_file_bytes: config.max_file_bytes,
         max_faults: config.file_max_faults,
         host: host_name(),
+        citus: config.distribution == crate::config::Distribution::Citus,
     })
 }
 
