@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug/ragspool
 
-.PHONY: all build release deps tools test fuzz lint audit man man-lint man-gz readme demo bench bench-pace torture deb rpm clean
+.PHONY: all build release deps tools test fuzz lint audit man man-lint man-gz readme demo bench bench-pace bench-citus torture deb rpm clean
 
 all: build
 
@@ -78,6 +78,10 @@ bench: deps release
 # Only the embeddings-pace rows of the benchmark (bench/results/pace.md).
 bench-pace: deps release
 	python3 bench/bench.py --pace-only
+
+# Only the Citus rows of the benchmark (bench/results/citus.md).
+bench-citus: deps release
+	python3 bench/bench.py --citus-only $(BENCH_ARGS)
 
 # A fault campaign on throwaway servers (not part of `make test`): TORTURE_SECS,
 # TORTURE_FAULTS, TORTURE_SEED, TORTURE_RATE, TORTURE_LIVENESS_SECS; writes bench/results/torture.md.

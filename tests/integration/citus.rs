@@ -410,3 +410,63 @@ fn a_worker_stopped_and_restarted_mid_batch_loses_and_doubles_nothing() {
     assert_exactly_once(&env, 30, 100);
     assert_eq!(prepared_everywhere(&cluster, &env.db_url()), 0);
 }
+
+#[test]
+fn pg_partman_partitions_are_distributed_with_the_table() {
+    crate::support::servers::ensure_partman();
+    let env = env_on(citus());
+    let url = env.db_url();
+    pg(&url)
+        .batch_execute("CREATE SCHEMA partman; CREATE EXTENSION pg_partman SCHEMA partman")
+        .expect("pg_partman on the coordinator");
+    env.run(&["init"]).output().code(0);
+    env.run(&["migrate"])
+        .output()
+        .code(0)
+        .stdout_has("table handed to pg_partman")
+        .stdout_has("distributed by doc_id");
+    // Three days back: self-heal goes through pg_partman's create_partition_time.
+    env.generate_with(Gen {
+        files: 4,
+        records: 50,
+        dim: Some(8),
+        days: Some(3),
+        ..Gen::default()
+    });
+    env.run(&["process"]).output().code(0);
+    // maintain: pg_partman makes again the newest partition, dropped here.
+    let newest: String = pg(&url)
+        .query_one(
+            "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'rag_chunks'::regclass \
+             ORDER BY inhrelid::regclass::text DESC LIMIT 1",
+            &[],
+        )
+        .expect("newest partition")
+        .get(0);
+    pg(&url)
+        .batch_execute(&format!("DROP TABLE {newest}"))
+        .expect("drop");
+    env.run(&["maintain"])
+        .output()
+        .code(0)
+        .stdout_has("(pg_partman)")
+        .stdout_has("created 1");
+    assert_eq!(
+        count(
+            &url,
+            &format!(
+                "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text = '{newest}'"
+            )
+        ),
+        1
+    );
+    assert_exactly_once(&env, 4, 50);
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) FROM pg_inherits i WHERE i.inhparent = 'rag_chunks'::regclass \
+             AND NOT EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = i.inhrelid)"
+        ),
+        0
+    );
+}
