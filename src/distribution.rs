@@ -166,6 +166,19 @@ pub(crate) fn placement(client: &mut impl GenericClient, table: &str) -> Result<
     })
 }
 
+/// Whether the target table is a Citus table (checked without assuming Citus is
+/// installed): `check` warns when DISTRIBUTION=none says otherwise.
+pub(crate) fn is_citus_table(client: &mut impl GenericClient, names: &Names) -> Result<bool> {
+    let catalog: bool = client
+        .query_one(
+            "SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL",
+            &[],
+        )
+        .map_err(|e| db::classify(e, "looking for Citus's catalog"))?
+        .get(0);
+    Ok(catalog && matches!(placement(client, &names.table)?, Placement::Citus { .. }))
+}
+
 /// Where the distributed tables stand now.
 pub(crate) fn survey(client: &mut impl GenericClient, names: &Names) -> Result<Survey> {
     let mut tables = Vec::new();

@@ -175,6 +175,14 @@ fn database(config: &Config) -> Vec<Finding> {
         }
         if config.distribution == crate::config::Distribution::Citus {
             cluster = citus(&mut client, &names);
+        } else if crate::distribution::is_citus_table(&mut client, &names)? {
+            cluster = vec![Finding {
+                what: "distribution".into(),
+                problem: Some(format!(
+                    "{} is a Citus distributed table, but DISTRIBUTION is none; set DISTRIBUTION=citus",
+                    names.table
+                )),
+            }];
         }
         Ok((version < crate::schema::VERSION).then(|| {
             format!(

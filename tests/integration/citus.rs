@@ -139,6 +139,11 @@ fn migrate_distributes_the_tables_and_check_reports_the_cluster() {
     }
     // Again: nothing left to distribute, nothing asked.
     env.run(&["migrate"]).output().code(0);
+    env.run(&["check"])
+        .env("DISTRIBUTION", "none")
+        .output()
+        .code(1)
+        .stdout_has("set DISTRIBUTION=citus");
     // A server without Citus: 78 naming DISTRIBUTION, with how to install it.
     env.run(&["migrate"])
         .env("DATABASE_URL", crate::support::servers::new_database())
