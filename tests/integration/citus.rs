@@ -307,6 +307,15 @@ fn process_heal_maintain_and_hnsw_on_a_coordinator_and_two_workers() {
     assert!(!names_a_shard(&status.stdout), "{}", status.stdout);
     let status = env.run(&["status", "--json"]).output().code(0);
     assert!(!names_a_shard(&status.stdout), "{}", status.stdout);
+    // Retention drops distributed partitions too.
+    let out = env
+        .run(&["maintain"])
+        .env("PARTITION_RETENTION_DAYS", "2")
+        .env("PARTITION_DROP", "true")
+        .output()
+        .code(0)
+        .stdout_has("dropped: rag_chunks_p");
+    assert!(!out.stderr.contains("cannot retire"), "{}", out.stderr);
 }
 
 #[test]
