@@ -375,7 +375,8 @@ class Bench:
     def citus(self, a, source):
         """SPEC 16: `process` through a Citus coordinator into two workers (every node
         on this machine), and PostgreSQL's own binary COPY of the same rows through
-        the same coordinator on 1 and WORKERS connections, in the same run."""
+        the same coordinator on 1 and WORKERS connections, in the same run; once per
+        shard count of --citus-shards (Citus's default, 32, first)."""
         cdir = self.work / "citus"
         penv = dict(os.environ, PG_EXTRA_OPTS="-c max_wal_size=16GB -c checkpoint_timeout=1h")
         script = str(ROOT / "scripts/servers.sh")
@@ -383,53 +384,64 @@ class Bench:
                              stdout=subprocess.PIPE).stdout
         vals = dict(line.split("=", 1) for line in out.split())
         saved = (self.port, self.db, self.env)
+        self.citus_rates = []
         try:
-            sh(["bash", script, "citus-db", str(cdir), "benchcitus"])
-            self.port, self.db = vals["COORDINATOR_PORT"], "benchcitus"
-            self.env = dict(self.base_env, DATABASE_URL=f"postgres://postgres@127.0.0.1:{self.port}/benchcitus",
-                            DISTRIBUTION="citus", BATCH_MAX_FILES="50", BATCH_MAX_BYTES=str(1 << 40), **VECTOR)
-            sh([self.bin, "-q", "migrate"], env=self.env)
-            rates, rss, cpu = self.process_runs(a, source, self.env)
-            shards = self.psql("SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'rag_chunks'::regclass",
-                               capture=True).strip()
-            dump, w = self.work / "citus-dump.bin", a.workers
-            select = f"SELECT {COLUMNS} FROM rag_chunks"
-            self.psql(f"\\copy ({select}) TO '{dump}' WITH (FORMAT binary)")
-            parts = []
-            for i in range(w):
-                p = self.work / f"citus-dump-{i}.bin"
-                self.psql(f"\\copy ({select} WHERE abs(hashtext(doc_id)) % {w} = {i}) TO '{p}' WITH (FORMAT binary)")
-                parts.append(p)
-            one, par = [], []
-            for _ in range(a.runs):
-                self.psql("TRUNCATE rag_chunks")
-                one.append(self.rows / timed(self.copy_in(dump), self.env)[0])
-                self.psql("TRUNCATE rag_chunks")
-                start = time.monotonic()
-                procs = [subprocess.Popen(self.copy_in(p), stdout=subprocess.DEVNULL) for p in parts]
-                for p in procs:
-                    p.wait()
-                par.append(self.rows / (time.monotonic() - start))
+            self.port = vals["COORDINATOR_PORT"]
+            for shards in a.citus_shards:
+                self.citus_rates.append(self.citus_one(a, source, cdir, shards))
         finally:
             self.port, self.db, self.env = saved
             sh(["bash", script, "stop", str(cdir)], check=False)
-        self.citus_rates = {"process": rates, "rss": rss, "cpu": cpu, "copy1": one, "copyN": par, "shards": shards}
+
+    def citus_one(self, a, source, cdir, shards):
+        db = f"benchcitus{shards}"
+        sh(["bash", str(ROOT / "scripts/servers.sh"), "citus-db", str(cdir), db])
+        self.db = db
+        self.psql(f"ALTER DATABASE {db} SET citus.shard_count = {shards}")
+        self.env = dict(self.base_env, DATABASE_URL=f"postgres://postgres@127.0.0.1:{self.port}/{db}",
+                        DISTRIBUTION="citus", BATCH_MAX_FILES="50", BATCH_MAX_BYTES=str(1 << 40), **VECTOR)
+        sh([self.bin, "-q", "migrate"], env=self.env)
+        rates, rss, cpu = self.process_runs(a, source, self.env)
+        dump, w = self.work / "citus-dump.bin", a.workers
+        select = f"SELECT {COLUMNS} FROM rag_chunks"
+        self.psql(f"\\copy ({select}) TO '{dump}' WITH (FORMAT binary)")
+        parts = []
+        for i in range(w):
+            p = self.work / f"citus-dump-{i}.bin"
+            self.psql(f"\\copy ({select} WHERE abs(hashtext(doc_id)) % {w} = {i}) TO '{p}' WITH (FORMAT binary)")
+            parts.append(p)
+        one, par = [], []
+        for _ in range(a.runs):
+            self.psql("TRUNCATE rag_chunks")
+            one.append(self.rows / timed(self.copy_in(dump), self.env)[0])
+            self.psql("TRUNCATE rag_chunks")
+            start = time.monotonic()
+            procs = [subprocess.Popen(self.copy_in(p), stdout=subprocess.DEVNULL) for p in parts]
+            for p in procs:
+                p.wait()
+            par.append(self.rows / (time.monotonic() - start))
+        return {"shards": shards, "process": rates, "rss": rss, "cpu": cpu, "copy1": one, "copyN": par}
 
     def citus_lines(self):
         med = statistics.median
-        c, w = self.citus_rates, self.args.workers
-        return [
+        w = self.args.workers
+        lines = [
             "",
-            f"| Citus: coordinator + 2 workers on this machine, {c['shards']} shards, vector | rows/s | "
+            "| Citus: coordinator + 2 workers, all on this machine, vector | rows/s | "
             f"÷ COPY limit, 1 conn | ÷ COPY limit, {w} conn |",
             "|---|---|---|---|",
-            f"| limit: psql \\copy binary through the coordinator, 1 conn | {fmt(c['copy1'])} | 1.00 | "
-            f"{med(c['copy1']) / med(c['copyN']):.2f} |",
-            f"| limit: psql \\copy binary through the coordinator, {w} conn | {fmt(c['copyN'])} | "
-            f"{med(c['copyN']) / med(c['copy1']):.2f} | 1.00 |",
-            f"| **ragspool process** through the coordinator (WORKERS={w}) | {fmt(c['process'])} | "
-            f"{med(c['process']) / med(c['copy1']):.2f} | **{med(c['process']) / med(c['copyN']):.2f}** |",
         ]
+        for c in self.citus_rates:
+            n = c["shards"]
+            lines += [
+                f"| {n} shards: limit, psql \\copy binary through the coordinator, 1 conn | {fmt(c['copy1'])} | "
+                f"1.00 | {med(c['copy1']) / med(c['copyN']):.2f} |",
+                f"| {n} shards: limit, psql \\copy binary through the coordinator, {w} conn | {fmt(c['copyN'])} | "
+                f"{med(c['copyN']) / med(c['copy1']):.2f} | 1.00 |",
+                f"| {n} shards: **ragspool process** through the coordinator (WORKERS={w}) | {fmt(c['process'])} | "
+                f"{med(c['process']) / med(c['copy1']):.2f} | **{med(c['process']) / med(c['copyN']):.2f}** |",
+            ]
+        return lines
 
     def citus_only(self):
         a = self.args
@@ -774,6 +786,8 @@ def main():
                    help="only the embeddings-pace rows (bench/results/pace.md)")
     p.add_argument("--citus-only", action="store_true",
                    help="only the Citus rows (bench/results/citus.md)")
+    p.add_argument("--citus-shards", type=lambda v: [int(n) for n in v.split(",")], default=[32, 4],
+                   help="shard counts of the Citus rows, comma-separated (default 32,4)")
     args = p.parse_args()
     if args.compare:
         Bench(args).compare(args)

@@ -42,10 +42,16 @@ impl Db {
         // COPY for ever: every statement and lock wait is bounded, and the expiry is
         // retried as transient.
         let (statement, lock) = config.db_timeouts;
-        // On a Citus coordinator, a transaction's SET LOCAL (the change set's
-        // planner hint) reaches the workers' shards too.
+        // On a Citus coordinator: a transaction's SET LOCAL (the change set's planner
+        // hint) reaches the workers' shards too; and the session keeps the
+        // connections a file's COPY opened to the workers (one per shard placement,
+        // up to citus.max_adaptive_executor_pool_size) for the next file, rather than
+        // the one per worker Citus keeps by default: opening them again for every
+        // file took longer than its COPY (see README, Several hosts).
         let citus = match config.distribution {
-            crate::config::Distribution::Citus => " -c citus.propagate_set_commands=local",
+            crate::config::Distribution::Citus => {
+                " -c citus.propagate_set_commands=local -c citus.max_cached_conns_per_worker=16"
+            }
             crate::config::Distribution::None => "",
         };
         db.config.options(&format!(

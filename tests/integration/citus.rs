@@ -407,7 +407,12 @@ fn a_worker_stopped_and_restarted_mid_batch_loses_and_doubles_nothing() {
     }
     std::thread::sleep(Duration::from_millis(300));
     cluster.stop_worker(0);
-    std::thread::sleep(Duration::from_secs(2));
+    // Meanwhile check names the worker the coordinator cannot reach.
+    env.run(&["check"]).output().code(1).stdout_has(&format!(
+        "FAIL  citus worker 127.0.0.1:{}: unreachable",
+        cluster.workers[0]
+    ));
+    std::thread::sleep(Duration::from_secs(1));
     cluster.start_worker(0);
     let (status, _, stderr) =
         crate::support::wait_with_deadline(&mut child, Duration::from_secs(120));
