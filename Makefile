@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug/ragspool
 
-.PHONY: all build release install deps tools test fuzz lint audit man man-lint man-gz completions readme demo bench bench-pace bench-storage torture deb rpm clean
+.PHONY: all build release install deps tools test fuzz lint audit man man-lint man-gz completions readme demo bench bench-pace bench-storage bench-citus torture deb rpm clean
 
 all: build
 
@@ -95,6 +95,10 @@ bench-pace: deps release
 # Only the storage-format rows: vector, halfvec, TEXT_SEARCH (bench/results/storage.md).
 bench-storage: deps release
 	python3 bench/bench.py --storage-only $(BENCH_ARGS)
+
+# Only the Citus rows of the benchmark (bench/results/citus.md).
+bench-citus: deps release
+	python3 bench/bench.py --citus-only $(BENCH_ARGS)
 
 # A fault campaign on throwaway servers (not part of `make test`): TORTURE_SECS,
 # TORTURE_FAULTS, TORTURE_SEED, TORTURE_RATE, TORTURE_LIVENESS_SECS; writes bench/results/torture.md.

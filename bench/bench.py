@@ -263,6 +263,7 @@ class Bench:
             self.embed_pace(a)
             self.latency(a)
             self.memory(a)
+            self.citus(a, source)
         finally:
             self.stop()
         self.report()
@@ -480,6 +481,93 @@ class Bench:
         print(text)
         (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
         (ROOT / "bench" / "results" / "storage.md").write_text(text)
+
+    def citus(self, a, source):
+        """SPEC 16: `process` through a Citus coordinator into two workers (every node
+        on this machine), and PostgreSQL's own binary COPY of the same rows through
+        the same coordinator on 1 and WORKERS connections, in the same run; once per
+        shard count of --citus-shards (Citus's default, 32, first)."""
+        cdir = self.work / "citus"
+        penv = dict(os.environ, PG_EXTRA_OPTS="-c max_wal_size=16GB -c checkpoint_timeout=1h")
+        script = str(ROOT / "scripts/servers.sh")
+        out = subprocess.run(["bash", script, "citus", str(cdir)], env=penv, check=True, text=True,
+                             stdout=subprocess.PIPE).stdout
+        vals = dict(line.split("=", 1) for line in out.split())
+        saved = (self.port, self.db, self.env)
+        self.citus_rates = []
+        try:
+            self.port = vals["COORDINATOR_PORT"]
+            for shards in a.citus_shards:
+                self.citus_rates.append(self.citus_one(a, source, cdir, shards))
+        finally:
+            self.port, self.db, self.env = saved
+            sh(["bash", script, "stop", str(cdir)], check=False)
+
+    def citus_one(self, a, source, cdir, shards):
+        db = f"benchcitus{shards}"
+        sh(["bash", str(ROOT / "scripts/servers.sh"), "citus-db", str(cdir), db])
+        self.db = db
+        self.psql(f"ALTER DATABASE {db} SET citus.shard_count = {shards}")
+        self.env = dict(self.base_env, DATABASE_URL=f"postgres://postgres@127.0.0.1:{self.port}/{db}",
+                        DISTRIBUTION="citus", BATCH_MAX_FILES="50", BATCH_MAX_BYTES=str(1 << 40), **VECTOR)
+        sh([self.bin, "-q", "migrate"], env=self.env)
+        rates, rss, cpu = self.process_runs(a, source, self.env)
+        dump, w = self.work / "citus-dump.bin", a.workers
+        select = f"SELECT {COLUMNS} FROM rag_chunks"
+        self.psql(f"\\copy ({select}) TO '{dump}' WITH (FORMAT binary)")
+        parts = []
+        for i in range(w):
+            p = self.work / f"citus-dump-{i}.bin"
+            self.psql(f"\\copy ({select} WHERE abs(hashtext(doc_id)) % {w} = {i}) TO '{p}' WITH (FORMAT binary)")
+            parts.append(p)
+        one, par = [], []
+        for _ in range(a.runs):
+            self.psql("TRUNCATE rag_chunks")
+            one.append(self.rows / timed(self.copy_in(dump), self.env)[0])
+            self.psql("TRUNCATE rag_chunks")
+            start = time.monotonic()
+            procs = [subprocess.Popen(self.copy_in(p), stdout=subprocess.DEVNULL) for p in parts]
+            for p in procs:
+                p.wait()
+            par.append(self.rows / (time.monotonic() - start))
+        return {"shards": shards, "process": rates, "rss": rss, "cpu": cpu, "copy1": one, "copyN": par}
+
+    def citus_lines(self):
+        med = statistics.median
+        w = self.args.workers
+        lines = [
+            "",
+            "| Citus: coordinator + 2 workers, all on this machine, vector | rows/s | "
+            f"÷ COPY limit, 1 conn | ÷ COPY limit, {w} conn |",
+            "|---|---|---|---|",
+        ]
+        for c in self.citus_rates:
+            n = c["shards"]
+            lines += [
+                f"| {n} shards: limit, psql \\copy binary through the coordinator, 1 conn | {fmt(c['copy1'])} | "
+                f"1.00 | {med(c['copy1']) / med(c['copyN']):.2f} |",
+                f"| {n} shards: limit, psql \\copy binary through the coordinator, {w} conn | {fmt(c['copyN'])} | "
+                f"{med(c['copyN']) / med(c['copy1']):.2f} | 1.00 |",
+                f"| {n} shards: **ragspool process** through the coordinator (WORKERS={w}) | {fmt(c['process'])} | "
+                f"{med(c['process']) / med(c['copy1']):.2f} | **{med(c['process']) / med(c['copyN']):.2f}** |",
+            ]
+        return lines
+
+    def citus_only(self):
+        a = self.args
+        self.setup()
+        try:
+            source = self.generate("big", a.files, a.records)
+            self.rows = a.files * a.records
+            self.citus(a, source)
+        finally:
+            self.stop()
+        text = "\n".join([f"# ragspool on Citus, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+                          f"{os.cpu_count()} CPUs, {self.rows:,} rows ({a.files} files × {a.records} records, "
+                          f"384-dim embeddings), {a.runs} runs each: median (min–max)"] + self.citus_lines()) + "\n"
+        print(text)
+        (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+        (ROOT / "bench" / "results" / "citus.md").write_text(text)
 
     def index_build(self, a):
         """VECTOR_INDEX_BUILD=always on a smaller load (COPY into an indexed partition is
@@ -738,7 +826,7 @@ class Bench:
             f"| second load, replace mode, every chunk unchanged (EMBED_REUSE) | "
             f"{self.embed['second']['rate']:,.0f} | {self.embed['second']['requests']} | {self.embed['second']['texts']:,} |",
             "",
-        ] + self.pace_lines() + self.storage_lines() + [
+        ] + self.pace_lines() + self.storage_lines() + self.citus_lines() + [
             "",
             "| latency, rename into incoming/ → gate.done received (BATCH_MAX_AGE_SECS=0) | ms |",
             "|---|---|",
@@ -808,11 +896,17 @@ def main():
                    help="only the embeddings-pace rows (bench/results/pace.md)")
     p.add_argument("--storage-only", action="store_true",
                    help="only the storage-format rows: vector, halfvec, TEXT_SEARCH (bench/results/storage.md)")
+    p.add_argument("--citus-only", action="store_true",
+                   help="only the Citus rows (bench/results/citus.md)")
+    p.add_argument("--citus-shards", type=lambda v: [int(n) for n in v.split(",")], default=[32, 4],
+                   help="shard counts of the Citus rows, comma-separated (default 32,4)")
     args = p.parse_args()
     if args.compare:
         Bench(args).compare(args)
     elif args.pace_only:
         Bench(args).pace_only()
+    elif args.citus_only:
+        Bench(args).citus_only()
     elif args.storage_only:
         Bench(args).storage_only()
     else:

@@ -8,6 +8,12 @@
 #   scripts/servers.sh pg-stop DIR | pg-start DIR  stop / restart PostgreSQL on the same port
 #   scripts/servers.sh standby DIR PRIMARY_PORT    a streaming standby (pg_basebackup -R)
 #   scripts/servers.sh pg-promote DIR | pg-stop-fast DIR   promote it; stop a primary cleanly
+#   scripts/servers.sh citus DIR                  a Citus coordinator and two workers under DIR/coordinator,
+#                                                  DIR/worker1, DIR/worker2; prints COORDINATOR_PORT=,
+#                                                  WORKER1_PORT=, WORKER2_PORT=, PG_BIN= lines
+#   scripts/servers.sh citus-db DIR NAME          database NAME on every node of that cluster, with the
+#                                                  citus and vector extensions, the workers registered
+#   scripts/servers.sh citus-install              only make sure Citus is installed (see ensure_citus)
 #
 # PG_EXTRA_OPTS adds postgres -c options (e.g. "-c ssl=on -c ssl_cert_file=..."); they
 # come last, so "-c fsync=on" gives a durable server (the fault campaign's).
@@ -66,6 +72,71 @@ ensure_pgvector() {
     && make -s install PG_CONFIG="$pgconfig" >/dev/null) || die "pgvector did not build"
   rm -rf "$apt"
   [ -f "/usr/share/postgresql/$version/extension/vector.control" ] || die "pgvector did not install"
+}
+
+# Citus for the server's PostgreSQL when it lacks it: built from source, once per
+# machine (the installed extension is the cache). The source is CITUS_SRC (a tree),
+# else the tarball and patch kept in ../shared/citus/ beside the repository (checked
+# against its sha256), else the upstream release. Citus is in none of Debian's
+# archives; on a machine that reaches Citus's own apt repository, installing
+# postgresql-<version>-citus-13.2 first makes all of this a no-op.
+CITUS_VERSION=13.2.2
+CITUS_SHA256=9b0907650e8688465d616921004541a36ceb91a0acb62e9998a2f144e7b0f544
+ensure_citus() {
+  local bin=$1 version lock
+  version=$(basename "$(dirname "$bin")")
+  [ -f "/usr/share/postgresql/$version/extension/citus.control" ] && return 0
+  is_root || die "Citus is missing for PostgreSQL $version; install postgresql-$version-citus-13.2 (https://docs.citusdata.com) or build it from source (CITUS_SRC, ../shared/citus/README.md)"
+  # Test binaries start in parallel: one builds, the others wait and find it installed.
+  lock=/tmp/ragspool-citus-build.lock
+  exec 9>"$lock"
+  flock 9
+  if [ ! -f "/usr/share/postgresql/$version/extension/citus.control" ]; then
+    build_citus "$version" || { flock -u 9; die "Citus did not build (see $CITUS_BUILD_LOG)"; }
+  fi
+  flock -u 9
+  [ -f "/usr/share/postgresql/$version/extension/citus.control" ] || die "Citus did not install"
+}
+
+build_citus() {
+  local version=$1 pgconfig here shared work tree
+  pgconfig=/usr/lib/postgresql/$version/bin/pg_config
+  [ -x "$pgconfig" ] && [ -d "/usr/include/postgresql/$version/server" ] || apt_install "postgresql-server-dev-$version"
+  # PostgreSQL's server headers include GSSAPI's (Debian builds it with Kerberos);
+  # lz4 and zstd are Citus's columnar compressors.
+  dpkg -s libkrb5-dev liblz4-dev libzstd-dev >/dev/null 2>&1 || apt_install libkrb5-dev liblz4-dev libzstd-dev
+  command -v make >/dev/null && command -v gcc >/dev/null || apt_install make gcc
+  here=$(cd "$(dirname "$0")/.." && pwd)
+  shared=$here/../shared/citus
+  work=$(mktemp -d)
+  CITUS_BUILD_LOG=$work/build.log
+  if [ -n "${CITUS_SRC:-}" ]; then
+    [ -x "$CITUS_SRC/configure" ] || die "CITUS_SRC=$CITUS_SRC holds no Citus source tree"
+    cp -a "$CITUS_SRC" "$work/citus"
+    tree=$work/citus
+  elif [ -f "$shared/citus-$CITUS_VERSION.tar.gz" ]; then
+    echo "$CITUS_SHA256  $shared/citus-$CITUS_VERSION.tar.gz" | sha256sum -c --quiet - >&2 \
+      || die "$shared/citus-$CITUS_VERSION.tar.gz does not match its sha256"
+    tar -xzf "$shared/citus-$CITUS_VERSION.tar.gz" -C "$work"
+    tree=$work/citus-$CITUS_VERSION
+    (cd "$tree" && patch -s -p1 < "$shared/pg15-minor.patch") || die "pg15-minor.patch does not apply"
+  else
+    command -v curl >/dev/null || apt_install curl ca-certificates
+    curl -fsSL "https://github.com/citusdata/citus/archive/refs/tags/v$CITUS_VERSION.tar.gz" -o "$work/citus.tar.gz" \
+      || die "cannot download Citus $CITUS_VERSION; set CITUS_SRC to a source tree"
+    tar -xzf "$work/citus.tar.gz" -C "$work"
+    tree=$work/citus-$CITUS_VERSION
+    # The fix of pg15-minor.patch: PostgreSQL 15's later minors export the
+    # have_createdb_privilege that Citus defines for itself.
+    if grep -q have_createdb_privilege "/usr/include/postgresql/$version/server/commands/dbcommands.h"; then
+      sed -i '/^have_createdb_privilege(void)$/i #define have_createdb_privilege citus_have_createdb_privilege' \
+        "$tree/src/include/pg_version_compat.h"
+    fi
+  fi
+  # --without-libcurl: no anonymous usage statistics sent from a test server.
+  (cd "$tree" && ./configure --without-libcurl PG_CONFIG="$pgconfig" && make -j"$(nproc)" && make install) \
+    >"$CITUS_BUILD_LOG" 2>&1 || { tail -30 "$CITUS_BUILD_LOG" >&2; return 1; }
+  rm -rf "$work"
 }
 
 # Runs a command as the postgres user when we are root (PostgreSQL refuses root).
@@ -132,6 +203,65 @@ start_standby() {
   run_pg "$dir" "$bin" "-c synchronous_commit=on" || die "the standby did not start"
 }
 
+# A Citus coordinator and two workers, each a server of its own under DIR/<node>
+# (so pg-stop/pg-start DIR/worker1 stop and restart one worker), started side by
+# side. Two-phase commit across nodes needs max_prepared_transactions; Citus runs a
+# maintenance daemon per database on every node, hence more background workers.
+CITUS_NODES="coordinator worker1 worker2"
+start_citus() {
+  local dir=$1 bin node port
+  bin=$(pg_bin)
+  if [ -z "$bin" ]; then apt_install postgresql; bin=$(pg_bin); fi
+  ensure_citus "$bin"
+  ensure_pgvector "$bin"
+  for node in $CITUS_NODES; do
+    mkdir -p "$dir/$node"
+    if is_root; then chown postgres "$dir/$node"; fi
+    PG_EXTRA_OPTS="-c shared_preload_libraries=citus -c max_prepared_transactions=200 -c max_worker_processes=64 ${PG_EXTRA_OPTS:-}" \
+      start_pg "$dir/$node" >"$dir/$node/start.out" 2>&1 &
+  done
+  wait
+  for node in $CITUS_NODES; do
+    port=$(sed -n 's/^PG_PORT=//p' "$dir/$node/start.out")
+    [ -n "$port" ] || die "the Citus $node did not start: $(tail -5 "$dir/$node/start.out")"
+    echo "$port" > "$dir/$node/port"
+    echo "$(echo "$node" | tr a-z A-Z)_PORT=$port"
+  done
+  echo "PG_BIN=$bin"
+}
+
+# Database NAME on every node of the cluster under DIR (the nodes side by side):
+# Citus propagates neither CREATE DATABASE nor the extensions, and keeps its node
+# list per database.
+citus_db() {
+  local dir=$1 name=$2 bin node coord failed=""
+  bin=$(pg_bin)
+  coord=$(cat "$dir/coordinator/port")
+  for node in $CITUS_NODES; do
+    citus_db_node "$bin" "$(cat "$dir/$node/port")" "$name" >"$dir/$node/db.out" 2>&1 &
+  done
+  wait
+  for node in $CITUS_NODES; do
+    grep -q '^ok$' "$dir/$node/db.out" || failed="$failed $node: $(tail -3 "$dir/$node/db.out")"
+  done
+  [ -z "$failed" ] || die "cannot create $name with its extensions on$failed"
+  as_pg "$bin/psql" -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$coord" -U postgres -d "$name" \
+    -c "SET client_min_messages = warning" \
+    -c "SELECT citus_set_coordinator_host('127.0.0.1', $coord)" \
+    -c "SELECT citus_add_node('127.0.0.1', $(cat "$dir/worker1/port"))" \
+    -c "SELECT citus_add_node('127.0.0.1', $(cat "$dir/worker2/port"))" >/dev/null \
+    || die "cannot register the workers in $name"
+}
+
+citus_db_node() {
+  local bin=$1 port=$2 name=$3
+  as_pg "$bin/psql" -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+    -c "CREATE DATABASE \"$name\"" >/dev/null \
+  && as_pg "$bin/psql" -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$name" \
+    -c "SET client_min_messages = warning; CREATE EXTENSION citus; CREATE EXTENSION vector" >/dev/null \
+  && echo ok
+}
+
 pg_stop() {
   as_pg "$(pg_bin)/pg_ctl" -D "$1/pg" stop -m immediate >/dev/null
 }
@@ -141,8 +271,12 @@ pg_start() {
 }
 
 stop() {
-  local dir=$1 bin
+  local dir=$1 bin node
   [ -d "$dir" ] || return 0
+  for node in "$dir"/*/pg/postmaster.pid; do
+    [ -f "$node" ] || continue
+    as_pg "$(pg_bin)/pg_ctl" -D "$(dirname "$node")" stop -m immediate >/dev/null 2>&1 || true
+  done
   if [ -f "$dir/pg/postmaster.pid" ]; then
     bin=$(pg_bin)
     as_pg "$bin/pg_ctl" -D "$dir/pg" stop -m immediate >/dev/null 2>&1 || true
@@ -152,6 +286,10 @@ stop() {
 }
 
 cmd=${1:-}; dir=${2:-}
+if [ "$cmd" = citus-install ]; then
+  bin=$(pg_bin); [ -n "$bin" ] || die "no PostgreSQL under /usr/lib/postgresql"
+  ensure_citus "$bin"; exit 0
+fi
 [ -n "$dir" ] || die "usage: servers.sh start|stop DIR [pg|redis|all]"
 case "$cmd" in
   start)
@@ -170,5 +308,7 @@ case "$cmd" in
   pg-promote) as_pg "$(pg_bin)/pg_ctl" -D "$dir/pg" promote -w >/dev/null ;;
   standby) mkdir -p "$dir"; dir=$(cd "$dir" && pwd); start_standby "$dir" "${3:?primary port}" ;;
   pg-start) pg_start "$dir" ;;
+  citus) mkdir -p "$dir"; dir=$(cd "$dir" && pwd); start_citus "$dir" ;;
+  citus-db) citus_db "$dir" "${3:?database name}" ;;
   *) die "usage: servers.sh start|stop DIR [pg|redis|all]" ;;
 esac

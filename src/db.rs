@@ -51,8 +51,20 @@ impl Db {
         // COPY for ever: every statement and lock wait is bounded, and the expiry is
         // retried as transient.
         let (statement, lock) = config.db_timeouts;
+        // On a Citus coordinator: a transaction's SET LOCAL (the change set's planner
+        // hint) reaches the workers' shards too; and the session keeps the
+        // connections a file's COPY opened to the workers (one per shard placement,
+        // up to citus.max_adaptive_executor_pool_size) for the next file, rather than
+        // the one per worker Citus keeps by default: opening them again for every
+        // file took longer than its COPY (see README, Several hosts).
+        let citus = match config.distribution {
+            crate::config::Distribution::Citus => {
+                " -c citus.propagate_set_commands=local -c citus.max_cached_conns_per_worker=16"
+            }
+            crate::config::Distribution::None => "",
+        };
         db.config.options(&format!(
-            "-c TimeZone=UTC -c statement_timeout={statement} -c lock_timeout={lock}"
+            "-c TimeZone=UTC -c statement_timeout={statement} -c lock_timeout={lock}{citus}"
         ));
         Ok(db)
     }
@@ -236,6 +248,20 @@ const TRANSIENT_STATES: [&str; 9] = [
     "57P01", "57P02", "57P03", "40001", "40P01", "53300", "53400", "57014", "55P03",
 ];
 
+/// libpq's words for a connection lost mid-statement. A Citus coordinator relays
+/// them, when its connection to a worker breaks (a worker restarting), as XX000:
+/// its code for a worker's answer that carries no SQLSTATE.
+const LOST_CONNECTION: [&str; 8] = [
+    "server closed the connection unexpectedly",
+    "failure on connection marked as essential",
+    "SSL SYSCALL error",
+    "SSL error",
+    "could not receive data from",
+    "could not send data to",
+    "connection to server was lost",
+    "connection to the remote node",
+];
+
 /// Whether `e` is a TLS verification failure (wrong CA, wrong host name): a
 /// configuration problem that retrying cannot fix.
 pub(crate) fn is_tls_failure(e: &postgres::Error) -> bool {
@@ -280,7 +306,11 @@ pub(crate) fn is_transient(e: &postgres::Error) -> bool {
     match e.code() {
         Some(code) => {
             let code = code.code();
-            TRANSIENT_STATES.contains(&code) || code.starts_with("08")
+            TRANSIENT_STATES.contains(&code)
+                || code.starts_with("08")
+                || (code == "XX000"
+                    && e.as_db_error()
+                        .is_some_and(|db| LOST_CONNECTION.iter().any(|m| db.message().contains(m))))
         }
         // No SQLSTATE: an I/O error, a closed connection or a failed connect.
         None => e.as_db_error().is_none(),

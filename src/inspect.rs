@@ -35,9 +35,10 @@ pub(crate) fn findings(config: &Config) -> Vec<Finding> {
     if log_ok {
         found.extend(failure_log_chain(&config.failure_log));
     }
-    let (db, anchor) = database(config);
+    let (db, anchor, cluster) = database(config);
     found.push(db);
     found.extend(anchor.filter(|a| log_ok || a.problem.is_some()));
+    found.extend(cluster);
     found.push(redis(config));
     found.extend(endpoints(config));
     found
@@ -160,11 +161,13 @@ fn endpoints(config: &Config) -> Vec<Finding> {
 }
 
 /// The database: reachable (one attempt, no retries) and at the schema version;
-/// and, on the same connection, the failure log against its anchor there.
-fn database(config: &Config) -> (Finding, Option<Finding>) {
+/// and, on the same connection, the failure log against its anchor there and
+/// (SPEC §16) the Citus cluster's nodes and tables.
+fn database(config: &Config) -> (Finding, Option<Finding>, Vec<Finding>) {
     let names = Names::from_config(config);
     let mut what = format!("database, table {}", names.table);
     let mut anchor = None;
+    let mut cluster = Vec::new();
     let problem = (|| -> Result<Option<String>> {
         let db = crate::db::Db::from_config(config)?;
         let mut client = db
@@ -178,6 +181,17 @@ fn database(config: &Config) -> (Finding, Option<Finding>) {
             what = format!("database {}, table {}", row.get::<_, String>(0), names.table);
         }
         let version = crate::schema::current_version(&mut client, &names)?;
+        if config.distribution == crate::config::Distribution::Citus {
+            cluster = citus(&mut client, &names);
+        } else if crate::distribution::is_citus_table(&mut client, &names)? {
+            cluster = vec![Finding {
+                what: "distribution".into(),
+                problem: Some(format!(
+                    "{} is a Citus distributed table, but DISTRIBUTION is none; set DISTRIBUTION=citus",
+                    names.table
+                )),
+            }];
+        }
         if version < crate::schema::VERSION {
             return Ok(Some(format!(
                 "schema at version {version}, needs {}; run `ragspool migrate`",
@@ -199,7 +213,69 @@ fn database(config: &Config) -> (Finding, Option<Finding>) {
         what,
         problem: problem.unwrap_or_else(|e| Some(e.to_string().replace('\n', "; "))),
     };
-    (database, anchor)
+    (database, anchor, cluster)
+}
+
+/// SPEC §16: the coordinator, the workers it lists (each reached through it), and
+/// whether each table is distributed or on the coordinator as it should be.
+fn citus(client: &mut postgres::Client, names: &Names) -> Vec<Finding> {
+    use crate::distribution;
+    if let Err(e) = distribution::require_coordinator(client) {
+        return vec![Finding {
+            what: "citus coordinator".into(),
+            problem: Some(e.to_string().replace('\n', "; ")),
+        }];
+    }
+    let mut found = match distribution::nodes(client) {
+        Ok(nodes) => nodes_findings(nodes),
+        Err(e) => vec![Finding {
+            what: "citus nodes".into(),
+            problem: Some(e.to_string()),
+        }],
+    };
+    match distribution::table_findings(client, names) {
+        Ok(tables) => found.extend(
+            tables
+                .into_iter()
+                .map(|(what, problem)| Finding { what, problem }),
+        ),
+        Err(e) => found.push(Finding {
+            what: "citus tables".into(),
+            problem: Some(e.to_string()),
+        }),
+    }
+    found
+}
+
+/// One finding per node; a cluster without an active worker is one too.
+fn nodes_findings(nodes: Vec<crate::distribution::Node>) -> Vec<Finding> {
+    let workers = nodes.iter().filter(|n| !n.coordinator).count();
+    let mut found: Vec<Finding> = nodes
+        .into_iter()
+        .map(|n| {
+            let role = if n.coordinator {
+                "coordinator"
+            } else {
+                "worker"
+            };
+            let problem = match (n.active, n.unreachable) {
+                (false, _) => Some("inactive in pg_dist_node: Citus routes nothing to it".into()),
+                (true, Some(why)) if !n.coordinator => Some(format!("unreachable: {why}")),
+                _ => None,
+            };
+            Finding {
+                what: format!("citus {role} {}", n.address),
+                problem,
+            }
+        })
+        .collect();
+    if workers == 0 {
+        found.push(Finding {
+            what: "citus workers".into(),
+            problem: Some("the coordinator lists no worker; add them with citus_add_node".into()),
+        });
+    }
+    found
 }
 
 /// The failure log against its anchor in the database, when there is one.

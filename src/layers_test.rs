@@ -54,6 +54,7 @@ const LAYERS: &[(u8, &[&str])] = &[
             "db",
             "schema",
             "text_search",
+            "distribution",
             "partition",
             "metrics",
             "failure_log",

@@ -34,6 +34,7 @@ pub(crate) mod cmd;
 pub(crate) mod config;
 pub(crate) mod db;
 pub(crate) mod digest;
+pub(crate) mod distribution;
 pub(crate) mod error;
 pub(crate) mod failpoint;
 pub(crate) mod failure_log;

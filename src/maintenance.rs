@@ -296,20 +296,30 @@ fn retire(
 ) -> Result<Vec<String>> {
     let mut done = Vec::new();
     for (part, _) in retirees(ranges, names, s)? {
-        let sql = if s.drop {
-            format!(
-                "ALTER TABLE {} DETACH PARTITION {part}; DROP TABLE {part};",
-                names.table
-            )
-        } else {
-            format!("ALTER TABLE {} DETACH PARTITION {part};", names.table)
-        };
-        match client.batch_execute(&sql) {
+        let mut sql = vec![format!(
+            "ALTER TABLE {} DETACH PARTITION {part}",
+            names.table
+        )];
+        if s.drop {
+            sql.push(format!("DROP TABLE {part}"));
+        }
+        match retire_one(client, &sql) {
             Ok(()) => done.push(part),
             Err(e) => log::warn!("retention: cannot retire {part}: {}", db::describe(&e)),
         }
     }
     Ok(done)
+}
+
+/// One partition's DETACH (and DROP) in one transaction, a statement at a time:
+/// a Citus coordinator refuses DDL on a distributed table that shares a query
+/// string with other statements.
+fn retire_one(client: &mut postgres::Client, sql: &[String]) -> Result<(), postgres::Error> {
+    let mut tx = client.transaction()?;
+    for statement in sql {
+        tx.batch_execute(statement)?;
+    }
+    tx.commit()
 }
 
 fn record(client: &mut postgres::Client, names: &Names, s: &Settings, r: &Report) -> Result<()> {

@@ -474,14 +474,21 @@ fn create_native(tx: &mut postgres::Transaction<'_>, names: &Names, start: Date)
     // CREATE + ATTACH rather than CREATE ... PARTITION OF: ATTACH takes only a SHARE
     // UPDATE EXCLUSIVE lock, so COPYs into other partitions go on meanwhile. ATTACH
     // also builds the parent's indexes (doc_id, and HNSW and GIN with `always`) on it.
-    let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {part} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED){with};\n\
-         ALTER TABLE {table} ATTACH PARTITION {part} FOR VALUES FROM ('{start} 00:00:00+00') TO ('{next} 00:00:00+00');",
-        table = names.table,
-        with = names.storage.with_clause(),
+    // Two statements, not one string: a Citus coordinator relays the ATTACH of a
+    // distributed table's partition wrongly when it shares a query with others.
+    let table = &names.table;
+    let create = format!(
+        "CREATE TABLE IF NOT EXISTS {part} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED){}",
+        names.storage.with_clause(),
     );
-    tx.batch_execute(&sql)
-        .map_err(|e| db::classify(e, &format!("creating partition {part}")))
+    let attach = format!(
+        "ALTER TABLE {table} ATTACH PARTITION {part} FOR VALUES FROM ('{start} 00:00:00+00') TO ('{next} 00:00:00+00')"
+    );
+    for sql in [create, attach] {
+        tx.batch_execute(&sql)
+            .map_err(|e| db::classify(e, &format!("creating partition {part}")))?;
+    }
+    Ok(())
 }
 
 /// The UTC day of microseconds since the epoch.
@@ -517,9 +524,11 @@ pub(crate) fn heal_refusal(names: &Names, days: &BTreeSet<Date>, today: Date) ->
 }
 
 /// Whether a database error is PostgreSQL's "no partition of relation … found for row".
+/// A Citus coordinator relays a worker's COPY error as XX000, naming the shard.
 pub(crate) fn is_no_partition(e: &postgres::Error) -> bool {
     e.as_db_error().is_some_and(|db| {
-        db.code().code() == "23514" && db.message().starts_with("no partition of relation")
+        matches!(db.code().code(), "23514" | "XX000")
+            && db.message().starts_with("no partition of relation")
     })
 }
 

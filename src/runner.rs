@@ -450,8 +450,19 @@ impl Runner {
 
     /// Runs `op` on a fresh connection (recovery's few reads).
     fn with_client<T>(&self, op: impl FnOnce(&mut postgres::Client) -> Result<T>) -> Result<T> {
-        let mut client = self.ingest.db.connect()?;
+        let mut client = self.connect()?;
         op(&mut client)
+    }
+
+    /// A connection, within the retry budget; on a Citus coordinator, once it
+    /// reaches its workers too (a worker that restarts is waited for).
+    fn connect(&self) -> Result<postgres::Client> {
+        let mut client = self.ingest.db.connect()?;
+        if self.ingest.citus {
+            let budget = self.ingest.db.retry_budget();
+            crate::distribution::wait_for_workers(&mut client, budget)?;
+        }
+        Ok(client)
     }
 
     /// Queues (durably, in outbox/cache/) the invalidation of the cached answers
@@ -610,10 +621,9 @@ impl Runner {
                     return Err(e);
                 }
                 // The connection is suspect: reconnect (within the retry budget) and try
-                // this file once more; if that fails too, it stays in processing/.
+                // this file again; if that fails too, it stays in processing/.
                 log::warn!("batch {tag}: {}: {e}; reconnecting", file.name);
-                client = self.ingest.db.connect()?;
-                self.ingest.file(&mut client, tag, &file)
+                self.try_again(&mut client, tag, &file)
             });
             let settled =
                 result.and_then(|(outcome, attempt)| self.settle(flight, &file, &outcome, attempt));
@@ -623,6 +633,29 @@ impl Runner {
                 if e.class() == Class::TempFail {
                     return;
                 }
+            }
+        }
+    }
+
+    /// Tries a file again on a new connection after a transient failure: once; on a
+    /// Citus coordinator, until it goes in or RETRY_MAX_SECS is spent, since a worker
+    /// that restarted fails statements that reach it for a while after it answers.
+    fn try_again(
+        &self,
+        client: &mut postgres::Client,
+        tag: &BatchTag,
+        file: &Claimed,
+    ) -> Result<(FileOutcome, u32)> {
+        let mut backoff = crate::backoff::Backoff::new(self.ingest.db.retry_budget());
+        loop {
+            *client = self.connect()?;
+            match self.ingest.file(client, tag, file) {
+                Err(e)
+                    if self.ingest.citus && e.class() == Class::TempFail && backoff.wait(None) =>
+                {
+                    log::warn!("batch {tag}: {}: {e}; trying again", file.name);
+                }
+                other => return other,
             }
         }
     }

@@ -123,8 +123,14 @@ pub(crate) struct Migrated {
 }
 
 /// Brings the schema up to [`VERSION`] under an advisory lock, and the table to
-/// what the storage settings ask (SPEC §10, §15).
-pub(crate) fn migrate(client: &mut Client, names: &Names) -> Result<Migrated> {
+/// what the storage settings ask (SPEC §10, §15). `finish` runs last in the
+/// migration's transaction, under its lock (a Citus coordinator distributes the
+/// tables there, SPEC §16), so that a crash leaves either all of it or none.
+pub(crate) fn migrate(
+    client: &mut Client,
+    names: &Names,
+    finish: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<()>,
+) -> Result<Migrated> {
     let mut tx = client
         .transaction()
         .map_err(|e| db::classify(e, "starting the migration"))?;
@@ -166,6 +172,7 @@ pub(crate) fn migrate(client: &mut Client, names: &Names) -> Result<Migrated> {
         tx.batch_execute(&sql)
             .map_err(|e| db::classify(e, &format!("creating the {} index", index.label())))?;
     }
+    finish(&mut tx)?;
     tx.commit()
         .map_err(|e| db::classify(e, "committing the migration"))?;
     Ok(Migrated {

@@ -313,10 +313,16 @@ pub(crate) static COMMANDS: &[Command] = &[
     Command {
         name: "migrate",
         summary: "create or upgrade the database schema (idempotent)",
-        usage: "[--json]",
-        doc: "Under an advisory lock, creates or upgrades the seven tables: the partitioned target table (RAGSPOOL_TABLE), ragspool_schema_version, ragspool_manifest, ragspool_maintenance_runs, ragspool_docs, ragspool_doc_events and ragspool_failure_log_anchor; then the partitions from today to today + PARTITION_PREMAKE_DAYS. Safe to run again.",
+        usage: "[--distribute] [--json]",
+        doc: "Under an advisory lock, creates or upgrades the seven tables: the partitioned target table (RAGSPOOL_TABLE), ragspool_schema_version, ragspool_manifest, ragspool_maintenance_runs, ragspool_docs, ragspool_doc_events and ragspool_failure_log_anchor; then the partitions from today to today + PARTITION_PREMAKE_DAYS. Safe to run again. With DISTRIBUTION=citus it distributes the target table, ragspool_docs and ragspool_doc_events by doc_id on the Citus coordinator; tables that already exist undistributed only with --distribute.",
         positionals: (0, 0),
-        flags: &[JSON],
+        flags: &[
+            switch(
+                "distribute",
+                "DISTRIBUTION=citus: distribute existing tables too, printing first how many rows Citus moves",
+            ),
+            JSON,
+        ],
         actions: &[],
         action_kind: "",
         or_switch: None,

@@ -1,20 +1,37 @@
 //! `ragspool migrate`: create or upgrade the schema, hand the table to pg_partman
 //! when it is installed in the database, the premake window, and the partitions'
-//! storage parameter.
+//! storage parameter; with DISTRIBUTION=citus, the tables distributed by doc_id.
 
 use crate::cli::Args;
-use crate::config::Config;
+use crate::config::{Config, Distribution};
 use crate::db::Db;
-use crate::error::{Outcome, Result};
+use crate::distribution;
+use crate::error::{Error, Outcome, Result};
 use crate::partition;
 use crate::schema::{self, Names};
 use std::collections::BTreeSet;
 
 pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
+    let citus = config.distribution == Distribution::Citus;
+    if args.has("distribute") && !citus {
+        return Err(Error::config(
+            "`migrate --distribute` needs `DISTRIBUTION` set to citus",
+        ));
+    }
     let db = Db::from_config(config)?;
     let mut client = db.connect()?;
     let names = Names::from_config(config);
-    let migrated = schema::migrate(&mut client, &names)?;
+    let survey = match citus {
+        true => Some(survey(&mut client, &names, args.has("distribute"))?),
+        false => None,
+    };
+    let mut distributed = Vec::new();
+    let migrated = schema::migrate(&mut client, &names, |tx| {
+        if let Some(survey) = &survey {
+            distributed = distribution::distribute(tx, &names, survey)?;
+        }
+        Ok(())
+    })?;
     let (before, after) = (migrated.before, migrated.after);
     let today = time::OffsetDateTime::now_utc().date();
     let window: BTreeSet<time::Date> = (0..=i64::from(config.partition_premake_days))
@@ -47,6 +64,12 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
             names.storage.text_search.as_deref().unwrap_or_default()
         ));
     }
+    if !distributed.is_empty() {
+        message.push_str(&format!(
+            "distributed by doc_id on the Citus coordinator: {}\n",
+            distributed.join(", ")
+        ));
+    }
     if !lacking.is_empty() {
         message.push_str(&format!(
             "toast_tuple_target={} set on {} existing partition(s)\n",
@@ -63,9 +86,26 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
             "partitions_created": created,
             "handed_to_partman": registered,
             "toast_tuple_target_set_on": lacking,
+            "distributed": distributed,
         }))?;
     } else {
         super::emit(&message)?;
     }
     Ok(Outcome::Clean)
+}
+
+/// Where the tables to distribute stand; refuses (78) to distribute tables that
+/// already exist unless `confirmed`, and otherwise prints first what Citus will move.
+fn survey(
+    client: &mut postgres::Client,
+    names: &Names,
+    confirmed: bool,
+) -> Result<distribution::Survey> {
+    distribution::require_coordinator(client)?;
+    let survey = distribution::survey(client, names)?;
+    distribution::require_confirmation(&survey, confirmed)?;
+    if !survey.local().is_empty() {
+        super::emit(&survey.plan())?;
+    }
+    Ok(survey)
 }

@@ -65,6 +65,9 @@ pub(crate) fn runner(config: &Config) -> Result<Runner> {
     if let Some(limit) = hang_limit(config) {
         crate::heartbeat::hang_guard(limit);
     }
+    if config.distribution == crate::config::Distribution::Citus {
+        crate::distribution::resolve_in_doubt(&Db::from_config(config)?);
+    }
     let failure_log = crate::failure_log::shared(&config.failure_log)?;
     let host = host_name();
     let notifier = Notifier::new(config, Some(failure_log.clone()), &host)?;
@@ -107,6 +110,7 @@ pub(crate) fn ingest(config: &Config) -> Result<Ingest> {
         max_file_bytes: config.max_file_bytes,
         max_faults: config.file_max_faults,
         host: host_name(),
+        citus: config.distribution == crate::config::Distribution::Citus,
     })
 }
 

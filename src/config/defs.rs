@@ -169,6 +169,10 @@ fn doc_mode(raw: &str) -> Result<(), String> {
     one_of(raw, &["append", "replace"])
 }
 
+fn distribution(raw: &str) -> Result<(), String> {
+    one_of(raw, &["none", "citus"])
+}
+
 fn interval(raw: &str) -> Result<(), String> {
     one_of(raw, &["day", "month"])
 }
@@ -437,6 +441,12 @@ pub(crate) static SETTINGS: &[Setting] = &[
         Value("append"),
         "`append`: a file's rows are added; `replace`: they replace every row of each doc_id the file carries",
         doc_mode,
+    ),
+    s(
+        "DISTRIBUTION",
+        Value("none"),
+        "`none`: one PostgreSQL server; `citus`: DATABASE_URL is a Citus coordinator and the target table is distributed by doc_id",
+        distribution,
     ),
     s("GATE_URL", Unset, "gate webhook URL", http_url),
     secret("GATE_TOKEN", "bearer token sent to the gate"),

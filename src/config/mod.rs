@@ -168,6 +168,8 @@ pub(crate) struct Config {
     pub(crate) maintenance_alert_after: u32,
     /// SPEC §10: embedding type, vector index, DOC_MODE, partitions.
     pub(crate) storage: crate::storage::Storage,
+    /// DISTRIBUTION (SPEC §16).
+    pub(crate) distribution: Distribution,
     /// METRICS_FILE.
     pub(crate) metrics_file: Option<PathBuf>,
     /// REDIS_*; `None` when REDIS_HOST is unset.
@@ -185,6 +187,15 @@ pub(crate) struct Config {
     /// What loading noticed but did not refuse (an unknown key in the env file),
     /// for the caller to log once logging is set up.
     pub(crate) warnings: Vec<String>,
+}
+
+/// Where the target table lives (SPEC §16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Distribution {
+    /// One PostgreSQL server.
+    None,
+    /// DATABASE_URL is a Citus coordinator; the table is distributed by doc_id.
+    Citus,
 }
 
 /// Raw values with their origins, before checking.
@@ -451,6 +462,11 @@ fn build(raw: &Raw, problems: &mut Vec<String>) -> Config {
         partition_drop: raw.flag("PARTITION_DROP", false),
         maintenance_alert_after: num("MAINTENANCE_ALERT_AFTER").map_or(3, |d| d as u32),
         storage,
+        distribution: if raw.get("DISTRIBUTION") == Some("citus") {
+            Distribution::Citus
+        } else {
+            Distribution::None
+        },
         metrics_file: text("METRICS_FILE").map(PathBuf::from),
         redis,
         default_ttl_seconds: num("DEFAULT_TTL_SECONDS").unwrap_or(3600),

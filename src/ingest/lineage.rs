@@ -109,12 +109,14 @@ pub(crate) fn trace(
             &[&doc_id],
         )
         .map_err(|e| db::classify(e, "reading the document's rows"))?;
+    // On Citus a row's tableoid is its shard's: name the logical partition.
+    let partitions = crate::distribution::logical_names(client, now.get(1))?;
     Ok(Trace {
         doc_id: doc_id.to_string(),
         events,
         now: Now {
             rows: now.get(0),
-            partitions: now.get(1),
+            partitions,
             embedding_models: now.get(2),
         },
     })

@@ -52,6 +52,8 @@ pub(crate) struct Ingest {
     pub(crate) max_faults: u32,
     /// This host's name, for the manifest.
     pub(crate) host: String,
+    /// DATABASE_URL is a Citus coordinator (DISTRIBUTION=citus).
+    pub(crate) citus: bool,
 }
 
 /// How one file ended.

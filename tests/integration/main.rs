@@ -7,6 +7,7 @@
 mod support;
 
 mod cache;
+mod citus;
 mod cli;
 mod deps;
 mod embed_pace;

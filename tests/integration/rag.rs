@@ -198,9 +198,9 @@ fn settings_that_cannot_work_together_exit_78_naming_them() {
 
 /// One file of the ordering test: per document, either the chunks that replace it
 /// or a delete record.
-type Version = BTreeMap<&'static str, Option<u32>>;
+pub(crate) type Version = BTreeMap<&'static str, Option<u32>>;
 
-fn write_versions(env: &TestEnv, versions: &[Version]) {
+pub(crate) fn write_versions(env: &TestEnv, versions: &[Version]) {
     let base = SystemTime::now() - Duration::from_secs(3600);
     for (i, v) in versions.iter().enumerate() {
         // A delete of a document of its own makes every file's content unique (an
@@ -240,7 +240,7 @@ fn write_versions(env: &TestEnv, versions: &[Version]) {
 }
 
 /// The table as applying `versions` one at a time would leave it.
-fn expected(versions: &[Version]) -> BTreeMap<String, Vec<(i32, String)>> {
+pub(crate) fn expected(versions: &[Version]) -> BTreeMap<String, Vec<(i32, String)>> {
     let mut table: BTreeMap<String, Vec<(i32, String)>> = BTreeMap::new();
     for (i, v) in versions.iter().enumerate() {
         for (doc, chunks) in v {
@@ -254,7 +254,7 @@ fn expected(versions: &[Version]) -> BTreeMap<String, Vec<(i32, String)>> {
     table
 }
 
-fn actual(env: &TestEnv) -> BTreeMap<String, Vec<(i32, String)>> {
+pub(crate) fn actual(env: &TestEnv) -> BTreeMap<String, Vec<(i32, String)>> {
     let mut table: BTreeMap<String, Vec<(i32, String)>> = BTreeMap::new();
     let mut c = pg(&env.db_url());
     for r in c
@@ -273,7 +273,7 @@ fn actual(env: &TestEnv) -> BTreeMap<String, Vec<(i32, String)>> {
 }
 
 /// Many files updating the same few documents, replaces and deletes mixed.
-fn versions(files: usize, seed: u64) -> Vec<Version> {
+pub(crate) fn versions(files: usize, seed: u64) -> Vec<Version> {
     let docs = ["alpha", "beta", "gamma", "delta"];
     let mut s = seed | 1;
     let mut next = || {

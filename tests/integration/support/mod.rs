@@ -3,6 +3,7 @@
 //! cleared environment, a deadline, and a full report when an expectation fails.
 
 pub mod certs;
+pub mod citus;
 pub mod http;
 pub mod servers;
 
