@@ -237,12 +237,13 @@ citus_db() {
   local dir=$1 name=$2 bin node coord failed=""
   bin=$(pg_bin)
   coord=$(cat "$dir/coordinator/port")
+  # One output file per database: tests create databases on one cluster at once.
   for node in $CITUS_NODES; do
-    citus_db_node "$bin" "$(cat "$dir/$node/port")" "$name" >"$dir/$node/db.out" 2>&1 &
+    citus_db_node "$bin" "$(cat "$dir/$node/port")" "$name" >"$dir/$node/db-$name.out" 2>&1 &
   done
   wait
   for node in $CITUS_NODES; do
-    grep -q '^ok$' "$dir/$node/db.out" || failed="$failed $node: $(tail -3 "$dir/$node/db.out")"
+    grep -q '^ok$' "$dir/$node/db-$name.out" || failed="$failed $node: $(tail -3 "$dir/$node/db-$name.out")"
   done
   [ -z "$failed" ] || die "cannot create $name with its extensions on$failed"
   as_pg "$bin/psql" -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$coord" -U postgres -d "$name" \

@@ -3,7 +3,7 @@
 //! process is exactly once under SIGKILL and under a worker stopped mid-batch (no
 //! prepared transaction left behind), claim order holds for documents on
 //! different workers, self-heal and maintain create distributed partitions with
-//! their HNSW index on every shard, and trace and status name logical partitions.
+//! their HNSW and GIN (TEXT_SEARCH) indexes on every shard, and trace and status name logical partitions.
 
 use crate::rag::{actual, expected, versions, write_versions};
 use crate::support::citus::{Citus, citus};
@@ -212,9 +212,10 @@ fn existing_tables_are_distributed_only_by_migrate_distribute() {
 }
 
 #[test]
-fn process_heal_maintain_and_hnsw_on_a_coordinator_and_two_workers() {
+fn process_heal_maintain_hnsw_and_gin_on_a_coordinator_and_two_workers() {
     let mut env = env_on(citus());
     env.set("VECTOR_INDEX", "hnsw");
+    env.set("TEXT_SEARCH", "english");
     env.set("VECTOR_INDEX_QUIET_SECS", "0");
     env.ready();
     // Six days back: self-heal attaches the missing partitions.
@@ -249,7 +250,8 @@ fn process_heal_maintain_and_hnsw_on_a_coordinator_and_two_workers() {
         .env("PARTITION_PREMAKE_DAYS", "7")
         .output()
         .code(0)
-        .stdout_has("built the HNSW index on: rag_chunks_p");
+        .stdout_has("built the HNSW index on: rag_chunks_p")
+        .stdout_has("built the GIN index on: rag_chunks_p");
     assert_eq!(
         count(
             &url,
@@ -258,36 +260,10 @@ fn process_heal_maintain_and_hnsw_on_a_coordinator_and_two_workers() {
         parts + 3
     );
     assert_eq!(count(&url, undistributed), 0);
-    // Every shard of every sealed partition has its valid HNSW index.
+    // Every shard of every sealed partition has its valid HNSW and GIN indexes.
     let mut c = pg(&url);
-    let sealed: Vec<String> = c
-        .query(
-            "SELECT DISTINCT x.indrelid::regclass::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
-             JOIN pg_am am ON am.oid = i.relam WHERE am.amname = 'hnsw' AND x.indisvalid",
-            &[],
-        )
-        .expect("sealed partitions")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert!(sealed.len() >= 4, "{sealed:?}");
-    for part in &sealed {
-        let rows = c
-            .query(
-                "SELECT result FROM run_command_on_placements($1::text::regclass, \
-                 $$SELECT count(*) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_am am ON am.oid = i.relam \
-                   WHERE x.indrelid = '%s'::regclass AND am.amname = 'hnsw' AND x.indisvalid$$)",
-                &[part],
-            )
-            .expect("indexes per shard");
-        assert!(!rows.is_empty());
-        for r in rows {
-            assert_eq!(
-                r.get::<_, String>(0),
-                "1",
-                "a shard of {part} lacks its index"
-            );
-        }
+    for method in ["hnsw", "gin"] {
+        assert_every_shard_indexed(&mut c, method);
     }
     // trace and status name logical partitions, never shard tables.
     let doc: String = c
@@ -316,6 +292,43 @@ fn process_heal_maintain_and_hnsw_on_a_coordinator_and_two_workers() {
         .code(0)
         .stdout_has("dropped: rag_chunks_p");
     assert!(!out.stderr.contains("cannot retire"), "{}", out.stderr);
+}
+
+/// Every partition with a valid `method` index has it, valid, on each of its
+/// shards; at least four partitions are sealed.
+#[track_caller]
+fn assert_every_shard_indexed(c: &mut postgres::Client, method: &str) {
+    let sealed: Vec<String> = c
+        .query(
+            "SELECT DISTINCT x.indrelid::regclass::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+             JOIN pg_am am ON am.oid = i.relam WHERE am.amname = $1 AND x.indisvalid",
+            &[&method],
+        )
+        .expect("sealed partitions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(sealed.len() >= 4, "{method}: {sealed:?}");
+    for part in &sealed {
+        let command = format!(
+            "SELECT count(*) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_am am ON am.oid = i.relam \
+             WHERE x.indrelid = '%s'::regclass AND am.amname = '{method}' AND x.indisvalid"
+        );
+        let rows = c
+            .query(
+                "SELECT result FROM run_command_on_placements($1::text::regclass, $2)",
+                &[part, &command],
+            )
+            .expect("indexes per shard");
+        assert!(!rows.is_empty());
+        for r in rows {
+            assert_eq!(
+                r.get::<_, String>(0),
+                "1",
+                "a shard of {part} lacks its {method} index"
+            );
+        }
+    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! whose every element is checked against PostgreSQL's own f32 → f16 cast, the
 //! elements f16 cannot hold, halfvec with an embeddings endpoint (reuse, replace,
 //! trace, sealed indexes), the TEXT_SEARCH column with its GIN indexes, and the
-//! hybrid query of docs/reference.md.
+//! README's hybrid query.
 
 use crate::embeddings::{chunks, texts};
 use crate::ingest::{Val, drop_file, record, today_noonish};
@@ -585,22 +585,21 @@ fn text_search_is_added_by_migrate_indexed_when_sealed_and_guarded() {
     assert_eq!(gin_on(&url, &partition_of(today)), 1);
 }
 
-/// The reference's hybrid query (docs/reference.md), from the file `make demo` runs, with its psql
+/// The README's hybrid query, from the file `make demo` runs, with its psql
 /// variables given as literals.
 fn hybrid_query(embedding: &str, text: &str) -> String {
     let root = env!("CARGO_MANIFEST_DIR");
     let sql = std::fs::read_to_string(format!("{root}/examples/hybrid_search.sql"))
         .expect("examples/hybrid_search.sql");
-    let reference =
-        std::fs::read_to_string(format!("{root}/docs/reference.md")).expect("docs/reference.md");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README.md");
     let body: String = sql
         .lines()
         .filter(|l| !l.starts_with("--"))
         .collect::<Vec<_>>()
         .join("\n");
     assert!(
-        reference.contains(&body),
-        "docs/reference.md shows another query than examples/hybrid_search.sql"
+        readme.contains(&body),
+        "README.md shows another query than examples/hybrid_search.sql"
     );
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
     body.replace(":'query_embedding'", &quote(embedding))
