@@ -23,6 +23,11 @@ HALFVEC = {"EMBEDDING_TYPE": "halfvec", "EMBED_DIM": "384"}
 # SPEC 15's storage rows: each mode's process and COPY limit on the same rows.
 STORAGE = (("vector", VECTOR), ("halfvec", HALFVEC),
            ("halfvec + TEXT_SEARCH=english", dict(HALFVEC, TEXT_SEARCH="english")))
+def stamp():
+    """The report's time: UTC, to the minute."""
+    return time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+
+
 COLUMNS = "doc_id, chunk_index, content, embedding, metadata, source, created_at, batch_tag"
 
 
@@ -269,16 +274,26 @@ class Bench:
         self.report()
 
     def pace_only(self):
+        self.only("pace.md", lambda: [f"# ragspool embeddings pace, {stamp()}, {os.cpu_count()} CPUs"],
+                  lambda a, _source: self.embed_pace(a), self.pace_lines, source=False)
+
+    def only(self, result, title, measure, lines, source=True):
+        """One part of the benchmark alone, on its own throwaway servers: `measure(args,
+        source)`, then `title()` and `lines()` printed and written to bench/results/<result>."""
+        a = self.args
         self.setup()
         try:
-            self.embed_pace(self.args)
+            files = None
+            if source:
+                files = self.generate("big", a.files, a.records)
+                self.rows = a.files * a.records
+            measure(a, files)
         finally:
             self.stop()
-        text = "\n".join([f"# ragspool embeddings pace, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-                          f"{os.cpu_count()} CPUs"] + self.pace_lines()) + "\n"
+        text = "\n".join(title() + lines()) + "\n"
         print(text)
         (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-        (ROOT / "bench" / "results" / "pace.md").write_text(text)
+        (ROOT / "bench" / "results" / result).write_text(text)
 
     def compare(self, a):
         """--compare OTHER: client CPU per row of this build and OTHER, alternating, on
@@ -464,23 +479,13 @@ class Bench:
 
     def storage_only(self):
         a = self.args
-        self.setup()
-        try:
-            source = self.generate("big", a.files, a.records)
-            self.rows = a.files * a.records
-            self.storage(a, source)
-        finally:
-            self.stop()
-        text = "\n".join([
-            f"# ragspool storage formats, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs",
+        self.only("storage.md", lambda: [
+            f"# ragspool storage formats, {stamp()}, {os.cpu_count()} CPUs",
             "",
             f"WORKERS={a.workers}, {self.rows:,} rows ({a.files} files × {a.records} records, 384-dim embeddings, "
             f"~800-byte texts), {a.runs} runs each: median (min–max). Limits are PostgreSQL's own binary COPY "
             "(`psql \\copy`) of the same rows replayed into the same table (its generated column computed by the server).",
-        ] + self.storage_lines()) + "\n"
-        print(text)
-        (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-        (ROOT / "bench" / "results" / "storage.md").write_text(text)
+        ], self.storage, self.storage_lines)
 
     def citus(self, a, source):
         """SPEC 16: `process` through a Citus coordinator into two workers (every node
@@ -555,19 +560,10 @@ class Bench:
 
     def citus_only(self):
         a = self.args
-        self.setup()
-        try:
-            source = self.generate("big", a.files, a.records)
-            self.rows = a.files * a.records
-            self.citus(a, source)
-        finally:
-            self.stop()
-        text = "\n".join([f"# ragspool on Citus, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-                          f"{os.cpu_count()} CPUs, {self.rows:,} rows ({a.files} files × {a.records} records, "
-                          f"384-dim embeddings), {a.runs} runs each: median (min–max)"] + self.citus_lines()) + "\n"
-        print(text)
-        (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-        (ROOT / "bench" / "results" / "citus.md").write_text(text)
+        self.only("citus.md", lambda: [
+            f"# ragspool on Citus, {stamp()}, {os.cpu_count()} CPUs, {self.rows:,} rows ({a.files} files × "
+            f"{a.records} records, 384-dim embeddings), {a.runs} runs each: median (min–max)"
+        ], self.citus, self.citus_lines)
 
     def index_build(self, a):
         """VECTOR_INDEX_BUILD=always on a smaller load (COPY into an indexed partition is
@@ -771,7 +767,7 @@ class Bench:
         lines = [
             "# ragspool benchmark",
             "",
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, WORKERS={w}, "
+            f"{stamp()}, {os.cpu_count()} CPUs, WORKERS={w}, "
             f"{self.rows:,} rows ({self.args.files} files × {self.args.records} records, 384-dim embeddings, "
             f"~800-byte texts), spool {self.spool_bytes / 2**20:,.0f} MiB, {self.args.runs} runs each: median (min–max). "
             "Limits are PostgreSQL's own binary COPY (`psql \\copy`) of the same rows replayed into ragspool's table "

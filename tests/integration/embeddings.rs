@@ -48,15 +48,22 @@ pub(crate) fn embedding_env(server: &HttpServer) -> TestEnv {
 }
 
 pub(crate) fn chunks(doc: &'static str, contents: &[&'static str]) -> Vec<u8> {
+    chunks_at(doc, contents, None)
+}
+
+/// Records without embeddings, `created_at` set when `at` is.
+pub(crate) fn chunks_at(doc: &'static str, contents: &[&'static str], at: Option<i64>) -> Vec<u8> {
     contents
         .iter()
         .enumerate()
         .flat_map(|(i, c)| {
-            record(&[
+            let mut fields = vec![
                 ("doc_id", Val::Str(doc)),
                 ("chunk_index", Val::UInt(i as u64)),
                 ("content", Val::Str(c)),
-            ])
+            ];
+            fields.extend(at.map(|at| ("created_at", Val::Int(at))));
+            record(&fields)
         })
         .collect()
 }

@@ -48,15 +48,7 @@ fn vectors_land_in_a_pgvector_column_and_answer_nearest_neighbour_queries() {
     );
     env.run(&["process"]).output().code(1);
     let mut c = pg(&env.db_url());
-    let kind: String = c
-        .query_one(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
-             WHERE attrelid = 'rag_chunks'::regclass AND attname = 'embedding'",
-            &[],
-        )
-        .expect("column type")
-        .get(0);
-    assert_eq!(kind, "vector(3)");
+    assert_eq!(crate::support::embedding_type(&mut c), "vector(3)");
     let nearest: Vec<String> = c
         .query(
             "SELECT doc_id FROM rag_chunks ORDER BY embedding <=> '[0.9,0.1,0]' LIMIT 3",

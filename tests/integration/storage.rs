@@ -4,7 +4,7 @@
 //! trace, sealed indexes), the TEXT_SEARCH column with its GIN indexes, and the
 //! README's hybrid query.
 
-use crate::embeddings::{chunks, texts};
+use crate::embeddings::{chunks, chunks_at, texts};
 use crate::ingest::{Val, drop_file, record, today_noonish};
 use crate::support::http::{HttpServer, Request, Response};
 use crate::support::{TestEnv, count, pg};
@@ -120,15 +120,7 @@ fn every_halfvec_element_is_the_nearest_f16_as_postgres_casts_it() {
     drop_file(&env, "elements.msgpack", &file);
     env.run(&["process"]).output().code(0);
     let mut c = pg(&env.db_url());
-    let kind: String = c
-        .query_one(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
-             WHERE attrelid = 'rag_chunks'::regclass AND attname = 'embedding'",
-            &[],
-        )
-        .expect("column type")
-        .get(0);
-    assert_eq!(kind, "halfvec(8)");
+    assert_eq!(crate::support::embedding_type(&mut c), "halfvec(8)");
     for (doc, v) in &rows {
         let row = c
             .query_one(
@@ -268,21 +260,6 @@ fn partition_of(secs: i64) -> String {
     )
 }
 
-fn dated_chunks(doc: &'static str, contents: &[&'static str], at: i64) -> Vec<u8> {
-    contents
-        .iter()
-        .enumerate()
-        .flat_map(|(i, c)| {
-            record(&[
-                ("doc_id", Val::Str(doc)),
-                ("chunk_index", Val::UInt(i as u64)),
-                ("content", Val::Str(c)),
-                ("created_at", Val::Int(at)),
-            ])
-        })
-        .collect()
-}
-
 #[test]
 fn halfvec_from_the_endpoint_is_reused_replaced_traced_and_indexed_when_sealed() {
     let server = HttpServer::start(|req, _| halfvec_answer(req));
@@ -296,7 +273,11 @@ fn halfvec_from_the_endpoint_is_reused_replaced_traced_and_indexed_when_sealed()
     env.ready();
     let yesterday = today_noonish() - 86_400;
     let v1 = ["the first chunk", "the second chunk", "the third chunk"];
-    drop_file(&env, "v1.msgpack", &dated_chunks("story", &v1, yesterday));
+    drop_file(
+        &env,
+        "v1.msgpack",
+        &chunks_at("story", &v1, Some(yesterday)),
+    );
     env.run(&["process"]).output().code(0);
     let url = env.db_url();
     let stored = |c: &mut postgres::Client| -> Vec<(String, String, String)> {
@@ -329,7 +310,11 @@ fn halfvec_from_the_endpoint_is_reused_replaced_traced_and_indexed_when_sealed()
         "the second chunk, revised",
         "the third chunk",
     ];
-    drop_file(&env, "v2.msgpack", &dated_chunks("story", &v2, yesterday));
+    drop_file(
+        &env,
+        "v2.msgpack",
+        &chunks_at("story", &v2, Some(yesterday)),
+    );
     env.run(&["process"]).output().code(0);
     let fetched: Vec<String> = server
         .requests()

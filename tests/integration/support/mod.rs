@@ -504,6 +504,18 @@ pub fn count(url: &str, sql: &str) -> i64 {
     }
 }
 
+/// The type of `rag_chunks.embedding` as PostgreSQL names it (`vector(3)`).
+#[track_caller]
+pub fn embedding_type(c: &mut postgres::Client) -> String {
+    c.query_one(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+         WHERE attrelid = 'rag_chunks'::regclass AND attname = 'embedding'",
+        &[],
+    )
+    .expect("the embedding column's type")
+    .get(0)
+}
+
 /// The flags of one `ragspool gen`: `--files` and `--records` always, each other
 /// flag only when set, so that gen's own default applies to one left `None`.
 #[derive(Clone, Copy, Debug, Default)]
