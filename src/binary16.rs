@@ -1,11 +1,22 @@
 //! IEEE 754 binary16, the element of pgvector's `halfvec` (SPEC §15): f32 to the
-//! nearest f16 (ties to even) on the client, and back. A finite f32 whose nearest
-//! f16 is beyond ±65504 (|x| ≥ 65520: 65520 is the tie between 65504 and the first
-//! value past the range, and ties go to the even 65536) has no f16: the caller
-//! fails it rather than store an infinity, which pgvector refuses anyway.
+//! nearest f16 (ties to even) on the client, and back. An element whose magnitude
+//! is beyond 65504, the largest finite f16, is refused by the caller (SPEC §15),
+//! even one that would round down to 65504 (below 65520): a value the column
+//! cannot hold is the producer's to fix, not ours to clamp.
 
 /// The largest finite f16.
 pub(crate) const MAX: f32 = 65504.0;
+
+/// The f32 bits of [`MAX`]: a magnitude's bits above these are beyond it, and
+/// every infinity and NaN is too.
+const MAX_BITS: u32 = 0x477f_e000;
+
+/// Whether `bits` (an f32's) is a magnitude beyond 65504, an infinity or a NaN:
+/// what a halfvec must not take (SPEC §15).
+#[inline]
+pub(crate) fn beyond(bits: u32) -> bool {
+    bits & 0x7fff_ffff > MAX_BITS
+}
 
 /// The f16 bits nearest to `x`, ties to even; ±infinity beyond the range, and a
 /// quiet NaN for NaN.
@@ -88,8 +99,8 @@ pub(crate) fn to_f32(h: u16) -> f32 {
 }
 
 /// Whether f16 bits `h` are a finite number.
-#[inline]
-pub(crate) fn is_finite(h: u16) -> bool {
+#[cfg(test)]
+fn is_finite(h: u16) -> bool {
     h & 0x7c00 != 0x7c00
 }
 
@@ -99,11 +110,11 @@ pub(crate) fn is_zero(h: u16) -> bool {
     h & 0x7fff == 0
 }
 
-/// The first element of `v` that has no finite f16 (not finite, or rounding beyond
+/// The first element of `v` that a halfvec must not take (not finite, or beyond
 /// ±65504), with its index.
 pub(crate) fn first_beyond(v: &[f32]) -> Option<(usize, f32)> {
     v.iter()
-        .position(|x| !is_finite(from_f32(*x)))
+        .position(|x| beyond(x.to_bits()))
         .map(|i| (i, v[i]))
 }
 
@@ -184,12 +195,14 @@ mod tests {
         assert_eq!(from_f32(65520.0), 0x7c00, "the tie goes to the even 65536");
         assert_eq!(from_f32(-65520.0), 0xfc00);
         assert_eq!(from_f32(f32::MAX), 0x7c00);
-        assert_eq!(
-            first_beyond(&[1.0, below_tie, -65520.0]),
-            Some((2, -65520.0))
-        );
+        // SPEC §15 refuses what is beyond 65504, even what would round to it.
+        let above_max = f32::from_bits(MAX.to_bits() + 1);
+        assert_eq!(first_beyond(&[1.0, -above_max]), Some((1, -above_max)));
+        assert_eq!(first_beyond(&[1.0, below_tie]), Some((1, below_tie)));
+        assert_eq!(first_beyond(&[1.0, 0.5, -65520.0]), Some((2, -65520.0)));
         assert_eq!(first_beyond(&[1.0, f32::NAN]).map(|(i, _)| i), Some(1));
-        assert_eq!(first_beyond(&[MAX, -MAX]), None);
+        assert_eq!(first_beyond(&[1.0, f32::INFINITY]).map(|(i, _)| i), Some(1));
+        assert_eq!(first_beyond(&[MAX, -MAX, -0.0, 0.0]), None);
     }
 
     #[test]

@@ -306,11 +306,17 @@ pub(crate) fn is_transient(e: &postgres::Error) -> bool {
     match e.code() {
         Some(code) => {
             let code = code.code();
+            let says = |words: &[&str]| {
+                e.as_db_error()
+                    .is_some_and(|db| words.iter().any(|m| db.message().contains(m)))
+            };
             TRANSIENT_STATES.contains(&code)
                 || code.starts_with("08")
-                || (code == "XX000"
-                    && e.as_db_error()
-                        .is_some_and(|db| LOST_CONNECTION.iter().any(|m| db.message().contains(m))))
+                || (code == "XX000" && says(&LOST_CONNECTION))
+                // A Citus coordinator whose connection to a worker broke in the
+                // middle of a COPY (the worker stopped): the worker's outage, not
+                // the file's fault.
+                || (code == "58030" && says(&["failed to COPY to shard"]))
         }
         // No SQLSTATE: an I/O error, a closed connection or a failed connect.
         None => e.as_db_error().is_none(),

@@ -210,16 +210,25 @@ pub(crate) fn require_confirmation(survey: &Survey, confirmed: bool) -> Result<(
     )))
 }
 
-/// In the migration's transaction: distributes by doc_id, co-located with the
-/// target table, each table of `survey` that was missing (created by this
-/// migration) or plain (`require_confirmation` passed), and removes the rows a
-/// distributed table leaves behind on the coordinator. Returns the tables it
-/// distributed.
+/// In the migration's transaction, under its lock: surveys the tables again
+/// (another host's migrate may have gone first since the survey shown to the
+/// operator), refuses plain tables that hold rows unless `confirmed`, and a
+/// Citus table placed otherwise than by doc_id with the target table; then
+/// distributes by doc_id, co-located with the target table, each table that is
+/// still plain, and removes the copy of its rows left on the coordinator.
+/// Returns the tables it distributed.
 pub(crate) fn distribute(
     tx: &mut impl GenericClient,
     names: &Names,
-    survey: &Survey,
+    confirmed: bool,
 ) -> Result<Vec<String>> {
+    let survey = survey(tx, names)?;
+    // The tables this migration just created are plain and empty here; only rows
+    // that Citus would move need the operator's word.
+    if survey.local().iter().any(|(_, rows)| *rows > 0) {
+        require_confirmation(&survey, confirmed)?;
+    }
+    require_colocated(&survey, names)?;
     let mut done = Vec::new();
     for (table, before) in &survey.tables {
         if matches!(before, Placement::Citus { .. }) {
@@ -236,7 +245,10 @@ pub(crate) fn distribute(
             &[table, &COLUMN, &colocate],
         )
         .map_err(|e| db::classify(e, &format!("distributing {table} by doc_id")))?;
-        if matches!(before, Placement::Local(n) if *n > 0) {
+        // Always, not only when the survey counted rows: the count was taken
+        // before this statement, and a plain table's rows would otherwise stay
+        // hidden on the coordinator under the distributed one.
+        if matches!(before, Placement::Local(_)) {
             tx.execute(
                 "SELECT truncate_local_data_after_distributing_table($1::text::regclass)",
                 &[table],
@@ -251,6 +263,60 @@ pub(crate) fn distribute(
         done.push(table.clone());
     }
     Ok(done)
+}
+
+/// Refuses (78) a table that is already a Citus table but not distributed by
+/// doc_id in the target table's co-location group: a document's change set
+/// would then span shards (SPEC §10), which `migrate` must not accept silently.
+fn require_colocated(survey: &Survey, names: &Names) -> Result<()> {
+    let group = survey.tables.iter().find_map(|(t, p)| match p {
+        Placement::Citus { colocation, .. } if *t == names.table => Some(*colocation),
+        _ => None,
+    });
+    for (table, p) in &survey.tables {
+        let Placement::Citus { colocation, .. } = p else {
+            continue;
+        };
+        let wrong = if !p.by_doc_id() {
+            "is a Citus table, but not distributed by doc_id"
+        } else if group.is_some_and(|g| g != *colocation) {
+            "is distributed by doc_id, but not co-located with the target table"
+        } else {
+            continue;
+        };
+        return Err(
+            Error::config(format!("{table} {wrong} (DISTRIBUTION=citus)")).with_note(format!(
+                "make it a plain table again with `SELECT undistribute_table('{table}')` on the \
+             coordinator, then run `ragspool migrate --distribute`"
+            )),
+        );
+    }
+    Ok(())
+}
+
+/// Before ingest with DISTRIBUTION=citus: the server is a coordinator and the
+/// three tables are distributed by doc_id in one group, or 78 saying which
+/// `migrate` puts that right (rows must not pile up on the coordinator).
+pub(crate) fn require_distributed(client: &mut impl GenericClient, names: &Names) -> Result<()> {
+    require_coordinator(client)?;
+    let survey = survey(client, names)?;
+    require_colocated(&survey, names)?;
+    let plain: Vec<&str> = survey
+        .tables
+        .iter()
+        .filter(|(_, p)| !matches!(p, Placement::Citus { .. }))
+        .map(|(t, _)| t.as_str())
+        .collect();
+    if plain.is_empty() {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "`DISTRIBUTION` is citus, but {} not distributed",
+        plain.join(", ")
+    ))
+    .with_note(
+        "run `ragspool migrate` (`ragspool migrate --distribute` for tables that hold rows)",
+    ))
 }
 
 /// A node of the cluster as the coordinator's pg_dist_node lists it.

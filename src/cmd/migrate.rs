@@ -21,14 +21,14 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     let db = Db::from_config(config)?;
     let mut client = db.connect()?;
     let names = Names::from_config(config);
-    let survey = match citus {
-        true => Some(survey(&mut client, &names, args.has("distribute"))?),
-        false => None,
-    };
+    let confirmed = args.has("distribute");
+    if citus {
+        announce(&mut client, &names, confirmed, args.has("json"))?;
+    }
     let mut distributed = Vec::new();
     let migrated = schema::migrate(&mut client, &names, |tx| {
-        if let Some(survey) = &survey {
-            distributed = distribution::distribute(tx, &names, survey)?;
+        if citus {
+            distributed = distribution::distribute(tx, &names, confirmed)?;
         }
         Ok(())
     })?;
@@ -94,18 +94,26 @@ pub(crate) fn run(config: &Config, args: &Args) -> Result<Outcome> {
     Ok(Outcome::Clean)
 }
 
-/// Where the tables to distribute stand; refuses (78) to distribute tables that
-/// already exist unless `confirmed`, and otherwise prints first what Citus will move.
-fn survey(
+/// Before anything changes: refuses (78) a server that is no Citus coordinator,
+/// or existing plain tables unless `confirmed`, and otherwise prints what Citus
+/// will move (to stderr under --json, whose stdout is one object). The migration
+/// surveys again under its lock and acts on that.
+fn announce(
     client: &mut postgres::Client,
     names: &Names,
     confirmed: bool,
-) -> Result<distribution::Survey> {
+    json: bool,
+) -> Result<()> {
     distribution::require_coordinator(client)?;
     let survey = distribution::survey(client, names)?;
     distribution::require_confirmation(&survey, confirmed)?;
-    if !survey.local().is_empty() {
-        super::emit(&survey.plan())?;
+    if survey.local().is_empty() {
+        return Ok(());
     }
-    Ok(survey)
+    if json {
+        eprint!("{}", survey.plan());
+        Ok(())
+    } else {
+        super::emit(&survey.plan())
+    }
 }

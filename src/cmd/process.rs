@@ -98,6 +98,9 @@ pub(crate) fn ingest(config: &Config) -> Result<Ingest> {
     let names = Names::from_config(config);
     let mut client = db.connect()?;
     schema::require_current(&mut client, &names)?;
+    if config.distribution == crate::config::Distribution::Citus {
+        crate::distribution::require_distributed(&mut client, &names)?;
+    }
     let budget = Duration::from_secs(config.retry_max_secs);
     let embedder = config.embed.as_ref().map(|settings| {
         Embedder::new(settings, config.embed_dim, budget).storing(names.storage.embedding)

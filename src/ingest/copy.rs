@@ -32,7 +32,7 @@ pub(crate) struct CopyEncoder {
 /// A record's vector that the column cannot hold.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Unstorable {
-    /// An element whose nearest f16 is beyond ±65504.
+    /// An element beyond ±65504, or not finite.
     Beyond {
         /// Its index in the vector.
         element: usize,
@@ -48,7 +48,7 @@ impl std::fmt::Display for Unstorable {
         match self {
             Unstorable::Beyond { element, value } => write!(
                 f,
-                "embedding[{element}] is {value}, beyond halfvec's range (its magnitude rounds past {})",
+                "embedding[{element}] is {value}, beyond halfvec's range (magnitudes up to {})",
                 binary16::MAX
             ),
             Unstorable::Vanishes => f.write_str(
@@ -199,7 +199,7 @@ fn halfvec(b: &mut Vec<u8>, values: &Embedding<'_>) -> Result<bool, Unstorable> 
     // One pass: the check rides along with the conversion.
     values.for_each_bits(|bits| {
         let h = binary16::from_f32(f32::from_bits(bits));
-        if !binary16::is_finite(h) && beyond.is_none() {
+        if binary16::beyond(bits) && beyond.is_none() {
             beyond = Some(Unstorable::Beyond {
                 element: at,
                 value: f32::from_bits(bits),
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn halfvecs_use_halfvec_recvs_layout_and_refuse_what_f16_cannot_hold() {
         let mut b = Vec::new();
-        let nonzero = halfvec(&mut b, &Embedding::Values(vec![1.0, -2.5, 65519.99]));
+        let nonzero = halfvec(&mut b, &Embedding::Values(vec![1.0, -2.5, 65504.0]));
         assert_eq!(nonzero, Ok(true));
         let mut want = 10i32.to_be_bytes().to_vec();
         want.extend_from_slice(&3i16.to_be_bytes());
@@ -268,12 +268,12 @@ mod tests {
             want.extend_from_slice(&h.to_be_bytes());
         }
         assert_eq!(b, want);
-        let beyond = halfvec(&mut Vec::new(), &Embedding::Values(vec![0.5, -65520.0]));
+        let beyond = halfvec(&mut Vec::new(), &Embedding::Values(vec![0.5, -65505.0]));
         assert_eq!(
             beyond,
             Err(Unstorable::Beyond {
                 element: 1,
-                value: -65520.0
+                value: -65505.0
             })
         );
         let tiny = halfvec(&mut Vec::new(), &Embedding::Values(vec![1e-9, -1e-10]));

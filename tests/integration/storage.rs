@@ -61,7 +61,8 @@ fn every_halfvec_element_is_the_nearest_f16_as_postgres_casts_it() {
     let env = halfvec_env(8);
     env.ready();
     let tiny = 2f32.powi(-24);
-    let below_tie = f32::from_bits(65520f32.to_bits() - 1);
+    // The f32 just below 65504 rounds to it (65488 is the f16 below).
+    let below_max = f32::from_bits(65504f32.to_bits() - 1);
     // Ties to even, subnormals, underflow and both ends of the range.
     let edges: [(&'static str, Vec<f32>); 3] = [
         (
@@ -72,8 +73,8 @@ fn every_halfvec_element_is_the_nearest_f16_as_postgres_casts_it() {
                 tiny / 2.0,
                 tiny * 1.5,
                 65504.0,
-                below_tie,
-                -below_tie,
+                below_max,
+                -below_max,
                 -0.0,
             ],
         ),
@@ -161,11 +162,17 @@ fn elements_f16_cannot_hold_fail_their_file_with_the_record_index() {
     let env = halfvec_env(4);
     env.ready();
     let ok = |doc| vector_record(doc, Val::Floats(vec![1.0, 2.0, 3.0, 4.0]));
-    let below_tie = f32::from_bits(65520f32.to_bits() - 1);
     drop_file(
         &env,
         "edge.msgpack",
-        &vector_record("edge", Val::Floats(vec![below_tie, -65504.0, 0.5, 1.0])),
+        &vector_record("edge", Val::Floats(vec![65504.0, -65504.0, 0.5, 1.0])),
+    );
+    // SPEC §15: beyond 65504 fails, even a value that would round down to it.
+    let below_tie = f32::from_bits(65520f32.to_bits() - 1);
+    drop_file(
+        &env,
+        "rounds-down.msgpack",
+        &vector_record("r0", Val::Floats(vec![0.5, below_tie, 0.5, 1.0])),
     );
     let mut beyond = ok("b0");
     beyond.extend(vector_record(
@@ -198,6 +205,11 @@ fn elements_f16_cannot_hold_fail_their_file_with_the_record_index() {
             "embedding[3] is 65520, beyond halfvec's range",
         ),
         ("negative.msgpack", 0, "embedding[0] is -1000000"),
+        (
+            "rounds-down.msgpack",
+            0,
+            "embedding[1] is 65519.996, beyond",
+        ),
         ("nan.msgpack", 2, "embedding[1] is not a finite number"),
         ("vanishing.msgpack", 0, "rounds to all zeros in halfvec"),
     ] {
