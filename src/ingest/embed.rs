@@ -45,6 +45,8 @@ pub(crate) struct Embedder {
     batch: usize,
     batch_bytes: usize,
     reuse: bool,
+    /// EMBED_MEMORY_BYTES.
+    memory_bytes: usize,
     /// The column is halfvec: a vector with an element beyond f16's range is a
     /// fault of the endpoint's answer (SPEC §15), like a wrong length.
     half: bool,
@@ -79,6 +81,7 @@ impl Embedder {
             batch: settings.batch.max(1),
             batch_bytes: settings.batch_bytes.max(1),
             reuse: settings.reuse,
+            memory_bytes: settings.memory_bytes,
             half: false,
             pace: Arc::new(Pace::new(
                 settings.concurrency,
@@ -105,6 +108,11 @@ impl Embedder {
     /// EMBED_REUSE.
     pub(crate) fn reuse(&self) -> bool {
         self.reuse
+    }
+
+    /// EMBED_MEMORY_BYTES.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.memory_bytes
     }
 
     /// EMBED_CONCURRENCY.
@@ -840,8 +848,51 @@ mod tests {
             concurrency: 8,
             timeout: Duration::from_secs(60),
             reuse: true,
+            memory_bytes: 4 << 20,
         };
         Some(Embedder::new(&settings, None, Duration::from_secs(1)))
+    }
+
+    /// An answer's body as `parse` reads it.
+    fn answer(e: &Embedder, json: &str, n: usize) -> std::result::Result<Answer, String> {
+        STAGE.set(Vec::new());
+        let body: Body = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        e.order(body.data, STAGE.take(), n)
+    }
+
+    #[test]
+    fn answers_land_in_text_order_whatever_order_they_come_in() {
+        let Some(e) = embedder(64, 1000) else {
+            unreachable!("an embedder")
+        };
+        let in_order = r#"{"data":[{"index":0,"embedding":[1,2]},{"index":1,"embedding":[3,4]}]}"#;
+        let reversed = r#"{"data":[{"index":1,"embedding":[3,4]},{"index":0,"embedding":[1,2]}]}"#;
+        for json in [in_order, reversed] {
+            let Ok(Answer::Vectors(got)) = answer(&e, json, 2) else {
+                unreachable!("vectors for {json}")
+            };
+            assert_eq!(got.parts.len(), 1);
+            assert_eq!(got.parts[0].count(), 2);
+            assert_eq!(got.parts[0].get(0), &[1.0, 2.0]);
+            assert_eq!(got.parts[0].get(1), &[3.0, 4.0]);
+        }
+        // A null or an overflow is the text's own bad vector; a repeated index,
+        // a short answer or a vector of another length is the endpoint's fault.
+        let null = r#"{"data":[{"index":0,"embedding":[1,2]},{"index":1,"embedding":[null,4]}]}"#;
+        assert!(matches!(
+            answer(&e, null, 2),
+            Ok(Answer::Bad { index: 1, .. })
+        ));
+        let huge = r#"{"data":[{"index":0,"embedding":[1e300,2]},{"index":1,"embedding":[3,4]}]}"#;
+        assert!(matches!(
+            answer(&e, huge, 2),
+            Ok(Answer::Bad { index: 0, .. })
+        ));
+        let twice = r#"{"data":[{"index":0,"embedding":[1,2]},{"index":0,"embedding":[3,4]}]}"#;
+        assert!(answer(&e, twice, 2).is_err());
+        assert!(answer(&e, in_order, 3).is_err());
+        let ragged = r#"{"data":[{"index":0,"embedding":[1,2]},{"index":1,"embedding":[3]}]}"#;
+        assert!(answer(&e, ragged, 2).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! (EMBED_REUSE) come from the rows the file will replace; the rest are fetched in
 //! budgeted requests. They are kept in record order for the COPY pass to take one
 //! by one: in memory while the vectors of every file of the process that wait for
-//! their COPY take at most [`MEMORY_BOUND`] bytes, beyond that spilled to a file
+//! their COPY take at most EMBED_MEMORY_BYTES, beyond that spilled to a file
 //! beside the claimed one in processing/, read back sequentially.
 
 use super::BadFile;
@@ -20,17 +20,13 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Vectors kept in memory, across every file of the process, before the rest
-/// spill to disk: prepared files wait for a worker with their vectors.
-pub(crate) const MEMORY_BOUND: usize = 4 << 20;
-
 /// The size of a block of vectors in memory.
 const BLOCK: usize = 256 << 10;
 
 /// The floats of a block.
 const BLOCK_FLOATS: usize = BLOCK / 4;
 
-/// The process's blocks of vectors: at most [`MEMORY_BOUND`] bytes of them are
+/// The process's blocks of vectors: at most EMBED_MEMORY_BYTES of them are
 /// ever allocated, and a file done with its blocks gives them back here for the
 /// next file rather than to the allocator. Freed and allocated anew, file after
 /// file on threads of their own, they left the allocator's per-thread arenas
@@ -276,7 +272,7 @@ pub(crate) fn prefetch(
         .unwrap_or_default();
     let mut out = Vectors::new(
         file.path.with_file_name(format!(".{name}.vectors")),
-        MEMORY_BOUND,
+        embedder.memory_bytes(),
     );
     let mut plan = Plan {
         entries: VecDeque::new(),
@@ -542,4 +538,35 @@ fn reusable(
         .iter()
         .filter_map(|r| Some(((r.get(0), r.get(1)), r.try_get::<_, Stored>(2).ok()?.0)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectors_come_back_in_order_from_blocks_and_spill() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        // 65 vectors of 1,000 values fit a block: 300 cross several, and with a
+        // bound of one block (or none) most go to the spill file.
+        let dim = 1000;
+        let all: Vec<Vec<f32>> = (0..300)
+            .map(|i| (0..dim).map(|j| (i * dim + j) as f32).collect())
+            .collect();
+        for bound in [0, BLOCK, 400 * BLOCK] {
+            let mut v = Vectors::new(dir.path().join(format!("spill-{bound}")), bound);
+            for x in &all {
+                v.push(x)?;
+            }
+            // Twice: a retried transaction reads them again from the first.
+            for _ in 0..2 {
+                v.rewind()?;
+                for x in &all {
+                    assert_eq!(&v.next()?, x);
+                }
+                assert!(v.next().is_err());
+            }
+        }
+        Ok(())
+    }
 }
