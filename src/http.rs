@@ -15,6 +15,16 @@ pub(crate) const USER_AGENT: &str = concat!("ragspool/", env!("CARGO_PKG_VERSION
 /// largest useful value, so that concurrent requests reuse their connections.
 const IDLE_CONNECTIONS: usize = 256;
 
+/// The read buffer of a connection, which also caps a response's header (an answer
+/// whose header does not fit is refused). ureq's default of 128 KiB for each of its
+/// two buffers, kept by every pooled connection, came to 16 MiB at
+/// EMBED_CONCURRENCY=64; headers are a few hundred bytes, and a body streams
+/// through the buffer whatever its size.
+const INPUT_BUFFER: usize = 32 << 10;
+
+/// The write buffer of a connection: a request's body streams through it.
+const OUTPUT_BUFFER: usize = 16 << 10;
+
 /// An answer, whatever its status.
 pub(crate) type Response = ureq::http::Response<ureq::Body>;
 
@@ -38,6 +48,9 @@ pub(crate) fn agent() -> ureq::Agent {
                 .max_redirects_will_error(false)
                 .http_status_as_error(false)
                 .user_agent(USER_AGENT)
+                .input_buffer_size(INPUT_BUFFER)
+                .max_response_header_size(INPUT_BUFFER)
+                .output_buffer_size(OUTPUT_BUFFER)
                 .max_idle_connections(IDLE_CONNECTIONS)
                 .max_idle_connections_per_host(IDLE_CONNECTIONS)
                 .build()

@@ -395,6 +395,12 @@ pub(crate) static SETTINGS: &[Setting] = &[
         positive,
     ),
     s(
+        "EMBED_MEMORY_BYTES",
+        Value("4194304"),
+        "most bytes of fetched vectors the process holds in memory for files waiting for their COPY; the rest spill to processing/<batch_tag>/.<file>.vectors and are read back during the COPY (0: all spill)",
+        whole,
+    ),
+    s(
         "EMBED_REUSE",
         Value("true"),
         "replace mode: a chunk whose content equals a row its file removes, embedded by the same EMBED_MODEL, keeps that vector",

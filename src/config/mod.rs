@@ -99,6 +99,8 @@ pub(crate) struct EmbedSettings {
     pub(crate) timeout: std::time::Duration,
     /// EMBED_REUSE.
     pub(crate) reuse: bool,
+    /// EMBED_MEMORY_BYTES.
+    pub(crate) memory_bytes: usize,
 }
 
 /// Every setting, checked and typed.
@@ -504,6 +506,9 @@ fn embed_settings(raw: &Raw, problems: &mut Vec<String>) -> Option<EmbedSettings
                 raw.num("EMBED_TIMEOUT_SECS").unwrap_or(60).max(1),
             ),
             reuse: raw.flag("EMBED_REUSE", true),
+            memory_bytes: raw
+                .num("EMBED_MEMORY_BYTES")
+                .map_or(4 << 20, |n| usize::try_from(n).unwrap_or(usize::MAX)),
         }),
         (Some(_), None) => {
             problems.push("`EMBED_MODEL` must be set when EMBED_BASE_URL is set".into());

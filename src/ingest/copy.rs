@@ -70,10 +70,19 @@ pub(crate) struct RowMeta<'a> {
     pub(crate) seq: i64,
 }
 
+/// Bytes buffered before they are written to the COPY stream: the client's
+/// PostgreSQL driver copies each chunk twice more on its way to the socket, so a
+/// chunk costs a worker about four times its size.
+pub(crate) const CHUNK: usize = 256 << 10;
+
+/// Room past [`CHUNK`] for the row that crosses it, allocated at once: the buffer
+/// of a chunk alone would grow, by doubling, to twice the chunk.
+const HEADROOM: usize = 64 << 10;
+
 impl CopyEncoder {
     /// A buffer that starts with the binary COPY header.
     pub(crate) fn new(storage: &Storage) -> CopyEncoder {
-        let mut buf = Vec::with_capacity(1 << 20);
+        let mut buf = Vec::with_capacity(CHUNK + HEADROOM);
         buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         buf.extend_from_slice(&0i32.to_be_bytes()); // flags
         buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length

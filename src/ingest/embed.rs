@@ -12,7 +12,6 @@ use crate::config::EmbedSettings;
 use crate::error::Error;
 use crate::ingest::pace::{Pace, Permit};
 use crate::redact::Secret;
-use serde_json::json;
 use std::collections::{BinaryHeap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +45,8 @@ pub(crate) struct Embedder {
     batch: usize,
     batch_bytes: usize,
     reuse: bool,
+    /// EMBED_MEMORY_BYTES.
+    memory_bytes: usize,
     /// The column is halfvec: a vector with an element beyond f16's range is a
     /// fault of the endpoint's answer (SPEC §15), like a wrong length.
     half: bool,
@@ -80,6 +81,7 @@ impl Embedder {
             batch: settings.batch.max(1),
             batch_bytes: settings.batch_bytes.max(1),
             reuse: settings.reuse,
+            memory_bytes: settings.memory_bytes,
             half: false,
             pace: Arc::new(Pace::new(
                 settings.concurrency,
@@ -106,6 +108,11 @@ impl Embedder {
     /// EMBED_REUSE.
     pub(crate) fn reuse(&self) -> bool {
         self.reuse
+    }
+
+    /// EMBED_MEMORY_BYTES.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.memory_bytes
     }
 
     /// EMBED_CONCURRENCY.
@@ -154,7 +161,7 @@ impl Embedder {
         &self,
         texts: &[&str],
         spent: &Spent,
-    ) -> std::result::Result<Vec<Vec<f32>>, EmbedError> {
+    ) -> std::result::Result<Answered, EmbedError> {
         match self.request(texts, spent) {
             Err(EmbedError::Rejected { .. }) if texts.len() > 1 => {
                 let mid = texts.len() / 2;
@@ -174,12 +181,34 @@ impl Embedder {
     }
 
     /// One request, retried within RETRY_MAX_SECS while the endpoint is unavailable.
-    fn request(
+    fn request(&self, texts: &[&str], spent: &Spent) -> std::result::Result<Answered, EmbedError> {
+        // Serialized from the borrowed texts (a `json!` tree would copy each
+        // first) into this thread's buffer, kept from request to request.
+        let mut kept = BODY.take();
+        kept.clear();
+        serde_json::to_writer(
+            &mut kept,
+            &Request {
+                model: &self.model,
+                input: texts,
+            },
+        )
+        .map_err(|e| EmbedError::Unavailable(Error::failed(format!("encoding a request: {e}"))))?;
+        let sent = self.send(&kept, texts, spent);
+        // A request far larger than the usual does not pin its buffer.
+        if kept.capacity() <= BODY_KEPT {
+            BODY.set(kept);
+        }
+        sent
+    }
+
+    /// [`Embedder::request`] with its body encoded.
+    fn send(
         &self,
+        body: &[u8],
         texts: &[&str],
         spent: &Spent,
-    ) -> std::result::Result<Vec<Vec<f32>>, EmbedError> {
-        let body = json!({"model": self.model, "input": texts}).to_string();
+    ) -> std::result::Result<Answered, EmbedError> {
         let bearer = self.key.as_ref().map(|k| format!("Bearer {}", k.expose()));
         let mut headers = vec![("Content-Type", "application/json")];
         if let Some(b) = &bearer {
@@ -188,7 +217,7 @@ impl Embedder {
         let mut backoff = Backoff::new(self.budget);
         loop {
             let permit = self.pace.acquire(estimate(texts));
-            let sent = crate::http::post(&self.url, &headers, body.as_bytes(), self.timeout);
+            let sent = crate::http::post(&self.url, &headers, body, self.timeout);
             crate::heartbeat::beat();
             let (why, hint) = match self.answer(sent, permit, texts.len(), spent)? {
                 Ok(vectors) => return Ok(vectors),
@@ -214,10 +243,8 @@ impl Embedder {
         permit: Permit<'_>,
         n: usize,
         spent: &Spent,
-    ) -> std::result::Result<
-        std::result::Result<Vec<Vec<f32>>, (String, Option<Duration>)>,
-        EmbedError,
-    > {
+    ) -> std::result::Result<std::result::Result<Answered, (String, Option<Duration>)>, EmbedError>
+    {
         let mut resp = match sent {
             Ok(resp) => resp,
             Err(e) => {
@@ -284,20 +311,36 @@ impl Embedder {
         resp: &mut crate::http::Response,
         n: usize,
     ) -> std::result::Result<(Answer, Option<u64>), String> {
-        // Straight into typed vectors: a generic JSON tree of every element would
-        // take ten times the answer's size while it is read.
-        let body: Body = resp
-            .body_mut()
-            .with_config()
-            .limit(ANSWER_LIMIT)
-            .read_json()
-            .map_err(|e| format!("answered unreadable JSON: {e}"))?;
+        // Straight into typed vectors as the answer streams in: a generic JSON tree
+        // of every element would take ten times the answer's size, and reading the
+        // whole answer first (what ureq's `read_json` does) would hold its text
+        // beside its vectors, in each of EMBED_CONCURRENCY threads at once. The
+        // small buffer spares serde_json a call into the connection per byte.
+        // The values land in an answer buffer, in the order they come: the order
+        // of the texts, as endpoints answer, so that it is the answer as it is.
+        STAGE.set(spare_answer(n * self.dim.unwrap_or(0)));
+        let reader = resp.body_mut().with_config().limit(ANSWER_LIMIT).reader();
+        let body: Body =
+            serde_json::from_reader(std::io::BufReader::with_capacity(ANSWER_BUFFER, reader))
+                .map_err(|e| format!("answered unreadable JSON: {e}"))?;
         let tokens = body.usage.and_then(|u| u.total_tokens);
-        let mut data: Vec<(usize, Vec<f32>)> = Vec::with_capacity(n);
-        for (i, item) in body.data.into_iter().enumerate() {
+        let stage = STAGE.take();
+        self.order(body.data, stage, n)
+            .map(|answer| (answer, tokens))
+    }
+
+    /// The vectors staged for an answer's items, in text order, checked.
+    fn order(
+        &self,
+        items: Vec<Item>,
+        stage: Vec<f32>,
+        n: usize,
+    ) -> std::result::Result<Answer, String> {
+        let mut data: Vec<(usize, Range<usize>)> = Vec::with_capacity(n);
+        for (i, item) in items.into_iter().enumerate() {
             let index = item.index.map_or(i, |x| x as usize);
-            let vector = item.embedding.ok_or("answered without vectors")?.0;
-            data.push((index, vector));
+            let span = item.embedding.ok_or("answered without vectors")?.0;
+            data.push((index, span));
         }
         if data.len() != n {
             return Err(format!("answered {} vectors for {n} texts", data.len()));
@@ -308,38 +351,149 @@ impl Embedder {
         if data.iter().enumerate().any(|(at, (i, _))| *i != at) {
             return Err("answered vectors whose indexes are not 0 to n - 1, each once".into());
         }
-        let want = self.dim.or_else(|| data.first().map(|(_, v)| v.len()));
-        if let Some((_, v)) = data.iter().find(|(_, v)| Some(v.len()) != want) {
+        let want = self.dim.or_else(|| data.first().map(|(_, r)| r.len()));
+        if let Some((_, r)) = data.iter().find(|(_, r)| Some(r.len()) != want) {
             return Err(match self.dim {
                 Some(dim) => format!(
                     "answered a vector of {} values, EMBED_DIM is {dim}",
-                    v.len()
+                    r.len()
                 ),
                 None => "answered vectors of different lengths".to_string(),
             });
         }
-        let mut vectors = Vec::with_capacity(n);
-        for (index, v) in data {
+        let dim = want.unwrap_or(0);
+        let in_place = data
+            .iter()
+            .enumerate()
+            .all(|(i, (_, r))| r.start == i * dim)
+            && stage.len() == n * dim;
+        let mut floats = if in_place {
+            Vec::new()
+        } else {
+            spare_answer(n * dim)
+        };
+        for (index, r) in data {
+            let v = stage.get(r).unwrap_or_default();
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 let message = format!(
                     "the embeddings endpoint answered a vector whose element {i} is not a finite f32"
                 );
-                return Ok((Answer::Bad { index, message }, tokens));
+                give_back_answer(floats);
+                give_back_answer(stage);
+                return Ok(Answer::Bad { index, message });
             }
             // Finite but beyond f16: not the text's fault, the answer's (a model
             // whose vectors a halfvec cannot hold), so retried and counted.
             if self.half
-                && let Some((i, x)) = crate::binary16::first_beyond(&v)
+                && let Some((i, x)) = crate::binary16::first_beyond(v)
             {
+                give_back_answer(floats);
+                give_back_answer(stage);
                 return Err(format!(
                     "answered a vector whose element {i} ({x}) is beyond halfvec's range (±{}), for text {index} of the request",
                     crate::binary16::MAX
                 ));
             }
-            vectors.push(v);
+            if !in_place {
+                floats.extend_from_slice(v);
+            }
         }
-        Ok((Answer::Vectors(vectors), tokens))
+        let floats = if in_place {
+            stage
+        } else {
+            give_back_answer(stage);
+            floats
+        };
+        Ok(Answer::Vectors(Answered {
+            parts: vec![Flat {
+                floats,
+                dim,
+                count: n,
+            }],
+        }))
     }
+}
+
+/// The vectors of a request's answer, in text order: one run of vectors of one
+/// length per request answered (several when a refused request was split).
+#[derive(Debug, Default)]
+pub(crate) struct Answered {
+    pub(crate) parts: Vec<Flat>,
+}
+
+impl Answered {
+    fn extend(&mut self, other: Answered) {
+        self.parts.extend(other.parts);
+    }
+}
+
+/// The vectors of one request's answer end to end, in one allocation: one per
+/// vector, made by a request thread and freed by another, left the allocator's
+/// per-thread arenas fragmented.
+#[derive(Debug)]
+pub(crate) struct Flat {
+    floats: Vec<f32>,
+    dim: usize,
+    count: usize,
+}
+
+impl Flat {
+    /// How many vectors it holds.
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Vector `i`.
+    pub(crate) fn get(&self, i: usize) -> &[f32] {
+        self.floats
+            .get(i * self.dim..(i + 1) * self.dim)
+            .unwrap_or_default()
+    }
+
+    /// Done with: its buffer serves a later answer.
+    pub(crate) fn recycle(self) {
+        give_back_answer(self.floats);
+    }
+}
+
+/// Answer buffers done with, for later answers: there are never more of them than
+/// answers held at once (at most 2 × EMBED_CONCURRENCY, see [`Pace::hold`]).
+static SPARE_ANSWERS: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+/// An empty buffer for `floats` values.
+fn spare_answer(floats: usize) -> Vec<f32> {
+    let spare = SPARE_ANSWERS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop();
+    let mut v = spare.unwrap_or_default();
+    v.clear();
+    v.reserve_exact(floats);
+    v
+}
+
+/// Keeps `v` for a later answer, unless it is oversized or enough are kept.
+fn give_back_answer(v: Vec<f32>) {
+    if v.capacity() > ANSWER_KEPT {
+        return;
+    }
+    let mut spare = SPARE_ANSWERS.lock().unwrap_or_else(|p| p.into_inner());
+    if spare.len() < SPARE_MAX {
+        spare.push(v);
+    }
+}
+
+/// The largest answer buffer kept for a later answer, in values.
+const ANSWER_KEPT: usize = 1 << 20;
+
+/// The most answer buffers kept for later answers.
+const SPARE_MAX: usize = 2 * 1024;
+
+/// An OpenAI-compatible request.
+#[derive(serde::Serialize)]
+struct Request<'a> {
+    model: &'a str,
+    input: &'a [&'a str],
 }
 
 /// An OpenAI-compatible answer, as far as it is read.
@@ -358,10 +512,11 @@ struct Item {
     embedding: Option<Floats>,
 }
 
-/// A vector of an answer, read straight into f32s: a number beyond f32's range
-/// becomes an infinity and a null a NaN, so that the check below fails the
-/// vector's file for either.
-struct Floats(Vec<f32>);
+/// A vector of an answer, read straight into f32s at the end of this thread's
+/// staging buffer (its range there): a number beyond f32's range becomes an
+/// infinity and a null a NaN, so that the check above fails the vector's file for
+/// either.
+struct Floats(Range<usize>);
 
 impl<'de> serde::Deserialize<'de> for Floats {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Floats, D::Error> {
@@ -375,16 +530,33 @@ impl<'de> serde::Deserialize<'de> for Floats {
                 self,
                 mut seq: A,
             ) -> std::result::Result<Floats, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                // Taken out for the array and put back after it (an error drops
+                // it: the answer is not used then). Values already staged stay:
+                // they are the answer's earlier vectors.
+                let mut stage = STAGE.take();
+                let start = stage.len();
                 while let Some(x) = seq.next_element::<Option<f64>>()? {
-                    out.push(x.map_or(f32::NAN, |x| x as f32));
+                    stage.push(x.map_or(f32::NAN, |x| x as f32));
                 }
-                Ok(Floats(out))
+                let end = stage.len();
+                STAGE.set(stage);
+                Ok(Floats(start..end))
             }
         }
         d.deserialize_seq(Visit)
     }
 }
+
+thread_local! {
+    /// The values of the answer this request thread is reading, end to end, in
+    /// the buffer that becomes the answer's.
+    static STAGE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// This request thread's request body.
+    static BODY: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The largest request body a request thread keeps for its next request.
+const BODY_KEPT: usize = 4 << 20;
 
 /// What an answer says it cost.
 #[derive(serde::Deserialize)]
@@ -395,8 +567,43 @@ struct Usage {
 /// The largest answer read (EMBED_BATCH texts of 4,096 dimensions as JSON fit).
 const ANSWER_LIMIT: u64 = 1 << 30;
 
+/// The buffer an answer is parsed through.
+const ANSWER_BUFFER: usize = 8 << 10;
+
 /// An answer of one request: its vectors, or why there are none.
-pub(crate) type Got = std::result::Result<Vec<Vec<f32>>, EmbedError>;
+pub(crate) type Got = std::result::Result<Answered, EmbedError>;
+
+/// A request's texts, owned: one buffer rather than one allocation per text.
+pub(crate) struct Texts {
+    all: String,
+    ends: Vec<usize>,
+}
+
+impl Texts {
+    /// A copy of `texts`.
+    pub(crate) fn of(texts: &[&str]) -> Texts {
+        let mut all = String::with_capacity(texts.iter().map(|t| t.len()).sum());
+        let mut ends = Vec::with_capacity(texts.len());
+        for t in texts {
+            all.push_str(t);
+            ends.push(all.len());
+        }
+        Texts { all, ends }
+    }
+
+    /// The texts, in order.
+    fn list(&self) -> Vec<&str> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let t = self.all.get(start..end).unwrap_or_default();
+                start = end;
+                t
+            })
+            .collect()
+    }
+}
 
 /// Where a request's answer lands for its file to take.
 #[derive(Default)]
@@ -409,7 +616,7 @@ struct Slot {
 struct Job {
     seq: i64,
     group: usize,
-    texts: Vec<String>,
+    texts: Texts,
     spent: Arc<Spent>,
     slot: Arc<Slot>,
 }
@@ -470,7 +677,7 @@ impl Pool {
                     jobs = self.queued.wait(jobs).unwrap_or_else(|p| p.into_inner());
                 }
             };
-            let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
+            let texts = job.texts.list();
             let got = embedder.embed(&texts, &job.spent);
             *job.slot.got.lock().unwrap_or_else(|p| p.into_inner()) = Some(got);
             embedder.pace.answered();
@@ -503,8 +710,8 @@ impl Fetch<'_> {
     /// answers that are back, in order, to `take`.
     pub(crate) fn submit<E: From<EmbedError>>(
         &mut self,
-        texts: Vec<String>,
-        take: &mut impl FnMut(Vec<Vec<f32>>) -> std::result::Result<(), E>,
+        texts: Texts,
+        take: &mut impl FnMut(Answered) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         loop {
             self.take_ready(take)?;
@@ -532,7 +739,7 @@ impl Fetch<'_> {
     /// are back) to `take`; false when none is waiting.
     pub(crate) fn take_next<E: From<EmbedError>>(
         &mut self,
-        take: &mut impl FnMut(Vec<Vec<f32>>) -> std::result::Result<(), E>,
+        take: &mut impl FnMut(Answered) -> std::result::Result<(), E>,
     ) -> std::result::Result<bool, E> {
         let before = self.waiting.len();
         while before > 0 && self.waiting.len() == before {
@@ -547,7 +754,7 @@ impl Fetch<'_> {
     /// Hands every remaining answer, in order, to `take`.
     pub(crate) fn finish<E: From<EmbedError>>(
         &mut self,
-        take: &mut impl FnMut(Vec<Vec<f32>>) -> std::result::Result<(), E>,
+        take: &mut impl FnMut(Answered) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         while !self.waiting.is_empty() {
             self.take_ready(take)?;
@@ -561,7 +768,7 @@ impl Fetch<'_> {
     /// The answers at the front that are back, in order.
     fn take_ready<E: From<EmbedError>>(
         &mut self,
-        take: &mut impl FnMut(Vec<Vec<f32>>) -> std::result::Result<(), E>,
+        take: &mut impl FnMut(Answered) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         while let Some(front) = self.waiting.front() {
             let Some(got) = front.got.lock().unwrap_or_else(|p| p.into_inner()).take() else {
@@ -601,7 +808,7 @@ impl Drop for Fetch<'_> {
 
 /// A parsed answer.
 enum Answer {
-    Vectors(Vec<Vec<f32>>),
+    Vectors(Answered),
     Bad { index: usize, message: String },
 }
 
@@ -641,8 +848,51 @@ mod tests {
             concurrency: 8,
             timeout: Duration::from_secs(60),
             reuse: true,
+            memory_bytes: 4 << 20,
         };
         Some(Embedder::new(&settings, None, Duration::from_secs(1)))
+    }
+
+    /// An answer's body as `parse` reads it.
+    fn answer(e: &Embedder, json: &str, n: usize) -> std::result::Result<Answer, String> {
+        STAGE.set(Vec::new());
+        let body: Body = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        e.order(body.data, STAGE.take(), n)
+    }
+
+    #[test]
+    fn answers_land_in_text_order_whatever_order_they_come_in() {
+        let Some(e) = embedder(64, 1000) else {
+            unreachable!("an embedder")
+        };
+        let in_order = r#"{"data":[{"index":0,"embedding":[1,2]},{"index":1,"embedding":[3,4]}]}"#;
+        let reversed = r#"{"data":[{"index":1,"embedding":[3,4]},{"index":0,"embedding":[1,2]}]}"#;
+        for json in [in_order, reversed] {
+            let Ok(Answer::Vectors(got)) = answer(&e, json, 2) else {
+                unreachable!("vectors for {json}")
+            };
+            assert_eq!(got.parts.len(), 1);
+            assert_eq!(got.parts[0].count(), 2);
+            assert_eq!(got.parts[0].get(0), &[1.0, 2.0]);
+            assert_eq!(got.parts[0].get(1), &[3.0, 4.0]);
+        }
+        // A null or an overflow is the text's own bad vector; a repeated index,
+        // a short answer or a vector of another length is the endpoint's fault.
+        let null = r#"{"data":[{"index":0,"embedding":[1,2]},{"index":1,"embedding":[null,4]}]}"#;
+        assert!(matches!(
+            answer(&e, null, 2),
+            Ok(Answer::Bad { index: 1, .. })
+        ));
+        let huge = r#"{"data":[{"index":0,"embedding":[1e300,2]},{"index":1,"embedding":[3,4]}]}"#;
+        assert!(matches!(
+            answer(&e, huge, 2),
+            Ok(Answer::Bad { index: 0, .. })
+        ));
+        let twice = r#"{"data":[{"index":0,"embedding":[1,2]},{"index":0,"embedding":[3,4]}]}"#;
+        assert!(answer(&e, twice, 2).is_err());
+        assert!(answer(&e, in_order, 3).is_err());
+        let ragged = r#"{"data":[{"index":0,"embedding":[1,2]},{"index":1,"embedding":[3]}]}"#;
+        assert!(answer(&e, ragged, 2).is_err());
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 
 /// Bytes buffered before they are written to the COPY stream.
-const COPY_CHUNK: usize = 1 << 20;
+const COPY_CHUNK: usize = copy::CHUNK;
 
 /// Everything a worker needs to ingest files.
 #[derive(Clone)]

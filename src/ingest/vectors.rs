@@ -3,14 +3,14 @@
 //! (EMBED_REUSE) come from the rows the file will replace; the rest are fetched in
 //! budgeted requests. They are kept in record order for the COPY pass to take one
 //! by one: in memory while the vectors of every file of the process that wait for
-//! their COPY take at most [`MEMORY_BOUND`] bytes, beyond that spilled to a file
+//! their COPY take at most EMBED_MEMORY_BYTES, beyond that spilled to a file
 //! beside the claimed one in processing/, read back sequentially.
 
 use super::BadFile;
 use crate::batch::Reason;
 use crate::db::Conn;
 use crate::error::{Context, Error, Result};
-use crate::ingest::embed::{EmbedError, Embedder, Spent};
+use crate::ingest::embed::{Answered, EmbedError, Embedder, Flat, Spent, Texts};
 use crate::ingest::window::FileBytes;
 use crate::schema::Names;
 use postgres::types::{FromSql, Type};
@@ -20,30 +20,60 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Vectors kept in memory, across every file of the process, before the rest
-/// spill to disk: prepared files wait for a worker with their vectors.
-pub(crate) const MEMORY_BOUND: usize = 16 << 20;
+/// The size of a block of vectors in memory.
+const BLOCK: usize = 256 << 10;
 
-/// Bytes of vectors in memory now, across the process.
-static IN_MEMORY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The floats of a block.
+const BLOCK_FLOATS: usize = BLOCK / 4;
 
-/// Takes `bytes` of the process's vector memory, when that much is left.
-fn take_memory(bytes: usize) -> bool {
-    use std::sync::atomic::Ordering;
-    IN_MEMORY
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-            (used + bytes <= MEMORY_BOUND).then_some(used + bytes)
-        })
-        .is_ok()
+/// The process's blocks of vectors: at most EMBED_MEMORY_BYTES of them are
+/// ever allocated, and a file done with its blocks gives them back here for the
+/// next file rather than to the allocator. Freed and allocated anew, file after
+/// file on threads of their own, they left the allocator's per-thread arenas
+/// holding several times the bound.
+struct Blocks {
+    free: Vec<Vec<f32>>,
+    allocated: usize,
+}
+
+static BLOCKS: std::sync::Mutex<Blocks> = std::sync::Mutex::new(Blocks {
+    free: Vec::new(),
+    allocated: 0,
+});
+
+/// An empty block, when one is free or the bound leaves room for another.
+fn take_block(bound: usize) -> Option<Vec<f32>> {
+    let mut blocks = BLOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(block) = blocks.free.pop() {
+        return Some(block);
+    }
+    if blocks.allocated + BLOCK > bound {
+        return None;
+    }
+    blocks.allocated += BLOCK;
+    Some(Vec::with_capacity(BLOCK_FLOATS))
+}
+
+/// Gives `used` back for other files.
+fn give_back(used: impl Iterator<Item = Vec<f32>>) {
+    let mut blocks = BLOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    blocks.free.extend(used.map(|mut b| {
+        b.clear();
+        b
+    }));
 }
 
 /// Where a file's prefetched vectors wait for its COPY.
 pub(crate) struct Vectors {
-    memory: Vec<f32>,
+    /// Blocks of whole vectors (none straddles two), from the process's blocks.
+    memory: Vec<Vec<f32>>,
+    /// The process's bound on vectors in memory.
+    bound: usize,
     spill_path: PathBuf,
     spill: Option<(PathBuf, BufWriter<File>)>,
     reader: Option<BufReader<File>>,
-    read_at: usize,
+    /// The block and the offset in it of the next vector to read.
+    read_at: (usize, usize),
     dim: usize,
     /// Vectors fetched from the endpoint.
     pub(crate) fetched: u64,
@@ -51,15 +81,19 @@ pub(crate) struct Vectors {
     pub(crate) reused: u64,
 }
 
+/// How a spill file is read back: in the COPY's worker, for every row.
+const SPILL_READ_BUFFER: usize = 64 << 10;
+
 impl Vectors {
-    fn new(spill_path: PathBuf) -> Vectors {
+    fn new(spill_path: PathBuf, bound: usize) -> Vectors {
         // The spill file is created only when needed: most files never spill.
         Vectors {
             memory: Vec::new(),
+            bound,
             spill_path,
             spill: None,
             reader: None,
-            read_at: 0,
+            read_at: (0, 0),
             dim: 0,
             fetched: 0,
             reused: 0,
@@ -70,9 +104,20 @@ impl Vectors {
         if self.dim == 0 {
             self.dim = v.len();
         }
-        if self.spill.is_none() && take_memory(v.len() * 4) {
-            self.memory.extend_from_slice(v);
-            return Ok(());
+        if self.spill.is_none() && v.len() <= BLOCK_FLOATS {
+            let room = self
+                .memory
+                .last()
+                .is_some_and(|b| b.capacity() - b.len() >= v.len());
+            if !room && let Some(block) = take_block(self.bound) {
+                self.memory.push(block);
+            }
+            if let Some(block) = self.memory.last_mut()
+                && block.capacity() - block.len() >= v.len()
+            {
+                block.extend_from_slice(v);
+                return Ok(());
+            }
         }
         if self.spill.is_none() {
             let path = self.spill_path.clone();
@@ -101,20 +146,26 @@ impl Vectors {
                 .with_context(|| format!("cannot write `{}`", path.display()))?;
             let file =
                 File::open(&*path).with_context(|| format!("cannot read `{}`", path.display()))?;
-            self.reader = Some(BufReader::with_capacity(1 << 20, file));
+            self.reader = Some(BufReader::with_capacity(SPILL_READ_BUFFER, file));
         }
-        self.read_at = 0;
+        self.read_at = (0, 0);
         Ok(())
     }
 
     /// The next vector in record order.
     pub(crate) fn next(&mut self) -> Result<Vec<f32>> {
         let dim = self.dim;
-        if self.read_at + dim <= self.memory.len() {
-            let v = self.memory[self.read_at..self.read_at + dim].to_vec();
-            self.read_at += dim;
-            return Ok(v);
+        let (mut block, mut at) = self.read_at;
+        if self.memory.get(block).is_some_and(|b| at + dim > b.len()) {
+            (block, at) = (block + 1, 0);
         }
+        if let Some(b) = self.memory.get(block)
+            && at + dim <= b.len()
+        {
+            self.read_at = (block, at + dim);
+            return Ok(b[at..at + dim].to_vec());
+        }
+        self.read_at = (block, at);
         let Some(reader) = &mut self.reader else {
             return Err(Error::failed("ran out of prefetched vectors"));
         };
@@ -131,7 +182,7 @@ impl Vectors {
 
 impl Drop for Vectors {
     fn drop(&mut self) {
-        IN_MEMORY.fetch_sub(self.memory.len() * 4, std::sync::atomic::Ordering::SeqCst);
+        give_back(self.memory.drain(..));
         if let Some((path, _)) = self.spill.take() {
             let _ = std::fs::remove_file(path);
         }
@@ -219,15 +270,20 @@ pub(crate) fn prefetch(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut out = Vectors::new(file.path.with_file_name(format!(".{name}.vectors")));
+    let mut out = Vectors::new(
+        file.path.with_file_name(format!(".{name}.vectors")),
+        embedder.memory_bytes(),
+    );
     let mut plan = Plan {
         entries: VecDeque::new(),
         answers: VecDeque::new(),
+        taken: 0,
         needs_direction: names.storage.needs_direction(),
         half: names.storage.embedding.half(),
         reused_bytes: 0,
     };
     let mut fetch = embedder.fetch(file.seq, spent.clone());
+    let mut carry: Vec<String> = Vec::new();
     let read = bytes.records(file.embed_dim, |records| {
         let mut pending: Vec<(u64, &str, &str)> = Vec::new();
         while let Some(record) = records.next_indexed() {
@@ -259,10 +315,19 @@ pub(crate) fn prefetch(
                 }
             }
         }
-        for group in embedder.groups(&texts) {
-            let owned = texts[group].iter().map(|t| t.to_string()).collect();
-            fetch.submit(owned, &mut |v| plan.take(&mut out, v))?;
+        // The window's last group waits for the next window's texts (at most
+        // EMBED_BATCH texts, copied): sent alone, a window's tail would make one
+        // short request per window.
+        let mut all: Vec<&str> = carry.iter().map(String::as_str).collect();
+        all.extend(texts);
+        let mut groups = embedder.groups(&all);
+        let last = groups.pop();
+        for group in groups {
+            fetch.submit(Texts::of(&all[group]), &mut |v| plan.take(&mut out, v))?;
         }
+        let rest = last.map_or_else(Vec::new, |g| all[g].iter().map(|t| t.to_string()).collect());
+        drop(all);
+        carry = rest;
         plan.drain(&mut out)?;
         // Reused vectors queued behind an answer not yet back wait in memory: a
         // file that reuses most of its rows waits for answers rather than read on.
@@ -271,9 +336,16 @@ pub(crate) fn prefetch(
         {}
         Ok(())
     });
-    read.and_then(|()| fetch.finish(&mut |v| plan.take(&mut out, v)))
-        .and_then(|()| plan.drain(&mut out))
-        .map_err(|r| plan.refused(r))?;
+    let tail: Vec<&str> = carry.iter().map(String::as_str).collect();
+    read.and_then(|()| {
+        if tail.is_empty() {
+            return Ok(());
+        }
+        fetch.submit(Texts::of(&tail), &mut |v| plan.take(&mut out, v))
+    })
+    .and_then(|()| fetch.finish(&mut |v| plan.take(&mut out, v)))
+    .and_then(|()| plan.drain(&mut out))
+    .map_err(|r| plan.refused(r))?;
     out.rewind()?;
     Ok(out)
 }
@@ -296,7 +368,9 @@ enum Entry {
 /// fetched vectors that came back for them.
 struct Plan {
     entries: VecDeque<Entry>,
-    answers: VecDeque<Vec<f32>>,
+    answers: VecDeque<Flat>,
+    /// Vectors of the front answer already moved.
+    taken: usize,
     needs_direction: bool,
     /// The column is halfvec: a vector whose elements all round to zero has no
     /// direction either.
@@ -310,13 +384,15 @@ const REUSED_BOUND: usize = 8 << 20;
 
 impl Plan {
     /// One request's vectors, back in order.
-    fn take(
-        &mut self,
-        out: &mut Vectors,
-        vectors: Vec<Vec<f32>>,
-    ) -> std::result::Result<(), Refused> {
-        self.answers.extend(vectors);
+    fn take(&mut self, out: &mut Vectors, vectors: Answered) -> std::result::Result<(), Refused> {
+        self.answers
+            .extend(vectors.parts.into_iter().filter(|p| p.count() > 0));
         self.drain(out)
+    }
+
+    /// Fetched vectors back and not yet moved to a file's [`Vectors`].
+    fn answered(&self) -> usize {
+        self.answers.iter().map(Flat::count).sum::<usize>() - self.taken
     }
 
     /// Moves to `out` every entry at the front whose vector is at hand.
@@ -327,40 +403,50 @@ impl Plan {
             if waiting {
                 return Ok(());
             }
-            let (index, v, reused) = match self.entries.pop_front() {
+            match self.entries.pop_front() {
                 None => return Ok(()),
                 Some(Entry::Reused(index, v)) => {
                     self.reused_bytes -= v.len() * 4;
-                    (index, v, true)
+                    self.place(out, index, &v)?;
+                    out.reused += 1;
                 }
                 Some(Entry::Fetched(index)) => {
-                    (index, self.answers.pop_front().unwrap_or_default(), false)
+                    if let Some(front) = self.answers.front() {
+                        self.place(out, index, front.get(self.taken))?;
+                    }
+                    self.taken += 1;
+                    if self.answers.front().is_none_or(|f| self.taken >= f.count()) {
+                        self.taken = 0;
+                        if let Some(done) = self.answers.pop_front() {
+                            done.recycle();
+                        }
+                    }
+                    out.fetched += 1;
                 }
-            };
-            if self.needs_direction && v.iter().all(|x| *x == 0.0) {
-                return Err(Refused::Prefetch(bad(index, ZERO_ANSWER.into())));
-            }
-            if self.needs_direction && self.half && crate::binary16::vanishes(&v) {
-                return Err(Refused::Prefetch(bad(index, VANISHING_ANSWER.into())));
-            }
-            // Without EMBED_DIM the first vector sets the file's length; one of
-            // another length would shift every vector after it in the COPY.
-            if out.dim != 0 && v.len() != out.dim {
-                let why = format!(
-                    "a vector of {} values where the file's others have {}",
-                    v.len(),
-                    out.dim
-                );
-                return Err(Refused::Prefetch(bad(index, why)));
-            }
-            out.push(&v)
-                .map_err(|e| Refused::Prefetch(Prefetch::Stop(e)))?;
-            if reused {
-                out.reused += 1;
-            } else {
-                out.fetched += 1;
             }
         }
+    }
+
+    /// Checks record `index`'s vector `v` and moves it to `out`.
+    fn place(&self, out: &mut Vectors, index: u64, v: &[f32]) -> std::result::Result<(), Refused> {
+        if self.needs_direction && v.iter().all(|x| *x == 0.0) {
+            return Err(Refused::Prefetch(bad(index, ZERO_ANSWER.into())));
+        }
+        if self.needs_direction && self.half && crate::binary16::vanishes(v) {
+            return Err(Refused::Prefetch(bad(index, VANISHING_ANSWER.into())));
+        }
+        // Without EMBED_DIM the first vector sets the file's length; one of
+        // another length would shift every vector after it in the COPY.
+        if out.dim != 0 && v.len() != out.dim {
+            let why = format!(
+                "a vector of {} values where the file's others have {}",
+                v.len(),
+                out.dim
+            );
+            return Err(Refused::Prefetch(bad(index, why)));
+        }
+        out.push(v)
+            .map_err(|e| Refused::Prefetch(Prefetch::Stop(e)))
     }
 
     /// Why the file stops: a refused text is named by its record, which is the
@@ -377,7 +463,7 @@ impl Plan {
                         Entry::Fetched(i) => Some(*i),
                         Entry::Reused(..) => None,
                     })
-                    .nth(self.answers.len() + index);
+                    .nth(self.answered() + index);
                 match record {
                     Some(i) => bad(i, message),
                     None => Prefetch::Stop(Error::failed(format!(
@@ -452,4 +538,35 @@ fn reusable(
         .iter()
         .filter_map(|r| Some(((r.get(0), r.get(1)), r.try_get::<_, Stored>(2).ok()?.0)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectors_come_back_in_order_from_blocks_and_spill() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        // 65 vectors of 1,000 values fit a block: 300 cross several, and with a
+        // bound of one block (or none) most go to the spill file.
+        let dim = 1000;
+        let all: Vec<Vec<f32>> = (0..300)
+            .map(|i| (0..dim).map(|j| (i * dim + j) as f32).collect())
+            .collect();
+        for bound in [0, BLOCK, 400 * BLOCK] {
+            let mut v = Vectors::new(dir.path().join(format!("spill-{bound}")), bound);
+            for x in &all {
+                v.push(x)?;
+            }
+            // Twice: a retried transaction reads them again from the first.
+            for _ in 0..2 {
+                v.rewind()?;
+                for x in &all {
+                    assert_eq!(&v.next()?, x);
+                }
+                assert!(v.next().is_err());
+            }
+        }
+        Ok(())
+    }
 }

@@ -20,7 +20,7 @@ pub(crate) const WINDOW: usize = 16 << 20;
 
 /// The window of a thread that reads a file only for its texts while other files
 /// COPY (the embeddings prefetch): small, since several such threads run at once.
-pub(crate) const PREFETCH_WINDOW: usize = 1 << 20;
+pub(crate) const PREFETCH_WINDOW: usize = 256 << 10;
 
 thread_local! {
     /// The worker's buffer: reused, so a file costs no allocation or page faults.
@@ -82,6 +82,9 @@ fn open<'b>(
     };
     if bytes.whole {
         bytes.buf.clear();
+        // The file's size at once: grown by doubling, the buffer would end up to
+        // twice the file (and be kept at that from file to file).
+        bytes.buf.reserve_exact((len as usize).saturating_add(1));
         // One byte past the limit, so that a file that grew after fstat is caught.
         (&bytes.file)
             .take(max_bytes + 1)
