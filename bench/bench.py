@@ -372,17 +372,7 @@ class Bench:
             if table == "default":
                 for part in partitions:
                     self.psql(f"ALTER TABLE {part} RESET (toast_tuple_target)")
-            one, par = [], []
-            for _ in range(a.runs):
-                self.psql("TRUNCATE rag_chunks")
-                one.append(self.rows / timed(self.copy_in(dump), self.env)[0])
-                self.psql("TRUNCATE rag_chunks")
-                start = time.monotonic()
-                procs = [subprocess.Popen(self.copy_in(p), stdout=subprocess.DEVNULL) for p in parts]
-                for p in procs:
-                    p.wait()
-                par.append(self.rows / (time.monotonic() - start))
-            out[f"{table}1"], out[f"{table}N"] = one, par
+            out[f"{table}1"], out[f"{table}N"] = self.copy_limits(a.runs, dump, parts)
         if csv:
             self.psql(f"\\copy ({select}) TO '{csv_path}' WITH (FORMAT csv)")
             c = []
@@ -391,6 +381,22 @@ class Bench:
                 c.append(self.rows / timed(self.copy_in(csv_path, "csv"), self.env)[0])
             out["csv"] = c
         return out
+
+    def copy_limits(self, runs, dump, parts):
+        """PostgreSQL's own limit, `runs` times into an emptied rag_chunks: rows/s of
+        `dump` on one connection, and of `parts` (the same rows split) on one
+        connection each at once."""
+        one, par = [], []
+        for _ in range(runs):
+            self.psql("TRUNCATE rag_chunks")
+            one.append(self.rows / timed(self.copy_in(dump), self.env)[0])
+            self.psql("TRUNCATE rag_chunks")
+            start = time.monotonic()
+            procs = [subprocess.Popen(self.copy_in(p), stdout=subprocess.DEVNULL) for p in parts]
+            for p in procs:
+                p.wait()
+            par.append(self.rows / (time.monotonic() - start))
+        return one, par
 
     def bytes_per_row(self):
         """On-disk bytes (heap, TOAST and every index) of the partitions that hold rows,
@@ -525,16 +531,7 @@ class Bench:
             p = self.work / f"citus-dump-{i}.bin"
             self.psql(f"\\copy ({select} WHERE abs(hashtext(doc_id)) % {w} = {i}) TO '{p}' WITH (FORMAT binary)")
             parts.append(p)
-        one, par = [], []
-        for _ in range(a.runs):
-            self.psql("TRUNCATE rag_chunks")
-            one.append(self.rows / timed(self.copy_in(dump), self.env)[0])
-            self.psql("TRUNCATE rag_chunks")
-            start = time.monotonic()
-            procs = [subprocess.Popen(self.copy_in(p), stdout=subprocess.DEVNULL) for p in parts]
-            for p in procs:
-                p.wait()
-            par.append(self.rows / (time.monotonic() - start))
+        one, par = self.copy_limits(a.runs, dump, parts)
         return {"shards": shards, "process": rates, "rss": rss, "cpu": cpu, "copy1": one, "copyN": par}
 
     def citus_lines(self):

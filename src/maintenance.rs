@@ -436,19 +436,12 @@ impl Report {
 
 /// One line per kind of index built: `<verb> the HNSW index on: a, b`.
 fn indexed_lines(out: &mut String, indexed: &[(PartitionIndex, String)], verb: &str) {
-    for kind in [PartitionIndex::Hnsw, PartitionIndex::Gin] {
-        let parts: Vec<String> = indexed
-            .iter()
-            .filter(|(k, _)| *k == kind)
-            .map(|(_, p)| p.clone())
-            .collect();
-        if !parts.is_empty() {
-            out.push_str(&format!(
-                "{verb} the {} index on{}\n",
-                kind.label(),
-                list(&parts)
-            ));
-        }
+    for (kind, parts) in PartitionIndex::grouped(indexed) {
+        out.push_str(&format!(
+            "{verb} the {} index on: {}\n",
+            kind.label(),
+            parts.join(", ")
+        ));
     }
 }
 

@@ -88,6 +88,25 @@ pub(crate) enum PartitionIndex {
 }
 
 impl PartitionIndex {
+    /// `pairs` grouped by kind, HNSW first, each kind's partitions in their order;
+    /// kinds without a partition are left out.
+    pub(crate) fn grouped<S: AsRef<str>>(
+        pairs: &[(PartitionIndex, S)],
+    ) -> Vec<(PartitionIndex, Vec<&str>)> {
+        [PartitionIndex::Hnsw, PartitionIndex::Gin]
+            .into_iter()
+            .map(|kind| {
+                let parts: Vec<&str> = pairs
+                    .iter()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, p)| p.as_ref())
+                    .collect();
+                (kind, parts)
+            })
+            .filter(|(_, parts)| !parts.is_empty())
+            .collect()
+    }
+
     /// How operators read it: `HNSW`, `GIN`.
     pub(crate) fn label(self) -> &'static str {
         match self {

@@ -112,20 +112,12 @@ fn maintenance_lines(out: &mut String, last: Option<&Run>) {
 
 /// Only partitions that lack something are listed: a healthy table adds no line.
 fn partition_lines(out: &mut String, partitions: &Partitions) {
-    for kind in [PartitionIndex::Hnsw, PartitionIndex::Gin] {
-        let waiting: Vec<&str> = partitions
-            .unindexed
-            .iter()
-            .filter(|(k, _)| *k == kind)
-            .map(|(_, p)| p.as_str())
-            .collect();
-        if !waiting.is_empty() {
-            out.push_str(&format!(
-                "partitions waiting for their {} index: {}\n",
-                kind.label(),
-                waiting.join(", ")
-            ));
-        }
+    for (kind, waiting) in PartitionIndex::grouped(&partitions.unindexed) {
+        out.push_str(&format!(
+            "partitions waiting for their {} index: {}\n",
+            kind.label(),
+            waiting.join(", ")
+        ));
     }
     if !partitions.lacking_storage.is_empty() {
         out.push_str(&format!(

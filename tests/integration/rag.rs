@@ -107,18 +107,7 @@ fn hnsw_is_built_by_maintain_on_sealed_partitions_and_status_lists_the_rest() {
     }
     drop_file(&env, "two-days.msgpack", &file);
     env.run(&["process"]).output().code(0);
-    let day = |secs: i64| {
-        let d = time::OffsetDateTime::from_unix_timestamp(secs)
-            .expect("date")
-            .date();
-        format!(
-            "rag_chunks_p{:04}_{:02}_{:02}",
-            d.year(),
-            u8::from(d.month()),
-            d.day()
-        )
-    };
-    let sealed = day(yesterday);
+    let sealed = crate::support::partition_of(yesterday);
     env.run(&["status"]).output().code(0).stdout_has(&sealed);
     env.run(&["maintain", "--dry-run"])
         .output()
@@ -141,7 +130,7 @@ fn hnsw_is_built_by_maintain_on_sealed_partitions_and_status_lists_the_rest() {
     };
     assert_eq!(hnsw(&sealed), 1);
     assert_eq!(
-        hnsw(&day(today_noonish())),
+        hnsw(&crate::support::partition_of(today_noonish())),
         0,
         "today's partition stays open"
     );
@@ -156,7 +145,7 @@ fn hnsw_is_built_by_maintain_on_sealed_partitions_and_status_lists_the_rest() {
     // `always` keeps the index on every partition from its creation.
     env.set("VECTOR_INDEX_BUILD", "always");
     env.run(&["migrate"]).output().code(0);
-    assert_eq!(hnsw(&day(today_noonish())), 1);
+    assert_eq!(hnsw(&crate::support::partition_of(today_noonish())), 1);
 }
 
 #[test]

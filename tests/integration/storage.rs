@@ -7,7 +7,7 @@
 use crate::embeddings::{chunks, chunks_at, texts};
 use crate::ingest::{Val, drop_file, record, today_noonish};
 use crate::support::http::{HttpServer, Request, Response};
-use crate::support::{TestEnv, count, pg};
+use crate::support::{TestEnv, count, partition_of, pg};
 
 fn halfvec_env(dim: usize) -> TestEnv {
     let mut env = TestEnv::new().with_db();
@@ -258,18 +258,6 @@ fn halfvec_answer(req: &Request) -> Response {
 fn endpoint_vector_text(text: &str) -> String {
     let v: Vec<f32> = vector_for(text).into_iter().map(|x| x as f32).collect();
     vector_text(&v)
-}
-
-fn partition_of(secs: i64) -> String {
-    let d = time::OffsetDateTime::from_unix_timestamp(secs)
-        .expect("date")
-        .date();
-    format!(
-        "rag_chunks_p{:04}_{:02}_{:02}",
-        d.year(),
-        u8::from(d.month()),
-        d.day()
-    )
 }
 
 #[test]

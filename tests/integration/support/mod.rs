@@ -504,6 +504,19 @@ pub fn count(url: &str, sql: &str) -> i64 {
     }
 }
 
+/// The name of the daily partition of `rag_chunks` that holds unix time `secs`.
+pub fn partition_of(secs: i64) -> String {
+    let d = time::OffsetDateTime::from_unix_timestamp(secs)
+        .expect("a time in range")
+        .date();
+    format!(
+        "rag_chunks_p{:04}_{:02}_{:02}",
+        d.year(),
+        u8::from(d.month()),
+        d.day()
+    )
+}
+
 /// The type of `rag_chunks.embedding` as PostgreSQL names it (`vector(3)`).
 #[track_caller]
 pub fn embedding_type(c: &mut postgres::Client) -> String {
