@@ -576,15 +576,9 @@ class Bench:
             a.files, a.runs = saved
         self.always = {"rows": files * a.records, "rate": rates[0]}
         # Sealed partitions: the rows dated before today, indexed by maintain.
-        self.use_db("benchseal", dict(VECTOR, VECTOR_INDEX="hnsw", VECTOR_INDEX_QUIET_SECS="0"))
-        self.reset(source)
-        sh([self.bin, "-q", "process"], env=self.env)
-        self.psql("VACUUM ANALYZE rag_chunks")
-        sealed = int(self.psql("SELECT count(*) FROM rag_chunks WHERE created_at < date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
-                               capture=True))
-        start = time.monotonic()
-        sh([self.bin, "-q", "maintain"], env=self.env)
-        self.seal = {"rows": sealed, "secs": time.monotonic() - start}
+        sealed, secs = self.seal_time("benchseal", source,
+                                      dict(VECTOR, VECTOR_INDEX="hnsw", VECTOR_INDEX_QUIET_SECS="0"))
+        self.seal = {"rows": sealed, "secs": secs}
 
     def replace(self, a, source):
         """DOC_MODE=replace: a first load (every document new) and a second load that

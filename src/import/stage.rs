@@ -161,8 +161,10 @@ impl Run {
 
     /// Writes (and fsyncs) the list of `files` about to be renamed into incoming/
     /// with mtime `when`: `<nanoseconds>` on the first line, then one name a line.
+    /// Atomically (a temporary file renamed): a marker cut short by a crash would
+    /// make the next import finish the commit with only the names it lists.
     fn write_marker(&self, files: &[Staged], when: SystemTime) -> Result<PathBuf> {
-        let path = self.tmp.join(format!("import-{}{COMMIT_SUFFIX}", self.id));
+        let name = format!("import-{}{COMMIT_SUFFIX}", self.id);
         let nanos = when
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -171,19 +173,8 @@ impl Run {
             text.push_str(&f.name);
             text.push('\n');
         }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .with_context(|| format!("cannot create `{}`", path.display()))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot write `{}`", path.display()))?;
-        fsync_dir(&self.tmp)?;
-        Ok(path)
+        crate::fs::write_atomic(&self.tmp, &name, text.as_bytes(), FILE_MODE)?;
+        Ok(self.tmp.join(name))
     }
 
     /// Finishes the commit a dead run `id` had begun: the files its marker lists
@@ -232,6 +223,8 @@ impl Run {
                 removed += 1;
             }
         }
+        // A marker's temporary file, when the run died while writing it.
+        let _ = fs::remove_file(self.tmp.join(format!(".import-{id}{COMMIT_SUFFIX}.tmp")));
         let _ = fs::remove_file(lock);
         log::info!("cleared {removed} staged file(s) that an interrupted import {id} left in tmp/");
     }

@@ -578,25 +578,20 @@ fn an_input_that_ends_mid_line_or_cannot_be_read_places_nothing() {
     assert_nothing_placed(&env);
 }
 
-#[test]
-fn an_interrupted_import_removes_what_it_staged() {
-    let env = TestEnv::new();
-    env.run(&["init"]).output().code(0);
-    let fifo = env.dir.path().join("slow.fifo");
-    let made = Command::new("mkfifo").arg(&fifo).status();
-    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+/// An import reading `fifo`, fed 500 chunks, once it has staged 40 files in tmp/
+/// while its input is still open; the FIFO's writing end is returned open.
+fn import_staging(env: &TestEnv, fifo: &Path) -> (std::process::Child, std::fs::File) {
     let child = env
-        .run(&["import", "--max-records", "10", path_str(&fifo)])
+        .run(&["import", "--max-records", "10", path_str(fifo)])
         .spawn();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .open(&fifo)
+        .open(fifo)
         .expect("open fifo");
     for c in 0..500 {
         writeln!(f, "{}", chunk(&format!("d{c}"), 0, "x", json!({}))).expect("write");
     }
     f.flush().expect("flush");
-    // Staged files appear in tmp/ while the input is still open.
     let deadline = Instant::now() + Duration::from_secs(30);
     while env
         .files_in("tmp")
@@ -612,6 +607,17 @@ fn an_interrupted_import_removes_what_it_staged() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    (child, f)
+}
+
+#[test]
+fn an_interrupted_import_removes_what_it_staged() {
+    let env = TestEnv::new();
+    env.run(&["init"]).output().code(0);
+    let fifo = env.dir.path().join("slow.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+    let (child, f) = import_staging(&env, &fifo);
     let pid = child.id().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status();
     assert!(killed.is_ok_and(|s| s.success()));
@@ -622,32 +628,7 @@ fn an_interrupted_import_removes_what_it_staged() {
     assert_nothing_placed(&env);
 
     // A crash (SIGKILL) leaves staged files in tmp/, which the next import clears.
-    let child = env
-        .run(&["import", "--max-records", "10", path_str(&fifo)])
-        .spawn();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&fifo)
-        .expect("open fifo");
-    for c in 0..500 {
-        writeln!(f, "{}", chunk(&format!("d{c}"), 0, "x", json!({}))).expect("write");
-    }
-    f.flush().expect("flush");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while env
-        .files_in("tmp")
-        .iter()
-        .filter(|n| n.ends_with(".staged"))
-        .count()
-        < 40
-    {
-        assert!(
-            Instant::now() < deadline,
-            "nothing staged: {:?}",
-            env.listing()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (child, f) = import_staging(&env, &fifo);
     let mut child = child;
     let _ = child.kill();
     let _ = child.wait();
