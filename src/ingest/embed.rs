@@ -319,10 +319,18 @@ impl Embedder {
         // The values land in an answer buffer, in the order they come: the order
         // of the texts, as endpoints answer, so that it is the answer as it is.
         STAGE.set(spare_answer(n * self.dim.unwrap_or(0)));
+        // No more values than n vectors can hold: an endpoint that streams numbers
+        // without end would otherwise grow the buffer up to ANSWER_LIMIT, in every
+        // request thread at once.
+        STAGE_CAP.set(n.saturating_mul(self.dim.unwrap_or(MAX_DIM)));
         let reader = resp.body_mut().with_config().limit(ANSWER_LIMIT).reader();
         let body: Body =
             serde_json::from_reader(std::io::BufReader::with_capacity(ANSWER_BUFFER, reader))
-                .map_err(|e| format!("answered unreadable JSON: {e}"))?;
+                .map_err(|e| {
+                    // Not kept for the thread's next request: it may be large.
+                    drop(STAGE.take());
+                    format!("answered unreadable JSON: {e}")
+                })?;
         let tokens = body.usage.and_then(|u| u.total_tokens);
         let stage = STAGE.take();
         self.order(body.data, stage, n)
@@ -352,6 +360,9 @@ impl Embedder {
             return Err("answered vectors whose indexes are not 0 to n - 1, each once".into());
         }
         let want = self.dim.or_else(|| data.first().map(|(_, r)| r.len()));
+        if want == Some(0) {
+            return Err("answered empty vectors".into());
+        }
         if let Some((_, r)) = data.iter().find(|(_, r)| Some(r.len()) != want) {
             return Err(match self.dim {
                 Some(dim) => format!(
@@ -535,7 +546,13 @@ impl<'de> serde::Deserialize<'de> for Floats {
                 // they are the answer's earlier vectors.
                 let mut stage = STAGE.take();
                 let start = stage.len();
+                let cap = STAGE_CAP.get();
                 while let Some(x) = seq.next_element::<Option<f64>>()? {
+                    if stage.len() >= cap {
+                        return Err(serde::de::Error::custom(format!(
+                            "more values than {cap}, what the texts' vectors can hold"
+                        )));
+                    }
                     stage.push(x.map_or(f32::NAN, |x| x as f32));
                 }
                 let end = stage.len();
@@ -551,6 +568,8 @@ thread_local! {
     /// The values of the answer this request thread is reading, end to end, in
     /// the buffer that becomes the answer's.
     static STAGE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// How many values the answer being read may hold in all.
+    static STAGE_CAP: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
     /// This request thread's request body.
     static BODY: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
@@ -563,6 +582,10 @@ const BODY_KEPT: usize = 4 << 20;
 struct Usage {
     total_tokens: Option<u64>,
 }
+
+/// The most dimensions a vector may have when EMBED_DIM is not set (pgvector's
+/// own limit for a `vector` column is 16,000).
+const MAX_DIM: usize = 16_000;
 
 /// The largest answer read (EMBED_BATCH texts of 4,096 dimensions as JSON fit).
 const ANSWER_LIMIT: u64 = 1 << 30;
@@ -856,6 +879,7 @@ mod tests {
     /// An answer's body as `parse` reads it.
     fn answer(e: &Embedder, json: &str, n: usize) -> std::result::Result<Answer, String> {
         STAGE.set(Vec::new());
+        STAGE_CAP.set(usize::MAX);
         let body: Body = serde_json::from_str(json).map_err(|e| e.to_string())?;
         e.order(body.data, STAGE.take(), n)
     }
@@ -893,6 +917,15 @@ mod tests {
         assert!(answer(&e, in_order, 3).is_err());
         let ragged = r#"{"data":[{"index":0,"embedding":[1,2]},{"index":1,"embedding":[3]}]}"#;
         assert!(answer(&e, ragged, 2).is_err());
+        let empty = r#"{"data":[{"index":0,"embedding":[]},{"index":1,"embedding":[]}]}"#;
+        assert!(answer(&e, empty, 2).is_err());
+        // No more values than the texts' vectors can hold: a stream of numbers
+        // without end is refused as it comes, not buffered.
+        STAGE_CAP.set(4);
+        let endless = r#"{"data":[{"index":0,"embedding":[1,2,3,4,5]}]}"#;
+        let body: std::result::Result<Body, _> = serde_json::from_str(endless);
+        assert!(body.is_err_and(|e| e.to_string().contains("more values than 4")));
+        STAGE_CAP.set(usize::MAX);
     }
 
     #[test]

@@ -331,6 +331,13 @@ pub(crate) fn prefetch(
         plan.drain(&mut out)?;
         // Reused vectors queued behind an answer not yet back wait in memory: a
         // file that reuses most of its rows waits for answers rather than read on.
+        // A carried tail is sent first, or there may be no answer to wait for and
+        // every later window's reused vectors would pile up behind it.
+        if plan.reused_bytes > REUSED_BOUND && !carry.is_empty() {
+            let sent = std::mem::take(&mut carry);
+            let tail: Vec<&str> = sent.iter().map(String::as_str).collect();
+            fetch.submit(Texts::of(&tail), &mut |v| plan.take(&mut out, v))?;
+        }
         while plan.reused_bytes > REUSED_BOUND
             && fetch.take_next(&mut |v| plan.take(&mut out, v))?
         {}
