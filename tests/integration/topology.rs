@@ -110,11 +110,15 @@ fn sentinels_name_the_master_and_the_cache_follows_a_failover() {
         .output()
         .code(78)
         .stderr_has("`REDIS_SENTINEL_MASTER`");
-    // Cache commands go on through a failover: every value read back is the one
-    // just written (no stale reply), and the commands reach the new master.
+    // Cache commands go on through a failover and reach the new master. A value
+    // read back is the one just written, or, while the cache is still on the
+    // demoted master (it checks once a second), an earlier one: a write the old
+    // master took and the new one never got (Redis replicates asynchronously).
+    // Never a later or foreign value, and no more lost writes than a second holds.
     start_failover(&s);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut ok_after_failover = 0;
+    let mut lost = Vec::new();
     let mut i = 0;
     // The sentinels may leave the old master taking writes for seconds; the cache
     // checks the master once a second, so 40 rounds (2 s) after the switch its
@@ -129,13 +133,22 @@ fn sentinels_name_the_master_and_the_cache_follows_a_failover() {
         if cache.set_json_namespace("fo", "k", &value, None).is_ok()
             && let Ok(got) = cache.get_json_namespace("fo", "k")
         {
-            assert_eq!(got, Some(value), "a stale or misplaced reply");
-            if s.master_port() == Some(s.replica.port) {
+            let got_i = got.as_ref().and_then(|g| g["i"].as_i64());
+            if got != Some(value) {
+                // None: even the first writes went to the old master only.
+                assert!(
+                    got.is_none() || got_i.is_some_and(|j| j < i),
+                    "a misplaced reply: {got:?} after writing {i}"
+                );
+                lost.push(i);
+            } else if s.master_port() == Some(s.replica.port) {
                 ok_after_failover += 1;
             }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // One second of rounds (50 ms apart) at the most.
+    assert!(lost.len() <= 20, "writes lost to the old master: {lost:?}");
     assert_eq!(
         cache.probe().expect("probe").topology,
         format!("sentinel master 127.0.0.1:{}", s.replica.port)
