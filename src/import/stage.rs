@@ -247,14 +247,8 @@ impl Run {
         self.next += 1;
         let path = self.tmp.join(format!("{name}.staged"));
         let mut list = staged();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .with_context(|| format!("cannot create `{}`", path.display()))?;
+        let file =
+            create_new(&path).with_context(|| format!("cannot create `{}`", path.display()))?;
         list.push(path.clone());
         drop(list);
         // The mode exactly, whatever the umask; the owner `process` runs as.
@@ -496,16 +490,22 @@ impl Drop for Staging<'_> {
     }
 }
 
-/// Creates and locks a run's lock file. A spool the user may not write is a
-/// matter of who runs the command, not a passing failure: it says so (78).
-fn take_lock(path: &Path, spool: &Spool) -> Result<LockFile> {
-    let file = OpenOptions::new()
+/// A file of ours in tmp/ that did not exist (never one a symlink points to),
+/// read-write, at FILE_MODE before the umask.
+fn create_new(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .mode(FILE_MODE)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path);
+        .open(path)
+}
+
+/// Creates and locks a run's lock file. A spool the user may not write is a
+/// matter of who runs the command, not a passing failure: it says so (78).
+fn take_lock(path: &Path, spool: &Spool) -> Result<LockFile> {
+    let file = create_new(path);
     let file = match file {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {

@@ -93,35 +93,13 @@ fn run_fed(
         let _ = std::io::Read::read_to_string(&mut err, &mut s);
         s
     });
-    let status_file = format!("/proc/{}/status", child.id());
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut peak_kib = 0u64;
-    let code = loop {
-        let hwm = std::fs::read_to_string(&status_file)
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0);
-        peak_kib = peak_kib.max(hwm);
-        match child.try_wait() {
-            Ok(Some(status)) => break status.code(),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
+    let (code, peak_mib) = crate::support::wait_with_peak(&mut child, Duration::from_secs(300));
     let _ = writer.join();
     Fed {
         code,
         stdout: out_reader.join().unwrap_or_default(),
         stderr: err_reader.join().unwrap_or_default(),
-        peak_mib: peak_kib as f64 / 1024.0,
+        peak_mib,
     }
 }
 

@@ -290,31 +290,7 @@ impl Run<'_> {
             Ok(c) => c,
             Err(e) => panic!("cannot spawn {}: {e}", bin().display()),
         };
-        let status_file = format!("/proc/{}/status", child.id());
-        let deadline = Instant::now() + self.timeout;
-        let mut peak_kib = 0u64;
-        loop {
-            let hwm = std::fs::read_to_string(&status_file)
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("VmHWM:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                })
-                .unwrap_or(0);
-            peak_kib = peak_kib.max(hwm);
-            match child.try_wait() {
-                Ok(Some(status)) => return (status.code(), peak_kib as f64 / 1024.0),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return (None, peak_kib as f64 / 1024.0);
-                }
-            }
-        }
+        wait_with_peak(&mut child, self.timeout)
     }
 
     /// Runs to completion (killed at the deadline).
@@ -501,6 +477,37 @@ pub fn count(url: &str, sql: &str) -> i64 {
     match pg(url).query_one(sql, &[]) {
         Ok(r) => r.get(0),
         Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+/// Waits for `child` (killed after `timeout`, then `None`) and returns its exit
+/// code and peak resident set in MiB: the kernel's high-water mark (VmHWM), read
+/// every 10 ms, so at most its last 10 ms go unseen.
+pub fn wait_with_peak(child: &mut Child, timeout: Duration) -> (Option<i32>, f64) {
+    let status_file = format!("/proc/{}/status", child.id());
+    let deadline = Instant::now() + timeout;
+    let mut peak_kib = 0u64;
+    loop {
+        let hwm = std::fs::read_to_string(&status_file)
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0);
+        peak_kib = peak_kib.max(hwm);
+        match child.try_wait() {
+            Ok(Some(status)) => return (status.code(), peak_kib as f64 / 1024.0),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (None, peak_kib as f64 / 1024.0);
+            }
+        }
     }
 }
 
