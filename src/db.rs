@@ -5,9 +5,9 @@
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use native_tls::{Certificate, TlsConnector};
+use crate::pgtls::Tls;
+use native_tls::Certificate;
 use postgres::Client;
-use postgres_native_tls::MakeTlsConnector;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use std::time::Duration;
 #[derive(Clone)]
 pub(crate) struct Db {
     config: postgres::Config,
-    tls: Option<MakeTlsConnector>,
+    tls: Option<Tls>,
     retry_budget: Duration,
 }
 
@@ -198,26 +198,26 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A TLS connector with libpq's verification rules for `mode`.
-fn connector(mode: SslMode, rootcert: Option<&str>) -> Result<MakeTlsConnector> {
-    let mut builder = TlsConnector::builder();
-    if let Some(path) = rootcert {
-        let pem = std::fs::read(path).map_err(|e| {
-            Error::config(format!(
-                "cannot read sslrootcert `{path}` from `DATABASE_URL`: {e}"
-            ))
-        })?;
-        let certs = pem_certificates(&pem);
-        if certs.is_empty() {
-            return Err(Error::config(format!(
-                "sslrootcert `{path}` holds no PEM certificate"
-            )));
+/// TLS with libpq's verification rules for `mode`; sslrootcert is read now, the
+/// connector built at the first handshake (see `pgtls`).
+fn connector(mode: SslMode, rootcert: Option<&str>) -> Result<Tls> {
+    let roots = match rootcert {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                Error::config(format!(
+                    "cannot read sslrootcert `{path}` from `DATABASE_URL`: {e}"
+                ))
+            })?;
+            let certs = pem_certificates(&pem);
+            if certs.is_empty() {
+                return Err(Error::config(format!(
+                    "sslrootcert `{path}` holds no PEM certificate"
+                )));
+            }
+            Some(certs)
         }
-        builder.disable_built_in_roots(true);
-        for cert in certs {
-            builder.add_root_certificate(cert);
-        }
-    }
+        None => None,
+    };
     // libpq: prefer and require do not verify (require does verify the chain when a
     // root certificate is given); verify-ca checks the chain; verify-full also the host.
     let verify_chain = match mode {
@@ -225,12 +225,7 @@ fn connector(mode: SslMode, rootcert: Option<&str>) -> Result<MakeTlsConnector> 
         SslMode::Require => rootcert.is_some(),
         _ => false,
     };
-    builder.danger_accept_invalid_certs(!verify_chain);
-    builder.danger_accept_invalid_hostnames(mode != SslMode::VerifyFull);
-    let tls = builder
-        .build()
-        .map_err(|e| Error::config(format!("cannot set up TLS for `DATABASE_URL`: {e}")))?;
-    Ok(MakeTlsConnector::new(tls))
+    Ok(Tls::new(verify_chain, mode == SslMode::VerifyFull, roots))
 }
 
 fn pem_certificates(pem: &[u8]) -> Vec<Certificate> {

@@ -30,6 +30,7 @@ const LAYERS: &[(u8, &[&str])] = &[
             "cli",
             "suggest",
             "pgurl",
+            "pgtls",
             "config::defs",
             "heartbeat",
             "log",

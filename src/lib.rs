@@ -53,6 +53,7 @@ pub(crate) mod maintenance;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod partition;
+pub(crate) mod pgtls;
 pub(crate) mod pgurl;
 pub(crate) mod privdrop;
 pub(crate) mod progress;

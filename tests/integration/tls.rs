@@ -42,4 +42,17 @@ fn verify_full_accepts_the_right_ca_and_refuses_others() {
     migrate(url("127.0.0.1", "verify-ca", &ca)).code(0);
     migrate(url("127.0.0.1", "verify-ca", &wrong)).code(78);
     migrate(format!("{}?sslmode=require", own.url("127.0.0.1", "tls"))).code(0);
+    // prefer (the default) with a server that agrees: TLS is set up at the
+    // handshake, not before.
+    migrate(format!("{}?sslmode=prefer", own.url("127.0.0.1", "tls"))).code(0);
+    // A sslrootcert that cannot be used is a settings error at once, before any
+    // connection is tried.
+    migrate(url("localhost", "verify-full", &own.dir.join("absent.pem")))
+        .code(78)
+        .stderr_has("cannot read sslrootcert");
+    let empty = own.dir.join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").expect("write empty.pem");
+    migrate(url("localhost", "verify-full", &empty))
+        .code(78)
+        .stderr_has("holds no PEM certificate");
 }
