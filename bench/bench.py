@@ -223,9 +223,19 @@ class Bench:
     def spool(self, sub):
         return self.work / "spool" / sub
 
+    def empty(self, tables):
+        """TRUNCATE `tables`, then a CHECKPOINT and the kernel's dirty pages written:
+        every timed run starts from the same state. Without it a run paid for the
+        writeback of the one before (hundreds of MB of heap and WAL), and the spread
+        of one mode's runs (49,000-66,000 rows/s) was wider than the difference
+        between modes it was to show."""
+        self.psql(f"TRUNCATE {tables}")
+        self.psql("CHECKPOINT")
+        os.sync()
+
     def reset(self, source):
         """Empties the table, the manifest and the spool, then puts `source`'s files back in incoming/."""
-        self.psql("TRUNCATE rag_chunks, ragspool_manifest, ragspool_docs")
+        self.empty("rag_chunks, ragspool_manifest, ragspool_docs")
         for sub in ("incoming", "processing", "archive", "failed", "outbox", "tmp"):
             d = self.spool(sub)
             shutil.rmtree(d)
@@ -377,7 +387,7 @@ class Bench:
             self.psql(f"\\copy ({select}) TO '{csv_path}' WITH (FORMAT csv)")
             c = []
             for _ in range(a.runs):
-                self.psql("TRUNCATE rag_chunks")
+                self.empty("rag_chunks")
                 c.append(self.rows / timed(self.copy_in(csv_path, "csv"), self.env)[0])
             out["csv"] = c
         return out
@@ -388,9 +398,9 @@ class Bench:
         connection each at once."""
         one, par = [], []
         for _ in range(runs):
-            self.psql("TRUNCATE rag_chunks")
+            self.empty("rag_chunks")
             one.append(self.rows / timed(self.copy_in(dump), self.env)[0])
-            self.psql("TRUNCATE rag_chunks")
+            self.empty("rag_chunks")
             start = time.monotonic()
             procs = [subprocess.Popen(self.copy_in(p), stdout=subprocess.DEVNULL) for p in parts]
             for p in procs:
