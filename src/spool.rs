@@ -467,8 +467,18 @@ impl Spool {
             return;
         }
         let dir = self.dir("processing").join(name);
-        let ours = fs::read_to_string(dir.join(OWNER_FILE))
-            .is_ok_and(|text| text.split_whitespace().next() == Some(owner.host.as_str()));
+        let tmp = dir.join(format!(".{OWNER_FILE}.tmp"));
+        let names_us = |path: &Path| {
+            fs::read_to_string(path)
+                .is_ok_and(|text| text.split_whitespace().next() == Some(owner.host.as_str()))
+        };
+        // A claim killed before its owner record was in place left the record's
+        // temporary file, or nothing at all (killed between the mkdir and the
+        // record): a live claimer holds the flock from right after its mkdir, and
+        // an empty directory has nothing to lose.
+        let ours = names_us(&dir.join(OWNER_FILE))
+            || (!dir.join(OWNER_FILE).exists() && names_us(&tmp))
+            || fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_none());
         let old = fs::symlink_metadata(&dir)
             .and_then(|m| m.modified())
             .ok()
@@ -479,7 +489,7 @@ impl Spool {
         }
         if let Ok(Some(_lock)) = BatchLock::try_take(&dir) {
             let _ = fs::remove_file(dir.join(OWNER_FILE));
-            let _ = fs::remove_file(dir.join(format!(".{OWNER_FILE}.tmp")));
+            let _ = fs::remove_file(&tmp);
             let _ = fs::remove_dir(&dir);
         }
     }
@@ -942,6 +952,21 @@ mod tests {
         let old = SystemTime::now() - Duration::from_secs(61);
         File::open(&foreign)?.set_modified(old)?;
         assert!(none()? && !foreign.exists());
+        // Killed while its owner record was being written: the record's temporary
+        // file names this host.
+        let cut = staging("here")?;
+        fs::rename(cut.join(OWNER_FILE), cut.join(format!(".{OWNER_FILE}.tmp")))?;
+        assert!(none()? && !cut.exists());
+        // Killed between its mkdir and its record: an empty directory goes at once,
+        // unless a live claimer already holds its lock.
+        let bare = spool
+            .dir("processing")
+            .join(format!(".{}{STAGING_SUFFIX}", BatchTag::new()?));
+        make_dir(&bare)?;
+        let lock = BatchLock::try_take(&bare)?;
+        assert!(none()? && bare.exists());
+        drop(lock);
+        assert!(none()? && !bare.exists());
         Ok(())
     }
 
