@@ -86,10 +86,24 @@ pub(crate) struct Report {
     pub(crate) error: Option<String>,
 }
 
-/// The session advisory lock `maintain` holds for its whole run; self-heal takes
-/// the same key per transaction, so the two never ATTACH at once.
+/// The session advisory lock `maintain` holds while it creates and retires
+/// partitions; self-heal takes the same key per transaction, so the two never
+/// ATTACH at once.
 fn try_lock(client: &mut postgres::Client, names: &Names, lock: bool) -> Result<bool> {
     let (_, key) = partition::lock_sql(names);
+    try_key(client, &key, lock)
+}
+
+/// The session advisory lock `maintain` holds while it builds indexes: apart from
+/// the partitions' lock, so that self-heal is not held up for the length of an
+/// HNSW build (minutes on a large partition), and one key still, so that a second
+/// run does not take the first one's index, invalid until its build ends, for
+/// one an interrupted build left and drop it.
+fn try_index_lock(client: &mut postgres::Client, names: &Names, lock: bool) -> Result<bool> {
+    try_key(client, &format!("ragspool.indexes:{}", names.table), lock)
+}
+
+fn try_key(client: &mut postgres::Client, key: &str, lock: bool) -> Result<bool> {
     let sql = if lock {
         "SELECT pg_try_advisory_lock(hashtext($1))"
     } else {
@@ -161,9 +175,27 @@ pub(crate) fn run(client: &mut postgres::Client, names: &Names, s: &Settings) ->
     let _ = try_lock(client, names, false);
     result?;
     if !s.dry_run {
+        build_indexes(client, names, &mut report)?;
         record(client, names, s, &report)?;
     }
     Ok(report)
+}
+
+/// Builds the indexes sealed partitions wait for, under the index lock alone.
+fn build_indexes(client: &mut postgres::Client, names: &Names, report: &mut Report) -> Result<()> {
+    if names.storage.indexes().is_empty() {
+        return Ok(());
+    }
+    if !try_index_lock(client, names, true)? {
+        report
+            .warnings
+            .push("another maintenance run is building indexes; this one built none".into());
+        return Ok(());
+    }
+    let built = partition::index_sealed(client, names, false);
+    let _ = try_index_lock(client, names, false);
+    report.indexed = built?;
+    Ok(())
 }
 
 fn run_locked(
@@ -227,7 +259,6 @@ fn run_locked(
             .collect();
         partition::set_storage(client, names, &new)?;
     }
-    report.indexed = partition::index_sealed(client, names, false)?;
     crate::metrics::PARTITIONS_CREATED.add(report.created.max(0) as u64);
     if *manager == Manager::Native {
         report.retired = retire(client, names, &ranges, s)?;

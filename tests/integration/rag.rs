@@ -439,3 +439,77 @@ fn history_goes_into_month_partitions_without_a_bound_into_the_past() {
         .stderr_has("partition_missing");
     env.run(&["maintain"]).output().code(0);
 }
+
+#[test]
+fn self_heal_does_not_wait_for_an_index_build() {
+    let mut env = vector_env(3);
+    env.set("VECTOR_INDEX", "hnsw");
+    env.set("VECTOR_INDEX_QUIET_SECS", "0");
+    let yesterday = today_noonish() - 86_400;
+    let row = |doc: &'static str, ts: i64| {
+        record(&[
+            ("doc_id", Val::Str(doc)),
+            ("chunk_index", Val::UInt(0)),
+            ("content", Val::Str("x")),
+            ("embedding", Val::Floats(vec![1.0, 2.0, 3.0])),
+            ("created_at", Val::UInt(ts as u64)),
+        ])
+    };
+    drop_file(&env, "yesterday.msgpack", &row("a", yesterday));
+    env.run(&["process"]).output().code(0);
+    // A snapshot held open: the concurrent build of yesterday's HNSW index waits
+    // for it to end, as it would for a long report.
+    let url = env.db_url();
+    let mut reader = pg(&url);
+    reader
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM rag_chunks")
+        .expect("hold a snapshot");
+    let mut maintain = env
+        .run(&["maintain"])
+        .env("DB_LOCK_TIMEOUT_MS", "120000")
+        .spawn();
+    let building = || {
+        count(
+            &url,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'CREATE INDEX CONCURRENTLY%'",
+        ) > 0
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !building() {
+        assert!(std::time::Instant::now() < deadline, "no index build began");
+        assert!(
+            matches!(maintain.try_wait(), Ok(None)),
+            "maintain ended early"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Meanwhile a file needs a partition nobody made: self-heal makes it now,
+    // within a lock wait far shorter than the build.
+    let past = today_noonish() - 5 * 86_400;
+    drop_file(&env, "older.msgpack", &row("b", past));
+    env.run(&["process"])
+        .env("DB_LOCK_TIMEOUT_MS", "2000")
+        .env("RETRY_MAX_SECS", "3")
+        .output()
+        .code(0);
+    assert!(building(), "the build ended before the file went in");
+    assert_eq!(
+        count(&url, "SELECT count(*) FROM rag_chunks WHERE doc_id = 'b'"),
+        1
+    );
+    reader.batch_execute("COMMIT").expect("let the build end");
+    let status = maintain.wait().expect("maintain ends");
+    assert_eq!(status.code(), Some(0));
+    let sealed = crate::support::partition_of(yesterday);
+    assert_eq!(
+        count(
+            &url,
+            &format!(
+                "SELECT count(*) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+                 JOIN pg_am am ON am.oid = i.relam WHERE x.indrelid = '{sealed}'::regclass \
+                 AND am.amname = 'hnsw' AND x.indisvalid"
+            ),
+        ),
+        1
+    );
+}
