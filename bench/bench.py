@@ -23,6 +23,39 @@ HALFVEC = {"EMBEDDING_TYPE": "halfvec", "EMBED_DIM": "384"}
 # SPEC 15's storage rows: each mode's process and COPY limit on the same rows.
 STORAGE = (("vector", VECTOR), ("halfvec", HALFVEC),
            ("halfvec + TEXT_SEARCH=english", dict(HALFVEC, TEXT_SEARCH="english")))
+# The endpoint's own capacity for a load (`Bench.endpoint_capacity`): a client that
+# does nothing but send the load's requests, `cap` at a time over kept-alive
+# connections, in a process of its own (the simulator's threads hold this one's GIL).
+REFERENCE_CLIENT = r"""
+import http.client, json, sys, threading, time
+port, requests, cap, batch = map(int, sys.argv[1:5])
+body = json.dumps({"model": "bench-model", "input": ["x" * 800] * batch}).encode()
+left = [requests]
+lock = threading.Lock()
+def worker():
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    while True:
+        with lock:
+            if left[0] == 0:
+                return
+            left[0] -= 1
+        while True:
+            conn.request("POST", "/embeddings", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            if r.status == 200:
+                break
+            time.sleep(0.05)
+start = time.monotonic()
+threads = [threading.Thread(target=worker) for _ in range(cap)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(time.monotonic() - start)
+"""
+
+
 def stamp():
     """The report's time: UTC, to the minute."""
     return time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
@@ -663,7 +696,8 @@ class Bench:
             for cap in (16, 64):
                 for label, source, rows in (("1 file × 8,000 chunks", big, 8000),
                                             ("8 files × 500 chunks", small, 4000)):
-                    self.pace.append(self.pace_row(url, source, rows, cap, cap, f"{label}, cap {cap}"))
+                    self.pace.append(self.pace_row(url, source, rows, cap, cap, f"{label}, cap {cap}",
+                                                   reference=True))
             texts_per_sec = 16 * 64 / 0.3
             files = max(8, int(texts_per_sec * 75 / 2000) + 1)
             long = self.generate("pace-long", files, 2000, dim=0)
@@ -672,7 +706,7 @@ class Bench:
         finally:
             server.shutdown()
 
-    def pace_row(self, url, source, rows, cap, concurrency, label, latency=0.3, tpm=0):
+    def pace_row(self, url, source, rows, cap, concurrency, label, latency=0.3, tpm=0, reference=False):
         Endpoint.reset(latency, cap, tpm)
         extra = dict(VECTOR, EMBED_BASE_URL=url, EMBED_MODEL="bench-model", EMBED_BATCH="64",
                      EMBED_CONCURRENCY=str(concurrency), WORKERS="2", BATCH_MAX_BYTES=str(1 << 40),
@@ -689,20 +723,44 @@ class Bench:
             serves = min(serves, tpm / 60 / (tokens / rows))
         late = [r for r in Endpoint.refused if r - started > 10]
         answered = Endpoint.ok + len(Endpoint.refused)
-        return {"label": label, "rows": rows, "secs": t, "rate": rows / t, "ratio": rows / t / serves,
-                "peak": Endpoint.peak, "refused_late": len(late), "requests": answered,
-                "late_share": len(late) / max(1, answered), "rss": rss}
+        row = {"label": label, "rows": rows, "secs": t, "rate": rows / t, "ratio": rows / t / serves,
+               "peak": Endpoint.peak, "refused_late": len(late), "requests": answered,
+               "late_share": len(late) / max(1, answered), "rss": rss, "capacity": None}
+        if reference:
+            row["capacity"] = self.endpoint_capacity(url, rows, cap)
+        return row
+
+    def endpoint_capacity(self, url, rows, cap, batch=64):
+        """Texts a second the endpoint serves for this load at best: the same
+        requests (rows ÷ EMBED_BATCH, rounded up), `cap` at a time, from a client
+        that does nothing else. Fewer requests than cap × a whole number of rounds
+        leave the last round part empty, which no client can avoid, so this is the
+        limit a load of this size meets, beside the nominal cap × batch ÷ latency."""
+        Endpoint.reset(Endpoint.latency, cap)
+        port = url.rsplit(":", 1)[1]
+        out = subprocess.run([sys.executable, "-c", REFERENCE_CLIENT, port, str(-(-rows // batch)), str(cap),
+                              str(batch)], check=True, text=True, stdout=subprocess.PIPE).stdout
+        return rows / float(out.strip())
 
     def pace_lines(self):
         lines = [
             "",
             "| embeddings at the endpoint's pace (300 ms a request, EMBED_BATCH=64, WORKERS=2) | s | rows/s | "
-            "÷ what the endpoint serves | most in flight | 429s after 10 s | peak RSS MiB |",
-            "|---|---|---|---|---|---|---|",
+            "÷ what the endpoint serves | ÷ its capacity for this load | most in flight | 429s after 10 s | "
+            "peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in self.pace:
-            lines.append(f"| {r['label']} | {r['secs']:.1f} | {r['rate']:,.0f} | **{r['ratio']:.2f}** | {r['peak']} | "
-                         f"{r['refused_late']} of {r['requests']} ({100 * r['late_share']:.1f} %) | {r['rss']:.1f} |")
+            cap = f"{r['rate'] / r['capacity']:.2f}" if r["capacity"] else "—"
+            lines.append(f"| {r['label']} | {r['secs']:.1f} | {r['rate']:,.0f} | **{r['ratio']:.2f}** | {cap} | "
+                         f"{r['peak']} | {r['refused_late']} of {r['requests']} ({100 * r['late_share']:.1f} %) | "
+                         f"{r['rss']:.1f} |")
+        lines += [
+            "",
+            "What the endpoint serves: cap × EMBED_BATCH ÷ latency texts a second. Its capacity for this load: "
+            "texts a second that a client doing nothing but this load's requests, cap at a time, gets from it "
+            "in the same run (the last round of requests is part empty whatever the client).",
+        ]
         return lines
 
     def latency(self, a):
