@@ -13,6 +13,8 @@ command -v python3 >/dev/null || need+=(python3)
 command -v openssl >/dev/null || need+=(openssl)
 command -v g++ >/dev/null || need+=(g++)
 command -v psql >/dev/null || need+=(postgresql-client)
+# GNU time: the benchmark's peak RSS of each child (see bench/bench.py, GNU_TIME).
+[ -x /usr/bin/time ] || need+=(time)
 # The README's Python producer runs in the tests: msgpack for the python3 on PATH
 # (pip where that Python allows it, else Debian's package for the system one).
 if ! python3 -c 'import msgpack' 2>/dev/null; then

@@ -98,7 +98,8 @@ fn try_lock(client: &mut postgres::Client, names: &Names, lock: bool) -> Result<
 /// the partitions' lock, so that self-heal is not held up for the length of an
 /// HNSW build (minutes on a large partition), and one key still, so that a second
 /// run does not take the first one's index, invalid until its build ends, for
-/// one an interrupted build left and drop it.
+/// one an interrupted build left and drop it. Retention takes it too, briefly, so
+/// that it never detaches a partition under a build.
 fn try_index_lock(client: &mut postgres::Client, names: &Names, lock: bool) -> Result<bool> {
     try_key(client, &format!("ragspool.indexes:{}", names.table), lock)
 }
@@ -175,8 +176,13 @@ pub(crate) fn run(client: &mut postgres::Client, names: &Names, s: &Settings) ->
     let _ = try_lock(client, names, false);
     result?;
     if !s.dry_run {
-        build_indexes(client, names, &mut report)?;
+        // The run is recorded whatever the builds did: its partitions were made.
+        let built = build_indexes(client, names, &mut report);
+        if let Err(e) = &built {
+            report.error.get_or_insert_with(|| e.to_string());
+        }
         record(client, names, s, &report)?;
+        built?;
     }
     Ok(report)
 }
@@ -326,7 +332,20 @@ fn retire(
     s: &Settings,
 ) -> Result<Vec<String>> {
     let mut done = Vec::new();
-    for (part, _) in retirees(ranges, names, s)? {
+    let due = retirees(ranges, names, s)?;
+    if due.is_empty() {
+        return Ok(done);
+    }
+    // Not while another run builds indexes: a DETACH would wait on the build's
+    // lock while holding the table's, and so hold up every ingest meanwhile.
+    if !try_index_lock(client, names, true)? {
+        log::warn!(
+            "retention: another maintenance run is building indexes; {} partition(s) wait for the next run",
+            due.len()
+        );
+        return Ok(done);
+    }
+    for (part, _) in due {
         let mut sql = vec![format!(
             "ALTER TABLE {} DETACH PARTITION {part}",
             names.table
@@ -339,6 +358,7 @@ fn retire(
             Err(e) => log::warn!("retention: cannot retire {part}: {}", db::describe(&e)),
         }
     }
+    let _ = try_index_lock(client, names, false);
     Ok(done)
 }
 

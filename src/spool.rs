@@ -77,6 +77,35 @@ impl Owner {
         format!("{} {}\n", self.host, std::process::id())
     }
 
+    /// What a staging directory's name says of its claimer: this host (hashed, as
+    /// a host name may hold what a file name must not) and this process. It is
+    /// there from the mkdir on, before the claimer holds its flock or has written
+    /// its `.owner`.
+    fn staging_mark(&self) -> String {
+        format!("{}-{}", self.host_mark(), std::process::id())
+    }
+
+    fn host_mark(&self) -> String {
+        crate::digest::sha256_hex(self.host.as_bytes())[..8].to_string()
+    }
+
+    /// Whether staging directory `name` was made by a process of this host that
+    /// is gone.
+    fn made_by_one_gone(&self, name: &str) -> bool {
+        let mark = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(STAGING_SUFFIX))
+            .and_then(|n| n.rsplit_once('.'))
+            .and_then(|(_, mark)| mark.split_once('-'));
+        let Some((host, pid)) = mark else {
+            return false;
+        };
+        host == self.host_mark()
+            && pid
+                .parse::<i32>()
+                .is_ok_and(|pid| !crate::host::process_alive(pid))
+    }
+
     /// Whether the batch in `dir`, whose flock was free, may be taken over.
     fn may_take(&self, dir: &Path) -> bool {
         let path = dir.join(OWNER_FILE);
@@ -330,7 +359,7 @@ impl Spool {
         let target = processing.join(tag.as_str());
         // The directory appears under its tag already locked and owned, so that a
         // recovery scanning processing/ meanwhile never takes a batch being made.
-        let staging = processing.join(format!(".{tag}{STAGING_SUFFIX}"));
+        let staging = processing.join(format!(".{tag}.{}{STAGING_SUFFIX}", owner.staging_mark()));
         make_dir(&staging)?;
         let lock = BatchLock::try_take(&staging)?.ok_or_else(|| {
             Error::temp(format!(
@@ -456,11 +485,13 @@ impl Spool {
 
     /// Removes a batch directory whose claimer died before it got its tag (it holds
     /// nothing but its `.owner`: files move in only after the rename). One whose
-    /// `.owner` names this host goes as soon as its flock is free (that claimer
-    /// wrote it under the lock, so a free lock means it died). Otherwise only one
-    /// a minute old: a claimer renames its own within milliseconds, also on
-    /// another host whose flock this one does not see, and one that has not yet
-    /// written its `.owner` may not yet hold its lock either.
+    /// name says a process of this host made it goes once that process is gone, at
+    /// whatever step it died (before its flock, its `.owner`, or after); one whose
+    /// `.owner` names this host, as soon as its flock is free (that claimer wrote
+    /// it under the lock, so a free lock means it died). Otherwise only one a
+    /// minute old: a claimer renames its own within milliseconds, also on another
+    /// host whose flock this one does not see, and one that has not yet written
+    /// its `.owner` may not yet hold its lock either.
     fn clear_staging(&self, name: &OsStr, owner: &Owner) {
         let Some(name) = name.to_str() else { return };
         if !(name.starts_with('.') && name.ends_with(STAGING_SUFFIX)) {
@@ -468,17 +499,9 @@ impl Spool {
         }
         let dir = self.dir("processing").join(name);
         let tmp = dir.join(format!(".{OWNER_FILE}.tmp"));
-        let names_us = |path: &Path| {
-            fs::read_to_string(path)
-                .is_ok_and(|text| text.split_whitespace().next() == Some(owner.host.as_str()))
-        };
-        // A claim killed before its owner record was in place left the record's
-        // temporary file, or nothing at all (killed between the mkdir and the
-        // record): a live claimer holds the flock from right after its mkdir, and
-        // an empty directory has nothing to lose.
-        let ours = names_us(&dir.join(OWNER_FILE))
-            || (!dir.join(OWNER_FILE).exists() && names_us(&tmp))
-            || fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_none());
+        let ours = owner.made_by_one_gone(name)
+            || fs::read_to_string(dir.join(OWNER_FILE))
+                .is_ok_and(|text| text.split_whitespace().next() == Some(owner.host.as_str()));
         let old = fs::symlink_metadata(&dir)
             .and_then(|m| m.modified())
             .ok()
@@ -952,21 +975,25 @@ mod tests {
         let old = SystemTime::now() - Duration::from_secs(61);
         File::open(&foreign)?.set_modified(old)?;
         assert!(none()? && !foreign.exists());
-        // Killed while its owner record was being written: the record's temporary
-        // file names this host.
-        let cut = staging("here")?;
-        fs::rename(cut.join(OWNER_FILE), cut.join(format!(".{OWNER_FILE}.tmp")))?;
-        assert!(none()? && !cut.exists());
-        // Killed between its mkdir and its record: an empty directory goes at once,
-        // unless a live claimer already holds its lock.
-        let bare = spool
-            .dir("processing")
-            .join(format!(".{}{STAGING_SUFFIX}", BatchTag::new()?));
-        make_dir(&bare)?;
-        let lock = BatchLock::try_take(&bare)?;
-        assert!(none()? && bare.exists());
-        drop(lock);
-        assert!(none()? && !bare.exists());
+        // Killed between its mkdir and its owner record (or its flock): the name
+        // says which process of this host made it. Left while that process lives,
+        // cleared at once when it is gone; another host's mark waits its minute.
+        let marked = |mark: String| -> Result<PathBuf> {
+            let dir = spool
+                .dir("processing")
+                .join(format!(".{}.{mark}{STAGING_SUFFIX}", BatchTag::new()?));
+            make_dir(&dir)?;
+            Ok(dir)
+        };
+        let here = owner("here");
+        let living = marked(here.staging_mark())?;
+        let mut child = std::process::Command::new("true").spawn()?;
+        let gone_pid = child.id();
+        child.wait()?;
+        let gone = marked(format!("{}-{gone_pid}", here.host_mark()))?;
+        let elsewhere = marked(format!("{}-{gone_pid}", owner("there").host_mark()))?;
+        assert!(none()?);
+        assert!(living.exists() && !gone.exists() && elsewhere.exists());
         Ok(())
     }
 

@@ -89,21 +89,44 @@ fn vectors_land_in_a_pgvector_column_and_answer_nearest_neighbour_queries() {
     }
 }
 
-#[test]
-fn hnsw_is_built_by_maintain_on_sealed_partitions_and_status_lists_the_rest() {
+/// A 3-dimension vector table whose partitions get HNSW once sealed, at once.
+fn sealed_hnsw_env() -> TestEnv {
     let mut env = vector_env(3);
     env.set("VECTOR_INDEX", "hnsw");
     env.set("VECTOR_INDEX_QUIET_SECS", "0");
+    env
+}
+
+/// Chunk `i` of `doc`, created at `ts`.
+fn dated(doc: &'static str, i: u64, ts: i64) -> Vec<u8> {
+    record(&[
+        ("doc_id", Val::Str(doc)),
+        ("chunk_index", Val::UInt(i)),
+        ("content", Val::Str("x")),
+        ("embedding", Val::Floats(vec![1.0, 2.0, 3.0])),
+        ("created_at", Val::UInt(ts as u64)),
+    ])
+}
+
+/// Valid HNSW indexes on partition `part`.
+fn valid_hnsw(url: &str, part: &str) -> i64 {
+    count(
+        url,
+        &format!(
+            "SELECT count(*) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+             JOIN pg_am am ON am.oid = i.relam WHERE x.indrelid = '{part}'::regclass \
+             AND am.amname = 'hnsw' AND x.indisvalid"
+        ),
+    )
+}
+
+#[test]
+fn hnsw_is_built_by_maintain_on_sealed_partitions_and_status_lists_the_rest() {
+    let mut env = sealed_hnsw_env();
     let yesterday = today_noonish() - 86_400;
     let mut file = Vec::new();
     for (i, ts) in [yesterday, today_noonish()].into_iter().enumerate() {
-        file.extend(record(&[
-            ("doc_id", Val::Str("d")),
-            ("chunk_index", Val::UInt(i as u64)),
-            ("content", Val::Str("x")),
-            ("embedding", Val::Floats(vec![1.0, 2.0, 3.0])),
-            ("created_at", Val::UInt(ts as u64)),
-        ]));
+        file.extend(dated("d", i as u64, ts));
     }
     drop_file(&env, "two-days.msgpack", &file);
     env.run(&["process"]).output().code(0);
@@ -118,16 +141,7 @@ fn hnsw_is_built_by_maintain_on_sealed_partitions_and_status_lists_the_rest() {
         .code(0)
         .stdout_has(&format!("built the HNSW index on: {sealed}"));
     let url = env.db_url();
-    let hnsw = |part: &str| {
-        count(
-            &url,
-            &format!(
-                "SELECT count(*) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
-                 JOIN pg_am am ON am.oid = i.relam WHERE x.indrelid = '{part}'::regclass \
-                 AND am.amname = 'hnsw' AND x.indisvalid"
-            ),
-        )
-    };
+    let hnsw = |part: &str| valid_hnsw(&url, part);
     assert_eq!(hnsw(&sealed), 1);
     assert_eq!(
         hnsw(&crate::support::partition_of(today_noonish())),
@@ -442,20 +456,9 @@ fn history_goes_into_month_partitions_without_a_bound_into_the_past() {
 
 #[test]
 fn self_heal_does_not_wait_for_an_index_build() {
-    let mut env = vector_env(3);
-    env.set("VECTOR_INDEX", "hnsw");
-    env.set("VECTOR_INDEX_QUIET_SECS", "0");
+    let env = sealed_hnsw_env();
     let yesterday = today_noonish() - 86_400;
-    let row = |doc: &'static str, ts: i64| {
-        record(&[
-            ("doc_id", Val::Str(doc)),
-            ("chunk_index", Val::UInt(0)),
-            ("content", Val::Str("x")),
-            ("embedding", Val::Floats(vec![1.0, 2.0, 3.0])),
-            ("created_at", Val::UInt(ts as u64)),
-        ])
-    };
-    drop_file(&env, "yesterday.msgpack", &row("a", yesterday));
+    drop_file(&env, "yesterday.msgpack", &dated("a", 0, yesterday));
     env.run(&["process"]).output().code(0);
     // A snapshot held open: the concurrent build of yesterday's HNSW index waits
     // for it to end, as it would for a long report.
@@ -471,7 +474,8 @@ fn self_heal_does_not_wait_for_an_index_build() {
     let building = || {
         count(
             &url,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'CREATE INDEX CONCURRENTLY%'",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' \
+             AND query LIKE 'CREATE INDEX CONCURRENTLY%'",
         ) > 0
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -486,7 +490,7 @@ fn self_heal_does_not_wait_for_an_index_build() {
     // Meanwhile a file needs a partition nobody made: self-heal makes it now,
     // within a lock wait far shorter than the build.
     let past = today_noonish() - 5 * 86_400;
-    drop_file(&env, "older.msgpack", &row("b", past));
+    drop_file(&env, "older.msgpack", &dated("b", 0, past));
     env.run(&["process"])
         .env("DB_LOCK_TIMEOUT_MS", "2000")
         .env("RETRY_MAX_SECS", "3")
@@ -501,15 +505,5 @@ fn self_heal_does_not_wait_for_an_index_build() {
     let status = maintain.wait().expect("maintain ends");
     assert_eq!(status.code(), Some(0));
     let sealed = crate::support::partition_of(yesterday);
-    assert_eq!(
-        count(
-            &url,
-            &format!(
-                "SELECT count(*) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
-                 JOIN pg_am am ON am.oid = i.relam WHERE x.indrelid = '{sealed}'::regclass \
-                 AND am.amname = 'hnsw' AND x.indisvalid"
-            ),
-        ),
-        1
-    );
+    assert_eq!(valid_hnsw(&url, &sealed), 1);
 }
