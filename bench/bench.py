@@ -71,19 +71,32 @@ def sh(cmd, env=None, check=True, capture=False):
     return r.stdout if capture else r.returncode
 
 
+# GNU time reports its child's peak RSS. A child's own ru_maxrss, as wait4 gives it
+# here, starts from this Python process's RSS at the fork (Linux carries the
+# high-water mark across exec), which the endpoint simulator's threads grow past
+# 50 MiB: without GNU time, a row's figure may be that floor rather than ragspool's.
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+
+
 def timed(cmd, env, cpu=None):
     """Runs cmd; returns (seconds, peak RSS in MiB) of that child alone, and appends
     its CPU seconds (user + system) to `cpu` when given."""
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.monotonic() - start
+    with tempfile.NamedTemporaryFile("r") as peak:
+        wrapped = [GNU_TIME, "-f", "%M", "-o", peak.name] + list(map(str, cmd)) if GNU_TIME else cmd
+        start = time.monotonic()
+        proc = subprocess.Popen(wrapped, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.monotonic() - start
+        kib = usage.ru_maxrss
+        if GNU_TIME:
+            lines = peak.read().split()
+            kib = int(lines[-1]) if lines and lines[-1].isdigit() else kib
     code = os.waitstatus_to_exitcode(status)
     if code not in (0, 1):
         raise SystemExit(f"{' '.join(map(str, cmd))} exited {code}")
     if cpu is not None:
         cpu.append(usage.ru_utime + usage.ru_stime)
-    return elapsed, usage.ru_maxrss / 1024.0
+    return elapsed, kib / 1024.0
 
 
 def summary(values):
