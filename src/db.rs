@@ -257,12 +257,27 @@ const LOST_CONNECTION: [&str; 8] = [
     "connection to the remote node",
 ];
 
-/// Whether `e` is a TLS verification failure (wrong CA, wrong host name): a
-/// configuration problem that retrying cannot fix.
+/// What a TLS handshake cut by the network says (lowercase): the connection's
+/// fault, retried as an outage, not the settings'.
+const HANDSHAKE_CUT: [&str; 5] = [
+    "reset by peer",
+    "broken pipe",
+    "unexpected eof",
+    "timed out",
+    "connection refused",
+];
+
+/// Whether `e` is a TLS verification failure (wrong CA, wrong host name, a server
+/// without TLS under sslmode=require): a configuration problem that retrying
+/// cannot fix. A handshake the network cut is not one.
 pub(crate) fn is_tls_failure(e: &postgres::Error) -> bool {
     e.as_db_error().is_none() && {
         let text = describe(e);
-        text.contains("TLS handshake") || text.contains("certificate verify failed")
+        let cut = {
+            let lower = text.to_lowercase();
+            HANDSHAKE_CUT.iter().any(|m| lower.contains(m))
+        };
+        text.contains("certificate verify failed") || (text.contains("TLS handshake") && !cut)
     }
 }
 

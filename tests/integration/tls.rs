@@ -56,3 +56,41 @@ fn verify_full_accepts_the_right_ca_and_refuses_others() {
         .code(78)
         .stderr_has("holds no PEM certificate");
 }
+
+/// A handshake the network cuts (the server agrees to TLS, then the connection
+/// closes) is an outage, retried and then exit 75; a server that declines TLS
+/// under sslmode=require is a settings error, 78.
+#[test]
+fn a_handshake_cut_by_the_network_is_an_outage() {
+    let env = TestEnv::new();
+    env.run(&["init"]).output().code(0);
+    for (answer, code) in [(b"S", 75), (b"N", 78)] {
+        let port = answer_ssl_request(answer);
+        env.run(&["migrate"])
+            .env(
+                "DATABASE_URL",
+                format!("postgres://ragspool@127.0.0.1:{port}/db?sslmode=require"),
+            )
+            .env("RETRY_MAX_SECS", "1")
+            .output()
+            .code(code);
+    }
+}
+
+/// A port whose every connection gets `answer` to its SSLRequest and is then
+/// closed.
+fn answer_ssl_request(answer: &'static [u8; 1]) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 8];
+            if stream.read_exact(&mut request).is_ok() {
+                let _ = stream.write_all(answer);
+            }
+        }
+    });
+    port
+}
