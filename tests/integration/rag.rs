@@ -110,14 +110,7 @@ fn dated(doc: &'static str, i: u64, ts: i64) -> Vec<u8> {
 
 /// Valid HNSW indexes on partition `part`.
 fn valid_hnsw(url: &str, part: &str) -> i64 {
-    count(
-        url,
-        &format!(
-            "SELECT count(*) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
-             JOIN pg_am am ON am.oid = i.relam WHERE x.indrelid = '{part}'::regclass \
-             AND am.amname = 'hnsw' AND x.indisvalid"
-        ),
-    )
+    crate::support::valid_indexes(url, part, "hnsw")
 }
 
 #[test]

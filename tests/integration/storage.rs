@@ -451,14 +451,7 @@ fn text_record(doc: &'static str, i: u64, content: &'static str, at: i64) -> Vec
 }
 
 fn gin_on(url: &str, part: &str) -> i64 {
-    count(
-        url,
-        &format!(
-            "SELECT count(*) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
-             JOIN pg_am am ON am.oid = i.relam WHERE x.indrelid = '{part}'::regclass \
-             AND am.amname = 'gin' AND x.indisvalid"
-        ),
-    )
+    crate::support::valid_indexes(url, part, "gin")
 }
 
 #[test]

@@ -480,6 +480,18 @@ pub fn count(url: &str, sql: &str) -> i64 {
     }
 }
 
+/// Valid indexes of access method `method` (hnsw, gin) on partition `part`.
+pub fn valid_indexes(url: &str, part: &str, method: &str) -> i64 {
+    count(
+        url,
+        &format!(
+            "SELECT count(*) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+             JOIN pg_am am ON am.oid = i.relam WHERE x.indrelid = '{part}'::regclass \
+             AND am.amname = '{method}' AND x.indisvalid"
+        ),
+    )
+}
+
 /// Waits for `child` (killed after `timeout`, then `None`) and returns its exit
 /// code and peak resident set in MiB: the kernel's high-water mark (VmHWM), read
 /// every 10 ms, so at most its last 10 ms go unseen.
