@@ -8,7 +8,7 @@
 //! already built, so this wraps it: the connector is built once, when a server
 //! first agrees to TLS, and shared by every connection of the process after that.
 //! What can be wrong in the settings (an unreadable or empty sslrootcert) is still
-//! found at once, by [`Tls::new`].
+//! found at once: `db` reads sslrootcert before it makes a [`Tls`].
 
 use native_tls::{Certificate, TlsConnector};
 use postgres::Socket;
