@@ -9,10 +9,11 @@ use crate::error::{Class, Error, Result};
 use crate::failure_log::{Entry, FailureLog};
 use crate::handoff::{Handoff, Side};
 use crate::ingest::manifest::Settled;
-use crate::ingest::{BadFile, FileOutcome, Ingest};
+use crate::ingest::{BadFile, FileOutcome, Ingest, group};
 use crate::notify::alert::AlertKind;
 use crate::notify::gate::Notifier;
 use crate::spool::{BatchLock, Claimed, Owner, Spool, Waiting};
+use crate::storage::DocMode;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,8 +84,17 @@ impl Totals {
 struct Flight<'a> {
     tag: &'a BatchTag,
     queue: Mutex<VecDeque<Claimed>>,
+    /// Files per worker when the batch started.
+    share: usize,
     totals: Mutex<Totals>,
     alerted: AtomicBool,
+}
+
+/// Where a file of a group stands: its try ended (committed with the group, or
+/// ended before a transaction), or ready for its own transaction.
+enum Step {
+    Ended(Result<(FileOutcome, u32)>),
+    Ready(crate::ingest::Ready),
 }
 
 /// A file prepared by the prefetch stage, on its way to a worker.
@@ -95,10 +105,37 @@ type Prepared<'a> = Handoff<Ready>;
 impl Flight<'_> {
     /// The next file in claim order, when one is left.
     fn next_file(&self) -> Option<Claimed> {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
+        self.queue().pop_front()
+    }
+
+    /// The next files in claim order for a worker to ingest together: its share
+    /// of the batch, up to group::MAX_FILES files and group::MAX_BYTES of input
+    /// (at least one file, when one is left).
+    fn next_files(&self) -> Vec<Claimed> {
+        let mut queue = self.queue();
+        let mut files = Vec::new();
+        let mut bytes = 0;
+        while files.len() < self.share.min(group::MAX_FILES) {
+            let Some(file) = queue.front() else { break };
+            bytes += std::fs::symlink_metadata(&file.path).map_or(0, |m| m.len());
+            if !files.is_empty() && bytes > group::MAX_BYTES {
+                break;
+            }
+            files.extend(queue.pop_front());
+        }
+        files
+    }
+
+    /// Files taken for a group that another worker may take (in claim order).
+    fn give_back(&self, files: Vec<Claimed>) {
+        let mut queue = self.queue();
+        for file in files.into_iter().rev() {
+            queue.push_front(file);
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Claimed>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn totals(&self) -> std::sync::MutexGuard<'_, Totals> {
@@ -353,6 +390,9 @@ impl Runner {
             // A failure before the stop already alerted.
             alerted: AtomicBool::new(prior.files_failed > 0 || prior.healed),
             totals: Mutex::new(Totals::from(prior)),
+            // Each worker's share of the batch, taken at once by files that go in
+            // together, so that the workers end together.
+            share: files.len().div_ceil(self.workers.min(files.len()).max(1)),
             queue: Mutex::new(files.into_iter().collect()),
         };
         self.work_all(&flight, count);
@@ -593,8 +633,22 @@ impl Runner {
                 return flight.record_error(&e);
             }
         };
+        // Files that only add rows go in several to a transaction, until a group
+        // must go in one file at a time: then this worker's rest of the batch does.
+        let mut grouping = from.is_none() && self.ingest.names.storage.doc_mode == DocMode::Append;
         loop {
             let next = match &from {
+                None if grouping => {
+                    let mut files = flight.next_files();
+                    if files.len() > 1 {
+                        match self.work_group(flight, &mut client, files) {
+                            Some(together) => grouping = together,
+                            None => return,
+                        }
+                        continue;
+                    }
+                    files.pop().map(|f| (f, None))
+                }
                 None => flight.next_file().map(|f| (f, None)),
                 Some((handoff, _)) => handoff.pop().map(|(f, p)| (f, Some(p))),
             };
@@ -616,25 +670,111 @@ impl Runner {
                 Some(Err(e)) => (Err(e), false),
                 Some(Ok(p)) => (self.ingest.complete(&mut client, tag, &file, Ok(p)), true),
             };
-            let result = first.or_else(|e| {
-                if e.class() != Class::TempFail || !own {
-                    return Err(e);
-                }
-                // The connection is suspect: reconnect (within the retry budget) and try
-                // this file again; if that fails too, it stays in processing/.
-                log::warn!("batch {tag}: {}: {e}; reconnecting", file.name);
-                self.try_again(&mut client, tag, &file)
-            });
-            let settled =
-                result.and_then(|(outcome, attempt)| self.settle(flight, &file, &outcome, attempt));
-            if let Err(e) = settled {
+            if !self.finish_file(flight, &mut client, &file, first, own) {
+                return;
+            }
+        }
+    }
+
+    /// Settles a file after its try `first`; `false` when the worker must stop (an
+    /// outage: its files stay in processing/). With `own`, a transient failure of
+    /// the worker's connection gets a second try on a new one.
+    fn finish_file(
+        &self,
+        flight: &Flight<'_>,
+        client: &mut postgres::Client,
+        file: &Claimed,
+        first: Result<(FileOutcome, u32)>,
+        own: bool,
+    ) -> bool {
+        let tag = flight.tag;
+        let result = first.or_else(|e| {
+            if e.class() != Class::TempFail || !own {
+                return Err(e);
+            }
+            // The connection is suspect: reconnect (within the retry budget) and try
+            // this file again; if that fails too, it stays in processing/.
+            log::warn!("batch {tag}: {}: {e}; reconnecting", file.name);
+            self.try_again(client, tag, file)
+        });
+        let settled =
+            result.and_then(|(outcome, attempt)| self.settle(flight, file, &outcome, attempt));
+        match settled {
+            Err(e) => {
                 log::error!("batch {tag}: {}: {e}", file.name);
                 flight.record_error(&e);
-                if e.class() == Class::TempFail {
-                    return;
+                e.class() != Class::TempFail
+            }
+            Ok(()) => true,
+        }
+    }
+
+    /// Ingests `files` (in claim order) in one transaction when they can go in
+    /// together, else one at a time. `Some(false)` when they had to go in one at a
+    /// time, `None` when the worker must stop (the files it has not settled go
+    /// back to the queue, for the other workers).
+    fn work_group(
+        &self,
+        flight: &Flight<'_>,
+        client: &mut postgres::Client,
+        files: Vec<Claimed>,
+    ) -> Option<bool> {
+        let tag = flight.tag;
+        let mut ready = Vec::new();
+        let mut steps = VecDeque::new();
+        let mut failed = None;
+        let mut files = files.into_iter();
+        for file in files.by_ref() {
+            match self.ingest.prepare_own(client, tag, &file) {
+                Ok(crate::ingest::Prepared::Ready(r)) => ready.push((file, r)),
+                Ok(crate::ingest::Prepared::Ended(ended)) => {
+                    steps.push_back((file, Step::Ended(Ok(ended))))
+                }
+                Err(e) => {
+                    failed = Some((file, Step::Ended(Err(e))));
+                    break;
                 }
             }
         }
+        // After a file's outage the files not yet read are another worker's too.
+        flight.give_back(files.collect());
+        let alone = ready.len() < 2;
+        let done = if alone {
+            Err(String::new())
+        } else {
+            self.ingest.group(client, tag, &ready)
+        };
+        let together = done.is_ok();
+        match done {
+            Ok(done) => {
+                let ended = done.into_iter().map(|d| Step::Ended(Ok(d)));
+                steps.extend(ready.into_iter().map(|(f, _)| f).zip(ended));
+            }
+            Err(why) => {
+                if !alone {
+                    log::info!(
+                        "batch {tag}: {} files go in one at a time: {why}",
+                        ready.len()
+                    );
+                }
+                steps.extend(ready.into_iter().map(|(f, r)| (f, Step::Ready(r))));
+            }
+        }
+        steps.extend(failed);
+        while let Some((file, step)) = steps.pop_front() {
+            let first = match step {
+                Step::Ended(first) => first,
+                Step::Ready(r) => {
+                    let r = Ok(crate::ingest::Prepared::Ready(r));
+                    self.ingest.complete(client, tag, &file, r)
+                }
+            };
+            if !self.finish_file(flight, client, &file, first, true) {
+                flight.give_back(steps.into_iter().map(|(f, _)| f).collect());
+                return None;
+            }
+        }
+        Some(together || alone)
     }
 
     /// Tries a file again on a new connection after a transient failure: once; on a

@@ -182,23 +182,14 @@ pub(crate) fn apply(
     file: FileRef<'_>,
 ) -> Result<Change, postgres::Error> {
     let seq = file.seq;
-    let mut all: Vec<&str> = docs.docs.iter().map(|(d, _)| d.as_str()).collect();
+    let all: Vec<&str> = docs.docs.iter().map(|(d, _)| d.as_str()).collect();
     if all.is_empty() {
         return Ok(Change::default());
     }
-    all.sort_unstable();
-    let locked = tx.query(
-        &format!(
-            "INSERT INTO {docs} AS d (doc_id) SELECT x FROM unnest($1::text[]) AS x ORDER BY x COLLATE \"C\" \
-             ON CONFLICT (doc_id) DO UPDATE SET removed_seq = d.removed_seq RETURNING d.doc_id, d.removed_seq",
-            docs = names.docs
-        ),
-        &[&all],
-    )?;
-    let superseded: BTreeSet<String> = locked
-        .iter()
-        .filter(|r| r.get::<_, i64>(1) > seq)
-        .map(|r| r.get(0))
+    let superseded: BTreeSet<String> = lock(tx, names, all)?
+        .into_iter()
+        .filter(|(_, removed)| *removed > seq)
+        .map(|(d, _)| d)
         .collect();
     let live = || {
         docs.docs
@@ -253,55 +244,123 @@ pub(crate) fn apply(
             &[&withdrawn, &seq],
         )?;
     }
-    lineage(tx, names, docs, &superseded, &removed, file)?;
+    let mut lineage = Lineage::default();
+    for (doc, e) in &docs.docs {
+        // A document a later file already superseded is not changed by this one.
+        if !superseded.contains(doc.as_str()) {
+            let gone = removed.get(doc.as_str()).copied().unwrap_or(0);
+            lineage.push(file, doc, e, gone);
+        }
+    }
+    lineage.insert(tx, names)?;
     change.removed_docs = removers.iter().map(|d| d.to_string()).collect();
     Ok(change)
 }
 
-/// One `ragspool_doc_events` row per document the file changed (a document a later
-/// file already superseded is not changed by this one).
-fn lineage(
+/// The change sets of several files that only add rows (DOC_MODE=append, no
+/// delete records), applied as one: one upsert locks the documents of them all,
+/// one statement writes their lineage rows. `false` when one of their documents
+/// was already removed by a later-claimed file: that file's rows must be withdrawn,
+/// which [`apply`] does, file by file.
+pub(crate) fn apply_appends(
     tx: &mut Transaction<'_>,
     names: &Names,
-    docs: &DocSet,
-    superseded: &BTreeSet<String>,
-    removed: &HashMap<String, i64>,
-    file: FileRef<'_>,
-) -> Result<(), postgres::Error> {
-    let mut ids = Vec::new();
-    let mut actions = Vec::new();
-    let mut added = Vec::new();
-    let mut gone = Vec::new();
-    for (doc, e) in &docs.docs {
-        if superseded.contains(doc.as_str()) {
-            continue;
+    files: &[(FileRef<'_>, &DocSet)],
+) -> Result<bool, postgres::Error> {
+    let all: Vec<&str> = files
+        .iter()
+        .flat_map(|(_, docs)| docs.docs.iter().map(|(d, _)| d.as_str()))
+        .collect();
+    if all.is_empty() {
+        return Ok(true);
+    }
+    let removed: HashMap<String, i64> = lock(tx, names, all)?.into_iter().collect();
+    let mut lineage = Lineage::default();
+    for (file, docs) in files {
+        for (doc, e) in &docs.docs {
+            if e.deleted || removed.get(doc.as_str()).is_some_and(|r| *r > file.seq) {
+                return Ok(false);
+            }
+            lineage.push(*file, doc, e, 0);
         }
-        ids.push(doc.as_str());
-        actions.push(if e.rows > 0 { "upsert" } else { "delete" });
-        added.push(e.rows as i64);
-        gone.push(removed.get(doc.as_str()).copied().unwrap_or(0));
     }
-    if ids.is_empty() {
-        return Ok(());
-    }
-    tx.execute(
+    lineage.insert(tx, names)?;
+    Ok(true)
+}
+
+/// Upserts `ragspool_docs` rows for `docs` (sorted and deduplicated here, so that
+/// every transaction locks documents in one order) and returns each document's
+/// `removed_seq`.
+fn lock(
+    tx: &mut Transaction<'_>,
+    names: &Names,
+    mut docs: Vec<&str>,
+) -> Result<Vec<(String, i64)>, postgres::Error> {
+    docs.sort_unstable();
+    docs.dedup();
+    let locked = tx.query(
         &format!(
-            "INSERT INTO {} (doc_id, seq, sha256, batch_tag, file_name, action, rows_added, rows_removed) \
-             SELECT d, $5, $6, $7, $8, a, n, r FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS u(d, a, n, r)",
-            names.doc_events
+            "INSERT INTO {docs} AS d (doc_id) SELECT x FROM unnest($1::text[]) AS x ORDER BY x COLLATE \"C\" \
+             ON CONFLICT (doc_id) DO UPDATE SET removed_seq = d.removed_seq RETURNING d.doc_id, d.removed_seq",
+            docs = names.docs
         ),
-        &[
-            &ids,
-            &actions,
-            &added,
-            &gone,
-            &file.seq,
-            &file.sha256,
-            &file.batch_tag,
-            &file.name,
-        ],
+        &[&docs],
     )?;
-    Ok(())
+    Ok(locked.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// `ragspool_doc_events` rows, one per document a file changed, gathered for one
+/// statement.
+#[derive(Default)]
+struct Lineage<'a> {
+    ids: Vec<&'a str>,
+    seqs: Vec<i64>,
+    shas: Vec<&'a str>,
+    tags: Vec<&'a str>,
+    files: Vec<&'a str>,
+    actions: Vec<&'static str>,
+    added: Vec<i64>,
+    gone: Vec<i64>,
+}
+
+impl<'a> Lineage<'a> {
+    /// The row of `doc`, which `file` changed as `e` says, removing `gone` rows.
+    fn push(&mut self, file: FileRef<'a>, doc: &'a str, e: &DocEntry, gone: i64) {
+        self.ids.push(doc);
+        self.seqs.push(file.seq);
+        self.shas.push(file.sha256);
+        self.tags.push(file.batch_tag);
+        self.files.push(file.name);
+        self.actions
+            .push(if e.rows > 0 { "upsert" } else { "delete" });
+        self.added.push(e.rows as i64);
+        self.gone.push(gone);
+    }
+
+    fn insert(&self, tx: &mut Transaction<'_>, names: &Names) -> Result<(), postgres::Error> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (doc_id, seq, sha256, batch_tag, file_name, action, rows_added, rows_removed) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+                 $6::text[], $7::bigint[], $8::bigint[])",
+                names.doc_events
+            ),
+            &[
+                &self.ids,
+                &self.seqs,
+                &self.shas,
+                &self.tags,
+                &self.files,
+                &self.actions,
+                &self.added,
+                &self.gone,
+            ],
+        )?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

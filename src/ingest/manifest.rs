@@ -177,6 +177,28 @@ pub(crate) fn done(
     key: &FileKey<'_>,
     d: &Done,
 ) -> std::result::Result<(), postgres::Error> {
+    mark_done(client, names, key, d, "").map(|_| ())
+}
+
+/// [`done`] for a file that must still be open: `false` when its row is not
+/// (another transaction committed it meanwhile, as the file whose content a
+/// later-claimed copy brought in).
+pub(crate) fn done_if_open(
+    client: &mut impl GenericClient,
+    names: &Names,
+    key: &FileKey<'_>,
+    d: &Done,
+) -> std::result::Result<bool, postgres::Error> {
+    mark_done(client, names, key, d, " AND status = 'open'").map(|n| n == 1)
+}
+
+fn mark_done(
+    client: &mut impl GenericClient,
+    names: &Names,
+    key: &FileKey<'_>,
+    d: &Done,
+    only: &str,
+) -> std::result::Result<u64, postgres::Error> {
     let reason = if d.duplicate {
         Some("duplicate")
     } else if d.healed {
@@ -186,26 +208,24 @@ pub(crate) fn done(
     };
     let sql = format!(
         "UPDATE {} SET status = 'done', rows = $3, healed = $4, duplicate = $5, reason = $6, deleted = $7, \
-         seq = coalesce($8, seq), embedded = $9, reused = $10, finished_at = now() WHERE batch_tag = $1 AND file_name = $2",
+         seq = coalesce($8, seq), embedded = $9, reused = $10, finished_at = now() WHERE batch_tag = $1 AND file_name = $2{only}",
         names.manifest
     );
-    client
-        .execute(
-            &sql,
-            &[
-                &key.tag.as_str(),
-                &key.name,
-                &d.rows,
-                &d.healed,
-                &d.duplicate,
-                &reason,
-                &d.deleted,
-                &d.seq,
-                &d.embedded,
-                &d.reused,
-            ],
-        )
-        .map(|_| ())
+    client.execute(
+        &sql,
+        &[
+            &key.tag.as_str(),
+            &key.name,
+            &d.rows,
+            &d.healed,
+            &d.duplicate,
+            &reason,
+            &d.deleted,
+            &d.seq,
+            &d.embedded,
+            &d.reused,
+        ],
+    )
 }
 
 /// What a committed file did, as the manifest and the lineage record it.

@@ -6,6 +6,7 @@
 mod changeset;
 pub(crate) mod copy;
 pub(crate) mod embed;
+pub(crate) mod group;
 pub(crate) mod lineage;
 pub(crate) mod manifest;
 mod pace;
@@ -28,7 +29,7 @@ use crate::spool::{Claimed, Unreadable};
 use crate::storage::DocMode;
 use changeset::FileRef;
 use postgres::Client;
-pub(crate) use prepare::Prepared;
+pub(crate) use prepare::{Prepared, Ready};
 use std::collections::BTreeSet;
 use std::io::Write;
 
@@ -239,6 +240,18 @@ struct Applied {
     brought: u64,
 }
 
+/// One file's records in a COPY stream.
+struct Encoded {
+    /// The documents it touches.
+    docs: changeset::DocSet,
+    /// Rows it adds.
+    rows: u64,
+    /// Its delete records.
+    deletes: u64,
+    /// Rows whose record brought its vector.
+    brought: u64,
+}
+
 /// Why a COPY attempt stopped.
 enum CopyFail {
     Bad(BadFile),
@@ -295,13 +308,7 @@ impl Ingest {
         };
         let vectors = ready.vectors.take();
         window::with_file(&file.path, self.max_file_bytes, |opened| {
-            let mut bytes = opened.map_err(|u| match u {
-                Unreadable::Io(e) => e,
-                // It was read whole a moment ago, under this batch's lock.
-                Unreadable::Bad(why) => {
-                    Error::temp(format!("{}: {why} since it was prepared", file.name))
-                }
-            })?;
+            let mut bytes = opened.map_err(|u| reread(file, u))?;
             self.transact(client, &ready.job(tag, file), &mut bytes, vectors)
         })
     }
@@ -611,17 +618,52 @@ impl Ingest {
         file: FileRef<'_>,
         bytes: &mut FileBytes<'_>,
         ingest_time: i64,
-        mut vectors: Option<&mut vectors::Vectors>,
+        vectors: Option<&mut vectors::Vectors>,
     ) -> std::result::Result<Applied, CopyFail> {
-        let stmt = format!(
+        let replace = self.names.storage.doc_mode == DocMode::Replace;
+        let mut writer = tx.copy_in(&self.copy_statement()).map_err(CopyFail::Db)?;
+        let mut enc = CopyEncoder::new(&self.names.storage);
+        let encoded = self.encode_file(&mut writer, &mut enc, file, bytes, ingest_time, vectors);
+        let (docs, brought) = match encoded {
+            Err(CopyFail::Broken) => return Err(broken(writer)),
+            Err(e) => return Err(e),
+            Ok(Encoded { docs, brought, .. }) => (docs, brought),
+        };
+        enc.finish();
+        if !send(&mut writer, &mut enc) {
+            return Err(broken(writer));
+        }
+        let copied = writer.finish().map_err(CopyFail::Db)?;
+        let change =
+            changeset::apply(tx, &self.names, &docs, replace, file).map_err(CopyFail::Db)?;
+        Ok(Applied {
+            rows: copied - change.withdrawn,
+            deleted: change.deleted,
+            changed_docs: change.removed_docs,
+            brought,
+        })
+    }
+
+    /// The COPY statement of the target table's columns.
+    fn copy_statement(&self) -> String {
+        format!(
             "COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)",
             self.names.table
-        );
-        let storage = &self.names.storage;
-        let replace = storage.doc_mode == DocMode::Replace;
-        let mut check = verify::FileCheck::new(storage.needs_direction());
-        let mut writer = tx.copy_in(&stmt).map_err(CopyFail::Db)?;
-        let mut enc = CopyEncoder::new(storage);
+        )
+    }
+
+    /// Encodes one file's records into the COPY stream `writer` (through `enc`,
+    /// which may still hold the tail of its rows), checking them as it goes.
+    fn encode_file(
+        &self,
+        writer: &mut postgres::CopyInWriter<'_>,
+        enc: &mut CopyEncoder,
+        file: FileRef<'_>,
+        bytes: &mut FileBytes<'_>,
+        ingest_time: i64,
+        mut vectors: Option<&mut vectors::Vectors>,
+    ) -> std::result::Result<Encoded, CopyFail> {
+        let mut check = verify::FileCheck::new(self.names.storage.needs_direction());
         let model = self.embedder.as_ref().map(Embedder::model);
         let mut brought = 0u64;
         let decoded = bytes.records(self.embed_dim, |records| {
@@ -652,29 +694,18 @@ impl Ingest {
                         ..BadFile::new(Reason::Failed, why.to_string())
                     })
                 })?;
-                if enc.len() >= COPY_CHUNK && !send(&mut writer, &mut enc) {
+                if enc.len() >= COPY_CHUNK && !send(writer, enc) {
                     return Err(CopyFail::Broken);
                 }
             }
             Ok(())
         });
-        match decoded {
-            Err(CopyFail::Broken) => return Err(broken(writer)),
-            Err(e) => return Err(e),
-            Ok(()) => {}
-        }
-        let (docs, _) = check.finish().map_err(CopyFail::Bad)?;
-        enc.finish();
-        if !send(&mut writer, &mut enc) {
-            return Err(broken(writer));
-        }
-        let copied = writer.finish().map_err(CopyFail::Db)?;
-        let change =
-            changeset::apply(tx, &self.names, &docs, replace, file).map_err(CopyFail::Db)?;
-        Ok(Applied {
-            rows: copied - change.withdrawn,
-            deleted: change.deleted,
-            changed_docs: change.removed_docs,
+        decoded?;
+        let (docs, counts) = check.finish().map_err(CopyFail::Bad)?;
+        Ok(Encoded {
+            docs,
+            rows: counts.with_vectors + counts.without_vectors,
+            deletes: counts.deletes,
             brought,
         })
     }
@@ -708,6 +739,15 @@ impl Ingest {
             missing.len()
         );
         Ok(None)
+    }
+}
+
+/// Why a file that was prepared cannot be read again.
+fn reread(file: &Claimed, u: Unreadable) -> Error {
+    match u {
+        Unreadable::Io(e) => e,
+        // It was read whole a moment ago, under this batch's lock.
+        Unreadable::Bad(why) => Error::temp(format!("{}: {why} since it was prepared", file.name)),
     }
 }
 

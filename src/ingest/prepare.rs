@@ -57,10 +57,31 @@ impl Ingest {
         tag: &BatchTag,
         file: &Claimed,
     ) -> Result<Prepared> {
+        self.prepare_in(conn, tag, file, window::PREFETCH_WINDOW)
+    }
+
+    /// Prepares a file on the worker's own connection, read in the worker's
+    /// windows: the first step of files that go in together (see `group`).
+    pub(crate) fn prepare_own(
+        &self,
+        client: &mut postgres::Client,
+        tag: &BatchTag,
+        file: &Claimed,
+    ) -> Result<Prepared> {
+        self.prepare_in(&crate::db::Own::new(client), tag, file, window::WINDOW)
+    }
+
+    fn prepare_in(
+        &self,
+        conn: &impl Conn,
+        tag: &BatchTag,
+        file: &Claimed,
+        window: usize,
+    ) -> Result<Prepared> {
         window::with_file_in(
             &file.path,
             self.max_file_bytes,
-            window::PREFETCH_WINDOW,
+            window,
             |opened| match opened {
                 Ok(mut bytes) => self.front(conn, tag, file, &mut bytes),
                 Err(u) => self.unreadable(conn, tag, file, u).map(Prepared::Ended),

@@ -1,7 +1,7 @@
 //! SPEC §16 on a real Citus coordinator with two workers: migrate distributes
 //! the tables (existing ones only with --distribute), check reports the cluster,
 //! process is exactly once under SIGKILL and under a worker stopped mid-batch (no
-//! prepared transaction left behind), claim order holds for documents on
+//! prepared transaction left behind), files that only add rows go in together, claim order holds for documents on
 //! different workers, self-heal and maintain create distributed partitions with
 //! their HNSW and GIN (TEXT_SEARCH) indexes on every shard, and trace and status name logical partitions.
 
@@ -434,6 +434,32 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing_on_citus() {
     assert!(mid_batch > 0, "no kill landed mid-batch");
     env.run(&["process"]).output().code(0);
     assert_exactly_once(&env, 24, 50);
+}
+
+/// Files that only add rows go in several to one (two-phase) transaction through
+/// the coordinator, each still exactly once with its own lineage rows.
+#[test]
+fn files_that_only_add_rows_go_in_together_through_the_coordinator() {
+    let mut env = env_on(citus());
+    env.set("WORKERS", "1");
+    env.ready();
+    env.generate_with(Gen {
+        files: 6,
+        records: 50,
+        dim: Some(8),
+        days: Some(1),
+        ..Gen::default()
+    });
+    env.run(&["process"]).output().code(0);
+    assert_exactly_once(&env, 6, 50);
+    let url = env.db_url();
+    let q = "SELECT count(DISTINCT xmin::text) FROM ragspool_manifest WHERE status = 'done'";
+    assert_eq!(count(&url, q), 1, "one transaction for the six files");
+    let events = "SELECT count(*) FROM ragspool_doc_events e JOIN ragspool_manifest m \
+         ON m.seq = e.seq AND m.file_name = e.file_name AND m.batch_tag = e.batch_tag";
+    let per_file = "SELECT count(*) FROM (SELECT DISTINCT doc_id, ragspool_seq FROM rag_chunks) d";
+    assert_eq!(count(&url, events), count(&url, per_file));
+    assert_eq!(prepared_everywhere(citus(), &url), 0);
 }
 
 #[test]

@@ -69,6 +69,18 @@ pub(crate) fn drop_file(env: &TestEnv, name: &str, bytes: &[u8]) {
     std::fs::rename(&tmp, env.spool_dir("incoming").join(name)).expect("rename into incoming");
 }
 
+/// Drops a file into incoming/ with an mtime `age` in the past, so that claim
+/// order (oldest mtime first) is the order of the calls.
+pub(crate) fn drop_aged(env: &TestEnv, name: &str, bytes: &[u8], age: u64) {
+    drop_file(env, name, bytes);
+    let when = SystemTime::now() - Duration::from_secs(age);
+    std::fs::File::options()
+        .write(true)
+        .open(env.spool_dir("incoming").join(name))
+        .and_then(|f| f.set_modified(when))
+        .expect("set mtime");
+}
+
 pub(crate) fn today_noonish() -> i64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -307,6 +319,87 @@ fn duplicates_are_archived_without_rows() {
         2
     );
     assert_eq!(env.count_files("archive", ".msgpack"), 4);
+}
+
+/// Files that only add rows go in several to a transaction, each still exactly
+/// once: its own manifest row, and its rows and lineage rows at its own claim
+/// sequence.
+#[test]
+fn files_that_only_add_rows_go_in_together_each_exactly_once() {
+    let mut env = TestEnv::new().with_db();
+    env.set("WORKERS", "1");
+    env.ready();
+    env.generate_with(Gen {
+        files: 6,
+        records: 20,
+        seed: Some(11),
+        days: Some(1),
+        ..Gen::default()
+    });
+    env.run(&["process"])
+        .output()
+        .code(0)
+        .stdout_has("6 file(s) ingested, 0 failed, 120 row(s)");
+    let url = env.db_url();
+    // One transaction wrote every manifest row.
+    let q = "SELECT count(DISTINCT xmin::text) FROM ragspool_manifest WHERE status = 'done'";
+    assert_eq!(count(&url, q), 1);
+    let q = "SELECT count(*) FROM ragspool_manifest WHERE status = 'done' AND rows = 20 AND deleted = 0";
+    assert_eq!(count(&url, q), 6);
+    let q = "SELECT count(*) FROM rag_chunks c JOIN ragspool_manifest m \
+             ON m.seq = c.ragspool_seq AND m.batch_tag = c.batch_tag";
+    assert_eq!(count(&url, q), 120);
+    let q = "SELECT count(*) FROM ragspool_doc_events e JOIN ragspool_manifest m \
+             ON m.seq = e.seq AND m.file_name = e.file_name AND m.sha256 = e.sha256 \
+             AND m.batch_tag = e.batch_tag WHERE e.action = 'upsert' AND e.rows_removed = 0";
+    let per_file = "SELECT count(*) FROM (SELECT DISTINCT doc_id, ragspool_seq FROM rag_chunks) d";
+    assert_eq!(count(&url, q), count(&url, per_file));
+}
+
+/// Files that cannot go in with others go in one at a time, in claim order: a
+/// copy of another file's content (the later-claimed one is the duplicate) and a
+/// file whose delete record removes an earlier file's document.
+#[test]
+fn files_that_cannot_go_in_together_go_in_alone_in_claim_order() {
+    let mut env = TestEnv::new().with_db();
+    env.set("WORKERS", "1");
+    env.ready();
+    let chunk = |doc: &'static str| {
+        record(&[
+            ("doc_id", Val::Str(doc)),
+            ("chunk_index", Val::UInt(0)),
+            ("content", Val::Str("text")),
+        ])
+    };
+    let delete = record(&[("doc_id", Val::Str("A")), ("delete", Val::Bool(true))]);
+    drop_aged(&env, "1-a.msgpack", &chunk("A"), 50);
+    drop_aged(&env, "2-c.msgpack", &chunk("C"), 40);
+    drop_aged(&env, "3-c-again.msgpack", &chunk("C"), 30);
+    drop_aged(&env, "4-delete-a.msgpack", &delete, 20);
+    drop_aged(&env, "5-b.msgpack", &chunk("B"), 10);
+    env.run(&["process"])
+        .output()
+        .code(0)
+        .stdout_has("5 file(s) ingested, 0 failed, 3 row(s)");
+    let url = env.db_url();
+    let docs = "SELECT string_agg(doc_id, ',' ORDER BY doc_id) FROM rag_chunks";
+    let got: String = pg(&url)
+        .query_one(docs, &[])
+        .map(|r| r.get(0))
+        .unwrap_or_default();
+    assert_eq!(got, "B,C");
+    let q = "SELECT count(*) FROM ragspool_manifest WHERE duplicate AND file_name = '3-c-again.msgpack'";
+    assert_eq!(count(&url, q), 1);
+    let q = "SELECT count(*) FROM ragspool_manifest WHERE file_name = '4-delete-a.msgpack' AND deleted = 1";
+    assert_eq!(count(&url, q), 1);
+    // The delete's lineage row comes after the file whose row it removed.
+    let q =
+        "SELECT string_agg(action, ',' ORDER BY seq) FROM ragspool_doc_events WHERE doc_id = 'A'";
+    let got: String = pg(&url)
+        .query_one(q, &[])
+        .map(|r| r.get(0))
+        .unwrap_or_default();
+    assert_eq!(got, "upsert,delete");
 }
 
 #[test]

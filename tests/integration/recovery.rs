@@ -5,25 +5,13 @@
 //! the named steps of RAGSPOOL_FAILPOINT.
 
 use crate::embeddings::{answer, chunks, embedding_env};
-use crate::ingest::{Val, drop_file, record};
+use crate::ingest::{Val, drop_aged, drop_file, record};
 use crate::support::http::{HttpServer, Request, Response};
 use crate::support::{TestEnv, count, pg, wait_with_deadline};
 use crate::watch::{handles_sigterm, signal, stop, wait_for};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
-
-/// Drops a file into incoming/ with an mtime `age` in the past, so that claim
-/// order (oldest mtime first) is the order of the calls.
-fn drop_aged(env: &TestEnv, name: &str, bytes: &[u8], age: u64) {
-    drop_file(env, name, bytes);
-    let when = SystemTime::now() - Duration::from_secs(age);
-    std::fs::File::options()
-        .write(true)
-        .open(env.spool_dir("incoming").join(name))
-        .and_then(|f| f.set_modified(when))
-        .expect("set mtime");
-}
+use std::time::Duration;
 
 /// An embeddings endpoint whose first request waits until `release` is set;
 /// `seen` counts the requests.

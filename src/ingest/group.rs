@@ -1,0 +1,190 @@
+//! Several files of one batch in one transaction, when each of them only adds
+//! rows (DOC_MODE=append, no delete records) and brings its own vectors or none
+//! (no embeddings endpoint: its prefetch stage hands files over one by one): one
+//! COPY of all their rows, one upsert of their documents, one statement for their
+//! lineage rows, and each file's manifest `done`, committed together.
+//!
+//! On a Citus coordinator each statement that reaches the shards pays a start on
+//! every shard, and each commit a two-phase commit: for files of a few thousand
+//! rows that cost more than the rows themselves (docs/benchmark.md, Citus). Each
+//! file stays exactly once: its rows and its manifest row commit in one
+//! transaction, which now holds other files' too, and claim order is kept because
+//! every row and lineage row carries its own file's sequence. Anything out of the
+//! ordinary (a bad record, a missing partition, a copy of the same content, a
+//! document a later file removed, a conflict, an outage, a commit whose outcome is
+//! unknown) rolls the group back, and its files go in one at a time as always,
+//! which handles each case.
+
+use super::{CopyFail, Encoded, Ingest, Job, Original, broken, send};
+use crate::batch::BatchTag;
+use crate::db;
+use crate::error::{Error, Result};
+use crate::ingest::changeset;
+use crate::ingest::copy::CopyEncoder;
+use crate::ingest::manifest;
+use crate::ingest::window;
+use crate::ingest::{FileOutcome, Ready};
+use crate::spool::Claimed;
+use postgres::Client;
+use std::collections::HashSet;
+
+/// Files that go in together: no more than this many...
+pub(crate) const MAX_FILES: usize = 64;
+/// ...and no more input than this, so that a group that must be rolled back and
+/// done again one file at a time wastes a bounded COPY.
+pub(crate) const MAX_BYTES: u64 = 128 << 20;
+
+/// A file ready for its transaction.
+pub(crate) type ReadyFile = (Claimed, Ready);
+
+/// Why files go in one at a time after all.
+type Apart = &'static str;
+
+impl Ingest {
+    /// Commits `files` (in claim order) in one transaction and returns how each
+    /// ended; `Err(why)`, with nothing committed, when they cannot go in together
+    /// and are to go in one at a time.
+    pub(crate) fn group(
+        &self,
+        client: &mut Client,
+        tag: &BatchTag,
+        files: &[ReadyFile],
+    ) -> std::result::Result<Vec<(FileOutcome, u32)>, String> {
+        if files.iter().any(|(_, r)| r.vectors.is_some()) {
+            return Err("their vectors were fetched".into());
+        }
+        let jobs: Vec<Job<'_>> = files.iter().map(|(f, r)| r.job(tag, f)).collect();
+        match self.try_group(client, &jobs) {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(why)) => Err(why.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn try_group(
+        &self,
+        client: &mut Client,
+        jobs: &[Job<'_>],
+    ) -> Result<std::result::Result<Vec<(FileOutcome, u32)>, Apart>> {
+        // Of two copies of one content the later-claimed is the duplicate, which
+        // the file-by-file path decides.
+        let mut shas = HashSet::new();
+        if !jobs.iter().all(|j| shas.insert(j.sha)) {
+            return Ok(Err("two of them hold the same content"));
+        }
+        let mut tx = client
+            .transaction()
+            .map_err(|e| db::classify(e, "starting the files' transaction"))?;
+        for job in jobs {
+            let original = window::with_file(&job.file.path, self.max_file_bytes, |opened| {
+                let mut bytes = opened.map_err(|u| super::reread(job.file, u))?;
+                self.original(&mut tx, job, &mut bytes)
+            })?;
+            if !matches!(original, Original::ThisFile) {
+                return Ok(Err("one's content is another file's too"));
+            }
+        }
+        let encoded = match self.copy_all(&mut tx, jobs)? {
+            Ok(encoded) => encoded,
+            Err(why) => return Ok(Err(why)),
+        };
+        let sets: Vec<_> = jobs
+            .iter()
+            .zip(&encoded)
+            .map(|(j, e)| (j.file_ref(), &e.docs))
+            .collect();
+        let applied = changeset::apply_appends(&mut tx, &self.names, &sets)
+            .map_err(|e| db::classify(e, "applying the files' change sets"))?;
+        if !applied {
+            return Ok(Err("a later-claimed file removed one of their documents"));
+        }
+        for (job, e) in jobs.iter().zip(&encoded) {
+            let done = manifest::Done {
+                rows: e.rows as i64,
+                deleted: 0,
+                seq: Some(job.file.seq),
+                healed: false,
+                duplicate: false,
+                embedded: 0,
+                reused: 0,
+            };
+            let open = manifest::done_if_open(&mut tx, &self.names, &job.key, &done)
+                .map_err(|e| db::classify(e, "recording the files"))?;
+            if !open {
+                return Ok(Err("one of them was committed meanwhile"));
+            }
+        }
+        tx.commit()
+            .map_err(|e| db::classify(e, "committing the files"))?;
+        Ok(Ok(committed(jobs, &encoded)))
+    }
+
+    /// One COPY of every file's rows; `Err(why)` (the COPY aborted) when a file is
+    /// bad or holds delete records, whose change set goes before its rows.
+    fn copy_all(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        jobs: &[Job<'_>],
+    ) -> Result<std::result::Result<Vec<Encoded>, Apart>> {
+        let mut writer = tx
+            .copy_in(&self.copy_statement())
+            .map_err(|e| db::classify(e, "copying rows"))?;
+        let mut enc = CopyEncoder::new(&self.names.storage);
+        let mut all = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let encoded = window::with_file(&job.file.path, self.max_file_bytes, |opened| {
+                let mut bytes = opened.map_err(|u| super::reread(job.file, u))?;
+                let (file, at) = (job.file_ref(), job.ingest_time);
+                Ok::<_, Error>(self.encode_file(&mut writer, &mut enc, file, &mut bytes, at, None))
+            })?;
+            // Dropped unfinished, the writer aborts the COPY.
+            match encoded {
+                Ok(e) if e.deletes == 0 => all.push(e),
+                Ok(_) => return Ok(Err("one holds delete records")),
+                Err(CopyFail::Broken) => return Err(copy_broke(writer)),
+                Err(_) => return Ok(Err("one holds a bad record")),
+            }
+        }
+        enc.finish();
+        if !send(&mut writer, &mut enc) {
+            return Err(copy_broke(writer));
+        }
+        let copied = writer
+            .finish()
+            .map_err(|e| db::classify(e, "copying rows"))?;
+        if copied != all.iter().map(|e| e.rows).sum::<u64>() {
+            return Err(Error::temp(
+                "the COPY took another number of rows than sent",
+            ));
+        }
+        Ok(Ok(all))
+    }
+}
+
+/// Why the COPY stream broke, as an error (the group then goes in file by file,
+/// which reports it).
+fn copy_broke(writer: postgres::CopyInWriter<'_>) -> Error {
+    match broken(writer) {
+        CopyFail::Db(e) => db::classify(e, "copying rows"),
+        CopyFail::Temp(e) => e,
+        CopyFail::Bad(_) | CopyFail::Broken => Error::temp("the COPY stream broke"),
+    }
+}
+
+/// How each file of a committed group ended, counted as a file's commit is.
+fn committed(jobs: &[Job<'_>], encoded: &[Encoded]) -> Vec<(FileOutcome, u32)> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for (job, e) in jobs.iter().zip(encoded) {
+        crate::failpoint::hit("file-committed");
+        crate::metrics::EMBEDDINGS_RECORD.add(e.brought);
+        let outcome = FileOutcome::Ingested {
+            rows: e.rows,
+            deleted: 0,
+            changed_docs: Vec::new(),
+            healed: false,
+            duplicate: false,
+        };
+        out.push((outcome, job.attempt));
+    }
+    out
+}
