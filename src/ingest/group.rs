@@ -93,7 +93,7 @@ impl Ingest {
             .zip(&encoded)
             .map(|(j, e)| (j.file_ref(), &e.docs))
             .collect();
-        let applied = changeset::apply_appends(&mut tx, &self.names, &sets)
+        let applied = changeset::apply_appends(&mut tx, &self.names, &sets, self.citus)
             .map_err(|e| db::classify(e, "applying the files' change sets"))?;
         if !applied {
             return Ok(Err("a later-claimed file removed one of their documents"));

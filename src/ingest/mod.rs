@@ -634,8 +634,8 @@ impl Ingest {
             return Err(broken(writer));
         }
         let copied = writer.finish().map_err(CopyFail::Db)?;
-        let change =
-            changeset::apply(tx, &self.names, &docs, replace, file).map_err(CopyFail::Db)?;
+        let change = changeset::apply(tx, &self.names, &docs, replace, file, self.citus)
+            .map_err(CopyFail::Db)?;
         Ok(Applied {
             rows: copied - change.withdrawn,
             deleted: change.deleted,
