@@ -453,12 +453,7 @@ fn files_that_only_add_rows_go_in_together_through_the_coordinator() {
     env.run(&["process"]).output().code(0);
     assert_exactly_once(&env, 6, 50);
     let url = env.db_url();
-    let q = "SELECT count(DISTINCT xmin::text) FROM ragspool_manifest WHERE status = 'done'";
-    assert_eq!(count(&url, q), 1, "one transaction for the six files");
-    let events = "SELECT count(*) FROM ragspool_doc_events e JOIN ragspool_manifest m \
-         ON m.seq = e.seq AND m.file_name = e.file_name AND m.batch_tag = e.batch_tag";
-    let per_file = "SELECT count(*) FROM (SELECT DISTINCT doc_id, ragspool_seq FROM rag_chunks) d";
-    assert_eq!(count(&url, events), count(&url, per_file));
+    crate::ingest::assert_went_in_together(&url);
     assert_eq!(prepared_everywhere(citus(), &url), 0);
 }
 

@@ -341,19 +341,25 @@ fn files_that_only_add_rows_go_in_together_each_exactly_once() {
         .code(0)
         .stdout_has("6 file(s) ingested, 0 failed, 120 row(s)");
     let url = env.db_url();
-    // One transaction wrote every manifest row.
-    let q = "SELECT count(DISTINCT xmin::text) FROM ragspool_manifest WHERE status = 'done'";
-    assert_eq!(count(&url, q), 1);
+    assert_went_in_together(&url);
     let q = "SELECT count(*) FROM ragspool_manifest WHERE status = 'done' AND rows = 20 AND deleted = 0";
     assert_eq!(count(&url, q), 6);
     let q = "SELECT count(*) FROM rag_chunks c JOIN ragspool_manifest m \
              ON m.seq = c.ragspool_seq AND m.batch_tag = c.batch_tag";
     assert_eq!(count(&url, q), 120);
+}
+
+/// One transaction wrote every `done` manifest row, and each file has one lineage
+/// row per document at its own claim sequence.
+#[track_caller]
+pub(crate) fn assert_went_in_together(url: &str) {
+    let q = "SELECT count(DISTINCT xmin::text) FROM ragspool_manifest WHERE status = 'done'";
+    assert_eq!(count(url, q), 1, "one transaction");
     let q = "SELECT count(*) FROM ragspool_doc_events e JOIN ragspool_manifest m \
              ON m.seq = e.seq AND m.file_name = e.file_name AND m.sha256 = e.sha256 \
              AND m.batch_tag = e.batch_tag WHERE e.action = 'upsert' AND e.rows_removed = 0";
     let per_file = "SELECT count(*) FROM (SELECT DISTINCT doc_id, ragspool_seq FROM rag_chunks) d";
-    assert_eq!(count(&url, q), count(&url, per_file));
+    assert_eq!(count(url, q), count(url, per_file));
 }
 
 /// Files that cannot go in with others go in one at a time, in claim order: a
