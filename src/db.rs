@@ -51,18 +51,10 @@ impl Db {
         // COPY for ever: every statement and lock wait is bounded, and the expiry is
         // retried as transient.
         let (statement, lock) = config.db_timeouts;
-        // On a Citus coordinator: a transaction's SET LOCAL (the change set's planner
-        // hint) reaches the workers' shards too; and a statement that reaches many
-        // shards of one worker sends them all over one connection to it, rather
-        // than up to 16 (one per shard placement), each a backend on the worker:
-        // with files going in several to a COPY, the extra connections' starts and
-        // their backends' contention for the workers' cores cost more than the
-        // parallelism gave (process took 4.5-4.8 s for 200,000 rows at 32 shards
-        // against 5.3-5.8 s; docs/benchmark.md, Citus).
+        // On a Citus coordinator a transaction's SET LOCAL (the change set's planner
+        // hint, ingest's one connection per worker) reaches the workers' shards too.
         let citus = match config.distribution {
-            crate::config::Distribution::Citus => {
-                " -c citus.propagate_set_commands=local -c citus.max_adaptive_executor_pool_size=1"
-            }
+            crate::config::Distribution::Citus => " -c citus.propagate_set_commands=local",
             crate::config::Distribution::None => "",
         };
         db.config.options(&format!(

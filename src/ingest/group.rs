@@ -72,9 +72,7 @@ impl Ingest {
         if !jobs.iter().all(|j| shas.insert(j.sha)) {
             return Ok(Err("two of them hold the same content"));
         }
-        let mut tx = client
-            .transaction()
-            .map_err(|e| db::classify(e, "starting the files' transaction"))?;
+        let mut tx = self.begin(client, "starting the files' transaction")?;
         for job in jobs {
             let original = window::with_file(&job.file.path, self.max_file_bytes, |opened| {
                 let mut bytes = opened.map_err(|u| super::reread(job.file, u))?;

@@ -332,9 +332,7 @@ impl Ingest {
             if std::mem::take(&mut conflicted) && !backoff.wait(None) {
                 return Err(job.kept_conflicting());
             }
-            let mut tx = client
-                .transaction()
-                .map_err(|e| db::classify(e, "starting the file's transaction"))?;
+            let mut tx = self.begin(client, "starting the file's transaction")?;
             let earlier = match self.original(&mut tx, job, bytes)? {
                 Original::ThisFile => None,
                 Original::Earlier(e) => Some(e),
@@ -389,6 +387,23 @@ impl Ingest {
                 job.attempt,
             );
         }
+    }
+
+    /// Opens a file's (or a group's) transaction. On a Citus coordinator its
+    /// statements over many shards go over one connection per worker: with a
+    /// worker's share of a batch in one COPY, up to 16 connections per worker (one
+    /// per shard placement, Citus's default) cost more in their starts and in their
+    /// backends' contention for the workers' cores than their parallelism gave
+    /// (200,000 rows in 4.5-4.8 s against 5.3-5.8 at 32 shards; docs/benchmark.md).
+    /// Only ingest's transactions take it: `maintain`'s index builds and scans keep
+    /// Citus's parallelism.
+    fn begin<'c>(&self, client: &'c mut Client, what: &str) -> Result<postgres::Transaction<'c>> {
+        let mut tx = client.transaction().map_err(|e| db::classify(e, what))?;
+        if self.citus {
+            tx.batch_execute("SET LOCAL citus.max_adaptive_executor_pool_size = 1")
+                .map_err(|e| db::classify(e, what))?;
+        }
+        Ok(tx)
     }
 
     /// Which file this content goes in as, by claim order (SPEC §3).
