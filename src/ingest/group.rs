@@ -10,10 +10,11 @@
 //! file stays exactly once: its rows and its manifest row commit in one
 //! transaction, which now holds other files' too, and claim order is kept because
 //! every row and lineage row carries its own file's sequence. Anything out of the
-//! ordinary (a bad record, a missing partition, a copy of the same content, a
-//! document a later file removed, a conflict, an outage, a commit whose outcome is
-//! unknown) rolls the group back, and its files go in one at a time as always,
-//! which handles each case.
+//! ordinary (a bad record, a copy of the same content, a document a later file
+//! removed, a conflict, an outage, a commit whose outcome is unknown) rolls the
+//! group back, and its files go in one at a time as always, which handles each
+//! case. A missing partition is healed for the group's files, as for a file alone,
+//! and the group tried once more.
 
 use super::{CopyFail, Encoded, Ingest, Job, Original, broken, send};
 use crate::batch::BatchTag;
@@ -24,6 +25,7 @@ use crate::ingest::copy::CopyEncoder;
 use crate::ingest::manifest;
 use crate::ingest::window;
 use crate::ingest::{FileOutcome, Ready};
+use crate::partition;
 use crate::spool::Claimed;
 use postgres::Client;
 use std::collections::HashSet;
@@ -40,6 +42,9 @@ pub(crate) type ReadyFile = (Claimed, Ready);
 /// Why files go in one at a time after all.
 type Apart = &'static str;
 
+/// A partition the rows need is missing: the group heals and goes again.
+const NO_PARTITION: Apart = "a partition their rows need is missing";
+
 impl Ingest {
     /// Commits `files` (in claim order) in one transaction and returns how each
     /// ended; `Err(why)`, with nothing committed, when they cannot go in together
@@ -54,17 +59,52 @@ impl Ingest {
             return Err("their vectors were fetched".into());
         }
         let jobs: Vec<Job<'_>> = files.iter().map(|(f, r)| r.job(tag, f)).collect();
-        match self.try_group(client, &jobs) {
+        let mut healed = vec![false; jobs.len()];
+        let mut tried = self.try_group(client, &jobs, &healed);
+        if matches!(tried, Ok(Err(NO_PARTITION))) {
+            tried = match self.heal_all(client, &jobs) {
+                Ok(Ok(h)) => {
+                    healed = h;
+                    self.try_group(client, &jobs, &healed)
+                }
+                Ok(Err(why)) => Ok(Err(why)),
+                Err(e) => Err(e),
+            };
+        }
+        match tried {
             Ok(Ok(done)) => Ok(done),
             Ok(Err(why)) => Err(why.to_string()),
             Err(e) => Err(e.to_string()),
         }
     }
 
+    /// Self-heal for each file in claim order, as each would have alone: which of
+    /// them needed a partition (a later file whose days an earlier one brought in
+    /// did not); `Err` when self-heal is not allowed for one (it fails alone).
+    fn heal_all(
+        &self,
+        client: &mut Client,
+        jobs: &[Job<'_>],
+    ) -> Result<std::result::Result<Vec<bool>, Apart>> {
+        let mut healed = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let heal = window::with_file(&job.file.path, self.max_file_bytes, |opened| {
+                let mut bytes = opened.map_err(|u| super::reread(job.file, u))?;
+                self.heal(client, &mut bytes, job.ingest_time)
+            })?;
+            match heal {
+                Ok(needed) => healed.push(needed),
+                Err(_) => return Ok(Err("self-heal is not allowed for one of them")),
+            }
+        }
+        Ok(Ok(healed))
+    }
+
     fn try_group(
         &self,
         client: &mut Client,
         jobs: &[Job<'_>],
+        healed: &[bool],
     ) -> Result<std::result::Result<Vec<(FileOutcome, u32)>, Apart>> {
         // Of two copies of one content the later-claimed is the duplicate, which
         // the file-by-file path decides.
@@ -96,12 +136,12 @@ impl Ingest {
         if !applied {
             return Ok(Err("a later-claimed file removed one of their documents"));
         }
-        for (job, e) in jobs.iter().zip(&encoded) {
+        for ((job, e), healed) in jobs.iter().zip(&encoded).zip(healed) {
             let done = manifest::Done {
                 rows: e.rows as i64,
                 deleted: 0,
                 seq: Some(job.file.seq),
-                healed: false,
+                healed: *healed,
                 duplicate: false,
                 embedded: 0,
                 reused: 0,
@@ -114,7 +154,7 @@ impl Ingest {
         }
         tx.commit()
             .map_err(|e| db::classify(e, "committing the files"))?;
-        Ok(Ok(committed(jobs, &encoded)))
+        Ok(Ok(committed(jobs, &encoded, healed)))
     }
 
     /// One COPY of every file's rows; `Err(why)` (the COPY aborted) when a file is
@@ -139,17 +179,18 @@ impl Ingest {
             match encoded {
                 Ok(e) if e.deletes == 0 => all.push(e),
                 Ok(_) => return Ok(Err("one holds delete records")),
-                Err(CopyFail::Broken) => return Err(copy_broke(writer)),
+                Err(CopyFail::Broken) => return copy_broke(writer),
                 Err(_) => return Ok(Err("one holds a bad record")),
             }
         }
         enc.finish();
         if !send(&mut writer, &mut enc) {
-            return Err(copy_broke(writer));
+            return copy_broke(writer);
         }
-        let copied = writer
-            .finish()
-            .map_err(|e| db::classify(e, "copying rows"))?;
+        let copied = match writer.finish() {
+            Ok(copied) => copied,
+            Err(e) => return copy_failed(e),
+        };
         if copied != all.iter().map(|e| e.rows).sum::<u64>() {
             return Err(Error::temp(
                 "the COPY took another number of rows than sent",
@@ -159,27 +200,35 @@ impl Ingest {
     }
 }
 
-/// Why the COPY stream broke, as an error (the group then goes in file by file,
-/// which reports it).
-fn copy_broke(writer: postgres::CopyInWriter<'_>) -> Error {
+/// A COPY the server ended: a missing partition sends the group to self-heal;
+/// anything else is an error (the files then go in one by one, which reports it).
+fn copy_failed<T>(e: postgres::Error) -> Result<std::result::Result<T, Apart>> {
+    if partition::is_no_partition(&e) {
+        return Ok(Err(NO_PARTITION));
+    }
+    Err(db::classify(e, "copying rows"))
+}
+
+/// Why the COPY stream broke, which the server says.
+fn copy_broke<T>(writer: postgres::CopyInWriter<'_>) -> Result<std::result::Result<T, Apart>> {
     match broken(writer) {
-        CopyFail::Db(e) => db::classify(e, "copying rows"),
-        CopyFail::Temp(e) => e,
-        CopyFail::Bad(_) | CopyFail::Broken => Error::temp("the COPY stream broke"),
+        CopyFail::Db(e) => copy_failed(e),
+        CopyFail::Temp(e) => Err(e),
+        CopyFail::Bad(_) | CopyFail::Broken => Err(Error::temp("the COPY stream broke")),
     }
 }
 
 /// How each file of a committed group ended, counted as a file's commit is.
-fn committed(jobs: &[Job<'_>], encoded: &[Encoded]) -> Vec<(FileOutcome, u32)> {
+fn committed(jobs: &[Job<'_>], encoded: &[Encoded], healed: &[bool]) -> Vec<(FileOutcome, u32)> {
     let mut out = Vec::with_capacity(jobs.len());
-    for (job, e) in jobs.iter().zip(encoded) {
+    for ((job, e), healed) in jobs.iter().zip(encoded).zip(healed) {
         crate::failpoint::hit("file-committed");
         crate::metrics::EMBEDDINGS_RECORD.add(e.brought);
         let outcome = FileOutcome::Ingested {
             rows: e.rows,
             deleted: 0,
             changed_docs: Vec::new(),
-            healed: false,
+            healed: *healed,
             duplicate: false,
         };
         out.push((outcome, job.attempt));

@@ -598,11 +598,11 @@ impl Ingest {
             CopyFail::Db(e) if is_conflict(&e) => return Ok(Retry::Conflict),
             CopyFail::Db(e) if partition::is_no_partition(&e) && !*healed => {
                 match self.heal(client, bytes, job.ingest_time)? {
-                    None => {
+                    Ok(_) => {
                         *healed = true;
                         return Ok(Retry::Healed);
                     }
-                    Some(why) => BadFile::new(Reason::PartitionMissing, why),
+                    Err(why) => BadFile::new(Reason::PartitionMissing, why),
                 }
             }
             CopyFail::Db(e) if partition::is_no_partition(&e) => BadFile::new(
@@ -725,14 +725,14 @@ impl Ingest {
         })
     }
 
-    /// Creates the partitions the file's rows need; `Some(why)` when self-heal is
-    /// not allowed (SPEC §5 bounds).
+    /// Creates the partitions the file's rows need: `Ok(true)` when some were
+    /// missing, `Err(why)` when self-heal is not allowed (SPEC §5 bounds).
     fn heal(
         &self,
         client: &mut Client,
         bytes: &mut FileBytes<'_>,
         ingest_time: i64,
-    ) -> Result<Option<String>> {
+    ) -> Result<std::result::Result<bool, String>> {
         let mut days = BTreeSet::new();
         bytes.records(None, |records| {
             let created = records
@@ -746,14 +746,17 @@ impl Ingest {
         let missing = partition::missing(&ranges, days);
         let today = time::OffsetDateTime::now_utc().date();
         if let Some(why) = partition::heal_refusal(&self.names, &missing, today) {
-            return Ok(Some(why));
+            return Ok(Err(why));
+        }
+        if missing.is_empty() {
+            return Ok(Ok(false));
         }
         let created = partition::create_days(client, &self.names, &missing)?;
         log::info!(
             "self-heal created {created} partition(s) for {} missing day(s)",
             missing.len()
         );
-        Ok(None)
+        Ok(Ok(true))
     }
 }
 

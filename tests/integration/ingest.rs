@@ -362,6 +362,37 @@ pub(crate) fn assert_went_in_together(url: &str) {
     assert_eq!(count(url, q), count(url, per_file));
 }
 
+/// Files that go in together and need partitions that do not exist yet get them
+/// (self-heal, as each file alone would) and still go in together; each file that
+/// brought a missing day is recorded as healed.
+#[test]
+fn files_that_go_in_together_heal_the_partitions_they_need() {
+    let mut env = TestEnv::new().with_db();
+    env.set("WORKERS", "1");
+    env.ready();
+    env.generate_with(Gen {
+        files: 4,
+        records: 40,
+        seed: Some(12),
+        days: Some(5),
+        ..Gen::default()
+    });
+    let out = env.run(&["process"]).output().code(0);
+    assert!(
+        out.stderr.contains("reason=healed_partition healed=true"),
+        "{}",
+        out.stderr
+    );
+    let url = env.db_url();
+    assert_eq!(count(&url, "SELECT count(*) FROM rag_chunks"), 160);
+    assert_went_in_together(&url);
+    let healed = count(
+        &url,
+        "SELECT count(*) FROM ragspool_manifest WHERE healed AND status = 'done'",
+    );
+    assert!((1..=4).contains(&healed), "{healed} files healed");
+}
+
 /// Files that cannot go in with others go in one at a time, in claim order: a
 /// copy of another file's content (the later-claimed one is the duplicate) and a
 /// file whose delete record removes an earlier file's document.
