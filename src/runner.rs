@@ -738,27 +738,23 @@ impl Runner {
         }
         // After a file's outage the files not yet read are another worker's too.
         flight.give_back(files.collect());
-        let alone = ready.len() < 2;
-        let done = if alone {
-            Err(String::new())
-        } else {
-            self.ingest.group(client, tag, &ready)
+        let done = match ready.len() {
+            0 | 1 => None,
+            n => match self.ingest.group(client, tag, &ready) {
+                Ok(done) => Some(done),
+                Err(why) => {
+                    log::info!("batch {tag}: {n} files go in one at a time: {why}");
+                    None
+                }
+            },
         };
-        let together = done.is_ok();
+        let together = done.is_some() || ready.len() < 2;
         match done {
-            Ok(done) => {
+            Some(done) => {
                 let ended = done.into_iter().map(|d| Step::Ended(Ok(d)));
                 steps.extend(ready.into_iter().map(|(f, _)| f).zip(ended));
             }
-            Err(why) => {
-                if !alone {
-                    log::info!(
-                        "batch {tag}: {} files go in one at a time: {why}",
-                        ready.len()
-                    );
-                }
-                steps.extend(ready.into_iter().map(|(f, r)| (f, Step::Ready(r))));
-            }
+            None => steps.extend(ready.into_iter().map(|(f, r)| (f, Step::Ready(r)))),
         }
         steps.extend(failed);
         while let Some((file, step)) = steps.pop_front() {
@@ -774,7 +770,7 @@ impl Runner {
                 return None;
             }
         }
-        Some(together || alone)
+        Some(together)
     }
 
     /// Tries a file again on a new connection after a transient failure: once; on a

@@ -59,22 +59,26 @@ impl Ingest {
             return Err("their vectors were fetched".into());
         }
         let jobs: Vec<Job<'_>> = files.iter().map(|(f, r)| r.job(tag, f)).collect();
-        let mut healed = vec![false; jobs.len()];
-        let mut tried = self.try_group(client, &jobs, &healed);
-        if matches!(tried, Ok(Err(NO_PARTITION))) {
-            tried = match self.heal_all(client, &jobs) {
-                Ok(Ok(h)) => {
-                    healed = h;
-                    self.try_group(client, &jobs, &healed)
-                }
-                Ok(Err(why)) => Ok(Err(why)),
-                Err(e) => Err(e),
-            };
-        }
-        match tried {
+        match self.together(client, &jobs) {
             Ok(Ok(done)) => Ok(done),
             Ok(Err(why)) => Err(why.to_string()),
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The group's transaction; after a missing partition, self-heal and once more.
+    fn together(
+        &self,
+        client: &mut Client,
+        jobs: &[Job<'_>],
+    ) -> Result<std::result::Result<Vec<(FileOutcome, u32)>, Apart>> {
+        match self.try_group(client, jobs, &vec![false; jobs.len()])? {
+            Err(NO_PARTITION) => {}
+            tried => return Ok(tried),
+        }
+        match self.heal_all(client, jobs)? {
+            Ok(healed) => self.try_group(client, jobs, &healed),
+            Err(why) => Ok(Err(why)),
         }
     }
 
