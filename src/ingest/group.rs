@@ -92,9 +92,8 @@ impl Ingest {
     ) -> Result<std::result::Result<Vec<bool>, Apart>> {
         let mut healed = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let heal = window::with_file(&job.file.path, self.max_file_bytes, |opened| {
-                let mut bytes = opened.map_err(|u| super::reread(job.file, u))?;
-                self.heal(client, &mut bytes, job.ingest_time)
+            let heal = self.reopen(job.file, window::WINDOW, |bytes| {
+                self.heal(client, bytes, job.ingest_time)
             })?;
             match heal {
                 Ok(needed) => healed.push(needed),
@@ -118,9 +117,10 @@ impl Ingest {
         }
         let mut tx = self.begin(client, "starting the files' transaction")?;
         for job in jobs {
-            let original = window::with_file(&job.file.path, self.max_file_bytes, |opened| {
-                let mut bytes = opened.map_err(|u| super::reread(job.file, u))?;
-                self.original(&mut tx, job, &mut bytes)
+            // Which file a content goes in as needs only the file's size and first
+            // bytes: small windows, so that it is not read whole for that.
+            let original = self.reopen(job.file, window::PREFETCH_WINDOW, |bytes| {
+                self.original(&mut tx, job, bytes)
             })?;
             if !matches!(original, Original::ThisFile) {
                 return Ok(Err("one's content is another file's too"));
@@ -174,10 +174,9 @@ impl Ingest {
         let mut enc = CopyEncoder::new(&self.names.storage);
         let mut all = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let encoded = window::with_file(&job.file.path, self.max_file_bytes, |opened| {
-                let mut bytes = opened.map_err(|u| super::reread(job.file, u))?;
+            let encoded = self.reopen(job.file, window::WINDOW, |bytes| {
                 let (file, at) = (job.file_ref(), job.ingest_time);
-                Ok::<_, Error>(self.encode_file(&mut writer, &mut enc, file, &mut bytes, at, None))
+                Ok(self.encode_file(&mut writer, &mut enc, file, bytes, at, None))
             })?;
             // Dropped unfinished, the writer aborts the COPY.
             match encoded {

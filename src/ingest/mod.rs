@@ -307,9 +307,21 @@ impl Ingest {
             Prepared::Ready(ready) => ready,
         };
         let vectors = ready.vectors.take();
-        window::with_file(&file.path, self.max_file_bytes, |opened| {
-            let mut bytes = opened.map_err(|u| reread(file, u))?;
-            self.transact(client, &ready.job(tag, file), &mut bytes, vectors)
+        self.reopen(file, window::WINDOW, |bytes| {
+            self.transact(client, &ready.job(tag, file), bytes, vectors)
+        })
+    }
+
+    /// Runs `f` on a file that was prepared a moment ago, opened again with
+    /// windows of `window` bytes (a file no larger is read whole at once).
+    fn reopen<T>(
+        &self,
+        file: &Claimed,
+        window: usize,
+        f: impl FnOnce(&mut FileBytes<'_>) -> Result<T>,
+    ) -> Result<T> {
+        window::with_file_in(&file.path, self.max_file_bytes, window, |opened| {
+            f(&mut opened.map_err(|u| reread(file, u))?)
         })
     }
 
