@@ -491,10 +491,8 @@ pub(crate) fn wait_for_workers(client: &mut impl GenericClient, budget: Duration
 /// files (Citus's own maintenance daemon does so too, on its interval). Until then
 /// their rows are invisible and their row locks held. Best effort: a coordinator
 /// out of reach, or a role that may not run it, leaves them to the daemon.
-pub(crate) fn resolve_in_doubt(db: &db::Db) {
-    let resolved = db
-        .connect_once()
-        .and_then(|mut c| c.query_one("SELECT recover_prepared_transactions()", &[]));
+pub(crate) fn resolve_in_doubt(client: &mut postgres::Client) {
+    let resolved = client.query_one("SELECT recover_prepared_transactions()", &[]);
     match resolved {
         Ok(row) => {
             let resolved: i32 = row.get(0);

@@ -65,9 +65,6 @@ pub(crate) fn runner(config: &Config) -> Result<Runner> {
     if let Some(limit) = hang_limit(config) {
         crate::heartbeat::hang_guard(limit);
     }
-    if config.distribution == crate::config::Distribution::Citus {
-        crate::distribution::resolve_in_doubt(&Db::from_config(config)?);
-    }
     let failure_log = crate::failure_log::shared(&config.failure_log)?;
     let host = host_name();
     let notifier = Notifier::new(config, Some(failure_log.clone()), &host)?;
@@ -100,6 +97,9 @@ pub(crate) fn ingest(config: &Config) -> Result<Ingest> {
     schema::require_current(&mut client, &names)?;
     if config.distribution == crate::config::Distribution::Citus {
         crate::distribution::require_distributed(&mut client, &names)?;
+        // On the connection just made: a second Db would load the system's trust
+        // store for its TLS once more (see pgtls), 50 ms of every run's start.
+        crate::distribution::resolve_in_doubt(&mut client);
     }
     let budget = Duration::from_secs(config.retry_max_secs);
     let embedder = config.embed.as_ref().map(|settings| {

@@ -274,14 +274,20 @@ pub(crate) fn apply_appends(
     files: &[(FileRef<'_>, &DocSet)],
     citus: bool,
 ) -> Result<bool, postgres::Error> {
-    let all: Vec<&str> = files
+    let mut all: Vec<&str> = files
         .iter()
         .flat_map(|(_, docs)| docs.docs.iter().map(|(d, _)| d.as_str()))
         .collect();
     if all.is_empty() {
         return Ok(true);
     }
-    let removed: HashMap<String, i64> = lock(tx, names, all, citus)?.into_iter().collect();
+    all.sort_unstable();
+    all.dedup();
+    let removed: HashMap<String, i64> = if citus && insert_new(tx, names, &all)? {
+        HashMap::new()
+    } else {
+        lock(tx, names, all, citus)?.into_iter().collect()
+    };
     let mut lineage = Lineage::default();
     for (file, docs) in files {
         for (doc, e) in &docs.docs {
@@ -293,6 +299,46 @@ pub(crate) fn apply_appends(
     }
     lineage.insert(tx, names)?;
     Ok(true)
+}
+
+/// On a Citus coordinator, inserts `docs` (sorted and deduplicated) into
+/// `ragspool_docs` with one COPY, under a savepoint: `true` when each was new;
+/// `false`, with nothing inserted, when the COPY failed (one of them has a row
+/// already), and [`lock`] then upserts them.
+///
+/// Files that only add rows mostly bring documents not seen before. The COPY
+/// streams their ids to the shards; the multi-row upsert has Citus deparse a
+/// statement per shard, which the worker parses and plans: 140 ms against about
+/// 20 for the 6,250 documents of a group at 32 shards. A row this transaction
+/// inserts is locked by it as the upsert would lock it (another transaction's
+/// upsert or insert of the document waits for its end), and its removed_seq is 0:
+/// no file removed the document yet. A row already there fails the COPY; Citus
+/// reports a worker's unique violation during a COPY as an internal error
+/// (XX000), so any failure goes back to the savepoint and to the upsert, which
+/// reports what is really wrong, if anything is.
+fn insert_new(
+    tx: &mut Transaction<'_>,
+    names: &Names,
+    docs: &[&str],
+) -> Result<bool, postgres::Error> {
+    tx.batch_execute("SAVEPOINT ragspool_new_docs")?;
+    let stream = crate::ingest::copy::text_rows(docs);
+    let copied = tx
+        .copy_in(&format!(
+            "COPY {} (doc_id) FROM STDIN (FORMAT binary)",
+            names.docs
+        ))
+        .and_then(|mut writer| {
+            // A stream the server broke is reported by `finish`.
+            let _ = std::io::Write::write_all(&mut writer, &stream);
+            writer.finish()
+        });
+    if copied.is_ok_and(|n| n == docs.len() as u64) {
+        tx.batch_execute("RELEASE SAVEPOINT ragspool_new_docs")?;
+        return Ok(true);
+    }
+    tx.batch_execute("ROLLBACK TO SAVEPOINT ragspool_new_docs")?;
+    Ok(false)
 }
 
 /// Upserts `ragspool_docs` rows for `docs` (sorted and deduplicated here, so that

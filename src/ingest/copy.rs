@@ -83,9 +83,7 @@ impl CopyEncoder {
     /// A buffer that starts with the binary COPY header.
     pub(crate) fn new(storage: &Storage) -> CopyEncoder {
         let mut buf = Vec::with_capacity(CHUNK + HEADROOM);
-        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
-        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+        header(&mut buf);
         CopyEncoder {
             buf,
             embedding: storage.embedding,
@@ -168,6 +166,25 @@ impl CopyEncoder {
     pub(crate) fn clear(&mut self) {
         self.buf.clear();
     }
+}
+
+/// A whole binary COPY stream of one text column, a row per value.
+pub(crate) fn text_rows(values: &[&str]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(32 + values.iter().map(|v| 6 + v.len()).sum::<usize>());
+    header(&mut b);
+    for v in values {
+        b.extend_from_slice(&1i16.to_be_bytes());
+        field(&mut b, v.as_bytes());
+    }
+    b.extend_from_slice(&(-1i16).to_be_bytes());
+    b
+}
+
+/// The binary COPY signature, flags and header extension length.
+fn header(b: &mut Vec<u8>) {
+    b.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes());
 }
 
 fn field(b: &mut Vec<u8>, bytes: &[u8]) {

@@ -401,8 +401,10 @@ fn replace_and_delete_keep_claim_order_for_documents_on_different_workers() {
 fn sigkill_at_random_points_loses_and_duplicates_nothing_on_citus() {
     let env = env_on(citus());
     env.ready();
+    // Enough batches that a run outlasts the kills' random moments (it takes
+    // about a second).
     env.generate_with(Gen {
-        files: 24,
+        files: 48,
         records: 50,
         dim: Some(8),
         days: Some(1),
@@ -422,7 +424,7 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing_on_citus() {
             std::thread::sleep(Duration::from_millis(5));
         }
         std::thread::sleep(Duration::from_millis(
-            crate::support::next_random(&mut seed) % 700,
+            crate::support::next_random(&mut seed) % 400,
         ));
         if crate::support::batch_in_flight(&env) {
             mid_batch += 1;
@@ -433,7 +435,7 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing_on_citus() {
     eprintln!("{mid_batch} of 8 kills landed while a batch was in processing/");
     assert!(mid_batch > 0, "no kill landed mid-batch");
     env.run(&["process"]).output().code(0);
-    assert_exactly_once(&env, 24, 50);
+    assert_exactly_once(&env, 48, 50);
 }
 
 /// Files that only add rows go in several to one (two-phase) transaction through
@@ -455,6 +457,36 @@ fn files_that_only_add_rows_go_in_together_through_the_coordinator() {
     let url = env.db_url();
     crate::ingest::assert_went_in_together(&url);
     assert_eq!(prepared_everywhere(citus(), &url), 0);
+}
+
+/// Through a coordinator the documents of files that go in together are inserted
+/// by one COPY under a savepoint; a document that has a row already fails it, and
+/// the group goes back to the savepoint and upserts them: still one transaction,
+/// each file once, each document one row.
+#[test]
+fn files_that_go_in_together_add_to_documents_already_known() {
+    let mut env = env_on(citus());
+    env.set("WORKERS", "1");
+    env.ready();
+    env.generate_with(Gen {
+        files: 4,
+        records: 40,
+        dim: Some(8),
+        days: Some(1),
+        seed: Some(7),
+        ..Gen::default()
+    });
+    let url = env.db_url();
+    pg(&url)
+        .batch_execute("INSERT INTO ragspool_docs (doc_id) VALUES ('doc-7-0-0'), ('doc-7-3-2')")
+        .expect("documents known before");
+    env.run(&["process"]).output().code(0);
+    assert_exactly_once(&env, 4, 40);
+    crate::ingest::assert_went_in_together(&url);
+    assert_eq!(
+        count(&url, "SELECT count(*) FROM ragspool_docs"),
+        count(&url, "SELECT count(DISTINCT doc_id) FROM rag_chunks")
+    );
 }
 
 #[test]
