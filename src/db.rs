@@ -19,6 +19,41 @@ pub(crate) struct Db {
     retry_budget: Duration,
 }
 
+/// Connections a batch's workers left, for the next batch's: a new connection
+/// costs a backend start and a TLS handshake, and on a Citus coordinator that
+/// backend's own connections to every worker. Kept a short while only, so that a
+/// server that failed over or restarted between batches is reached anew.
+#[derive(Default)]
+pub(crate) struct Idle {
+    kept: std::sync::Mutex<Vec<(Client, std::time::Instant)>>,
+}
+
+/// How long an idle connection is kept.
+const IDLE_KEPT: Duration = Duration::from_secs(30);
+
+impl Idle {
+    /// A kept connection that still answers, else a new one from `db`.
+    pub(crate) fn take(&self, db: &Db) -> Result<Client> {
+        loop {
+            let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let Some((mut client, since)) = kept else {
+                return db.connect();
+            };
+            if since.elapsed() < IDLE_KEPT && client.is_valid(Duration::from_secs(5)).is_ok() {
+                return Ok(client);
+            }
+        }
+    }
+
+    /// Keeps `client` (outside any transaction) for the next [`Idle::take`].
+    pub(crate) fn keep(&self, client: Client) {
+        if !client.is_closed() {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            kept.push((client, std::time::Instant::now()));
+        }
+    }
+}
+
 /// sslmode as libpq means it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SslMode {

@@ -219,6 +219,8 @@ pub(crate) struct Runner {
     owner: Owner,
     /// How often a running batch refreshes its `.owner` (ORPHAN_RECOVER_SECS / 6).
     heartbeat: std::time::Duration,
+    /// The workers' connections between batches.
+    pub(crate) idle: crate::db::Idle,
 }
 
 impl Runner {
@@ -252,6 +254,7 @@ impl Runner {
                 stale_after: std::time::Duration::from_secs(config.orphan_recover_secs) / 2,
             },
             heartbeat: std::time::Duration::from_secs(config.orphan_recover_secs) / 6,
+            idle: crate::db::Idle::default(),
         }
     }
 
@@ -626,7 +629,7 @@ impl Runner {
     /// shared queue or, prepared, from the prefetch stage.
     fn work(&self, flight: &Flight<'_>, from: Option<(&Prepared<'_>, Side<'_, Ready>)>) {
         let tag = flight.tag;
-        let mut client = match self.ingest.db.connect() {
+        let mut client = match self.idle.take(&self.ingest.db) {
             Ok(c) => c,
             Err(e) => {
                 log::error!("batch {tag}: {e}");
@@ -661,7 +664,7 @@ impl Runner {
                 if let Err(e) = anchored {
                     log::warn!("batch {tag}: {e}");
                 }
-                return;
+                return self.idle.keep(client);
             };
             // Only a failure of this worker's own connection is worth a second try
             // here; the prefetch stage already spent RETRY_MAX_SECS on the endpoint.

@@ -68,7 +68,11 @@ pub(crate) fn runner(config: &Config) -> Result<Runner> {
     let failure_log = crate::failure_log::shared(&config.failure_log)?;
     let host = host_name();
     let notifier = Notifier::new(config, Some(failure_log.clone()), &host)?;
-    Ok(Runner::new(config, ingest(config)?, notifier, failure_log))
+    let (ingest, client) = ingest(config)?;
+    let runner = Runner::new(config, ingest, notifier, failure_log);
+    // The connection that checked the schema serves the first batch's first worker.
+    runner.idle.keep(client);
+    Ok(runner)
 }
 
 /// How long a batch may go without progress before the process gives up (exit
@@ -89,8 +93,9 @@ fn hang_limit(config: &Config) -> Option<Duration> {
     Some(crate::heartbeat::hang_limit(longest))
 }
 
-/// The per-file ingest context from settings, after checking the schema.
-pub(crate) fn ingest(config: &Config) -> Result<Ingest> {
+/// The per-file ingest context from settings, after checking the schema on the
+/// connection it returns.
+fn ingest(config: &Config) -> Result<(Ingest, postgres::Client)> {
     let db = Db::from_config(config)?;
     let names = Names::from_config(config);
     let mut client = db.connect()?;
@@ -105,7 +110,7 @@ pub(crate) fn ingest(config: &Config) -> Result<Ingest> {
     let embedder = config.embed.as_ref().map(|settings| {
         Embedder::new(settings, config.embed_dim, budget).storing(names.storage.embedding)
     });
-    Ok(Ingest {
+    let ingest = Ingest {
         names,
         db,
         embedder,
@@ -114,7 +119,8 @@ pub(crate) fn ingest(config: &Config) -> Result<Ingest> {
         max_faults: config.file_max_faults,
         host: host_name(),
         citus: config.distribution == crate::config::Distribution::Citus,
-    })
+    };
+    Ok((ingest, client))
 }
 
 /// Prints a summary (a line, or with `json` one object) and turns the reports
