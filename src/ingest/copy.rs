@@ -168,16 +168,41 @@ impl CopyEncoder {
     }
 }
 
-/// A whole binary COPY stream of one text column, a row per value.
-pub(crate) fn text_rows(values: &[&str]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(32 + values.iter().map(|v| 6 + v.len()).sum::<usize>());
-    header(&mut b);
-    for v in values {
-        b.extend_from_slice(&1i16.to_be_bytes());
-        field(&mut b, v.as_bytes());
+/// A whole binary COPY stream of narrow bookkeeping rows (documents, lineage),
+/// built in memory and sent at once.
+pub(crate) struct Rows {
+    buf: Vec<u8>,
+}
+
+impl Rows {
+    /// An empty stream with room for `bytes` of rows.
+    pub(crate) fn with_capacity(bytes: usize) -> Rows {
+        let mut buf = Vec::with_capacity(bytes + 32);
+        header(&mut buf);
+        Rows { buf }
     }
-    b.extend_from_slice(&(-1i16).to_be_bytes());
-    b
+
+    /// Starts a row of `fields` fields.
+    pub(crate) fn row(&mut self, fields: i16) {
+        self.buf.extend_from_slice(&fields.to_be_bytes());
+    }
+
+    /// A text field.
+    pub(crate) fn text(&mut self, s: &str) {
+        field(&mut self.buf, s.as_bytes());
+    }
+
+    /// A bigint field.
+    pub(crate) fn int8(&mut self, v: i64) {
+        self.buf.extend_from_slice(&8i32.to_be_bytes());
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+
+    /// The stream, with its trailer.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
+        self.buf
+    }
 }
 
 /// The binary COPY signature, flags and header extension length.
