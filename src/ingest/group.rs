@@ -115,13 +115,22 @@ impl Ingest {
         if !jobs.iter().all(|j| shas.insert(j.sha)) {
             return Ok(Err("two of them hold the same content"));
         }
+        let Some(tag) = jobs.first().map(|j| j.key.tag) else {
+            return Ok(Ok(Vec::new()));
+        };
         let mut tx = self.begin(client, "starting the files' transaction")?;
+        let files: Vec<&str> = jobs.iter().map(|j| j.key.name).collect();
+        let shas: Vec<&str> = jobs.iter().map(|j| j.sha).collect();
+        let elsewhere = manifest::known_elsewhere(&mut tx, &self.names, tag, &files, &shas)?;
         for job in jobs {
             // Which file a content goes in as needs only the file's size and first
-            // bytes: small windows, so that it is not read whole for that.
-            let original = self.reopen(job.file, window::PREFETCH_WINDOW, |bytes| {
-                self.original(&mut tx, job, bytes)
-            })?;
+            // bytes: small windows, so that it is not read whole for that. The
+            // manifest is asked file by file only when it knows one of the contents.
+            let original =
+                self.reopen(job.file, window::PREFETCH_WINDOW, |bytes| match elsewhere {
+                    true => self.original(&mut tx, job, bytes),
+                    false => self.original_beside(&mut tx, job, bytes, None),
+                })?;
             if !matches!(original, Original::ThisFile) {
                 return Ok(Err("one's content is another file's too"));
             }
@@ -140,8 +149,11 @@ impl Ingest {
         if !applied {
             return Ok(Err("a later-claimed file removed one of their documents"));
         }
-        for ((job, e), healed) in jobs.iter().zip(&encoded).zip(healed) {
-            let done = manifest::Done {
+        let done: Vec<manifest::Done> = jobs
+            .iter()
+            .zip(&encoded)
+            .zip(healed)
+            .map(|((job, e), healed)| manifest::Done {
                 rows: e.rows as i64,
                 deleted: 0,
                 seq: Some(job.file.seq),
@@ -149,12 +161,13 @@ impl Ingest {
                 duplicate: false,
                 embedded: 0,
                 reused: 0,
-            };
-            let open = manifest::done_if_open(&mut tx, &self.names, &job.key, &done)
-                .map_err(|e| db::classify(e, "recording the files"))?;
-            if !open {
-                return Ok(Err("one of them was committed meanwhile"));
-            }
+            })
+            .collect();
+        let marks: Vec<(&str, &manifest::Done)> = files.iter().copied().zip(&done).collect();
+        let open = manifest::done_all_if_open(&mut tx, &self.names, tag, &marks)
+            .map_err(|e| db::classify(e, "recording the files"))?;
+        if !open {
+            return Ok(Err("one of them was committed meanwhile"));
         }
         tx.commit()
             .map_err(|e| db::classify(e, "committing the files"))?;

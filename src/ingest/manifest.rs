@@ -135,6 +135,29 @@ pub(crate) fn earlier_copy(
     }))
 }
 
+/// Whether the manifest holds a row of content `shas` besides the open rows of
+/// batch `tag`'s files `files`: a done file of it or another file of it open. When
+/// not, no file of those contents comes before them in the manifest (only, perhaps,
+/// one claimed and not yet opened, in processing/): one statement for files that go
+/// in together, where [`ingested_by`] and [`earlier_copy`] are two per file.
+pub(crate) fn known_elsewhere(
+    client: &mut impl GenericClient,
+    names: &Names,
+    tag: &BatchTag,
+    files: &[&str],
+    shas: &[&str],
+) -> Result<bool> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE sha256 = ANY($1) AND status IN ('done', 'open') \
+         AND NOT (status = 'open' AND batch_tag = $2 AND file_name = ANY($3)))",
+        names.manifest
+    );
+    client
+        .query_one(&sql, &[&shas, &tag.as_str(), &files])
+        .map(|r| r.get(0))
+        .map_err(|e| db::classify(e, "looking up the files' sha256"))
+}
+
 /// What a file's `done` row says.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Done {
@@ -177,53 +200,71 @@ pub(crate) fn done(
     key: &FileKey<'_>,
     d: &Done,
 ) -> std::result::Result<(), postgres::Error> {
-    mark_done(client, names, key, d, "").map(|_| ())
+    mark_done(client, names, key.tag, &[(key.name, d)], "").map(|_| ())
 }
 
-/// [`done`] for a file that must still be open: `false` when its row is not
-/// (another transaction committed it meanwhile, as the file whose content a
-/// later-claimed copy brought in).
-pub(crate) fn done_if_open(
+/// [`done`] for files of batch `tag` that must still be open, in one statement:
+/// `false` unless every one of them was (another transaction may have committed
+/// one meanwhile, as the file whose content a later-claimed copy brought in).
+pub(crate) fn done_all_if_open(
     client: &mut impl GenericClient,
     names: &Names,
-    key: &FileKey<'_>,
-    d: &Done,
+    tag: &BatchTag,
+    files: &[(&str, &Done)],
 ) -> std::result::Result<bool, postgres::Error> {
-    mark_done(client, names, key, d, " AND status = 'open'").map(|n| n == 1)
+    let marked = mark_done(client, names, tag, files, " AND m.status = 'open'")?;
+    Ok(marked == files.len() as u64)
 }
 
 fn mark_done(
     client: &mut impl GenericClient,
     names: &Names,
-    key: &FileKey<'_>,
-    d: &Done,
+    tag: &BatchTag,
+    files: &[(&str, &Done)],
     only: &str,
 ) -> std::result::Result<u64, postgres::Error> {
-    let reason = if d.duplicate {
-        Some("duplicate")
-    } else if d.healed {
-        Some("healed_partition")
-    } else {
-        None
+    let reason = |d: &Done| {
+        if d.duplicate {
+            Some("duplicate")
+        } else if d.healed {
+            Some("healed_partition")
+        } else {
+            None
+        }
     };
+    let column = |f: fn(&Done) -> i64| files.iter().map(|(_, d)| f(d)).collect::<Vec<i64>>();
     let sql = format!(
-        "UPDATE {} SET status = 'done', rows = $3, healed = $4, duplicate = $5, reason = $6, deleted = $7, \
-         seq = coalesce($8, seq), embedded = $9, reused = $10, finished_at = now() WHERE batch_tag = $1 AND file_name = $2{only}",
+        "UPDATE {} AS m SET status = 'done', rows = u.rows, healed = u.healed, duplicate = u.duplicate, \
+         reason = u.reason, deleted = u.deleted, seq = coalesce(u.seq, m.seq), embedded = u.embedded, \
+         reused = u.reused, finished_at = now() \
+         FROM unnest($2::text[], $3::bigint[], $4::bool[], $5::bool[], $6::text[], $7::bigint[], \
+         $8::bigint[], $9::bigint[], $10::bigint[]) \
+         AS u(file_name, rows, healed, duplicate, reason, deleted, seq, embedded, reused) \
+         WHERE m.batch_tag = $1 AND m.file_name = u.file_name{only}",
         names.manifest
     );
     client.execute(
         &sql,
         &[
-            &key.tag.as_str(),
-            &key.name,
-            &d.rows,
-            &d.healed,
-            &d.duplicate,
-            &reason,
-            &d.deleted,
-            &d.seq,
-            &d.embedded,
-            &d.reused,
+            &tag.as_str(),
+            &files.iter().map(|(n, _)| *n).collect::<Vec<&str>>(),
+            &column(|d| d.rows),
+            &files.iter().map(|(_, d)| d.healed).collect::<Vec<bool>>(),
+            &files
+                .iter()
+                .map(|(_, d)| d.duplicate)
+                .collect::<Vec<bool>>(),
+            &files
+                .iter()
+                .map(|(_, d)| reason(d))
+                .collect::<Vec<Option<&str>>>(),
+            &column(|d| d.deleted),
+            &files
+                .iter()
+                .map(|(_, d)| d.seq)
+                .collect::<Vec<Option<i64>>>(),
+            &column(|d| d.embedded),
+            &column(|d| d.reused),
         ],
     )
 }

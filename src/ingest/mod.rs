@@ -431,15 +431,26 @@ impl Ingest {
             }
             Some(_) => Original::Duplicate,
             None => {
-                // The earliest of the copies: an open one, or one claimed before it
-                // that its batch has not opened yet.
                 let open = manifest::earlier_copy(tx, &self.names, job.sha, job.file.seq)?;
-                let before = open.as_ref().map_or(job.file.seq, |e| e.seq);
-                match self.unopened_copy(tx, job, bytes, before)? {
-                    Some(e) => Original::Earlier(e),
-                    None => open.map_or(Original::ThisFile, Original::Earlier),
-                }
+                self.original_beside(tx, job, bytes, open)?
             }
+        })
+    }
+
+    /// [`Ingest::original`] for content that no file has ingested: the earliest of
+    /// the copies, `open` (the earliest open one claimed before this file) or one
+    /// claimed before that and not yet opened by its batch.
+    fn original_beside(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        job: &Job<'_>,
+        bytes: &mut FileBytes<'_>,
+        open: Option<manifest::EarlierCopy>,
+    ) -> Result<Original> {
+        let before = open.as_ref().map_or(job.file.seq, |e| e.seq);
+        Ok(match self.unopened_copy(tx, job, bytes, before)? {
+            Some(e) => Original::Earlier(e),
+            None => open.map_or(Original::ThisFile, Original::Earlier),
         })
     }
 

@@ -437,6 +437,17 @@ fn files_that_cannot_go_in_together_go_in_alone_in_claim_order() {
         .map(|r| r.get(0))
         .unwrap_or_default();
     assert_eq!(got, "upsert,delete");
+    // A content an earlier batch ingested, beside one never seen: the manifest
+    // knows the first, and the two go in one at a time.
+    drop_aged(&env, "6-b-again.msgpack", &chunk("B"), 10);
+    drop_aged(&env, "7-d.msgpack", &chunk("D"), 5);
+    env.run(&["process"])
+        .output()
+        .code(0)
+        .stdout_has("2 file(s) ingested, 0 failed, 1 row(s)");
+    let q = "SELECT count(*) FROM ragspool_manifest WHERE duplicate AND file_name = '6-b-again.msgpack'";
+    assert_eq!(count(&url, q), 1);
+    assert_eq!(count(&url, "SELECT count(*) FROM rag_chunks"), 3);
 }
 
 #[test]
