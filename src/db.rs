@@ -45,6 +45,13 @@ impl Idle {
         }
     }
 
+    /// Closes the connections kept longer than they may be: an idle `watch` holds
+    /// no backend (nor, on Citus, its connections to the workers) for long.
+    pub(crate) fn expire(&self) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|(_, since)| since.elapsed() < IDLE_KEPT);
+    }
+
     /// Keeps `client` (outside any transaction) for the next [`Idle::take`].
     pub(crate) fn keep(&self, client: Client) {
         if !client.is_closed() {

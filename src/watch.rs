@@ -328,6 +328,7 @@ impl Watcher<'_> {
         }
         if let Action::Ingest(runner) = &self.action {
             runner.settle_invalidations(false);
+            runner.idle.expire();
         }
         if self.last_metrics.elapsed() >= METRICS_TICK {
             self.write_metrics();

@@ -304,8 +304,9 @@ pub(crate) fn apply_appends(
 
 /// On a Citus coordinator, inserts `docs` (sorted and deduplicated) into
 /// `ragspool_docs` with one COPY, under a savepoint: `true` when each was new;
-/// `false`, with nothing inserted, when the COPY failed (one of them has a row
-/// already), and [`lock`] then upserts them.
+/// `false`, with nothing inserted, when the COPY failed as it does when one of
+/// them has a row already, and [`lock`] then upserts them; `Err` when it failed
+/// otherwise (a timeout, a deadlock, a lost connection).
 ///
 /// Files that only add rows mostly bring documents not seen before. The COPY
 /// streams their ids to the shards; the multi-row upsert has Citus deparse a
@@ -315,8 +316,8 @@ pub(crate) fn apply_appends(
 /// upsert or insert of the document waits for its end), and its removed_seq is 0:
 /// no file removed the document yet. A row already there fails the COPY; Citus
 /// reports a worker's unique violation during a COPY as an internal error
-/// (XX000), so any failure goes back to the savepoint and to the upsert, which
-/// reports what is really wrong, if anything is.
+/// (XX000), so either goes back to the savepoint and to the upsert, which reports
+/// what is really wrong, if anything is.
 fn insert_new(
     tx: &mut Transaction<'_>,
     names: &Names,
@@ -330,12 +331,28 @@ fn insert_new(
     }
     let sql = format!("COPY {} (doc_id) FROM STDIN (FORMAT binary)", names.docs);
     let copied = copy_stream(tx, &sql, &rows.finish());
-    if copied.is_ok_and(|n| n == docs.len() as u64) {
-        tx.batch_execute("RELEASE SAVEPOINT ragspool_new_docs")?;
-        return Ok(true);
+    match copied {
+        Ok(n) if n == docs.len() as u64 => {
+            tx.batch_execute("RELEASE SAVEPOINT ragspool_new_docs")?;
+            return Ok(true);
+        }
+        // A timeout, a deadlock, a lost connection: the upsert would only wait
+        // as long again, or fail the same way.
+        Err(e) if !may_be_known(&e) => return Err(e),
+        _ => {}
     }
     tx.batch_execute("ROLLBACK TO SAVEPOINT ragspool_new_docs")?;
     Ok(false)
+}
+
+/// Whether a failed COPY of new documents may have met one already there: a
+/// unique violation, which Citus reports from a worker as an internal error.
+fn may_be_known(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::INTERNAL_ERROR
+    )
 }
 
 /// Sends `stream` (a whole binary COPY stream) with the COPY statement `sql`; the

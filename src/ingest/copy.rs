@@ -228,7 +228,27 @@ fn pgvector(b: &mut Vec<u8>, values: &Embedding<'_>) {
     b.extend_from_slice(&(len as i32).to_be_bytes());
     b.extend_from_slice(&(values.len() as i16).to_be_bytes());
     b.extend_from_slice(&0i16.to_be_bytes());
-    values.for_each_bits(|bits| b.extend_from_slice(&bits.to_be_bytes()));
+    let start = b.len();
+    b.resize(start + values.len() * 4, 0);
+    let out = &mut b[start..];
+    match values {
+        // MessagePack's float32s are big-endian, as pgvector's are: each element's
+        // four bytes after its marker, copied into place (element by element
+        // through for_each_bits, this row's largest field cost the client a
+        // tenth of its CPU).
+        Embedding::F32s(src) => out
+            .chunks_exact_mut(4)
+            .zip(src.chunks_exact(5))
+            .for_each(|(to, from)| to.copy_from_slice(&from[1..])),
+        _ => {
+            let mut slots = out.chunks_exact_mut(4);
+            values.for_each_bits(|bits| {
+                if let Some(slot) = slots.next() {
+                    slot.copy_from_slice(&bits.to_be_bytes());
+                }
+            });
+        }
+    }
 }
 
 /// pgvector's halfvec binary format (halfvec_recv): dimension (int16), unused
@@ -304,6 +324,15 @@ mod tests {
         want.extend_from_slice(&0i16.to_be_bytes());
         want.extend_from_slice(&1.0f32.to_be_bytes());
         want.extend_from_slice(&(-2.5f32).to_be_bytes());
+        assert_eq!(b, want);
+        // The same from a MessagePack array of float32s, copied as they are.
+        let mut packed = Vec::new();
+        for x in [1.0f32, -2.5] {
+            packed.push(0xca);
+            packed.extend_from_slice(&x.to_be_bytes());
+        }
+        let mut b = Vec::new();
+        pgvector(&mut b, &Embedding::F32s(&packed));
         assert_eq!(b, want);
     }
 

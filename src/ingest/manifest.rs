@@ -136,7 +136,8 @@ pub(crate) fn earlier_copy(
 }
 
 /// Whether the manifest holds a row of content `shas` besides the open rows of
-/// batch `tag`'s files `files`: a done file of it or another file of it open. When
+/// batch `tag`'s files `files`: a file that ingested it, or another file of it
+/// open. When
 /// not, no file of those contents comes before them in the manifest (only, perhaps,
 /// one claimed and not yet opened, in processing/): one statement for files that go
 /// in together, where [`ingested_by`] and [`earlier_copy`] are two per file.
@@ -147,10 +148,14 @@ pub(crate) fn known_elsewhere(
     files: &[&str],
     shas: &[&str],
 ) -> Result<bool> {
+    // Two lookups, each served by its partial index on sha256 (the manifest keeps
+    // every file it ever saw): the done rows [`ingested_by`] reads, the open rows
+    // [`earlier_copy`] reads.
     let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM {} WHERE sha256 = ANY($1) AND status IN ('done', 'open') \
-         AND NOT (status = 'open' AND batch_tag = $2 AND file_name = ANY($3)))",
-        names.manifest
+        "SELECT EXISTS (SELECT 1 FROM {m} WHERE sha256 = ANY($1) AND status = 'done' AND NOT duplicate) \
+         OR EXISTS (SELECT 1 FROM {m} WHERE sha256 = ANY($1) AND status = 'open' \
+         AND NOT (batch_tag = $2 AND file_name = ANY($3)))",
+        m = names.manifest
     );
     client
         .query_one(&sql, &[&shas, &tag.as_str(), &files])
