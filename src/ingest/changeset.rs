@@ -359,8 +359,11 @@ fn may_be_known(e: &postgres::Error) -> bool {
 /// rows it took.
 fn copy_stream(tx: &mut Transaction<'_>, sql: &str, stream: &[u8]) -> Result<u64, postgres::Error> {
     let mut writer = tx.copy_in(sql)?;
-    // A stream the server broke is reported by `finish`.
-    let _ = std::io::Write::write_all(&mut writer, stream);
+    // In chunks, each sent as it is written: the driver copies what it is given
+    // whole before sending it. A stream the server broke is reported by `finish`.
+    let _ = stream
+        .chunks(crate::ingest::copy::CHUNK)
+        .try_for_each(|chunk| std::io::Write::write_all(&mut writer, chunk));
     writer.finish()
 }
 
