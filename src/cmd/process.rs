@@ -103,7 +103,7 @@ fn ingest(config: &Config) -> Result<(Ingest, postgres::Client)> {
     if config.distribution == crate::config::Distribution::Citus {
         crate::distribution::require_distributed(&mut client, &names)?;
         // On the connection just made: a second Db would load the system's trust
-        // store for its TLS once more (see pgtls), 50 ms of every run's start.
+        // store for its TLS once more (see pgtls), 40 ms of every run's start.
         crate::distribution::resolve_in_doubt(&mut client);
     }
     let budget = Duration::from_secs(config.retry_max_secs);

@@ -135,15 +135,13 @@ impl CopyEncoder {
             Some(s) => field(b, s.as_bytes()),
             None => null(b),
         }
-        b.extend_from_slice(&8i32.to_be_bytes());
-        b.extend_from_slice(&(meta.created_at - PG_EPOCH_MICROS).to_be_bytes());
+        int8(b, meta.created_at - PG_EPOCH_MICROS);
         field(b, meta.batch_tag.as_bytes());
         match meta.embedding_model {
             Some(m) => field(b, m.as_bytes()),
             None => null(b),
         }
-        b.extend_from_slice(&8i32.to_be_bytes());
-        b.extend_from_slice(&meta.seq.to_be_bytes());
+        int8(b, meta.seq);
         Ok(())
     }
 
@@ -194,8 +192,7 @@ impl Rows {
 
     /// A bigint field.
     pub(crate) fn int8(&mut self, v: i64) {
-        self.buf.extend_from_slice(&8i32.to_be_bytes());
-        self.buf.extend_from_slice(&v.to_be_bytes());
+        int8(&mut self.buf, v);
     }
 
     /// The stream, with its trailer.
@@ -210,6 +207,12 @@ fn header(b: &mut Vec<u8>) {
     b.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     b.extend_from_slice(&0i32.to_be_bytes());
     b.extend_from_slice(&0i32.to_be_bytes());
+}
+
+/// A field of 8 bytes: bigint, or a timestamp's microseconds.
+fn int8(b: &mut Vec<u8>, v: i64) {
+    b.extend_from_slice(&8i32.to_be_bytes());
+    b.extend_from_slice(&v.to_be_bytes());
 }
 
 fn field(b: &mut Vec<u8>, bytes: &[u8]) {
