@@ -193,7 +193,7 @@ pub(crate) fn apply(
     if all.is_empty() {
         return Ok(Change::default());
     }
-    let superseded: BTreeSet<String> = lock(tx, names, all, citus)?
+    let superseded: BTreeSet<String> = lock(tx, names, &in_lock_order(all), citus)?
         .into_iter()
         .filter(|(_, removed)| *removed > seq)
         .map(|(d, _)| d)
@@ -275,19 +275,18 @@ pub(crate) fn apply_appends(
     files: &[(FileRef<'_>, &DocSet)],
     citus: bool,
 ) -> Result<bool, postgres::Error> {
-    let mut all: Vec<&str> = files
+    let all: Vec<&str> = files
         .iter()
         .flat_map(|(_, docs)| docs.docs.iter().map(|(d, _)| d.as_str()))
         .collect();
     if all.is_empty() {
         return Ok(true);
     }
-    all.sort_unstable();
-    all.dedup();
+    let all = in_lock_order(all);
     let removed: HashMap<String, i64> = if citus && insert_new(tx, names, &all)? {
         HashMap::new()
     } else {
-        lock(tx, names, all, citus)?.into_iter().collect()
+        lock(tx, names, &all, citus)?.into_iter().collect()
     };
     let mut lineage = Lineage::default();
     for (file, docs) in files {
@@ -302,7 +301,15 @@ pub(crate) fn apply_appends(
     Ok(true)
 }
 
-/// On a Citus coordinator, inserts `docs` (sorted and deduplicated) into
+/// `docs` sorted and deduplicated: the one order in which every transaction locks
+/// documents.
+fn in_lock_order(mut docs: Vec<&str>) -> Vec<&str> {
+    docs.sort_unstable();
+    docs.dedup();
+    docs
+}
+
+/// On a Citus coordinator, inserts `docs` (in [`in_lock_order`]) into
 /// `ragspool_docs` with one COPY, under a savepoint: `true` when each was new;
 /// `false`, with nothing inserted, when the COPY failed as it does when one of
 /// them has a row already, and [`lock`] then upserts them; `Err` when it failed
@@ -367,9 +374,8 @@ fn copy_stream(tx: &mut Transaction<'_>, sql: &str, stream: &[u8]) -> Result<u64
     writer.finish()
 }
 
-/// Upserts `ragspool_docs` rows for `docs` (sorted and deduplicated here, so that
-/// every transaction locks documents in one order) and returns each document's
-/// `removed_seq`.
+/// Upserts `ragspool_docs` rows for `docs` (in [`in_lock_order`]) and returns each
+/// document's `removed_seq`.
 ///
 /// On a Citus coordinator (`citus`) they go as multi-row VALUES, which Citus
 /// routes to each shard in one task (in the order given, within the shard; past
@@ -380,11 +386,9 @@ fn copy_stream(tx: &mut Transaction<'_>, sql: &str, stream: &[u8]) -> Result<u64
 fn lock(
     tx: &mut Transaction<'_>,
     names: &Names,
-    mut docs: Vec<&str>,
+    docs: &[&str],
     citus: bool,
 ) -> Result<Vec<(String, i64)>, postgres::Error> {
-    docs.sort_unstable();
-    docs.dedup();
     let upsert = |rows: &str| {
         format!(
             "INSERT INTO {docs} AS d (doc_id) {rows} \

@@ -111,8 +111,9 @@ impl Ingest {
     ) -> Result<std::result::Result<Vec<(FileOutcome, u32)>, Apart>> {
         // Of two copies of one content the later-claimed is the duplicate, which
         // the file-by-file path decides.
-        let mut shas = HashSet::new();
-        if !jobs.iter().all(|j| shas.insert(j.sha)) {
+        let shas: Vec<&str> = jobs.iter().map(|j| j.sha).collect();
+        let mut seen = HashSet::new();
+        if !shas.iter().all(|s| seen.insert(s)) {
             return Ok(Err("two of them hold the same content"));
         }
         let Some(tag) = jobs.first().map(|j| j.key.tag) else {
@@ -120,7 +121,6 @@ impl Ingest {
         };
         let mut tx = self.begin(client, "starting the files' transaction")?;
         let files: Vec<&str> = jobs.iter().map(|j| j.key.name).collect();
-        let shas: Vec<&str> = jobs.iter().map(|j| j.sha).collect();
         let elsewhere = manifest::known_elsewhere(&mut tx, &self.names, tag, &files, &shas)?;
         for job in jobs {
             // Which file a content goes in as needs only the file's size and first
